@@ -1,0 +1,57 @@
+"""Saving and reloading pruned models without pickled code.
+
+A pruned model is saved as its registry spec (model name, class count, kwargs), the per-layer widths
+that pruning changed, and a plain state_dict. ``load_pruned`` rebuilds the dense architecture from the
+registry, shrinks each layer to the saved widths and loads the weights, with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from tasks.models import create_model
+
+FORMAT = "harness.pruned/v1"
+_WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file, then rename: a kill mid-write never leaves a valid-looking file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_pruned(model: nn.Module, spec: dict, path: str | os.PathLike) -> None:
+    layers = {name: {a: int(getattr(m, a)) for a in _WIDTH_ATTRS if isinstance(getattr(m, a, None), int)}
+              for name, m in model.named_modules()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "spec": spec, "layers": {k: v for k, v in layers.items() if v},
+                 "state_dict": state}, path)
+
+
+def load_pruned(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model saved by ``save_pruned`` as a working ``nn.Module`` in eval mode."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pruned-model file ({FORMAT})")
+    spec = ckpt["spec"]
+    model = create_model(spec["name"], spec["num_classes"], **spec.get("kwargs", {}))
+    for name, attrs in ckpt["layers"].items():
+        module = model.get_submodule(name)
+        for attr, value in attrs.items():
+            setattr(module, attr, value)
+    for key, tensor in ckpt["state_dict"].items():
+        owner, _, leaf = key.rpartition(".")
+        module = model.get_submodule(owner)
+        current = getattr(module, leaf)
+        if current is not None and current.shape != tensor.shape:
+            resized = torch.empty_like(tensor)
+            setattr(module, leaf, nn.Parameter(resized) if isinstance(current, nn.Parameter) else resized)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.eval()

@@ -1,0 +1,74 @@
+"""The shared baseline: trained once per task + seed + recipe, cached and reused by every method.
+
+Cache layout: ``<results_dir>/baselines/<task>/<hash>/model.pt`` (a plain state_dict, loaded with
+``weights_only=True``) and ``meta.json`` (its metrics). Writes are atomic, a lock file makes concurrent
+runs train it once, and a file that fails to load is deleted and retrained, never used.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from harness.artifacts import atomic_save
+
+# Config keys that change what the baseline is. Paths and loader workers do not.
+_DATA_IGNORED = {"root", "download", "num_workers"}
+
+
+def baseline_key(cfg: DictConfig) -> str:
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _DATA_IGNORED}
+    ident = {"task": cfg.task.name, "model": OmegaConf.to_container(cfg.model, resolve=True), "data": data,
+             "train": OmegaConf.to_container(cfg.train, resolve=True), "seed": cfg.seed,
+             "regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True)}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def baseline_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results_dir) / "baselines" / cfg.task.name / baseline_key(cfg)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def get_or_train(cfg: DictConfig, model: nn.Module, train_fn: Callable[[nn.Module], dict],
+                 log: Callable[[str], None] = print) -> tuple[nn.Module, dict, bool]:
+    """Load the cached baseline into ``model``, or train it with ``train_fn`` and cache it.
+
+    Returns (model, meta, reused). Other processes needing the same baseline block on the lock
+    and then reuse the result.
+    """
+    folder = baseline_dir(cfg)
+    weights, meta_file = folder / "model.pt", folder / "meta.json"
+    with _locked(folder.with_name(folder.name + ".lock")):
+        if weights.exists() and meta_file.exists():
+            try:
+                model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                return model, json.loads(meta_file.read_text()), True
+            except Exception as e:  # truncated, corrupted or from an older architecture
+                log(f"baseline cache {weights} is unreadable ({type(e).__name__}); retraining it")
+                weights.unlink(missing_ok=True)
+                meta_file.unlink(missing_ok=True)
+        meta = train_fn(model)
+        meta["key"] = baseline_key(cfg)
+        atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+        tmp = meta_file.with_name(f".meta.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, meta_file)
+        return model, meta, False

@@ -1,0 +1,20 @@
+"""Errors a user can fix. The CLI prints them as one line, without a traceback."""
+
+
+class HarnessError(Exception):
+    exit_code = 1
+
+
+class ConfigError(HarnessError):
+    """Bad command line or configuration: an unknown name or key, a value out of range."""
+    exit_code = 2
+
+
+class DataError(HarnessError):
+    """A dataset that is missing or malformed."""
+    exit_code = 3
+
+
+class NumericalError(HarnessError):
+    """The loss became NaN or infinite."""
+    exit_code = 4

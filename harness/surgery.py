@@ -1,0 +1,165 @@
+"""Physical channel removal through torch-pruning's DependencyGraph. Every method prunes through here.
+
+A *group* is a set of coupled channels that must be removed together (a conv's filters, its BN, the
+next layer's input channels, and every layer tied to them by a residual add). Groups are keyed by
+the name of their root module, so a key stays valid on a deep copy of the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from harness.errors import ConfigError
+
+Importance = Callable[[tp.dependency.Group], torch.Tensor]
+_OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+
+
+@dataclass
+class ChannelGroup:
+    key: str                   # name of the root module
+    group: tp.dependency.Group
+    channels: int              # current number of channels
+    min_keep: int              # the per-layer minimum (from the dense model's widths)
+    members: list[str]         # names of the conv/linear layers whose outputs are in the group
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Tracing and counting run forward passes; in train mode those would move BN running stats."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(MACs, params) of one forward pass on ``example_inputs``, counted by torch-pruning (MACs, not FLOPs)."""
+    with eval_mode(model), torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    return int(macs), int(params)
+
+
+class ChannelPruner:
+    """Removes channels from a model, globally ranked, down to a MACs target.
+
+    ``ignored`` names layers whose output channels are fixed (the classifier). Every layer keeps at
+    least ``max(1, int(min_channels_ratio * dense_channels))`` channels.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignored: list[nn.Module],
+                 min_channels_ratio: float = 0.1):
+        self.example_inputs = example_inputs
+        names = {m: n for n, m in model.named_modules()}
+        self.ignored_names = [names[m] for m in ignored]
+        self.min_keep = {n: max(1, int(min_channels_ratio * _out_channels(m)))
+                         for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        self.base_macs, self.base_params = count_macs_params(model, example_inputs)
+
+    # --- inspection ------------------------------------------------------------------------
+    def groups(self, model: nn.Module) -> dict[str, ChannelGroup]:
+        with eval_mode(model):
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example_inputs)
+        names = {m: n for n, m in model.named_modules()}
+        ignored = [model.get_submodule(n) for n in self.ignored_names]
+        out = {}
+        for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+            members = [names[item.dep.target.module] for item in g
+                       if item.dep.handler in _OUT_FNS and item.dep.target.module in names]
+            root = g[0].dep.target.module
+            out[names[root]] = ChannelGroup(names[root], g, _out_channels(root),
+                                            max(self.min_keep.get(n, 1) for n in members), members)
+        return out
+
+    def reduction(self, model: nn.Module) -> float:
+        """1 - MACs(model) / MACs(dense model)."""
+        return 1.0 - count_macs_params(model, self.example_inputs)[0] / self.base_macs
+
+    # --- pruning ---------------------------------------------------------------------------
+    def removal_order(self, model: nn.Module, importance: Importance) -> list[tuple[str, int]]:
+        """Every removable (group, channel), least important first, capped by each group's minimum."""
+        groups = self.groups(model)
+        candidates = []
+        for key, cg in groups.items():
+            scores = importance(cg.group)
+            if scores is None:
+                continue
+            scores = torch.as_tensor(scores, dtype=torch.float64).detach().cpu()
+            if scores.numel() != cg.channels or not torch.isfinite(scores).all():
+                raise RuntimeError(f"importance for group {key!r} has shape {tuple(scores.shape)} or non-finite "
+                                   f"values; expected {cg.channels} finite scores")
+            candidates += [(float(s), key, i) for i, s in enumerate(scores.tolist())]
+        candidates.sort()
+        taken: dict[str, int] = {}
+        order = []
+        for _, key, idx in candidates:
+            if taken.get(key, 0) < groups[key].channels - groups[key].min_keep:
+                taken[key] = taken.get(key, 0) + 1
+                order.append((key, idx))
+        return order
+
+    def remove(self, model: nn.Module, channels: list[tuple[str, int]]) -> nn.Module:
+        """Physically remove ``channels`` [(group key, channel index)] from ``model``, in place."""
+        by_group: dict[str, list[int]] = {}
+        for key, idx in channels:
+            by_group.setdefault(key, []).append(idx)
+        groups = self.groups(model)
+        for key, idxs in by_group.items():
+            groups[key].group.prune(idxs=sorted(idxs))
+        return model
+
+    def prune_lowest(self, model: nn.Module, importance: Importance, n: int) -> int:
+        """Remove the ``n`` globally least important channels (fewer if the minimums bind). Returns how many."""
+        order = self.removal_order(model, importance)[:n]
+        self.remove(model, order)
+        return len(order)
+
+    def prune_to_target(self, model: nn.Module, importance: Importance, target: float) -> nn.Module:
+        """Remove the fewest least-important channels whose removal cuts MACs by at least ``target``.
+
+        Scores are computed once; a binary search over the length of the removal order finds the
+        smallest prefix that reaches the target, so the result overshoots the target by at most the
+        MACs of one channel. Returns ``model``, pruned in place.
+        """
+        if target <= 0:
+            return model
+        order = self.removal_order(model, importance)
+        trial = lambda k: self.reduction(self.remove(copy.deepcopy(model), order[:k]))  # noqa: E731
+        if trial(len(order)) < target:
+            raise ConfigError(self.unreachable_message(model, target))
+        lo, hi = 0, len(order)  # trial(hi) >= target; find the smallest such k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if trial(mid) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self.remove(model, order[:lo])
+
+    def max_reduction(self, model: nn.Module) -> float:
+        """The largest MACs reduction the per-layer minimums allow."""
+        pruned = copy.deepcopy(model)
+        self.remove(pruned, self.removal_order(pruned, lambda g: torch.zeros(len(g[0].idxs))))
+        return self.reduction(pruned)
+
+    def unreachable_message(self, model: nn.Module, target: float) -> str:
+        return (f"prune.flops_reduction={target} is unreachable: keeping every layer at its minimum "
+                f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of the MACs; "
+                "lower the target or prune.min_channels_ratio")
+
+
+def channel_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv and linear layer, by name."""
+    return {n: _out_channels(m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features

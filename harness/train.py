@@ -1,0 +1,96 @@
+"""A plain training loop in the spirit of torchvision's references/classification/train.py.
+
+Methods and regularisers plug in through ``TrainingHook``: an extra loss term, and a call after
+``backward()`` (for sub-gradient updates). The loop stops at the first non-finite loss.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from harness.errors import NumericalError
+
+
+class TrainingHook:
+    """Base class for what a method or regulariser adds to training. Both methods are optional."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        pass
+
+
+def make_optimizer(params: Iterable[nn.Parameter], recipe: DictConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay, nesterov=bool(recipe.nesterov))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, recipe: DictConfig, steps_per_epoch: int):
+    """A per-iteration schedule: cosine, step (milestones in epochs), constant, or triangular
+    (min_lr -> lr at mid-training -> min_lr, the Gate Decorator fine-tune)."""
+    total = max(1, recipe.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler
+    if recipe.schedule == "cosine":
+        return sched.CosineAnnealingLR(opt, T_max=total)
+    if recipe.schedule == "step":
+        return sched.MultiStepLR(opt, [m * steps_per_epoch for m in recipe.milestones], gamma=recipe.gamma)
+    if recipe.schedule == "triangular":
+        half = max(1, total // 2)
+        return sched.CyclicLR(opt, base_lr=recipe.min_lr, max_lr=recipe.lr, step_size_up=half,
+                              step_size_down=max(1, total - half), cycle_momentum=False)
+    return sched.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def progress(iterable, *, desc: str, quiet: bool, total: int | None = None):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty())
+
+
+def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, device: torch.device,
+          hooks: list[TrainingHook] = (), evaluate: Callable[[nn.Module], dict] | None = None,
+          on_epoch: Callable[[int, dict], None] | None = None, params: Iterable[nn.Parameter] | None = None,
+          desc: str = "train", quiet: bool = False, epochs: int | None = None) -> dict:
+    """Train ``model`` for ``recipe.epochs`` (or ``epochs``). After each epoch, ``evaluate(model)``
+    and ``on_epoch(epoch, metrics)`` are called. Returns the last epoch's metrics."""
+    epochs = recipe.epochs if epochs is None else epochs
+    opt = make_optimizer(params if params is not None else model.parameters(), recipe)
+    sched = make_scheduler(opt, recipe, len(loader)) if epochs else None
+    metrics: dict = {}
+    for epoch in range(epochs):
+        model.train()
+        loss_sum, n = 0.0, 0
+        bar = progress(loader, desc=f"{desc} {epoch + 1}/{epochs}", quiet=quiet)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_fn(model(x), y)
+            for hook in hooks:
+                extra = hook.extra_loss(model)
+                if extra is not None:
+                    loss = loss + extra
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NumericalError(f"{desc}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                                     f"lower the learning rate ({desc.split()[0]}.lr) or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for hook in hooks:
+                hook.after_backward(model)
+            opt.step()
+            sched.step()
+            loss_sum += value * y.shape[0]
+            n += y.shape[0]
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        metrics = {"train_loss": loss_sum / max(n, 1), "lr": opt.param_groups[0]["lr"]}
+        if evaluate is not None:
+            metrics.update(evaluate(model))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return metrics

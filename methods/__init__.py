@@ -1,0 +1,19 @@
+"""Method registry: ``create_method(cfg)`` builds the method named by ``cfg.method.name``."""
+from __future__ import annotations
+
+from methods.base import Method, PruneContext  # noqa: F401
+
+
+def _registry() -> dict[str, type[Method]]:
+    from methods.l1 import L1Method
+    from methods.random import NoPruning, RandomMethod
+
+    return {m.name: m for m in (L1Method, RandomMethod, NoPruning)}
+
+
+def create_method(cfg) -> Method:
+    methods = _registry()
+    name = cfg.method.name
+    if name not in methods:
+        raise KeyError(f"no method class named {name!r}; known: {', '.join(sorted(methods))}")
+    return methods[name](cfg.method)

@@ -1,0 +1,52 @@
+"""The Method interface. A method scores channels, may add training hooks, and decides the pruning
+schedule towards ``prune.flops_reduction``. It never knows which task or dataset it runs on: all it
+sees is a model and a ``PruneContext``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from harness.surgery import ChannelPruner, Importance
+from harness.train import TrainingHook
+
+
+@dataclass
+class PruneContext:
+    """What the harness gives a method for its pruning phase."""
+    pruner: ChannelPruner
+    target: float                            # the MACs reduction to reach
+    device: torch.device
+    train_loader: Any                        # the task's training data
+    loss_fn: nn.Module
+    evaluate: Callable[[nn.Module], float]   # the task metric on held-out data (higher is better)
+    log_step: Callable[[int, dict], None]    # one pruning step's metrics (MACs left, accuracy, ...)
+    train: Callable[..., dict]               # harness.train.train with device, loss and quiet bound
+    finetune_recipe: DictConfig | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    prunes: ClassVar[bool] = True
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg  # the method's own config node
+
+    def importance(self) -> Importance:
+        """The channel criterion: a callable group -> one score per channel (lower goes first)."""
+        raise NotImplementedError
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        """Default schedule: one shot, global ranking, straight to the target."""
+        model = ctx.pruner.prune_to_target(model, self.importance(), ctx.target)
+        ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - ctx.pruner.reduction(model)),
+                         "acc": ctx.evaluate(model)})
+        return model
+
+    def finetune_hooks(self) -> list[TrainingHook]:
+        return []
