@@ -33,7 +33,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after flags (run --json task=x seed=1): collect the stragglers.
+    unknown_flags = [a for a in extra if a.startswith("-")]
+    if unknown_flags or (extra and args.command != "run"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags or extra)}")
+    if extra:
+        args.overrides += extra
     try:
         if args.command == "list":
             return _list()

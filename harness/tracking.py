@@ -6,6 +6,7 @@ elsewhere (another file, or a tracking server).
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -29,6 +30,8 @@ class NullTracker:
 
 class MlflowTracker(NullTracker):
     def __init__(self, uri: str, experiment: str, artifact_root: Path):
+        for noisy in ("mlflow", "alembic"):  # schema-creation chatter would break one-line errors
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", module="sqlalchemy")
         warnings.filterwarnings("ignore", message=".*SADeprecationWarning.*")
         from mlflow.tracking import MlflowClient

@@ -1,0 +1,30 @@
+import json
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", module="sqlalchemy")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``python -m harness`` in-process; returns (exit code, stdout, stderr)."""
+    from harness.cli import main
+
+    def _run(*args: str):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return _run
+
+
+@pytest.fixture
+def tiny_digits(tmp_path):
+    """Overrides for a seconds-long digits run with everything under tmp_path."""
+    return ["task=digits", "train.epochs=2", "finetune.epochs=1", "measure.repeats=2", "measure.warmup=1",
+            "quiet=true", f"results_dir={tmp_path / 'results'}"]
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])

@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("args, message", [
+    (["task=nope"], "unknown task 'nope'; choose one of: digits, resnet56"),
+    (["method=nope"], "unknown method 'nope'; choose one of: l1, none, random"),
+    (["prune.nope=1"], "unknown key 'prune.nope'; valid keys under 'prune': flops_reduction, min_channels_ratio"),
+    (["nope=1"], "unknown key 'nope'; valid keys: seed,"),
+    (["prune.flops_reduction=1.5"], "prune.flops_reduction must be in [0, 1), got 1.5"),
+    (["prune.flops_reduction=-0.1"], "prune.flops_reduction must be in [0, 1), got -0.1"),
+    (["prune.flops_reduction=abc"], "prune.flops_reduction must be a number"),
+    (["train.epochs=0"], "train.epochs must be an integer >= 1, got 0"),
+    (["train.schedule=linear"], "train.schedule must be one of cosine, step, constant, triangular"),
+    (["device=tpu"], "device must be auto, cpu or cuda[:N]"),
+    (["seed"], "expected key=value, got 'seed'"),
+])
+def test_bad_input_is_one_line_and_exit_2(run_cli, args, message):
+    code, out, err = run_cli("run", *args)
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unreachable_target_fails_before_training(run_cli, tmp_path):
+    code, _, err = run_cli("run", "task=digits", "prune.flops_reduction=0.995", "tracking=none",
+                           f"results_dir={tmp_path}")
+    assert code == 2 and "is unreachable" in err and "prune.min_channels_ratio" in err
+    assert not (tmp_path / "baselines").exists()
+
+
+def test_subprocess_exit_code_and_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "task=imagenet21k"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown task 'imagenet21k'; choose one of: digits, resnet56"
+
+
+def test_list_shows_tasks_and_methods_with_descriptions(run_cli):
+    code, out, _ = run_cli("list")
+    assert code == 0
+    for name in ("digits", "resnet56", "l1", "random", "none"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+        assert len(line.split()) > 2  # a description follows the name
+
+
+def test_overrides_reach_the_composed_config(run_cli):
+    code, out, _ = run_cli("run", "task=resnet56", "method=random", "prune.flops_reduction=0.7", "seed=3", "--cfg")
+    assert code == 0
+    assert "name: resnet56" in out and "name: random" in out
+    assert "flops_reduction: 0.7" in out and "seed: 3" in out and "milestones:\n  - 80\n  - 120" in out

@@ -1,0 +1,15 @@
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_command = (ROOT / ".ci/run").read_text().strip().splitlines()[-1]
+    readme = (ROOT / "README.md").read_text()
+    assert ci_command in readme
+    assert readme.index(ci_command) < readme.index("##")  # one of the two commands at the top
+
+
+def test_readme_main_command_is_the_offline_default_task():
+    head = (ROOT / "README.md").read_text().split("##")[0]
+    assert "python -m harness run task=digits method=l1 prune.flops_reduction=0.5" in head
