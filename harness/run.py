@@ -106,6 +106,11 @@ def _run_phases(cfg, task, method, model, pruner, target, device, tracker, say) 
     def score(m) -> float:
         return evaluate(m)[metric]
 
+    held_out = next(iter(test_loader))
+
+    def quick_score(m) -> float:
+        return task.evaluate(m, [held_out], device)[metric]
+
     loss_fn = task.loss_fn()
     fit = partial(train, loss_fn=loss_fn, device=device, quiet=cfg.quiet)
 
@@ -144,7 +149,8 @@ def _run_phases(cfg, task, method, model, pruner, target, device, tracker, say) 
 
     ctx = PruneContext(pruner=pruner, target=target, device=device,
                        train_loader=loader(train_set, cfg.train.batch_size, True), loss_fn=loss_fn,
-                       evaluate=score, log_step=log_step, train=fit, finetune_recipe=cfg.finetune)
+                       evaluate=score, quick_evaluate=quick_score, log_step=log_step,
+                       log_metrics=tracker.log_metrics, train=fit)
     if method.prunes:
         say(f"[prune] {method.name}: removing {target:.0%} of {base_macs / 1e6:.2f} M MACs")
     model = method.prune(model, ctx).to(device)

@@ -28,6 +28,7 @@ class ChannelGroup:
     channels: int              # current number of channels
     min_keep: int              # the per-layer minimum (from the dense model's widths)
     members: list[str]         # names of the conv/linear layers whose outputs are in the group
+    norms: list[str]           # names of the BatchNorm layers in the group (same channel indices)
 
 
 @contextlib.contextmanager
@@ -74,9 +75,11 @@ class ChannelPruner:
         for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
             members = [names[item.dep.target.module] for item in g
                        if item.dep.handler in _OUT_FNS and item.dep.target.module in names]
+            norms = [names[item.dep.target.module] for item in g
+                     if item.dep.handler == tp.prune_batchnorm_out_channels and item.dep.target.module in names]
             root = g[0].dep.target.module
             out[names[root]] = ChannelGroup(names[root], g, _out_channels(root),
-                                            max(self.min_keep.get(n, 1) for n in members), members)
+                                            max(self.min_keep.get(n, 1) for n in members), members, norms)
         return out
 
     def reduction(self, model: nn.Module) -> float:
@@ -87,24 +90,17 @@ class ChannelPruner:
     def removal_order(self, model: nn.Module, importance: Importance) -> list[tuple[str, int]]:
         """Every removable (group, channel), least important first, capped by each group's minimum."""
         groups = self.groups(model)
-        candidates = []
+        scores = {}
         for key, cg in groups.items():
-            scores = importance(cg.group)
-            if scores is None:
+            group_scores = importance(cg.group)
+            if group_scores is None:
                 continue
-            scores = torch.as_tensor(scores, dtype=torch.float64).detach().cpu()
-            if scores.numel() != cg.channels or not torch.isfinite(scores).all():
-                raise RuntimeError(f"importance for group {key!r} has shape {tuple(scores.shape)} or non-finite "
-                                   f"values; expected {cg.channels} finite scores")
-            candidates += [(float(s), key, i) for i, s in enumerate(scores.tolist())]
-        candidates.sort()
-        taken: dict[str, int] = {}
-        order = []
-        for _, key, idx in candidates:
-            if taken.get(key, 0) < groups[key].channels - groups[key].min_keep:
-                taken[key] = taken.get(key, 0) + 1
-                order.append((key, idx))
-        return order
+            group_scores = torch.as_tensor(group_scores, dtype=torch.float64).detach().cpu()
+            if group_scores.numel() != cg.channels or not torch.isfinite(group_scores).all():
+                raise RuntimeError(f"importance for group {key!r} has shape {tuple(group_scores.shape)} or "
+                                   f"non-finite values; expected {cg.channels} finite scores")
+            scores[key] = group_scores
+        return rank_channels(scores, {k: g.channels - g.min_keep for k, g in groups.items()})
 
     def remove(self, model: nn.Module, channels: list[tuple[str, int]]) -> nn.Module:
         """Physically remove ``channels`` [(group key, channel index)] from ``model``, in place."""
@@ -154,6 +150,20 @@ class ChannelPruner:
         return (f"prune.flops_reduction={target} is unreachable: keeping every layer at its minimum "
                 f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of the MACs; "
                 "lower the target or prune.min_channels_ratio")
+
+
+def rank_channels(scores: dict[str, torch.Tensor], removable: dict[str, int]) -> list[tuple[str, int]]:
+    """Global ranking: (group, channel) pairs by ascending score, taking at most ``removable[group]``
+    from each group. Channels scored +inf (already gone) are never listed."""
+    candidates = sorted((float(v), key, i) for key, t in scores.items() for i, v in enumerate(t.tolist())
+                        if v != float("inf"))
+    taken: dict[str, int] = {}
+    order = []
+    for _, key, idx in candidates:
+        if taken.get(key, 0) < removable.get(key, 0):
+            taken[key] = taken.get(key, 0) + 1
+            order.append((key, idx))
+    return order
 
 
 def channel_widths(model: nn.Module) -> dict[str, int]:

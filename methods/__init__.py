@@ -5,10 +5,11 @@ from methods.base import Method, PruneContext  # noqa: F401
 
 
 def _registry() -> dict[str, type[Method]]:
+    from methods.gbn import GateDecorator
     from methods.l1 import L1Method
     from methods.random import NoPruning, RandomMethod
 
-    return {m.name: m for m in (L1Method, RandomMethod, NoPruning)}
+    return {m.name: m for m in (GateDecorator, L1Method, RandomMethod, NoPruning)}
 
 
 def create_method(cfg) -> Method:

@@ -4,7 +4,7 @@ sees is a model and a ``PruneContext``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -23,11 +23,11 @@ class PruneContext:
     device: torch.device
     train_loader: Any                        # the task's training data
     loss_fn: nn.Module
-    evaluate: Callable[[nn.Module], float]   # the task metric on held-out data (higher is better)
-    log_step: Callable[[int, dict], None]    # one pruning step's metrics (MACs left, accuracy, ...)
+    evaluate: Callable[[nn.Module], float]   # the task metric on the test split (higher is better)
+    quick_evaluate: Callable[[nn.Module], float]  # the same on one fixed held-out batch, for per-step logs
+    log_step: Callable[[int, dict], None]    # one pruning step's metrics, logged as prune/<name>
+    log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
     train: Callable[..., dict]               # harness.train.train with device, loss and quiet bound
-    finetune_recipe: DictConfig | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Method:

@@ -1,0 +1,230 @@
+"""Gate Decorator (You et al., NeurIPS'19): gated BatchNorm, Taylor importance, Tick-Tock, melt.
+
+Each BatchNorm is gated: BN(x)·φ·mask. φ starts at the BN's γ, after which γ is fixed at 1 and
+β becomes β/γ (clamped to ±10), so the gated network computes what the dense one did. Channels tied
+by a residual add form one group (from torch-pruning's dependency graph): each BN in a group keeps its
+own φ, as in the authors' code, but the group has one mask and its score is the sum of its BNs'.
+
+Tick: conv weights frozen; φ, β and the classifier train at a constant lr for one pass over the tick
+data while |∂L/∂φ · φ| is accumulated per batch; then the lowest p × (live channels) are masked,
+ranked globally, each layer keeping its minimum. Tock: every T ticks, everything trains for a few
+epochs with loss + λ·Σ|φ| and a triangular lr. At the MACs target the gates are melted into the BN
+affine and the masked channels removed physically, leaving only vanilla layers.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from harness.surgery import ChannelGroup, ChannelPruner, channel_widths, rank_channels
+from harness.train import TrainingHook
+from methods.base import Method, PruneContext
+
+
+class Gates:
+    """φ per BN channel and one mask per channel group, applied with forward hooks on the BNs."""
+
+    def __init__(self, model: nn.Module, groups: dict[str, ChannelGroup], beta_clamp: float = 10.0):
+        self.model = model
+        self.groups = {key: g.norms for key, g in groups.items() if g.norms}
+        self.masks = {key: torch.ones(groups[key].channels, device=_device(model)) for key in self.groups}
+        self.phi: dict[str, nn.Parameter] = {}
+        self.group_of: dict[str, str] = {}
+        with torch.no_grad():
+            for key, norms in self.groups.items():
+                for name in norms:
+                    bn = model.get_submodule(name)
+                    gamma = bn.weight.detach().clone()
+                    safe = torch.where(gamma.abs() < 1e-8, torch.full_like(gamma, 1e-8), gamma)
+                    bn.bias.copy_((bn.bias / safe).clamp(-beta_clamp, beta_clamp))
+                    bn.weight.fill_(1.0)
+                    bn.weight.requires_grad_(False)
+                    self.phi[name] = nn.Parameter(gamma)
+                    self.group_of[name] = key
+        self._handles: list = []
+        self.attach()
+
+    def _hook(self, name: str):
+        def gate(module, inputs, output):
+            scale = self.phi[name] * self.masks[self.group_of[name]]
+            return output * scale.view(1, -1, *([1] * (output.dim() - 2)))
+        return gate
+
+    def attach(self) -> None:
+        if not self._handles:
+            self._handles = [self.model.get_submodule(n).register_forward_hook(self._hook(n)) for n in self.phi]
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @contextlib.contextmanager
+    def detached(self) -> Iterator[None]:
+        """Without the hooks, e.g. to deep-copy the vanilla network."""
+        self.detach()
+        try:
+            yield
+        finally:
+            self.attach()
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.phi.values())
+
+    def l1(self) -> torch.Tensor:
+        return sum(p.abs().sum() for p in self.phi.values())
+
+    def masked_channels(self) -> list[tuple[str, int]]:
+        return [(key, int(i)) for key, m in self.masks.items() for i in torch.nonzero(m == 0).flatten().tolist()]
+
+    def live(self, key: str) -> int:
+        return int(self.masks[key].sum().item())
+
+    @torch.no_grad()
+    def melt(self) -> None:
+        """Fold φ·mask into each BN's affine (γ' = φ·mask, β' = β·φ·mask) and remove the hooks."""
+        self.detach()
+        for name, phi in self.phi.items():
+            bn = self.model.get_submodule(name)
+            scale = phi.detach() * self.masks[self.group_of[name]]
+            bn.weight.copy_(bn.weight * scale)
+            bn.bias.mul_(scale)
+            bn.weight.requires_grad_(True)
+
+
+class GateSparsity(TrainingHook):
+    """λ·Σ|φ|: the tock's sparsity term."""
+
+    def __init__(self, gates: Gates, weight: float):
+        self.gates, self.weight = gates, weight
+
+    def extra_loss(self, model):
+        return self.weight * self.gates.l1() if self.weight else None
+
+
+class GateDecorator(Method):
+    name = "gbn"
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        cfg, pruner = self.cfg, ctx.pruner
+        groups = pruner.groups(model)
+        gates = Gates(model, groups, cfg.beta_clamp)
+        removable_floor = {k: g.min_keep for k, g in groups.items() if k in gates.groups}
+        reduction, tick = self._reduction(model, gates, pruner), 0
+        if cfg.tock_first and cfg.tock_epochs and ctx.target > 0:
+            self.tock(model, gates, ctx, 0)
+        while reduction < ctx.target:
+            if tick >= cfg.max_ticks:
+                raise RuntimeError(f"gbn: reached method.max_ticks={cfg.max_ticks} at {reduction:.3f} MACs "
+                                   f"reduction, short of {ctx.target}; raise method.max_ticks or method.tick_p")
+            scores = self.tick(model, gates, ctx)
+            live = {k: gates.live(k) for k in gates.groups}
+            order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live})
+            if not order:
+                break
+            n = min(len(order), max(1, int(cfg.tick_p * sum(live.values()))))
+            reduction = self._mask(model, gates, pruner, order, n, ctx.target)
+            tick += 1
+            widths = self._widths(model, gates, pruner)
+            ctx.log_step(tick, {"macs": pruner.base_macs * (1 - reduction), "reduction": reduction,
+                                "acc": ctx.quick_evaluate(model),
+                                **{f"channels/{k}": v for k, v in widths.items()}})
+            if cfg.tock_every and tick % cfg.tock_every == 0 and reduction < ctx.target:
+                self.tock(model, gates, ctx, tick // cfg.tock_every)
+        gates.melt()
+        pruner.remove(model, gates.masked_channels())
+        return model
+
+    # --- the schedule ----------------------------------------------------------------------
+    def tick(self, model: nn.Module, gates: Gates, ctx: PruneContext) -> dict[str, torch.Tensor]:
+        """One pass over the tick data training φ, β and the classifier; returns the Taylor score
+        per group and channel (+inf for channels already masked)."""
+        trainable = gates.parameters() + [model.get_submodule(n).bias for ns in gates.groups.values() for n in ns]
+        trainable += [p for m in _output_layers(model, ctx) for p in m.parameters()]
+        saved = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in trainable:
+            p.requires_grad_(True)
+        opt = torch.optim.SGD(trainable, lr=self.cfg.tick_lr, momentum=self.cfg.tick_momentum)
+        taylor = {n: torch.zeros_like(p) for n, p in gates.phi.items()}
+        model.train()
+        try:
+            for x, y in self._tick_batches(ctx):
+                x, y = x.to(ctx.device), y.to(ctx.device)
+                loss = ctx.loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for n, phi in gates.phi.items():
+                    taylor[n] += (phi.grad * phi).detach().abs()
+                opt.step()
+        finally:
+            for p, flag in saved.items():
+                p.requires_grad_(flag)
+        scores = {}
+        for key, norms in gates.groups.items():
+            s = sum(taylor[n] for n in norms).double().cpu()
+            scores[key] = torch.where(gates.masks[key].cpu() == 0, torch.full_like(s, float("inf")), s)
+        return scores
+
+    def _tick_batches(self, ctx: PruneContext):
+        """Batches of the training data until ``method.tick_samples`` samples (all of it when null)."""
+        seen = 0
+        for x, y in ctx.train_loader:
+            yield x, y
+            seen += len(y)
+            if self.cfg.tick_samples and seen >= self.cfg.tick_samples:
+                return
+
+    def tock(self, model: nn.Module, gates: Gates, ctx: PruneContext, index: int) -> None:
+        cfg = self.cfg
+        recipe = OmegaConf.create({"epochs": cfg.tock_epochs, "lr": cfg.tock_max_lr, "min_lr": cfg.tock_min_lr,
+                                   "schedule": "triangular", "momentum": cfg.tock_momentum,
+                                   "weight_decay": cfg.tock_weight_decay, "nesterov": False,
+                                   "milestones": [], "gamma": 0.1})
+        offset = index * cfg.tock_epochs
+        ctx.train(model, ctx.train_loader, recipe, hooks=[GateSparsity(gates, cfg.sparsity)],
+                  params=list(model.parameters()) + gates.parameters(), desc=f"tock {index}",
+                  on_epoch=lambda e, m: ctx.log_metrics({f"tock/{k}": v for k, v in m.items()}, offset + e),
+                  evaluate=lambda m: {"acc": ctx.quick_evaluate(m)})
+
+    # --- MACs of the masked network --------------------------------------------------------
+    def _vanilla_copy(self, model: nn.Module, gates: Gates, pruner: ChannelPruner, extra=()) -> nn.Module:
+        with gates.detached():
+            clone = copy.deepcopy(model)
+        return pruner.remove(clone, gates.masked_channels() + list(extra))
+
+    def _reduction(self, model, gates, pruner, extra=()) -> float:
+        return pruner.reduction(self._vanilla_copy(model, gates, pruner, extra))
+
+    def _widths(self, model, gates, pruner) -> dict[str, int]:
+        return channel_widths(self._vanilla_copy(model, gates, pruner))
+
+    def _mask(self, model, gates, pruner, order, n, target) -> float:
+        """Mask the first ``n`` channels of ``order``, or fewer when fewer already reach the target."""
+        if self._reduction(model, gates, pruner, order[:n]) >= target:
+            lo, hi = 1, n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._reduction(model, gates, pruner, order[:mid]) >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            n = lo
+        for key, idx in order[:n]:
+            gates.masks[key][idx] = 0.0
+        return self._reduction(model, gates, pruner)
+
+
+def _output_layers(model: nn.Module, ctx: PruneContext) -> list[nn.Module]:
+    return [model.get_submodule(n) for n in ctx.pruner.ignored_names]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
