@@ -25,7 +25,7 @@ from harness.measure import compare_latency, count_macs_params
 from harness.surgery import ChannelPruner, channel_widths
 from harness.tracking import flatten, make_tracker
 from harness.train import train
-from methods import PruneContext, create_method
+from methods import PruneContext, create_method, create_regularizer
 from tasks import create_task
 
 
@@ -59,7 +59,7 @@ def run(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     try:
-        task, method = create_task(cfg), create_method(cfg)
+        task, method, regularizer = create_task(cfg), create_method(cfg), create_regularizer(cfg)
     except KeyError as e:
         raise ConfigError(str(e).strip("'\"")) from None
     say = Reporter(cfg.quiet)
@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
                                       "regularizer": cfg.regularizer.name,
                                       "mlflow.runName": f"{task.name}-{method.name}-r{target:g}-s{cfg.seed}"})
     try:
-        summary = _run_phases(cfg, task, method, model, pruner, target, device, tracker, say)
+        summary = _run_phases(cfg, task, method, regularizer, model, pruner, target, device, tracker, say)
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         tracker.end(status, reason=f"{type(e).__name__}: {e}")
@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-def _run_phases(cfg, task, method, model, pruner, target, device, tracker, say) -> dict:
+def _run_phases(cfg, task, method, regularizer, model, pruner, target, device, tracker, say) -> dict:
     started = time.time()
     train_set, test_set = task.datasets()
     workers = int(cfg.data.get("num_workers", 0))
@@ -114,6 +114,17 @@ def _run_phases(cfg, task, method, model, pruner, target, device, tracker, say) 
     loss_fn = task.loss_fn()
     fit = partial(train, loss_fn=loss_fn, device=device, quiet=cfg.quiet)
 
+    def with_regularizer(m, **kwargs):
+        """Train with the regulariser's layers attached (ANL), and detach them afterwards."""
+        hooks = list(kwargs.pop("hooks", []))
+        if regularizer is not None:
+            hooks.append(regularizer.attach(m))
+        try:
+            return fit(m, **kwargs, hooks=hooks)
+        finally:
+            if regularizer is not None:
+                regularizer.detach()
+
     def log_epochs(prefix):
         return lambda epoch, metrics: tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, epoch)
 
@@ -124,8 +135,9 @@ def _run_phases(cfg, task, method, model, pruner, target, device, tracker, say) 
         say(f"[baseline] training {cfg.model.name} on {task.name} for {cfg.train.epochs} epochs")
         seed_everything(cfg.seed)
         history = []
-        fit(m, loader(train_set, cfg.train.batch_size, True), cfg.train, evaluate=evaluate, desc="train",
-            on_epoch=lambda e, mt: (history.append(mt), log_epochs("baseline")(e, mt)))
+        with_regularizer(m, loader=loader(train_set, cfg.train.batch_size, True), recipe=cfg.train,
+                         evaluate=evaluate, desc="train",
+                         on_epoch=lambda e, mt: (history.append(mt), log_epochs("baseline")(e, mt)))
         return {"history": history, metric: history[-1][metric] if history else None}
 
     model, meta, reused = baseline_cache.get_or_train(cfg, model, train_baseline, log=say)
@@ -150,7 +162,7 @@ def _run_phases(cfg, task, method, model, pruner, target, device, tracker, say) 
     ctx = PruneContext(pruner=pruner, target=target, device=device,
                        train_loader=loader(train_set, cfg.train.batch_size, True), loss_fn=loss_fn,
                        evaluate=score, quick_evaluate=quick_score, log_step=log_step,
-                       log_metrics=tracker.log_metrics, train=fit)
+                       log_metrics=tracker.log_metrics, train=fit, finetune_recipe=cfg.finetune)
     if method.prunes:
         say(f"[prune] {method.name}: removing {target:.0%} of {base_macs / 1e6:.2f} M MACs")
     model = method.prune(model, ctx).to(device)
@@ -159,11 +171,12 @@ def _run_phases(cfg, task, method, model, pruner, target, device, tracker, say) 
     tracker.log_metrics({"pruned_acc": pruned_acc, "pruned_macs": pruned_macs})
 
     # 3. Fine-tune, with the same budget for every method.
-    if method.prunes and cfg.finetune.epochs:
+    if method.finetunes and cfg.finetune.epochs:
         say(f"[finetune] {cfg.finetune.epochs} epochs")
         seed_everything(cfg.seed)
-        fit(model, loader(train_set, cfg.finetune.batch_size, True), cfg.finetune, evaluate=evaluate,
-            hooks=method.finetune_hooks(), on_epoch=log_epochs("finetune"), desc="finetune")
+        with_regularizer(model, loader=loader(train_set, cfg.finetune.batch_size, True),
+                         recipe=cfg.finetune, evaluate=evaluate, hooks=method.finetune_hooks(),
+                         on_epoch=log_epochs("finetune"), desc="finetune")
 
     # 4. Measure.
     final = evaluate(model)

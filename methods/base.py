@@ -28,11 +28,13 @@ class PruneContext:
     log_step: Callable[[int, dict], None]    # one pruning step's metrics, logged as prune/<name>
     log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
     train: Callable[..., dict]               # harness.train.train with device, loss and quiet bound
+    finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe (for methods that train)
 
 
 class Method:
     name: ClassVar[str]
     prunes: ClassVar[bool] = True
+    finetunes: ClassVar[bool] = True  # fine-tune after prune(); NoPruning turns it off
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg  # the method's own config node

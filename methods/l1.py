@@ -1,6 +1,8 @@
 """L1-norm filter pruning (Li et al., ICLR'17), global variant."""
 from __future__ import annotations
 
+import re
+
 import torch
 import torch_pruning as tp
 
@@ -32,3 +34,30 @@ class L1Method(Method):
 
     def importance(self):
         return FilterL1Importance()
+
+
+class L1LayerwiseMethod(L1Method):
+    """Li et al.'s layer-wise variant: each matching layer loses a fixed fraction of its filters.
+
+    ``method.layer_ratios`` maps regular expressions over a channel group's root layer name to a
+    fraction (the first match wins); ``method.skip`` names layers left whole. The fractions, not
+    ``prune.flops_reduction``, decide how much goes: the achieved reduction is what gets reported.
+    """
+    name = "l1_layerwise"
+
+    def prune(self, model, ctx):
+        rules = [(re.compile(r.pattern), float(r.ratio)) for r in self.cfg.layer_ratios]
+        skip = set(self.cfg.skip)
+        importance = self.importance()
+        plan = []
+        for key, group in ctx.pruner.groups(model).items():
+            ratio = next((r for pattern, r in rules if pattern.fullmatch(key)), 0.0)
+            if key in skip or not ratio:
+                continue
+            n = min(round(ratio * group.channels), group.channels - group.min_keep)
+            order = torch.argsort(importance(group.group), stable=True)[:n]
+            plan += [(key, int(i)) for i in order]
+        ctx.pruner.remove(model, plan)
+        ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - ctx.pruner.reduction(model)),
+                         "acc": ctx.evaluate(model)})
+        return model

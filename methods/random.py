@@ -17,6 +17,7 @@ class NoPruning(Method):
     """Trains and measures the shared baseline; prunes nothing."""
     name = "none"
     prunes = False
+    finetunes = False
 
     def prune(self, model, ctx):
         return model

@@ -6,7 +6,7 @@ import pytest
 
 @pytest.mark.parametrize("args, message", [
     (["task=nope"], "unknown task 'nope'; choose one of: digits, resnet56"),
-    (["method=nope"], "unknown method 'nope'; choose one of: l1, none, random"),
+    (["method=nope"], "unknown method 'nope'; choose one of: anl, gbn, l1, l1_resnet56_a, l1_resnet56_b, none, random, slimming"),
     (["prune.nope=1"], "unknown key 'prune.nope'; valid keys under 'prune': flops_reduction, min_channels_ratio"),
     (["nope=1"], "unknown key 'nope'; valid keys: seed,"),
     (["prune.flops_reduction=1.5"], "prune.flops_reduction must be in [0, 1), got 1.5"),
@@ -41,7 +41,7 @@ def test_subprocess_exit_code_and_no_traceback():
 def test_list_shows_tasks_and_methods_with_descriptions(run_cli):
     code, out, _ = run_cli("list")
     assert code == 0
-    for name in ("digits", "resnet56", "l1", "random", "none"):
+    for name in ("digits", "resnet56", "gbn", "l1", "l1_resnet56_a", "l1_resnet56_b", "slimming", "anl", "random", "none"):
         line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
         assert len(line.split()) > 2  # a description follows the name
 

@@ -1,0 +1,75 @@
+"""Adversarial Noise Layers (ANL, arXiv 1805.08000) as a regulariser that composes with any method.
+
+A noise layer sits on the output of each chosen layer and is active only in training. With
+probability ``prob`` per step it adds ``eps`` times the direction that increases the loss, taken
+from the gradient of that feature map in the previous backward pass (so it costs no extra pass):
+per sample, the gradient scaled to unit RMS. In eval mode, and in any exported model, the layers
+are inert: they are forward hooks that return nothing unless the module is training, and
+``detach()`` removes them.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+
+from harness.train import TrainingHook
+from methods.base import Method
+
+
+class AdversarialNoise(TrainingHook):
+    def __init__(self, eps: float, prob: float, layers: str):
+        self.eps, self.prob = eps, prob
+        self.pattern = re.compile(layers)
+        self.grads: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def targets(self, model: nn.Module) -> list[str]:
+        """Names of the modules whose outputs get noise: ``layers`` matched against the module's
+        type name (e.g. BatchNorm2d) or its full name (e.g. layer2.0.bn1)."""
+        return [n for n, m in model.named_modules()
+                if n and (self.pattern.fullmatch(type(m).__name__) or self.pattern.fullmatch(n))]
+
+    def attach(self, model: nn.Module) -> "AdversarialNoise":
+        self.detach()
+        self._handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in self.targets(model)]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self.grads = [], {}
+
+    def _hook(self, name: str):
+        def noise_layer(module, inputs, output):
+            if not module.training or not torch.is_grad_enabled():
+                return None
+            if output.requires_grad:
+                output.register_hook(lambda g: self.grads.__setitem__(name, g.detach()))
+            g = self.grads.get(name)
+            if g is None or g.shape != output.shape or torch.rand(()) >= self.prob:
+                return None
+            rms = g.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
+            return output + self.eps * g / rms.view(-1, *([1] * (g.dim() - 1)))
+        return noise_layer
+
+
+def create_regularizer(cfg) -> AdversarialNoise | None:
+    """The regulariser named by ``cfg.regularizer.name``, or None."""
+    reg = cfg.regularizer
+    if reg.name == "none":
+        return None
+    if reg.name == "anl":
+        return AdversarialNoise(reg.eps, reg.prob, reg.layers)
+    raise KeyError(f"no regularizer named {reg.name!r}; known: none, anl")
+
+
+class AnlOnly(Method):
+    """Trains the baseline and fine-tunes it with ANL, without pruning (method=anl)."""
+    name = "anl"
+    prunes = False
+    finetunes = True
+
+    def prune(self, model, ctx):
+        return model

@@ -1,0 +1,49 @@
+"""Network Slimming (Liu et al., ICCV'17): sparse training with λ·Σ|γ| on the BN scales, then a
+global |γ| threshold down to the MACs target.
+
+The sparsity is applied as the authors do, as a sub-gradient λ·sign(γ) added after backward. It
+starts from the shared baseline and trains for ``method.sparse_epochs`` with the fine-tuning recipe.
+Channels tied by a residual add are scored by the mean |γ| of their BNs and removed together.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from harness.train import TrainingHook
+from methods.base import Method, PruneContext
+
+
+class BNSparsity(TrainingHook):
+    """Adds λ·sign(γ) to every BatchNorm scale's gradient: the sub-gradient of λ·Σ|γ|."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def after_backward(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
+                m.weight.grad.add_(self.weight * torch.sign(m.weight.detach()))
+
+
+class NetworkSlimming(Method):
+    name = "slimming"
+
+    def importance(self):
+        # Raw |γ| (no per-group normalisation): the paper's threshold is global over all scales.
+        return tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None)
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        cfg = self.cfg
+        if cfg.sparse_epochs:
+            ctx.train(model, ctx.train_loader, ctx.finetune_recipe, epochs=cfg.sparse_epochs,
+                      hooks=[BNSparsity(cfg.sparsity)], desc="sparse",
+                      on_epoch=lambda e, m: ctx.log_metrics({f"sparse/{k}": v for k, v in m.items()}, e),
+                      evaluate=lambda m: {"acc": ctx.quick_evaluate(m), "gamma_l1": _gamma_l1(m)})
+        return super().prune(model, ctx)
+
+
+def _gamma_l1(model: nn.Module) -> float:
+    return sum(m.weight.detach().abs().sum().item() for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None)
