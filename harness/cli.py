@@ -14,6 +14,7 @@ from harness.errors import HarnessError
 EPILOG = """examples:
   python -m harness run task=digits method=l1 prune.flops_reduction=0.5
   python -m harness run task=resnet56 method=l1 data.root=~/data seed=1 --json
+  python -m harness compare task=digits --out results/digits
   python -m harness list
 """
 
@@ -21,13 +22,21 @@ EPILOG = """examples:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description="CNN filter-pruning harness",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    sub = p.add_subparsers(dest="command", metavar="{run,list}")
+    sub = p.add_subparsers(dest="command", metavar="{run,compare,list}")
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. task=digits method=l1 prune.flops_reduction=0.5 seed=0")
     r.add_argument("--json", action="store_true", help="print one final JSON line with the results on stdout")
     r.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    c = sub.add_parser("compare", help="MLflow runs -> a table per task (mean ± std over seeds) and plots")
+    c.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="filters and store: task=, method=, experiment=, tracking.uri=, results_dir=")
+    c.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    c.add_argument("--out", help="write the tables and PNG plots to this folder")
+    c.add_argument("--tolerance", type=float, default=0.5,
+                   help="flag rows further than this many accuracy points from the paper (default 0.5)")
+    c.add_argument("--no-log", action="store_true", help="do not log the report to MLflow as a run of its own")
     sub.add_parser("list", help="the tasks and methods, one line each")
     return p
 
@@ -37,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after flags (run --json task=x seed=1): collect the stragglers.
     unknown_flags = [a for a in extra if a.startswith("-")]
-    if unknown_flags or (extra and args.command != "run"):
+    if unknown_flags or (extra and args.command == "list"):
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags or extra)}")
     if extra:
         args.overrides += extra
@@ -46,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "run":
             return _run(args)
+        if args.command == "compare":
+            from harness.report import compare_command
+
+            return compare_command(args)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -20,3 +20,92 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
     console.print(t)
     where = f"MLflow run {s['mlflow_run_id']}" if s.get("mlflow_run_id") else "tracking off"
     console.print(f"{where}; pruned model: {s['model_artifact']}; {s['wall_s']:.0f} s")
+
+
+_COMPARE_KEYS = ("task", "method", "experiment", "tracking.uri", "results_dir")
+
+
+def compare_command(args) -> int:
+    """The ``compare`` subcommand: prints the tables, writes them and the plots to ``--out``."""
+    import time
+    from pathlib import Path
+
+    from harness import compare, plots
+    from harness.errors import ConfigError
+
+    opts = {}
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        if not eq or key not in _COMPARE_KEYS:
+            raise ConfigError(f"compare takes {', '.join(k + '=' for k in _COMPARE_KEYS)}; got {item!r}")
+        opts[key] = value
+    uri = opts.get("tracking.uri") or _default_uri(opts.get("results_dir", "results"))
+    experiment = opts.get("experiment", "harness")
+    runs = compare.load_runs(uri, experiment)
+    for key in ("task", "method"):
+        if key in opts and not runs.empty:
+            runs = runs[runs[f"tags.{key}"].isin(opts[key].split(","))]
+    if runs.empty:
+        raise ConfigError(f"no runs in experiment {experiment!r} at {uri} match {opts or 'anything'}; "
+                          "run some first (python -m harness run ...) or point tracking.uri= at the store")
+    tables, failed, notes = compare.aggregate(runs, tolerance=args.tolerance)
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    written = []
+    ext = {"md": "md", "csv": "csv", "latex": "tex"}[args.format]
+    for task, table in tables.items():
+        text = compare.render(table, args.format)
+        print(f"\n## {task}\n\n{text}")
+        if out:
+            (out / f"{task}_table.{ext}").write_text(text + "\n")
+            written.append(out / f"{task}_table.{ext}")
+            written.append(plots.accuracy_vs_flops(table, task, out / f"{task}_acc_vs_macs.png"))
+            written.append(plots.accuracy_vs_latency(table, task, out / f"{task}_acc_vs_speedup.png"))
+            written.append(plots.trajectories(_histories(uri, runs, task), task, out / f"{task}_trajectories.png"))
+    print("\nAccuracy: final epoch, test split, mean ± sample std over n seeds. MACs at batch 1 (1 MAC = 2 FLOPs). "
+          "Speed-up: dense ms / pruned ms per batch, median. Δ paper uses the paper's reported accuracy; "
+          f"⚠ marks rows more than {args.tolerance} points off it.")
+    for note in notes:
+        print(f"note: {note}")
+    if not failed.empty:
+        print(f"\nFailed or unfinished runs ({len(failed)}), not averaged in:\n")
+        print(compare.failed_table(failed).to_markdown(index=False))
+    written = [w for w in written if w]
+    if out and not args.no_log and written:
+        from harness.tracking import MlflowTracker
+
+        tracker = MlflowTracker(uri, experiment, Path(opts.get("results_dir", "results")) / "mlruns")
+        tracker.start({"filters": str(opts)}, {"harness.kind": "report",
+                                               "mlflow.runName": f"compare-{time.strftime('%Y%m%d-%H%M%S')}"})
+        for path in written:
+            tracker.log_artifact(path, "compare")
+        tracker.end()
+        print(f"\nwrote {len(written)} files to {out} and logged them to MLflow run {tracker.run_id}")
+    return 0
+
+
+def _default_uri(results_dir: str) -> str:
+    import os
+    from pathlib import Path
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def _histories(uri: str, runs, task: str) -> dict:
+    """prune/macs and prune/acc per step, for the first seed of each (method, target) of a task."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    done = runs[(runs["status"] == "FINISHED") & (runs["tags.task"] == task)]
+    out = {}
+    for (method, target), g in done.groupby(["tags.method", "params.prune.flops_reduction"]):
+        run_id = g.sort_values("tags.seed")["run_id"].iloc[0]
+        macs = {m.step: m.value for m in client.get_metric_history(run_id, "prune/macs")}
+        acc = {m.step: m.value for m in client.get_metric_history(run_id, "prune/acc")}
+        steps = sorted(set(macs) & set(acc))
+        if steps:
+            out[f"{method}@{float(target):.0%}"] = pd.DataFrame(
+                {"step": steps, "macs": [macs[s] for s in steps], "acc": [acc[s] for s in steps]})
+    return out

@@ -6,10 +6,12 @@ trained now or loaded from the cache.
 from __future__ import annotations
 
 import copy
+import json
 import random
 import sys
 import tempfile
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -150,7 +152,7 @@ def _run_phases(cfg, task, method, regularizer, model, pruner, target, device, t
     base_acc = score(model)
     base_macs, base_params = count_macs_params(model, task.example_input(1).to(device))
     dense = copy.deepcopy(model).eval()
-    tracker.log_metrics({"prune/macs": base_macs, "prune/acc": base_acc, "prune/reduction": 0.0}, 0)
+    tracker.log_metrics({"prune/macs": base_macs, "prune/acc": quick_score(model), "prune/reduction": 0.0}, 0)
 
     # 2. Prune, physically, to the MACs target.
     seed_everything(cfg.seed)
@@ -203,11 +205,14 @@ def _run_phases(cfg, task, method, regularizer, model, pruner, target, device, t
 
     # 5. Record the pruned model (architecture widths + weights; reload with harness.load_pruned).
     with tempfile.TemporaryDirectory() as tmp:
-        out_dir = Path(tmp) if tracker.run_id else Path(cfg.results_dir) / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{task.name}-{method.name}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+        out_dir = Path(tmp) if tracker.run_id else Path(cfg.results_dir) / "runs" / unique
         path = out_dir / "pruned_model.pt"
         save_pruned(model.cpu(), task.model_spec(), path)
+        (out_dir / "channels.json").write_text(json.dumps(summary["channels"], indent=1))
         if tracker.run_id:
             tracker.log_artifact(path, "model")
+            tracker.log_artifact(out_dir / "channels.json", "model")
             summary["model_artifact"] = "model/pruned_model.pt"
         else:
             summary["model_artifact"] = str(path)

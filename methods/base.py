@@ -47,7 +47,7 @@ class Method:
         """Default schedule: one shot, global ranking, straight to the target."""
         model = ctx.pruner.prune_to_target(model, self.importance(), ctx.target)
         ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - ctx.pruner.reduction(model)),
-                         "acc": ctx.evaluate(model)})
+                         "acc": ctx.quick_evaluate(model)})
         return model
 
     def finetune_hooks(self) -> list[TrainingHook]:

@@ -59,5 +59,5 @@ class L1LayerwiseMethod(L1Method):
             plan += [(key, int(i)) for i in order]
         ctx.pruner.remove(model, plan)
         ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - ctx.pruner.reduction(model)),
-                         "acc": ctx.evaluate(model)})
+                         "acc": ctx.quick_evaluate(model)})
         return model

@@ -46,7 +46,7 @@ def test_slimming_penalty_drives_bn_scales_toward_zero():
 def _ctx(model, shape):
     pruner = ChannelPruner(model, torch.randn(1, *shape), [model.fc], 0.0)
     return PruneContext(pruner=pruner, target=0.0, device=torch.device("cpu"), train_loader=None, loss_fn=None,
-                        evaluate=lambda m: 0.0, quick_evaluate=None, log_step=lambda *a: None,
+                        evaluate=lambda m: 0.0, quick_evaluate=lambda m: 0.0, log_step=lambda *a: None,
                         log_metrics=None, train=None)
 
 

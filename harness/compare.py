@@ -1,0 +1,121 @@
+"""``python -m harness compare``: MLflow runs -> one table per task, and plots.
+
+Rows are (method, FLOPs target, setup). Runs are pooled over seeds only when they share a setup: the
+baseline recipe (model, data options, train.*, regulariser), the fine-tuning budget (finetune.*), the
+method's own settings and the per-layer minimum. Failed or unfinished runs are listed apart and never
+averaged in. Published numbers come from ``harness/conf/paper_targets.yaml``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from harness.config import CONF_DIR
+
+_NOT_SETUP = ("params.data.root", "params.data.download", "params.data.num_workers")
+_SETUP_PREFIXES = ("params.model.", "params.data.", "params.train.", "params.finetune.", "params.method.",
+                   "params.regularizer.", "params.prune.min_channels_ratio", "params.task.")
+
+
+def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return pd.DataFrame()
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas", max_results=50000)
+    if "tags.harness.kind" in runs:
+        runs = runs[runs["tags.harness.kind"].fillna("") != "report"]
+    return runs.reset_index(drop=True)
+
+
+def setup_columns(runs: pd.DataFrame) -> list[str]:
+    return sorted(c for c in runs.columns if c.startswith(_SETUP_PREFIXES) and c not in _NOT_SETUP
+                  and c not in ("params.method.description", "params.task.description"))
+
+
+def add_setup_ids(runs: pd.DataFrame) -> pd.DataFrame:
+    cols = setup_columns(runs)
+    runs = runs.copy()
+    runs["setup"] = runs[cols].astype(str).agg("|".join, axis=1).map(
+        lambda s: hashlib.sha1(s.encode()).hexdigest()[:6])
+    return runs
+
+
+def paper_targets() -> tuple[list[dict], float]:
+    data = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "paper_targets.yaml"))
+    return data["targets"], float(data["match_within"])
+
+
+def _paper_row(method: str, task: str, reduction: float) -> dict | None:
+    targets, within = paper_targets()
+    for t in targets:
+        if t["method"] == method and t["task"] == task and abs(t["flops_reduction"] - reduction) <= within:
+            return t
+    return None
+
+
+def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
+    """({task: table}, failed runs, notes). Accuracies in the table are in %, reductions in %."""
+    if runs.empty:
+        return {}, pd.DataFrame(), []
+    failed = runs[runs["status"] != "FINISHED"]
+    done = add_setup_ids(runs[runs["status"] == "FINISHED"])
+    notes = []
+    tables = {}
+    lat_cols = sorted(c for c in done.columns if c.startswith("metrics.latency/") and c.endswith("/speedup"))
+    for task, t_runs in done.groupby("tags.task"):
+        rows = []
+        keys = ["tags.method", "params.prune.flops_reduction", "setup"]
+        n_setups = t_runs.groupby(keys[:2])["setup"].nunique()
+        for (method, target, setup), g in t_runs.groupby(keys):
+            acc = g["metrics.final_acc"] * 100
+            row = {
+                "method": method, "target": float(target), "setup": setup, "n": len(g),
+                "seeds": ",".join(sorted(g["tags.seed"].astype(str))),
+                "base acc %": (g["metrics.base_acc"] * 100).mean(),
+                "final acc %": acc.mean(), "± std": acc.std(ddof=1) if len(g) > 1 else 0.0,
+                "Δ acc": ((g["metrics.final_acc"] - g["metrics.base_acc"]) * 100).mean(),
+                "MACs ↓ %": g["metrics.flops_reduction"].mean() * 100,
+                "params ↓ %": g["metrics.params_reduction"].mean() * 100,
+            }
+            for col in lat_cols:
+                batch = col.split("/")[1]
+                row[f"speed-up {batch}"] = g[col].mean()
+            row["latency device"] = ", ".join(sorted(set(g.get("tags.latency_device", pd.Series(["?"])).dropna())))
+            paper = _paper_row(method, task, g["metrics.flops_reduction"].mean())
+            row["paper"] = f"{paper['name']}: {paper['acc']:.2f} [{paper['mark']}]" if paper else ""
+            row["Δ paper"] = row["final acc %"] - paper["acc"] if paper else float("nan")
+            row["off paper"] = "⚠" if paper and abs(row["Δ paper"]) > tolerance else ""
+            rows.append(row)
+            if n_setups[(method, target)] > 1:
+                notes.append(f"{task}/{method}@{target}: {n_setups[(method, target)]} different setups "
+                             "(baseline recipe, fine-tuning budget or method settings) are kept apart, not pooled")
+        table = pd.DataFrame(rows).sort_values(["target", "method", "setup"]).reset_index(drop=True)
+        if table["setup"].nunique() == 1:
+            table = table.drop(columns="setup")
+        tables[task] = table
+    return tables, failed, sorted(set(notes))
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    shown = table.copy()
+    for col in shown.columns:
+        if shown[col].dtype.kind == "f":
+            unit = "×" if col.startswith("speed-up") else ""
+            shown[col] = shown[col].map(lambda v, u=unit: "" if pd.isna(v) else f"{v:.2f}{u}")
+    if fmt == "latex":
+        return shown.to_latex(index=False)
+    return shown.to_markdown(index=False)
+
+
+def failed_table(failed: pd.DataFrame) -> pd.DataFrame:
+    cols = {"run_id": "run", "tags.task": "task", "tags.method": "method", "params.prune.flops_reduction": "target",
+            "tags.seed": "seed", "status": "status", "tags.failure_reason": "reason"}
+    present = {k: v for k, v in cols.items() if k in failed.columns}
+    return failed[list(present)].rename(columns=present)

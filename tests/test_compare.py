@@ -1,0 +1,77 @@
+"""The comparison table, on a small synthetic MLflow store."""
+import math
+
+import pytest
+
+from harness.compare import aggregate, load_runs
+from harness.tracking import MlflowTracker
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def log(method, target, seed, final, base=0.931, status="FINISHED", finetune_epochs=40, reason=None):
+        t = MlflowTracker(uri, "harness", tmp_path / "mlruns")
+        params = {"task.name": "resnet56", "method.name": method, "prune.flops_reduction": target, "seed": seed,
+                  "train.epochs": 160, "finetune.epochs": finetune_epochs, "model.name": "resnet56",
+                  "data.root": f"/data/{seed}", "regularizer.name": "none", "prune.min_channels_ratio": 0.1}
+        t.start(params, {"task": "resnet56", "method": method, "seed": seed, "latency_device": "cpu:x86_64"})
+        if status == "FINISHED":
+            t.log_metrics({"final_acc": final, "base_acc": base, "flops_reduction": target + 0.004,
+                           "params_reduction": target - 0.05, "latency/b1/speedup": 1.5, "latency/b128/speedup": 2.5})
+        t.end(status, reason)
+
+    for seed, acc in enumerate([0.930, 0.932, 0.928]):
+        log("gbn", 0.7, seed, acc)
+    log("gbn", 0.7, 3, None, status="FAILED", reason="NumericalError: loss became nan")
+    log("l1", 0.5, 0, 0.925)
+    log("l1", 0.5, 1, 0.921, finetune_epochs=10)  # a different fine-tuning budget
+    log("l1", 0.5, 2, 0.926)
+    return uri
+
+
+def test_aggregates_seeds_and_separates_failures_and_setups(store):
+    runs = load_runs(store, "harness")
+    tables, failed, notes = aggregate(runs, tolerance=0.5)
+    table = tables["resnet56"]
+
+    gbn = table[table["method"] == "gbn"].iloc[0]
+    assert gbn["n"] == 3 and gbn["seeds"] == "0,1,2"  # the failed seed 3 is not averaged in
+    assert gbn["final acc %"] == pytest.approx(93.0)
+    assert gbn["± std"] == pytest.approx(0.2)  # sample std of 93.0, 93.2, 92.8
+    assert gbn["Δ acc"] == pytest.approx(93.0 - 93.1)
+    assert gbn["MACs ↓ %"] == pytest.approx(70.4)
+    assert gbn["speed-up b128"] == pytest.approx(2.5)
+
+    assert gbn["paper"] == "GBN-30: 93.07 [R]"  # from harness/conf/paper_targets.yaml
+    assert gbn["Δ paper"] == pytest.approx(93.0 - 93.07)
+    assert gbn["off paper"] == ""
+
+    l1 = table[table["method"] == "l1"]
+    assert sorted(l1["n"]) == [1, 2]  # 40-epoch and 10-epoch fine-tunes are not pooled
+    assert any("l1@0.5" in n and "not pooled" in n for n in notes)
+    assert l1["paper"].eq("").all() and l1["Δ paper"].map(math.isnan).all()
+
+    assert len(failed) == 1 and failed["tags.failure_reason"].iloc[0].startswith("NumericalError")
+
+
+def test_flags_rows_far_from_the_paper(store):
+    tables, _, _ = aggregate(load_runs(store, "harness"), tolerance=0.05)
+    assert tables["resnet56"].set_index("method").loc["gbn", "off paper"] == "⚠"
+
+
+def test_compare_cli_writes_tables_and_plots(store, run_cli, tmp_path):
+    out = tmp_path / "report"
+    code, stdout, err = run_cli("compare", f"tracking.uri={store}", "--out", str(out))
+    assert code == 0, err
+    assert "## resnet56" in stdout and "GBN-30: 93.07 [R]" in stdout and "Failed or unfinished runs (1)" in stdout
+    for name in ("resnet56_table.md", "resnet56_acc_vs_macs.png", "resnet56_acc_vs_speedup.png"):
+        assert (out / name).stat().st_size > 0
+    # The report itself is logged to MLflow, and later comparisons leave it out.
+    assert len(load_runs(store, "harness")) == 7
+
+
+def test_compare_with_no_matching_runs_says_so(store, run_cli):
+    code, _, err = run_cli("compare", f"tracking.uri={store}", "task=vgg16_cifar100")
+    assert code == 2 and "no runs" in err
