@@ -32,6 +32,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
+    overrides = [_model_shorthand(o) for o in overrides]
     _check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -40,6 +41,12 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(_explain(e, overrides)) from None
     validate(cfg)
     return cfg
+
+
+def _model_shorthand(item: str) -> str:
+    """``model=timm:resnet18`` means ``model.name=timm:resnet18`` (model is a section, not a group)."""
+    key, eq, value = item.partition("=")
+    return f"model.name={value}" if eq and key == "model" else item
 
 
 def _check_overrides(overrides: list[str]) -> None:

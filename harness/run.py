@@ -142,7 +142,14 @@ def _run_phases(cfg, task, method, regularizer, model, pruner, target, device, t
                          on_epoch=lambda e, mt: (history.append(mt), log_epochs("baseline")(e, mt)))
         return {"history": history, metric: history[-1][metric] if history else None}
 
-    model, meta, reused = baseline_cache.get_or_train(cfg, model, train_baseline, log=say)
+    if task.weights_are_baseline and cfg.model.get("weights"):
+        say(f"[baseline] model.weights={cfg.model.weights} is the baseline; not training one")
+        meta, reused = {"key": f"weights:{Path(cfg.model.weights).expanduser().resolve()}"}, True
+    else:
+        model, meta, reused = baseline_cache.get_or_train(cfg, model, train_baseline, log=say)
+    if getattr(task, "skipped_images", 0):
+        say(f"[data] skipped {task.skipped_images} unreadable images (data.skip_bad=true)")
+        tracker.log_metrics({"data/skipped_images": task.skipped_images})
     if reused:
         say(f"[baseline] reusing {baseline_cache.baseline_dir(cfg)}")
         for epoch, metrics in enumerate(meta.get("history", [])):

@@ -28,27 +28,38 @@ from methods.base import Method, PruneContext
 
 
 class Gates:
-    """φ per BN channel and one mask per channel group, applied with forward hooks on the BNs."""
+    """φ per channel and one mask per channel group, applied with forward hooks.
+
+    A group's gates sit on its BatchNorms; a group without BN (e.g. a VGG FCN) gets "gated convs":
+    the gates sit on the outputs of its convolutions, start at 1 and melt into their weights.
+    """
 
     def __init__(self, model: nn.Module, groups: dict[str, ChannelGroup], beta_clamp: float = 10.0):
         self.model = model
-        self.groups = {key: g.norms for key, g in groups.items() if g.norms}
+        self.groups = {key: g.norms or g.members for key, g in groups.items()}
         self.masks = {key: torch.ones(groups[key].channels, device=_device(model)) for key in self.groups}
         self.phi: dict[str, nn.Parameter] = {}
         self.group_of: dict[str, str] = {}
         with torch.no_grad():
-            for key, norms in self.groups.items():
-                for name in norms:
-                    bn = model.get_submodule(name)
-                    gamma = bn.weight.detach().clone()
-                    safe = torch.where(gamma.abs() < 1e-8, torch.full_like(gamma, 1e-8), gamma)
-                    bn.bias.copy_((bn.bias / safe).clamp(-beta_clamp, beta_clamp))
-                    bn.weight.fill_(1.0)
-                    bn.weight.requires_grad_(False)
-                    self.phi[name] = nn.Parameter(gamma)
+            for key, sites in self.groups.items():
+                for name in sites:
+                    layer = model.get_submodule(name)
+                    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                        gamma = layer.weight.detach().clone()
+                        safe = torch.where(gamma.abs() < 1e-8, torch.full_like(gamma, 1e-8), gamma)
+                        layer.bias.copy_((layer.bias / safe).clamp(-beta_clamp, beta_clamp))
+                        layer.weight.fill_(1.0)
+                        layer.weight.requires_grad_(False)
+                        self.phi[name] = nn.Parameter(gamma)
+                    else:  # gated conv: φ = 1 leaves the function unchanged
+                        self.phi[name] = nn.Parameter(torch.ones(groups[key].channels, device=_device(model)))
                     self.group_of[name] = key
         self._handles: list = []
         self.attach()
+
+    def shifts(self) -> list[nn.Parameter]:
+        """What a tick trains besides φ: the BN shifts β (and the gated convs' biases)."""
+        return [p for p in (self.model.get_submodule(n).bias for n in self.phi) if p is not None]
 
     def _hook(self, name: str):
         def gate(module, inputs, output):
@@ -88,14 +99,19 @@ class Gates:
 
     @torch.no_grad()
     def melt(self) -> None:
-        """Fold φ·mask into each BN's affine (γ' = φ·mask, β' = β·φ·mask) and remove the hooks."""
+        """Fold φ·mask into each gated layer and remove the hooks: a BN gets γ' = φ·mask and
+        β' = β·φ·mask; a gated conv has its filters and bias scaled by φ·mask."""
         self.detach()
         for name, phi in self.phi.items():
-            bn = self.model.get_submodule(name)
+            layer = self.model.get_submodule(name)
             scale = phi.detach() * self.masks[self.group_of[name]]
-            bn.weight.copy_(bn.weight * scale)
-            bn.bias.mul_(scale)
-            bn.weight.requires_grad_(True)
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.weight.copy_(layer.weight * scale)
+                layer.weight.requires_grad_(True)
+            else:
+                layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+            if layer.bias is not None:
+                layer.bias.mul_(scale)
 
 
 class GateSparsity(TrainingHook):
@@ -115,7 +131,7 @@ class GateDecorator(Method):
         cfg, pruner = self.cfg, ctx.pruner
         groups = pruner.groups(model)
         gates = Gates(model, groups, cfg.beta_clamp)
-        removable_floor = {k: g.min_keep for k, g in groups.items() if k in gates.groups}
+        removable_floor = {k: g.min_keep for k, g in groups.items()}
         reduction, tick = self._reduction(model, gates, pruner), 0
         if cfg.tock_first and cfg.tock_epochs and ctx.target > 0:
             self.tock(model, gates, ctx, 0)
@@ -145,7 +161,7 @@ class GateDecorator(Method):
     def tick(self, model: nn.Module, gates: Gates, ctx: PruneContext) -> dict[str, torch.Tensor]:
         """One pass over the tick data training φ, β and the classifier; returns the Taylor score
         per group and channel (+inf for channels already masked)."""
-        trainable = gates.parameters() + [model.get_submodule(n).bias for ns in gates.groups.values() for n in ns]
+        trainable = gates.parameters() + gates.shifts()
         trainable += [p for m in _output_layers(model, ctx) for p in m.parameters()]
         saved = {p: p.requires_grad for p in model.parameters()}
         for p in model.parameters():
@@ -170,6 +186,8 @@ class GateDecorator(Method):
         scores = {}
         for key, norms in gates.groups.items():
             s = sum(taylor[n] for n in norms).double().cpu()
+            if self.cfg.get("group_score", "sum") == "mean":
+                s = s / len(norms)
             scores[key] = torch.where(gates.masks[key].cpu() == 0, torch.full_like(s, float("inf")), s)
         return scores
 

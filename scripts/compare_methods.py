@@ -65,7 +65,7 @@ def main() -> int:
         speed = [_mean_std([r["latency"][f"b{b}"]["speedup"] for r in runs], ".2f") + "×" for b in batches]
         lines.append(f"| {method} | {target:.0%} | {_mean_std(col('base_acc'), '.4f')} | "
                      f"{_mean_std(col('pruned_acc'), '.4f')} | {_mean_std(col('final_acc'), '.4f')} | "
-                     f"{_mean_std(delta, '+.4f')} | {_mean_std(col('flops_reduction'), '.3f')} | "
+                     f"{_mean_std(delta, '+.4f').replace('± +', '± ')} | {_mean_std(col('flops_reduction'), '.3f')} | "
                      f"{_mean_std(col('params_reduction'), '.3f')} | " + " | ".join(speed) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -5,10 +5,13 @@ from tasks.base import Task
 
 
 def _registry() -> dict[str, type[Task]]:
-    from tasks.cifar import Cifar10ResNet56Task
+    from tasks.cifar import Cifar10ResNet56Task, Cifar100VGG16Task
     from tasks.digits import DigitsTask
+    from tasks.images import Cub200Task, ImageNetTask
+    from tasks.voc import VocSegmentationTask
 
-    return {t.name: t for t in (DigitsTask, Cifar10ResNet56Task)}
+    return {t.name: t for t in (DigitsTask, Cifar10ResNet56Task, Cifar100VGG16Task, ImageNetTask, Cub200Task,
+                                VocSegmentationTask)}
 
 
 def create_task(cfg) -> Task:

@@ -17,6 +17,9 @@ class Task:
     num_classes: ClassVar[int]
     input_shape: ClassVar[tuple[int, ...]]  # one sample, channels first
     metric: ClassVar[str] = "acc"  # the key of evaluate() that counts as "accuracy" in reports
+    # With model.weights given: True means those weights are the trained baseline (ImageNet), so the
+    # baseline is not trained; False means they only initialise it (transfer learning).
+    weights_are_baseline: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -28,8 +31,15 @@ class Task:
         return {"name": self.cfg.model.name, "num_classes": self.num_classes, "kwargs": kwargs}
 
     def build_model(self) -> nn.Module:
+        from pathlib import Path
+
+        from tasks.weights import load_weights
+
         spec = self.model_spec()
-        return create_model(spec["name"], spec["num_classes"], **spec["kwargs"])
+        model = create_model(spec["name"], spec["num_classes"], **spec["kwargs"])
+        if self.cfg.model.get("weights"):
+            load_weights(model, Path(self.cfg.model.weights).expanduser(), strict_head=self.weights_are_baseline)
+        return model
 
     def output_layers(self, model: nn.Module) -> list[nn.Module]:
         """Layers whose outputs are the task's predictions; their output channels are never pruned."""

@@ -84,3 +84,10 @@ class Cifar10ResNet56Task(_CifarTask):
     description = "ResNet-56 (option-B shortcuts) on CIFAR-10 from data.root (cifar-10-batches-py)"
     num_classes = 10
     folder = "cifar-10-batches-py"
+
+
+class Cifar100VGG16Task(_CifarTask):
+    name = "vgg16_cifar100"
+    description = "VGG-16 with BN (the pruning papers' CIFAR variant) on CIFAR-100 from data.root (cifar-100-python)"
+    num_classes = 100
+    folder = "cifar-100-python"

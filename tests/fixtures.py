@@ -31,3 +31,86 @@ def make_cifar10(root: Path, per_batch: int = 10, n_test: int = 20, seed: int = 
         pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch,
                      "num_vis": 3072}, fh, protocol=2)
     return folder
+
+
+def make_cifar100(root: Path, n_train: int = 40, n_test: int = 20, seed: int = 0) -> Path:
+    """``cifar-100-python/`` with 'train', 'test' and 'meta' pickles ('fine_labels', 'coarse_labels')."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = [int(i % 100) for i in range(n)]
+        entry = {"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": name, "fine_labels": fine,
+                 "coarse_labels": [f // 5 for f in fine], "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh, protocol=2)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)],
+                     "coarse_label_names": [f"c{i}" for i in range(20)]}, fh, protocol=2)
+    return folder
+
+
+def _jpeg(path: Path, rng, size=(40, 32), tint: int = 0) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[..., 0] = np.clip(pixels[..., 0] // 4 + tint, 0, 255)
+    Image.fromarray(pixels).save(path, "JPEG")
+
+
+def make_imagefolder(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> Path:
+    """ImageNet's ImageFolder layout: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in range(classes):
+            for i in range(per_class):
+                _jpeg(Path(root) / split / f"n{c:08d}" / f"img_{c}_{i}.JPEG", rng, tint=60 * c)
+    return Path(root)
+
+
+def make_cub200(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> Path:
+    """The official CUB_200_2011 layout: images/<class dir>/*.jpg, images.txt, image_class_labels.txt,
+    train_test_split.txt, classes.txt (1-based ids and labels)."""
+    rng = np.random.default_rng(seed)
+    base = Path(root) / "CUB_200_2011"
+    images, labels, split, names = [], [], [], []
+    image_id = 0
+    for c in range(1, classes + 1):
+        cls_dir = f"{c:03d}.Bird_{c}"
+        names.append(f"{c} {cls_dir}")
+        for i in range(per_class):
+            image_id += 1
+            rel = f"{cls_dir}/Bird_{c}_{i}.jpg"
+            _jpeg(base / "images" / rel, rng, tint=60 * c)
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {c}")
+            split.append(f"{image_id} {int(i % 2 == 0)}")
+    for name, lines in (("images", images), ("image_class_labels", labels), ("train_test_split", split),
+                        ("classes", names)):
+        (base / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return base
+
+
+def make_voc2011(root: Path, n_train: int = 4, n_val: int = 2, size=(48, 40), seed: int = 0) -> Path:
+    """``VOCdevkit/VOC2011/`` with JPEGImages/, SegmentationClass/ (palette PNGs: 0..20, 255 borders)
+    and ImageSets/Segmentation/{train,val}.txt."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    voc = Path(root) / "VOCdevkit" / "VOC2011"
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+    palette = [v for i in range(256) for v in (i * 37 % 256, i * 67 % 256, i * 97 % 256)]
+    for split, n in (("train", n_train), ("val", n_val)):
+        ids = [f"2011_{split}_{i:04d}" for i in range(n)]
+        for k, image_id in enumerate(ids):
+            _jpeg(voc / "JPEGImages" / f"{image_id}.jpg", rng, size=size)
+            mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+            mask[: size[1] // 2, :] = 1 + (k % 20)
+            mask[size[1] // 2, :] = 255
+            img = Image.fromarray(mask, mode="P")
+            img.putpalette(palette)
+            img.save(voc / "SegmentationClass" / f"{image_id}.png")
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return Path(root)

@@ -130,3 +130,23 @@ def test_paper_scale_gbn_config_runs_a_few_ticks_on_resnet56(run_cli, tmp_path):
     s = last_json(out)
     assert 0.01 <= s["flops_reduction"] <= 0.02
     assert s["final_params"] < s["base_params"]
+
+
+def test_gated_convs_melt_exactly_in_a_network_without_bn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    pruner = ChannelPruner(model, torch.randn(1, 3, 8, 8), [model[6]], 0.1)
+    gates = Gates(model, pruner.groups(model))
+    assert sorted(gates.phi) == ["0", "2"]  # gates on the convs' outputs
+    with torch.no_grad():
+        for phi in gates.phi.values():
+            phi.uniform_(0.5, 1.5)
+    for mask in gates.masks.values():
+        mask[[1, 4]] = 0
+    x = torch.randn(4, 3, 8, 8)
+    gated = model(x).detach()
+    gates.melt()
+    pruner.remove(model, gates.masked_channels())
+    assert model[0].out_channels == 6 and model[2].out_channels == 6
+    assert (model(x) - gated).abs().max() <= 1e-5

@@ -48,4 +48,4 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 
 def _import_builtin_models() -> None:
-    from . import digits_net, resnet_cifar  # noqa: F401  (registration side effect)
+    from . import digits_net, resnet_cifar, segmentation, vgg_cifar  # noqa: F401  (registration side effect)

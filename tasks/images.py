@@ -1,0 +1,177 @@
+"""Image-file datasets shared by the ImageNet, CUB-200 and VOC tasks: checked loading (an unreadable
+image stops the run with its path, unless ``data.skip_bad=true``), standard transforms, top-5, and
+loading pretrained weights from ``model.weights``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from harness.errors import DataError
+from tasks.base import Task
+
+log = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def classification_transforms(size: int, train: bool):
+    import torchvision.transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train:
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
+    return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), *norm])
+
+
+def open_rgb(path: str | Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}). Fix: replace the file, "
+                        "or add data.skip_bad=true to skip unreadable images (they are counted and logged)") from None
+
+
+def drop_unreadable(samples: list[tuple[str, int]], skip_bad: bool) -> tuple[list[tuple[str, int]], int]:
+    """With ``skip_bad``, check every image up front and drop the unreadable ones; returns (kept, skipped)."""
+    if not skip_bad:
+        return samples, 0
+    from PIL import Image
+
+    kept = []
+    for path, label in samples:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            kept.append((path, label))
+        except Exception:
+            log.warning("skipping unreadable image %s", path)
+    return kept, len(samples) - len(kept)
+
+
+class ImageList(Dataset):
+    """(path, label) samples, opened with ``open_rgb`` so a bad file is named."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples, self.transform = samples, transform
+        self.targets = [label for _, label in samples]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.transform(open_rgb(path)), label
+
+
+class ImageClassificationTask(Task):
+    """Shared by ImageNet and CUB: top-1 (``acc``) and top-5 (``acc5``), weights from ``model.weights``."""
+    skipped_images = 0
+
+    @property
+    def input_shape(self):
+        return (3, int(self.cfg.data.size), int(self.cfg.data.size))
+
+    def check_labels(self, samples, where: Path) -> None:
+        labels = [label for _, label in samples]
+        if labels and (min(labels) < 0 or max(labels) >= self.num_classes):
+            raise DataError(f"{self.name}: labels in {where} span {min(labels)}..{max(labels)}, "
+                            f"expected 0..{self.num_classes - 1}")
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device):
+        model.eval()
+        top1 = top5 = total = 0
+        loss_sum = 0.0
+        loss_fn = self.loss_fn()
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss_sum += loss_fn(out, y).item() * len(y)
+            best = out.topk(min(5, out.shape[1]), dim=1).indices
+            top1 += (best[:, 0] == y).sum().item()
+            top5 += (best == y[:, None]).any(1).sum().item()
+            total += len(y)
+        return {"acc": top1 / max(total, 1), "acc5": top5 / max(total, 1), "loss": loss_sum / max(total, 1)}
+
+
+class ImageNetTask(ImageClassificationTask):
+    name = "resnet50_imagenet"
+    description = "ResNet-50 on ImageNet (ImageFolder train/ and val/ under data.root); start from model.weights"
+    num_classes = 1000
+    weights_are_baseline = True
+
+    def _load_datasets(self):
+        from torchvision.datasets import ImageFolder
+
+        root = Path(self.cfg.data.root).expanduser()
+        splits = []
+        for split, train in (("train", True), ("val", False)):
+            folder = root / split
+            if not folder.is_dir():
+                raise DataError(f"{self.name}: no {folder}/. Fix: set data.root=<dir holding train/ and val/ "
+                                "class folders> (ImageFolder layout; val/ sorted into class folders too)")
+            try:
+                samples = ImageFolder(str(folder)).samples
+            except (FileNotFoundError, RuntimeError) as e:
+                raise DataError(f"{self.name}: {folder}: {e}") from None
+            self.check_labels(samples, folder)
+            samples, skipped = drop_unreadable(samples, bool(self.cfg.data.skip_bad))
+            self.skipped_images += skipped
+            splits.append(ImageList(samples, classification_transforms(int(self.cfg.data.size), train)))
+        return tuple(splits)
+
+
+class Cub200Task(ImageClassificationTask):
+    name = "cub200"
+    description = "ResNet-50 transfer to CUB-200-2011 (official layout under data.root); init from model.weights"
+    num_classes = 200
+
+    def _load_datasets(self):
+        root = Path(self.cfg.data.root).expanduser()
+        if (root / "CUB_200_2011").is_dir():
+            root = root / "CUB_200_2011"
+        files = {name: root / f"{name}.txt" for name in ("images", "image_class_labels", "train_test_split", "classes")}
+        for path in files.values():
+            if not path.is_file():
+                raise DataError(f"{self.name}: missing {path}. Fix: set data.root=<the extracted CUB_200_2011/ "
+                                "folder or its parent>; it holds images/, images.txt, image_class_labels.txt, "
+                                "train_test_split.txt and classes.txt")
+        images = _id_table(files["images"])
+        labels = _id_table(files["image_class_labels"])
+        is_train = _id_table(files["train_test_split"])
+        splits = {True: [], False: []}
+        for image_id, rel in images.items():
+            if image_id not in labels or image_id not in is_train:
+                raise DataError(f"{self.name}: image id {image_id} of {files['images']} has no entry in "
+                                f"{files['image_class_labels'].name} or {files['train_test_split'].name}")
+            try:
+                label = int(labels[image_id]) - 1  # the files count classes from 1
+            except ValueError:
+                raise DataError(f"{self.name}: bad label {labels[image_id]!r} in {files['image_class_labels']}") from None
+            if not 0 <= label < self.num_classes:
+                raise DataError(f"{self.name}: label {label + 1} of image {image_id} in "
+                                f"{files['image_class_labels']} is outside 1..{self.num_classes}")
+            splits[is_train[image_id] == "1"].append((str(root / "images" / rel), label))
+        out = []
+        for train in (True, False):
+            samples, skipped = drop_unreadable(splits[train], bool(self.cfg.data.skip_bad))
+            self.skipped_images += skipped
+            out.append(ImageList(samples, classification_transforms(int(self.cfg.data.size), train)))
+        return tuple(out)
+
+
+def _id_table(path: Path) -> dict[str, str]:
+    table = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise DataError(f"{path}:{n}: expected '<id> <value>', got {line!r}")
+        table[parts[0]] = parts[1].strip()
+    return table
