@@ -5,7 +5,7 @@ import pytest
 
 
 @pytest.mark.parametrize("args, message", [
-    (["task=nope"], "unknown task 'nope'; choose one of: digits, resnet56"),
+    (["task=nope"], "unknown task 'nope'; choose one of: cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, vgg16_cifar100"),
     (["method=nope"], "unknown method 'nope'; choose one of: anl, gbn, l1, l1_resnet56_a, l1_resnet56_b, none, random, slimming"),
     (["prune.nope=1"], "unknown key 'prune.nope'; valid keys under 'prune': flops_reduction, min_channels_ratio"),
     (["nope=1"], "unknown key 'nope'; valid keys: seed,"),
@@ -35,7 +35,7 @@ def test_subprocess_exit_code_and_no_traceback():
     proc = subprocess.run([sys.executable, "-m", "harness", "run", "task=imagenet21k"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown task 'imagenet21k'; choose one of: digits, resnet56"
+    assert proc.stderr.strip() == "error: unknown task 'imagenet21k'; choose one of: cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, vgg16_cifar100"
 
 
 def test_list_shows_tasks_and_methods_with_descriptions(run_cli):
