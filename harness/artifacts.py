@@ -27,31 +27,42 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def save_pruned(model: nn.Module, spec: dict, path: str | os.PathLike) -> None:
+def pruned_payload(model: nn.Module, spec: dict) -> dict:
+    """The registry spec, the per-layer widths and a plain state_dict: no pickled code."""
     layers = {name: {a: int(getattr(m, a)) for a in _WIDTH_ATTRS if isinstance(getattr(m, a, None), int)}
               for name, m in model.named_modules()}
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "spec": spec, "layers": {k: v for k, v in layers.items() if v},
-                 "state_dict": state}, path)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "spec": spec, "layers": {k: v for k, v in layers.items() if v}, "state_dict": state}
 
 
-def load_pruned(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a model saved by ``save_pruned`` as a working ``nn.Module`` in eval mode."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pruned-model file ({FORMAT})")
-    spec = ckpt["spec"]
+def model_from_payload(payload: dict) -> nn.Module:
+    """Rebuild the dense architecture from the registry, shrink each layer to the saved widths, load."""
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"not a pruned-model payload ({FORMAT})")
+    spec = payload["spec"]
     model = create_model(spec["name"], spec["num_classes"], **spec.get("kwargs", {}))
-    for name, attrs in ckpt["layers"].items():
+    for name, attrs in payload["layers"].items():
         module = model.get_submodule(name)
         for attr, value in attrs.items():
             setattr(module, attr, value)
-    for key, tensor in ckpt["state_dict"].items():
+    for key, tensor in payload["state_dict"].items():
         owner, _, leaf = key.rpartition(".")
         module = model.get_submodule(owner)
         current = getattr(module, leaf)
         if current is not None and current.shape != tensor.shape:
             resized = torch.empty_like(tensor)
             setattr(module, leaf, nn.Parameter(resized) if isinstance(current, nn.Parameter) else resized)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.eval()
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model
+
+
+def save_pruned(model: nn.Module, spec: dict, path: str | os.PathLike) -> None:
+    atomic_save(pruned_payload(model, spec), path)
+
+
+def load_pruned(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model saved by ``save_pruned`` as a working ``nn.Module`` in eval mode."""
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pruned-model file ({FORMAT})")
+    return model_from_payload(payload).eval()

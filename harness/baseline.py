@@ -47,15 +47,17 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def get_or_train(cfg: DictConfig, model: nn.Module, train_fn: Callable[[nn.Module], dict],
+def get_or_train(cfg: DictConfig, model: nn.Module, train_fn: Callable[..., dict],
                  log: Callable[[str], None] = print) -> tuple[nn.Module, dict, bool]:
-    """Load the cached baseline into ``model``, or train it with ``train_fn`` and cache it.
+    """Load the cached baseline into ``model``, or train it with
+    ``train_fn(model, resume=<state or None>, save_partial=<callable>)`` and cache it.
 
-    Returns (model, meta, reused). Other processes needing the same baseline block on the lock
-    and then reuse the result.
+    Returns (model, meta, reused). Other processes needing the same baseline block on the lock and
+    then reuse the result. Training progress is kept in ``partial.pt`` after every epoch, so a killed
+    trainer (whose lock the OS releases) is continued by whichever run takes the lock next.
     """
     folder = baseline_dir(cfg)
-    weights, meta_file = folder / "model.pt", folder / "meta.json"
+    weights, meta_file, partial = folder / "model.pt", folder / "meta.json", folder / "partial.pt"
     with _locked(folder.with_name(folder.name + ".lock")):
         if weights.exists() and meta_file.exists():
             try:
@@ -65,10 +67,24 @@ def get_or_train(cfg: DictConfig, model: nn.Module, train_fn: Callable[[nn.Modul
                 log(f"baseline cache {weights} is unreadable ({type(e).__name__}); retraining it")
                 weights.unlink(missing_ok=True)
                 meta_file.unlink(missing_ok=True)
-        meta = train_fn(model)
+        resume = None
+        if partial.exists():
+            try:
+                resume = torch.load(partial, map_location="cpu", weights_only=True)
+                model.load_state_dict(resume["model"])
+                log(f"baseline: resuming after epoch {resume['train']['epoch'] + 1} from {partial}")
+            except Exception as e:
+                log(f"baseline progress {partial} is unreadable ({type(e).__name__}); starting over")
+                resume = None
+
+        def save_partial(state: dict) -> None:
+            atomic_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **state}, partial)
+
+        meta = train_fn(model, resume=resume, save_partial=save_partial)
         meta["key"] = baseline_key(cfg)
         atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
         tmp = meta_file.with_name(f".meta.json.tmp{os.getpid()}")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, meta_file)
+        partial.unlink(missing_ok=True)
         return model, meta, False

@@ -41,7 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill or preemption): unwinds like Ctrl-C, so the run is marked KILLED
+    and its checkpoint kept for the next attempt."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after flags (run --json task=x seed=1): collect the stragglers.
@@ -60,12 +74,24 @@ def main(argv: list[str] | None = None) -> int:
 
             return compare_command(args)
     except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("terminated (SIGTERM); the run's checkpoint is kept: run the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; the run's checkpoint is kept: run the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(e: Exception) -> str:
+    """An error raised in a DataLoader worker comes back with the worker's traceback in its message;
+    the line that matters is the last one."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _list() -> int:

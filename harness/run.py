@@ -1,7 +1,8 @@
 """The one run loop: baseline -> prune -> fine-tune -> measure -> record.
 
-Each phase re-seeds from ``cfg.seed``, so a run gives the same result whether its baseline was
-trained now or loaded from the cache.
+Each phase re-seeds from ``cfg.seed`` and every training epoch from (seed, epoch), so a run gives the
+same result whether its baseline was trained now or loaded from the cache, and whether it ran
+through or was killed and resumed from its checkpoint (``harness/checkpoint.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from harness import baseline as baseline_cache
-from harness.artifacts import save_pruned
+from harness.artifacts import model_from_payload, pruned_payload, save_pruned
+from harness.checkpoint import RunCheckpoint
 from harness.errors import ConfigError
 from harness.measure import compare_latency, count_macs_params
 from harness.surgery import ChannelPruner, channel_widths
@@ -70,158 +72,214 @@ def run(cfg: DictConfig) -> dict:
     # Cheap checks before any data is read or any training starts.
     seed_everything(cfg.seed)
     model = task.build_model()
-    example = task.example_input(1)
-    pruner = ChannelPruner(model, example, task.output_layers(model), cfg.prune.min_channels_ratio)
+    pruner = ChannelPruner(model, task.example_input(1), task.output_layers(model), cfg.prune.min_channels_ratio)
     if target > 0 and pruner.max_reduction(model) < target:
         raise ConfigError(pruner.unreachable_message(model, target))
 
+    checkpoint = RunCheckpoint(cfg)
+    state = None
+    if str(cfg.resume).lower() == "false":
+        checkpoint.clear()
+    else:
+        state = checkpoint.load()
+        if state is None and str(cfg.resume).lower() == "true":
+            raise ConfigError(f"resume=true but there is no checkpoint at {checkpoint.path} for this config; "
+                              "run without resume= to start")
+
     tracker = make_tracker(cfg)
-    tracker.start(flatten(cfg), tags={"task": task.name, "method": method.name, "seed": cfg.seed,
-                                      "regularizer": cfg.regularizer.name,
-                                      "mlflow.runName": f"{task.name}-{method.name}-r{target:g}-s{cfg.seed}"})
+    if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
+        say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
+    else:
+        tracker.start(flatten(cfg), tags={"task": task.name, "method": method.name, "seed": cfg.seed,
+                                          "regularizer": cfg.regularizer.name,
+                                          "mlflow.runName": f"{task.name}-{method.name}-r{target:g}-s{cfg.seed}"})
+    if state is None or state["stage"] == "start":
+        # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
+        state = None
+        checkpoint.save({"stage": "start", "mlflow_run_id": tracker.run_id or ""})
     try:
-        summary = _run_phases(cfg, task, method, regularizer, model, pruner, target, device, tracker, say)
+        phases = _Phases(cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say)
+        summary = phases.execute(model, state)
+        tracker.flush()  # raises if the store still cannot take what was buffered
     except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
         tracker.end(status, reason=f"{type(e).__name__}: {e}")
         raise
     tracker.end("FINISHED")
+    checkpoint.clear()
     return summary
 
 
-def _run_phases(cfg, task, method, regularizer, model, pruner, target, device, tracker, say) -> dict:
-    started = time.time()
-    train_set, test_set = task.datasets()
-    workers = int(cfg.data.get("num_workers", 0))
+class _Phases:
+    def __init__(self, cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say):
+        self.cfg, self.task, self.method, self.regularizer = cfg, task, method, regularizer
+        self.pruner, self.target, self.device = pruner, target, device
+        self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
+        self.fit = partial(train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet)
 
-    def loader(ds, batch_size, shuffle):
-        gen = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(ds, batch_size=int(batch_size), shuffle=shuffle, generator=gen, num_workers=workers,
-                          pin_memory=device.type == "cuda", drop_last=False)
+    # --- helpers ---------------------------------------------------------------------------
+    def loader(self, ds, batch_size, shuffle):
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(ds, batch_size=int(batch_size), shuffle=shuffle, generator=gen,
+                          num_workers=int(self.cfg.data.get("num_workers", 0)),
+                          pin_memory=self.device.type == "cuda", drop_last=False)
 
-    test_loader = loader(test_set, max(cfg.train.batch_size, 256), False)
-    metric = task.metric
+    def evaluate(self, m) -> dict:
+        return self.task.evaluate(m, self.test_loader, self.device)
 
-    def evaluate(m) -> dict:
-        return task.evaluate(m, test_loader, device)
+    def score(self, m) -> float:
+        return self.evaluate(m)[self.task.metric]
 
-    def score(m) -> float:
-        return evaluate(m)[metric]
+    def quick_score(self, m) -> float:
+        """The metric on one fixed held-out batch: cheap enough for every pruning step."""
+        return self.task.evaluate(m, [self.held_out], self.device)[self.task.metric]
 
-    held_out = next(iter(test_loader))
+    def log_epochs(self, prefix):
+        return lambda epoch, metrics: self.tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, epoch)
 
-    def quick_score(m) -> float:
-        return task.evaluate(m, [held_out], device)[metric]
-
-    loss_fn = task.loss_fn()
-    fit = partial(train, loss_fn=loss_fn, device=device, quiet=cfg.quiet)
-
-    def with_regularizer(m, **kwargs):
+    def train_with_regularizer(self, m, **kwargs):
         """Train with the regulariser's layers attached (ANL), and detach them afterwards."""
         hooks = list(kwargs.pop("hooks", []))
-        if regularizer is not None:
-            hooks.append(regularizer.attach(m))
+        if self.regularizer is not None:
+            hooks.append(self.regularizer.attach(m))
         try:
-            return fit(m, **kwargs, hooks=hooks)
+            return self.fit(m, **kwargs, hooks=hooks, seed=self.cfg.seed)
         finally:
-            if regularizer is not None:
-                regularizer.detach()
+            if self.regularizer is not None:
+                self.regularizer.detach()
 
-    def log_epochs(prefix):
-        return lambda epoch, metrics: tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, epoch)
+    def macs_params(self, m) -> tuple[int, int]:
+        return count_macs_params(m, self.task.example_input(1).to(self.device))
 
-    # 1. Baseline: trained once per task + seed + recipe, shared by every method.
-    model = model.to(device)
+    # --- the phases ------------------------------------------------------------------------
+    def execute(self, model, state: dict | None) -> dict:
+        cfg, task, say = self.cfg, self.task, self.say
+        started = time.time()
+        self.train_set, test_set = task.datasets()
+        self.test_loader = self.loader(test_set, max(cfg.train.batch_size, 256), False)
+        self.held_out = next(iter(self.test_loader))
 
-    def train_baseline(m):
-        say(f"[baseline] training {cfg.model.name} on {task.name} for {cfg.train.epochs} epochs")
-        seed_everything(cfg.seed)
-        history = []
-        with_regularizer(m, loader=loader(train_set, cfg.train.batch_size, True), recipe=cfg.train,
-                         evaluate=evaluate, desc="train",
-                         on_epoch=lambda e, mt: (history.append(mt), log_epochs("baseline")(e, mt)))
-        return {"history": history, metric: history[-1][metric] if history else None}
+        model, reused, baseline_key = self.baseline(model.to(self.device))
+        dense = copy.deepcopy(model).eval()
+        if state is None:
+            model, measures = self.prune(model, reused, baseline_key)
+        else:
+            measures = state["measures"]
+            model = model_from_payload(state["model"]).to(self.device)
+        model = self.finetune(model, measures, state if state and state["stage"] == "finetune" else None)
+        return self.measure(model, dense, measures, started)
 
-    if task.weights_are_baseline and cfg.model.get("weights"):
-        say(f"[baseline] model.weights={cfg.model.weights} is the baseline; not training one")
-        meta, reused = {"key": f"weights:{Path(cfg.model.weights).expanduser().resolve()}"}, True
-    else:
+    def baseline(self, model):
+        cfg, task, say = self.cfg, self.task, self.say
+        if task.weights_are_baseline and cfg.model.get("weights"):
+            say(f"[baseline] model.weights={cfg.model.weights} is the baseline; not training one")
+            return model, True, f"weights:{Path(cfg.model.weights).expanduser().resolve()}"
+
+        def train_baseline(m, resume=None, save_partial=None):
+            say(f"[baseline] training {cfg.model.name} on {task.name} for {cfg.train.epochs} epochs")
+            history = list(resume["history"]) if resume else []
+            self.train_with_regularizer(
+                m, loader=self.loader(self.train_set, cfg.train.batch_size, True), recipe=cfg.train,
+                evaluate=self.evaluate, desc="train", resume=resume["train"] if resume else None,
+                on_epoch=lambda e, mt: (history.append(mt), self.log_epochs("baseline")(e, mt)),
+                checkpoint=lambda st: save_partial({"train": st, "history": history}))
+            return {"history": history, task.metric: history[-1][task.metric] if history else None}
+
         model, meta, reused = baseline_cache.get_or_train(cfg, model, train_baseline, log=say)
-    if getattr(task, "skipped_images", 0):
-        say(f"[data] skipped {task.skipped_images} unreadable images (data.skip_bad=true)")
-        tracker.log_metrics({"data/skipped_images": task.skipped_images})
-    if reused:
-        say(f"[baseline] reusing {baseline_cache.baseline_dir(cfg)}")
-        for epoch, metrics in enumerate(meta.get("history", [])):
-            log_epochs("baseline")(epoch, metrics)
-    tracker.set_tags({"baseline_key": meta["key"], "baseline_reused": reused})
-    model = model.to(device)
-    base_acc = score(model)
-    base_macs, base_params = count_macs_params(model, task.example_input(1).to(device))
-    dense = copy.deepcopy(model).eval()
-    tracker.log_metrics({"prune/macs": base_macs, "prune/acc": quick_score(model), "prune/reduction": 0.0}, 0)
+        if getattr(task, "skipped_images", 0):
+            say(f"[data] skipped {task.skipped_images} unreadable images (data.skip_bad=true)")
+            self.tracker.log_metrics({"data/skipped_images": task.skipped_images})
+        if reused:
+            say(f"[baseline] reusing {baseline_cache.baseline_dir(cfg)}")
+            for epoch, metrics in enumerate(meta.get("history", [])):
+                self.log_epochs("baseline")(epoch, metrics)
+        return model.to(self.device), reused, meta["key"]
 
-    # 2. Prune, physically, to the MACs target.
-    seed_everything(cfg.seed)
-    pruner.example_inputs = task.example_input(1).to(device)
+    def prune(self, model, reused: bool, baseline_key: str) -> tuple[torch.nn.Module, dict]:
+        cfg, method, pruner, tracker = self.cfg, self.method, self.pruner, self.tracker
+        tracker.set_tags({"baseline_key": baseline_key, "baseline_reused": reused})
+        base_acc = self.score(model)
+        base_macs, base_params = self.macs_params(model)
+        tracker.log_metrics({"prune/macs": base_macs, "prune/acc": self.quick_score(model), "prune/reduction": 0.0}, 0)
 
-    def log_step(step: int, metrics: dict) -> None:
-        tracker.log_metrics({f"prune/{k}": v for k, v in metrics.items()}, step)
-
-    ctx = PruneContext(pruner=pruner, target=target, device=device,
-                       train_loader=loader(train_set, cfg.train.batch_size, True), loss_fn=loss_fn,
-                       evaluate=score, quick_evaluate=quick_score, log_step=log_step,
-                       log_metrics=tracker.log_metrics, train=fit, finetune_recipe=cfg.finetune)
-    if method.prunes:
-        say(f"[prune] {method.name}: removing {target:.0%} of {base_macs / 1e6:.2f} M MACs")
-    model = method.prune(model, ctx).to(device)
-    pruned_acc = score(model)
-    pruned_macs, pruned_params = count_macs_params(model, task.example_input(1).to(device))
-    tracker.log_metrics({"pruned_acc": pruned_acc, "pruned_macs": pruned_macs})
-
-    # 3. Fine-tune, with the same budget for every method.
-    if method.finetunes and cfg.finetune.epochs:
-        say(f"[finetune] {cfg.finetune.epochs} epochs")
         seed_everything(cfg.seed)
-        with_regularizer(model, loader=loader(train_set, cfg.finetune.batch_size, True),
-                         recipe=cfg.finetune, evaluate=evaluate, hooks=method.finetune_hooks(),
-                         on_epoch=log_epochs("finetune"), desc="finetune")
+        pruner.example_inputs = self.task.example_input(1).to(self.device)
+        ctx = PruneContext(pruner=pruner, target=self.target, device=self.device,
+                           train_loader=self.loader(self.train_set, cfg.train.batch_size, True),
+                           loss_fn=self.task.loss_fn(), evaluate=self.score, quick_evaluate=self.quick_score,
+                           log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
+                           log_metrics=tracker.log_metrics, train=self.fit, finetune_recipe=cfg.finetune)
+        if method.prunes:
+            self.say(f"[prune] {method.name}: removing {self.target:.0%} of {base_macs / 1e6:.2f} M MACs")
+        model = method.prune(model, ctx).to(self.device)
+        pruned_macs, pruned_params = self.macs_params(model)
+        measures = {"base_acc": base_acc, "base_macs": base_macs, "base_params": base_params,
+                    "pruned_acc": self.score(model), "pruned_macs": pruned_macs, "baseline_reused": reused}
+        tracker.log_metrics({"pruned_acc": measures["pruned_acc"], "pruned_macs": pruned_macs})
+        self.save_checkpoint("pruned", model, measures)
+        return model, measures
 
-    # 4. Measure.
-    final = evaluate(model)
-    final_macs, final_params = count_macs_params(model, task.example_input(1).to(device))
-    say("[measure] latency, dense vs pruned")
-    latency = compare_latency(dense, model, task.example_input, cfg.measure.batch_sizes, device,
-                              warmup=cfg.measure.warmup, repeats=cfg.measure.repeats)
+    def save_checkpoint(self, stage: str, model, measures: dict, train_state: dict | None = None) -> None:
+        state = {"stage": stage, "mlflow_run_id": self.tracker.run_id or "", "measures": measures,
+                 "model": pruned_payload(model, self.task.model_spec())}
+        if train_state is not None:
+            state["train"] = train_state
+        self.checkpoint.save(state)
 
-    summary = {
-        "task": task.name, "method": method.name, "seed": int(cfg.seed), "target_reduction": target,
-        "metric": metric, "base_acc": base_acc, "pruned_acc": pruned_acc, "final_acc": final[metric],
-        "base_macs": base_macs, "pruned_macs": pruned_macs, "final_macs": final_macs,
-        "flops_reduction": 1 - final_macs / base_macs, "base_params": base_params, "final_params": final_params,
-        "params_reduction": 1 - final_params / base_params, "macs_unit": "MACs (multiply-accumulates), batch 1",
-        "latency": latency, "latency_unit": "ms per batch (median)", "baseline_reused": reused,
-        "channels": channel_widths(model), "wall_s": time.time() - started,
-    }
-    flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for key, lat in latency.items():
-        flat.update({f"latency/{key}/{k}": v for k, v in lat.items() if k in ("dense_ms", "pruned_ms", "speedup")})
-    tracker.log_metrics(flat)
-    tracker.set_tags({"latency_device": next(iter(latency.values()))["device"],
-                      "latency_threads": torch.get_num_threads()})
+    def finetune(self, model, measures: dict, state: dict | None):
+        cfg = self.cfg
+        if not (self.method.finetunes and cfg.finetune.epochs):
+            return model
+        resume = state["train"] if state else None
+        done = resume["epoch"] + 1 if resume else 0
+        self.say(f"[finetune] {cfg.finetune.epochs} epochs" + (f", resuming after epoch {done}" if resume else ""))
+        seed_everything(cfg.seed)
+        self.train_with_regularizer(
+            model, loader=self.loader(self.train_set, cfg.finetune.batch_size, True), recipe=cfg.finetune,
+            evaluate=self.evaluate, hooks=self.method.finetune_hooks(), on_epoch=self.log_epochs("finetune"),
+            desc="finetune", resume=resume,
+            checkpoint=lambda st: self.save_checkpoint("finetune", model, measures, st))
+        return model
 
-    # 5. Record the pruned model (architecture widths + weights; reload with harness.load_pruned).
-    with tempfile.TemporaryDirectory() as tmp:
-        unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{task.name}-{method.name}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
-        out_dir = Path(tmp) if tracker.run_id else Path(cfg.results_dir) / "runs" / unique
-        path = out_dir / "pruned_model.pt"
-        save_pruned(model.cpu(), task.model_spec(), path)
-        (out_dir / "channels.json").write_text(json.dumps(summary["channels"], indent=1))
-        if tracker.run_id:
+    def measure(self, model, dense, measures: dict, started: float) -> dict:
+        cfg, task, tracker, metric = self.cfg, self.task, self.tracker, self.task.metric
+        final = self.evaluate(model)
+        final_macs, final_params = self.macs_params(model)
+        self.say("[measure] latency, dense vs pruned")
+        latency = compare_latency(dense, model, task.example_input, cfg.measure.batch_sizes, self.device,
+                                  warmup=cfg.measure.warmup, repeats=cfg.measure.repeats)
+        summary = {
+            "task": task.name, "method": self.method.name, "seed": int(cfg.seed), "target_reduction": self.target,
+            "metric": metric, "base_acc": measures["base_acc"], "pruned_acc": measures["pruned_acc"],
+            "final_acc": final[metric], "base_macs": measures["base_macs"], "pruned_macs": measures["pruned_macs"],
+            "final_macs": final_macs, "flops_reduction": 1 - final_macs / measures["base_macs"],
+            "base_params": measures["base_params"], "final_params": final_params,
+            "params_reduction": 1 - final_params / measures["base_params"],
+            "macs_unit": "MACs (multiply-accumulates), batch 1", "latency": latency,
+            "latency_unit": "ms per batch (median)", "baseline_reused": measures["baseline_reused"],
+            "channels": channel_widths(model), "wall_s": time.time() - started,
+        }
+        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for key, lat in latency.items():
+            flat.update({f"latency/{key}/{k}": v for k, v in lat.items() if k in ("dense_ms", "pruned_ms", "speedup")})
+        tracker.log_metrics(flat)
+        tracker.set_tags({"latency_device": next(iter(latency.values()))["device"],
+                          "latency_threads": torch.get_num_threads()})
+        summary["model_artifact"] = self.record(model, summary)
+        summary["mlflow_run_id"] = tracker.run_id
+        return summary
+
+    def record(self, model, summary: dict) -> str:
+        """Save the pruned model (widths + weights; reload with harness.artifacts.load_pruned)."""
+        cfg, task, tracker = self.cfg, self.task, self.tracker
+        with tempfile.TemporaryDirectory() as tmp:
+            unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{task.name}-{self.method.name}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+            out_dir = Path(tmp) if tracker.run_id else Path(cfg.results_dir) / "runs" / unique
+            path = out_dir / "pruned_model.pt"
+            save_pruned(model.cpu(), task.model_spec(), path)
+            (out_dir / "channels.json").write_text(json.dumps(summary["channels"], indent=1))
+            if not tracker.run_id:
+                return str(path)
             tracker.log_artifact(path, "model")
             tracker.log_artifact(out_dir / "channels.json", "model")
-            summary["model_artifact"] = "model/pruned_model.pt"
-        else:
-            summary["model_artifact"] = str(path)
-    summary["mlflow_run_id"] = tracker.run_id
-    return summary
+            return "model/pruned_model.pt"

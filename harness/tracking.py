@@ -6,15 +6,24 @@ elsewhere (another file, or a tracking server).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import HarnessError
+
 _PARAM_LIMIT = 6000  # MLflow's longest param value
+
+
+class TrackingError(HarnessError):
+    exit_code = 5
 
 
 class NullTracker:
@@ -22,6 +31,10 @@ class NullTracker:
     run_id: str | None = None
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
+    def resume(self, run_id: str) -> bool:
+        return False
+
+    def flush(self) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
@@ -29,59 +42,146 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    def __init__(self, uri: str, experiment: str, artifact_root: Path):
-        for noisy in ("mlflow", "alembic"):  # schema-creation chatter would break one-line errors
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    """MLflow through its client API. A call that fails (a locked or unreachable store) is retried a
+    few times, then kept in memory and in ``<buffer_dir>/<run_id>.jsonl`` while training goes on; every
+    later call retries what is pending first. ``flush()`` at the end raises ``TrackingError`` if the
+    store still cannot take it, so a run never reports a success the store does not hold."""
+
+    RETRIES = (0.2, 0.5, 1.0, 2.0)
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path, buffer_dir: Path | None = None):
         warnings.filterwarnings("ignore", module="sqlalchemy")
         warnings.filterwarnings("ignore", message=".*SADeprecationWarning.*")
         from mlflow.tracking import MlflowClient
 
+        for noisy in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        self.buffer_dir = buffer_dir or artifact_root.parent / "tracking_buffer"
+        self.pending: list[tuple[str, tuple]] = []
+        exp = self._retry(self.client.get_experiment_by_name, experiment)
         if exp is None:
             try:
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None)
             except Exception:  # another process created it first
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+                self.experiment_id = self._retry(self.client.get_experiment_by_name, experiment).experiment_id
         else:
             self.experiment_id = exp.experiment_id
         self.run_id = None
 
+    def _retry(self, fn, *args):
+        for delay in self.RETRIES:
+            try:
+                return fn(*args)
+            except Exception:
+                time.sleep(delay)
+        return fn(*args)
+
+    def _call(self, name: str, *args) -> None:
+        """Run ``self.client.<name>(*args)``, or keep it for later if the store will not take it."""
+        self._drain()
+        if self.pending:
+            self._keep(name, args)
+            return
+        try:
+            self._retry(getattr(self.client, name), *args)
+        except Exception as e:
+            if not self.pending:
+                print(f"warning: tracking store {self.uri} failed ({type(e).__name__}: {e}); training goes on, "
+                      f"records are kept in {self._buffer_file()} until it answers", file=sys.stderr)
+            self._keep(name, args)
+
+    def _keep(self, name: str, args: tuple) -> None:
+        self.pending.append((name, args))
+        self.buffer_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._buffer_file(), "a") as fh:
+            fh.write(json.dumps({"call": name, "args": [_jsonable(a) for a in args]}) + "\n")
+
+    def _drain(self) -> None:
+        while self.pending:
+            name, args = self.pending[0]
+            try:
+                getattr(self.client, name)(*args)
+            except Exception:
+                return
+            self.pending.pop(0)
+
+    def _buffer_file(self) -> Path:
+        return self.buffer_dir / f"{self.run_id or 'no-run'}.jsonl"
+
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         from mlflow.entities import Param, RunTag
 
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=tags.get("mlflow.runName"))
+        run = self._retry(self.client.create_run, self.experiment_id, None, tags, tags.get("mlflow.runName"))
         self.run_id = run.info.run_id
         items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self._call("log_batch", self.run_id, (), items[i:i + 100])
+        self._call("log_batch", self.run_id, (), (), [RunTag(k, str(v)) for k, v in tags.items()])
+
+    def resume(self, run_id: str) -> bool:
+        """Continue an existing run (after a kill or a requeue). False if the store does not have it."""
+        try:
+            self._retry(self.client.get_run, run_id)
+        except Exception:
+            return False
+        self.run_id = run_id
+        self._call("update_run", run_id, "RUNNING")
+        self._call("set_tag", run_id, "resumed", "true")
+        return True
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+            self._call("log_batch", self.run_id, items[i:i + 1000])
 
     def log_artifact(self, path, artifact_path=None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if self.pending:  # keep a copy: the file may be temporary
+            import shutil
+
+            keep = self.buffer_dir / "artifacts" / f"{self.run_id}-{Path(path).name}"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, keep)
+            path = keep
+        self._call("log_artifact", self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v)[:5000])
+            self._call("set_tag", self.run_id, k, str(v)[:5000])
+
+    def flush(self) -> None:
+        self._drain()
+        if self.pending:
+            raise TrackingError(f"the tracking store {self.uri} did not take {len(self.pending)} records "
+                                f"(kept in {self._buffer_file()}); the run is not reported as done. Fix the store "
+                                "and run the same command again: it resumes from its last checkpoint")
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if self.run_id is None:
             return
-        if reason:
-            self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
-        self.client.set_terminated(self.run_id, status=status)
+        try:
+            if reason:
+                self._call("set_tag", self.run_id, "failure_reason", reason[:5000])
+            self._call("set_terminated", self.run_id, status)
+        except Exception:  # ending is best effort when the store is down; the buffer file has it
+            pass
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    try:  # MLflow entities iterate as (property, value) pairs
+        return {k: _jsonable(v) for k, v in dict(value).items()}
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def tracking_uri(cfg: DictConfig) -> str:

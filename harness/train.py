@@ -57,14 +57,25 @@ def progress(iterable, *, desc: str, quiet: bool, total: int | None = None):
 def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, device: torch.device,
           hooks: list[TrainingHook] = (), evaluate: Callable[[nn.Module], dict] | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, params: Iterable[nn.Parameter] | None = None,
-          desc: str = "train", quiet: bool = False, epochs: int | None = None) -> dict:
+          desc: str = "train", quiet: bool = False, epochs: int | None = None, seed: int | None = None,
+          resume: dict | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` for ``recipe.epochs`` (or ``epochs``). After each epoch, ``evaluate(model)``
-    and ``on_epoch(epoch, metrics)`` are called. Returns the last epoch's metrics."""
+    and ``on_epoch(epoch, metrics)`` are called, then ``checkpoint(state)`` with what ``resume=``
+    needs to continue after that epoch. With ``seed``, each epoch's randomness (shuffling, augmentation,
+    noise) depends only on (seed, epoch), so a resumed run repeats an uninterrupted one exactly.
+    Returns the last epoch's metrics."""
     epochs = recipe.epochs if epochs is None else epochs
     opt = make_optimizer(params if params is not None else model.parameters(), recipe)
     sched = make_scheduler(opt, recipe, len(loader)) if epochs else None
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start = resume["epoch"] + 1
     metrics: dict = {}
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
+        if seed is not None:
+            _seed_epoch(loader, seed * 100_003 + epoch)
         model.train()
         loss_sum, n = 0.0, 0
         bar = progress(loader, desc=f"{desc} {epoch + 1}/{epochs}", quiet=quiet)
@@ -93,4 +104,13 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
             metrics.update(evaluate(model))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if checkpoint is not None:
+            checkpoint({"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
     return metrics
+
+
+def _seed_epoch(loader, seed: int) -> None:
+    torch.manual_seed(seed)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
