@@ -14,6 +14,7 @@ from harness.errors import HarnessError
 EPILOG = """examples:
   python -m harness run task=digits method=l1 prune.flops_reduction=0.5
   python -m harness run task=resnet56 method=l1 data.root=~/data seed=1 --json
+  python -m harness sweep task=digits method=gbn,l1,random seed=0,1,2 launcher=slurm --wait
   python -m harness compare task=digits --out results/digits
   python -m harness list
 """
@@ -22,13 +23,17 @@ EPILOG = """examples:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description="CNN filter-pruning harness",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    sub = p.add_subparsers(dest="command", metavar="{run,compare,list}")
+    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,list}")
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. task=digits method=l1 prune.flops_reduction=0.5 seed=0")
     r.add_argument("--json", action="store_true", help="print one final JSON line with the results on stdout")
     r.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    r.add_argument("--wait", action="store_true", help="with launcher=local|slurm: wait for the job and report it")
+    w = sub.add_parser("sweep", help="expand comma lists (method=gbn,l1 seed=0,1,2) and launch the grid as a job array")
+    w.add_argument("overrides", nargs="*", metavar="key=value", help="overrides; a,b,c lists span the grid")
+    w.add_argument("--wait", action="store_true", help="wait for every job and print a table of results")
     c = sub.add_parser("compare", help="MLflow runs -> a table per task (mean ± std over seeds) and plots")
     c.add_argument("overrides", nargs="*", metavar="key=value",
                    help="filters and store: task=, method=, experiment=, tracking.uri=, results_dir=")
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "compare":
             from harness.report import compare_command
 
@@ -94,6 +101,23 @@ def _one_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _sweep(args) -> int:
+    from harness import launch
+
+    cfg, grid, jobs = launch.submit(args.overrides)
+    if cfg.launcher.name == "inline":
+        print(launch.results_table([{"status": "DONE", **s} for s in jobs], grid))
+        return 0
+    launch.print_submitted(cfg, jobs)
+    if not args.wait:
+        return 0
+    rows = launch.wait(jobs)
+    print(launch.results_table(rows, grid))
+    if getattr(args, "json", False) and len(rows) == 1 and rows[0]["status"] == "DONE":
+        print(json.dumps({k: v for k, v in rows[0].items() if k not in ("job", "status")}))
+    return 0 if all(r["status"] == "DONE" for r in rows) else 1
+
+
 def _list() -> int:
     from harness.config import describe_group
 
@@ -113,6 +137,12 @@ def _run(args) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
+    if cfg.launcher.name != "inline":
+        if any("," in o.partition("=")[2] and "[" not in o for o in args.overrides):
+            from harness.errors import ConfigError
+
+            raise ConfigError("run takes single values; use `python -m harness sweep` for comma lists")
+        return _sweep(args)
     from harness.report import print_summary
     from harness.run import run
 

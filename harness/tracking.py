@@ -191,7 +191,7 @@ def tracking_uri(cfg: DictConfig) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     db = Path(cfg.results_dir).resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    return f"sqlite:///{db}?timeout=60"  # concurrent jobs wait for sqlite's write lock instead of failing
 
 
 def make_tracker(cfg: DictConfig) -> NullTracker:

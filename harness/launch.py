@@ -1,0 +1,137 @@
+"""Launching runs and sweeps: in this process, as local subprocesses, or as a SLURM job array, all
+through submitit. Comma lists in overrides expand to the cartesian grid:
+
+    python -m harness sweep task=digits method=gbn,l1 seed=0,1,2 launcher=slurm --wait
+
+Every job runs ``harness.run.run`` on its own overrides. Jobs are submitit ``Checkpointable``: when
+SLURM preempts or times a job out (USR2), submitit requeues it and the job resumes from the run's
+own checkpoint into the same MLflow run. Concurrent jobs share one baseline per task + seed through
+the baseline cache's file lock.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig
+
+from harness.config import compose
+from harness.errors import ConfigError
+
+
+def split_values(value: str) -> list[str]:
+    """``a,b,[1,2]`` -> ['a', 'b', '[1,2]']: commas inside brackets, braces or quotes do not split."""
+    parts, depth, quote, current = [], 0, None, ""
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    return parts + [current]
+
+
+def expand_grid(overrides: list[str]) -> list[list[str]]:
+    """The cartesian product of every comma list, in the order given; launcher= is left out."""
+    axes = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        if key == "launcher":
+            continue
+        axes.append([f"{key}={v}" for v in split_values(value)])
+    return [list(point) for point in itertools.product(*axes)]
+
+
+class HarnessJob(submitit.helpers.Checkpointable):
+    """One run, picklable for submitit. On preemption or time-out, ``checkpoint()`` (inherited)
+    resubmits the same overrides; the run itself resumes from its checkpoint file."""
+
+    def __call__(self, overrides: list[str]) -> dict:
+        from harness.run import run
+
+        return run(compose([*overrides, "launcher=inline", "quiet=true"]))
+
+
+def make_executor(cfg: DictConfig):
+    launcher = cfg.launcher
+    folder = Path(str(launcher.folder))
+    if launcher.name == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=int(launcher.timeout_min))
+        return executor
+    if launcher.name == "slurm":
+        # cluster= explicitly: AutoExecutor would pick SLURM whenever srun is on PATH.
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        extra = {k: v for k, v in {"account": launcher.account, "qos": launcher.qos}.items() if v}
+        extra.update(dict(launcher.additional or {}))
+        executor.update_parameters(
+            slurm_partition=launcher.partition or None, timeout_min=int(launcher.time_min),
+            gpus_per_node=int(launcher.gpus_per_node), cpus_per_task=int(launcher.cpus_per_task),
+            mem_gb=float(launcher.mem_gb), slurm_array_parallelism=int(launcher.array_parallelism),
+            slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=extra,
+            name=str(launcher.job_name))
+        return executor
+    raise ConfigError(f"launcher {launcher.name!r} does not submit jobs")
+
+
+def submit(overrides: list[str]) -> tuple[DictConfig, list[list[str]], list]:
+    """Validate every grid point (so a typo fails before anything is submitted), then submit.
+
+    Returns (config of the first point, the grid, the jobs or, for launcher=inline, the summaries)."""
+    grid = expand_grid(overrides)
+    launcher = [o for o in overrides if o.startswith("launcher=")]
+    cfgs = [compose([*point, *launcher]) for point in grid]
+    cfg = cfgs[0]
+    threads = cfg.launcher.get("threads_per_job")
+    if threads and not any(o.startswith("threads=") for o in overrides):
+        grid = [[*point, f"threads={threads}"] for point in grid]
+    # Jobs may start in another working directory: pin the results folder.
+    grid = [[*point, f"results_dir={Path(c.results_dir).resolve()}"] for point, c in zip(grid, cfgs)]
+    if cfg.launcher.name == "inline":
+        from harness.run import run
+
+        return cfg, grid, [run(c) for c in cfgs]
+    executor = make_executor(cfg)
+    jobs = executor.map_array(HarnessJob(), grid)
+    return cfg, grid, jobs
+
+
+def wait(jobs) -> list[dict]:
+    """Each job's summary, or {'status': ..., 'error': ...} for one that failed or was cancelled."""
+    rows = []
+    for job in jobs:
+        try:
+            rows.append({"job": job.job_id, "status": "DONE", **job.result()})
+        except Exception as e:
+            rows.append({"job": job.job_id, "status": job.state, "error": str(e).strip().splitlines()[-1][:200]})
+    return rows
+
+
+def results_table(rows: list[dict], grid: list[list[str]]) -> str:
+    import pandas as pd
+
+    table = []
+    for point, row in zip(grid, rows):
+        table.append({"overrides": " ".join(p for p in point if not p.startswith(("threads=", "results_dir="))),
+                      "status": row.get("status", "DONE"), "final_acc": row.get("final_acc"),
+                      "MACs ↓": row.get("flops_reduction"), "MLflow run": row.get("mlflow_run_id"),
+                      "error": row.get("error", "")})
+    return pd.DataFrame(table).to_markdown(index=False, floatfmt=".4f")
+
+
+def print_submitted(cfg: DictConfig, jobs) -> None:
+    print(f"submitted {len(jobs)} job(s) with launcher={cfg.launcher.name}: "
+          f"{', '.join(j.job_id for j in jobs[:8])}{' ...' if len(jobs) > 8 else ''}")
+    print(f"logs: {Path(str(cfg.launcher.folder)).resolve()}/<job id>_log.out|err", file=sys.stdout)
