@@ -23,7 +23,7 @@ EPILOG = """examples:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description="CNN filter-pruning harness",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,list}")
+    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,bench,list}")
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
     r.add_argument("overrides", nargs="*", metavar="key=value",
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, default=0.5,
                    help="flag rows further than this many accuracy points from the paper (default 0.5)")
     c.add_argument("--no-log", action="store_true", help="do not log the report to MLflow as a run of its own")
+    b = sub.add_parser("bench", help="latency of a saved pruned model: model=<pruned_model.pt> [batch=1,64] "
+                                     "[backend=eager,compile,onnx] [threads=N] [device=cpu|cuda]")
+    b.add_argument("overrides", nargs="*", metavar="key=value")
     sub.add_parser("list", help="the tasks and methods, one line each")
     return p
 
@@ -76,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "bench":
+            from harness.bench import bench_command
+
+            return bench_command(args)
         if args.command == "compare":
             from harness.report import compare_command
 

@@ -8,7 +8,6 @@ averaged in. Published numbers come from ``harness/conf/paper_targets.yaml``.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -17,7 +16,7 @@ from harness.config import CONF_DIR
 
 _NOT_SETUP = ("params.data.root", "params.data.download", "params.data.num_workers")
 _SETUP_PREFIXES = ("params.model.", "params.data.", "params.train.", "params.finetune.", "params.method.",
-                   "params.regularizer.", "params.prune.min_channels_ratio", "params.task.")
+                   "params.regularizer.", "params.prune.min_channels_ratio", "params.prune.round_to", "params.task.")
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
@@ -40,7 +39,9 @@ def setup_columns(runs: pd.DataFrame) -> list[str]:
 def add_setup_ids(runs: pd.DataFrame) -> pd.DataFrame:
     cols = setup_columns(runs)
     runs = runs.copy()
-    runs["setup"] = runs[cols].astype(str).agg("|".join, axis=1).map(
+    # A key absent from older runs (NaN) reads as its default, null, so adding a config key splits nothing.
+    values = runs[cols].astype(str).replace({"nan": "None", "<NA>": "None"})
+    runs["setup"] = values.agg("|".join, axis=1).map(
         lambda s: hashlib.sha1(s.encode()).hexdigest()[:6])
     return runs
 

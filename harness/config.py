@@ -101,6 +101,8 @@ def validate(cfg: DictConfig) -> None:
     need(0 <= r < 1, f"prune.flops_reduction must be in [0, 1), got {r} (0.5 removes half the MACs)")
     m = number("prune.min_channels_ratio")
     need(0 <= m < 1, f"prune.min_channels_ratio must be in [0, 1), got {m}")
+    rt = cfg.prune.get("round_to")
+    need(rt is None or (isinstance(rt, int) and rt >= 1), f"prune.round_to must be a positive integer or null, got {rt!r}")
     for phase, lowest in (("train", 1), ("finetune", 0)):
         epochs = number(f"{phase}.epochs")
         need(int(epochs) == epochs and epochs >= lowest,

@@ -16,6 +16,15 @@ def _plt():
     return plt
 
 
+def _finish(fig, ax, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def accuracy_vs_flops(table: pd.DataFrame, task: str, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -26,12 +35,7 @@ def accuracy_vs_flops(table: pd.DataFrame, task: str, path: Path) -> Path:
     ax.set_xlabel("MACs reduction (%)  [1 MAC = 2 FLOPs; batch 1]")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"{task}: accuracy vs MACs reduction\n(mean ± std over seeds; n per point in the table)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def accuracy_vs_latency(table: pd.DataFrame, task: str, path: Path) -> Path | None:
@@ -49,12 +53,7 @@ def accuracy_vs_latency(table: pd.DataFrame, task: str, path: Path) -> Path | No
     ax.set_xlabel(f"measured speed-up, batch {col[len('speed-up b'):]} (dense ms / pruned ms; {device})")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"{task}: accuracy vs measured speed-up")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def trajectories(histories: dict[str, pd.DataFrame], task: str, path: Path) -> Path | None:

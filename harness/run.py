@@ -72,7 +72,8 @@ def run(cfg: DictConfig) -> dict:
     # Cheap checks before any data is read or any training starts.
     seed_everything(cfg.seed)
     model = task.build_model()
-    pruner = ChannelPruner(model, task.example_input(1), task.output_layers(model), cfg.prune.min_channels_ratio)
+    pruner = ChannelPruner(model, task.example_input(1), task.output_layers(model), cfg.prune.min_channels_ratio,
+                           cfg.prune.get("round_to"))
     if target > 0 and pruner.max_reduction(model) < target:
         raise ConfigError(pruner.unreachable_message(model, target))
 
@@ -153,7 +154,7 @@ class _Phases:
 
     # --- the phases ------------------------------------------------------------------------
     def execute(self, model, state: dict | None) -> dict:
-        cfg, task, say = self.cfg, self.task, self.say
+        cfg, task = self.cfg, self.task
         started = time.time()
         self.train_set, test_set = task.datasets()
         self.test_loader = self.loader(test_set, max(cfg.train.batch_size, 256), False)
@@ -161,8 +162,8 @@ class _Phases:
 
         model, reused, baseline_key = self.baseline(model.to(self.device))
         dense = copy.deepcopy(model).eval()
-        if state is None:
-            model, measures = self.prune(model, reused, baseline_key)
+        if state is None or state["stage"] == "pruning":
+            model, measures = self.prune(model, reused, baseline_key, state["method"] if state else None)
         else:
             measures = state["measures"]
             model = model_from_payload(state["model"]).to(self.device)
@@ -195,7 +196,7 @@ class _Phases:
                 self.log_epochs("baseline")(epoch, metrics)
         return model.to(self.device), reused, meta["key"]
 
-    def prune(self, model, reused: bool, baseline_key: str) -> tuple[torch.nn.Module, dict]:
+    def prune(self, model, reused: bool, baseline_key: str, method_state: dict | None) -> tuple[torch.nn.Module, dict]:
         cfg, method, pruner, tracker = self.cfg, self.method, self.pruner, self.tracker
         tracker.set_tags({"baseline_key": baseline_key, "baseline_reused": reused})
         base_acc = self.score(model)
@@ -208,7 +209,12 @@ class _Phases:
                            train_loader=self.loader(self.train_set, cfg.train.batch_size, True),
                            loss_fn=self.task.loss_fn(), evaluate=self.score, quick_evaluate=self.quick_score,
                            log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
-                           log_metrics=tracker.log_metrics, train=self.fit, finetune_recipe=cfg.finetune)
+                           log_metrics=tracker.log_metrics, train=self.fit, finetune_recipe=cfg.finetune,
+                           save_state=lambda st: self.checkpoint.save({"stage": "pruning", "method": st,
+                                                                      "mlflow_run_id": tracker.run_id or ""}),
+                           resume_state=method_state)
+        if method_state is not None:
+            self.say(f"[resume] {method.name}: continuing its pruning schedule from the checkpoint")
         if method.prunes:
             self.say(f"[prune] {method.name}: removing {self.target:.0%} of {base_macs / 1e6:.2f} M MACs")
         model = method.prune(model, ctx).to(self.device)

@@ -57,8 +57,9 @@ class ChannelPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignored: list[nn.Module],
-                 min_channels_ratio: float = 0.1):
+                 min_channels_ratio: float = 0.1, round_to: int | None = None):
         self.example_inputs = example_inputs
+        self.round_to = round_to
         names = {m: n for n, m in model.named_modules()}
         self.ignored_names = [names[m] for m in ignored]
         self.min_keep = {n: max(1, int(min_channels_ratio * _out_channels(m)))
@@ -128,7 +129,9 @@ class ChannelPruner:
         if target <= 0:
             return model
         order = self.removal_order(model, importance)
-        trial = lambda k: self.reduction(self.remove(copy.deepcopy(model), order[:k]))  # noqa: E731
+        groups = self.groups(model)
+        chosen = lambda k: self.rounded(order[:k], order, groups)  # noqa: E731
+        trial = lambda k: self.reduction(self.remove(copy.deepcopy(model), chosen(k)))  # noqa: E731
         if trial(len(order)) < target:
             raise ConfigError(self.unreachable_message(model, target))
         lo, hi = 0, len(order)  # trial(hi) >= target; find the smallest such k
@@ -138,7 +141,26 @@ class ChannelPruner:
                 hi = mid
             else:
                 lo = mid + 1
-        return self.remove(model, order[:lo])
+        return self.remove(model, chosen(lo))
+
+    def rounded(self, selection: list[tuple[str, int]], order: list[tuple[str, int]],
+                groups: dict[str, ChannelGroup]) -> list[tuple[str, int]]:
+        """With ``round_to``, remove more of each touched group's least important channels so that
+        what is left is a multiple of ``round_to`` (fast kernels like aligned widths), never fewer
+        than the group's minimum."""
+        if not self.round_to:
+            return selection
+        r = self.round_to
+        counts: dict[str, int] = {}
+        for key, _ in selection:
+            counts[key] = counts.get(key, 0) + 1
+        out = []
+        for key, n in counts.items():
+            g = groups[key]
+            keep = max((g.channels - n) // r * r, -(-g.min_keep // r) * r, min(r, g.channels))
+            ranked = [idx for k, idx in order if k == key]
+            out += [(key, idx) for idx in ranked[: max(0, g.channels - keep)]]
+        return out
 
     def max_reduction(self, model: nn.Module) -> float:
         """The largest MACs reduction the per-layer minimums allow."""

@@ -29,6 +29,10 @@ class PruneContext:
     log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
     train: Callable[..., dict]               # harness.train.train with device, loss and quiet bound
     finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe (for methods that train)
+    # Iterative methods checkpoint their schedule with save_state(dict of tensors/plain values) and,
+    # after a kill or a requeue, find it again in resume_state.
+    save_state: Callable[[dict], None] = lambda state: None
+    resume_state: dict | None = None
 
 
 class Method:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 from typing import Iterator
 
 import torch
@@ -132,9 +131,12 @@ class GateDecorator(Method):
         groups = pruner.groups(model)
         gates = Gates(model, groups, cfg.beta_clamp)
         removable_floor = {k: g.min_keep for k, g in groups.items()}
-        reduction, tick = self._reduction(model, gates, pruner), 0
-        if cfg.tock_first and cfg.tock_epochs and ctx.target > 0:
+        tick = 0
+        if ctx.resume_state is not None:
+            tick = self._restore(model, gates, ctx)
+        elif cfg.tock_first and cfg.tock_epochs and ctx.target > 0:
             self.tock(model, gates, ctx, 0)
+        reduction = self._reduction(model, gates, pruner)
         while reduction < ctx.target:
             if tick >= cfg.max_ticks:
                 raise RuntimeError(f"gbn: reached method.max_ticks={cfg.max_ticks} at {reduction:.3f} MACs "
@@ -153,6 +155,7 @@ class GateDecorator(Method):
                                 **{f"channels/{k}": v for k, v in widths.items()}})
             if cfg.tock_every and tick % cfg.tock_every == 0 and reduction < ctx.target:
                 self.tock(model, gates, ctx, tick // cfg.tock_every)
+            self._save(model, gates, ctx, tick)
         gates.melt()
         pruner.remove(model, gates.masked_channels())
         return model
@@ -211,6 +214,28 @@ class GateDecorator(Method):
                   params=list(model.parameters()) + gates.parameters(), desc=f"tock {index}",
                   on_epoch=lambda e, m: ctx.log_metrics({f"tock/{k}": v for k, v in m.items()}, offset + e),
                   evaluate=lambda m: {"acc": ctx.quick_evaluate(m)})
+
+    # --- checkpoints: after every tick (and its tock) --------------------------------------
+    def _save(self, model: nn.Module, gates: Gates, ctx: PruneContext, tick: int) -> None:
+        generator = getattr(ctx.train_loader, "generator", None)
+        ctx.save_state({"tick": tick, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                        "phi": {n: p.detach().cpu().clone() for n, p in gates.phi.items()},
+                        "masks": {k: m.cpu().clone() for k, m in gates.masks.items()},
+                        "rng": torch.get_rng_state(), "loader_rng": generator.get_state() if generator else None})
+
+    def _restore(self, model: nn.Module, gates: Gates, ctx: PruneContext) -> int:
+        state = ctx.resume_state
+        model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for n, p in gates.phi.items():
+                p.copy_(state["phi"][n])
+        for k in gates.masks:
+            gates.masks[k].copy_(state["masks"][k])
+        torch.set_rng_state(state["rng"])
+        generator = getattr(ctx.train_loader, "generator", None)
+        if generator is not None and state.get("loader_rng") is not None:
+            generator.set_state(state["loader_rng"])
+        return int(state["tick"])
 
     # --- MACs of the masked network --------------------------------------------------------
     def _vanilla_copy(self, model: nn.Module, gates: Gates, pruner: ChannelPruner, extra=()) -> nn.Module:

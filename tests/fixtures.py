@@ -114,3 +114,27 @@ def make_voc2011(root: Path, n_train: int = 4, n_val: int = 2, size=(48, 40), se
             img.save(voc / "SegmentationClass" / f"{image_id}.png")
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
     return Path(root)
+
+
+def train_digits_net(steps: int, hooks=(), seed: int = 0):
+    """A 16-wide digits net trained for ``steps`` SGD steps of 64 samples: (model, x_train, y_train)."""
+    import torch
+    import torch.nn as nn
+
+    from harness.config import compose
+    from tasks.digits import DigitsTask
+    from tasks.models import create_model
+
+    torch.manual_seed(seed)
+    x, y = DigitsTask(compose(["task=digits"])).datasets()[0].tensors
+    model = create_model("digits_resnet", 10, width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (64,))
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        for h in hooks:
+            h.after_backward(model)
+        opt.step()
+    return model, x, y

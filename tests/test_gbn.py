@@ -3,32 +3,17 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
-from harness.config import compose
 from harness.surgery import ChannelPruner
 from methods.base import PruneContext
 from methods.gbn import GateDecorator, Gates
-from tasks.models import create_model
 from tests.conftest import last_json
-from tests.fixtures import make_cifar10
+from tests.fixtures import make_cifar10, train_digits_net
 
 VANILLA = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.Sequential)
 
 
 def _trained_digits_net(steps=60):
-    from tasks.digits import DigitsTask
-
-    torch.manual_seed(0)
-    train, _ = DigitsTask(compose(["task=digits"])).datasets()
-    x, y = train.tensors
-    model = create_model("digits_resnet", 10, width=16)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for i in range(steps):
-        idx = torch.randint(0, len(y), (64,))
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model, x, y
+    return train_digits_net(steps)
 
 
 def _gated(model):

@@ -11,24 +11,11 @@ from methods.base import PruneContext
 from methods.slimming import BNSparsity
 from tasks.models import create_model
 from tests.conftest import last_json
+from tests.fixtures import train_digits_net
 
 
-def _train_digits(hooks, steps=80, seed=0):
-    from tasks.digits import DigitsTask
-
-    torch.manual_seed(seed)
-    x, y = DigitsTask(compose(["task=digits"])).datasets()[0].tensors
-    model = create_model("digits_resnet", 10, width=16)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (64,))
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        for h in hooks:
-            h.after_backward(model)
-        opt.step()
-    return model, x, y
+def _train_digits(hooks, steps=80):
+    return train_digits_net(steps, hooks)
 
 
 def _gammas(model):

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn as nn
 
 from harness.errors import ConfigError
 from harness.surgery import ChannelPruner, channel_widths

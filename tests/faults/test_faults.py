@@ -1,6 +1,5 @@
 """Faults and bad input: a clear error every time, nothing lost, nothing faked (README: Failure and recovery)."""
 import json
-import os
 import re
 import signal
 import subprocess
@@ -170,7 +169,7 @@ def _stage(results):
 
 PHASES = {
     "baseline": lambda err, r: any(r.glob("baselines/digits/*/partial.pt")),
-    "pruning": lambda err, r: "[prune]" in err,
+    "pruning": lambda err, r: (s := _stage(r)) is not None and s["stage"] == "pruning" and s["method"]["tick"] >= 2,
     "finetune": lambda err, r: (s := _stage(r)) is not None and s["stage"] == "finetune" and s["train"]["epoch"] >= 1,
 }
 

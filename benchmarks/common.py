@@ -1,0 +1,28 @@
+"""Shared by the benchmark script and the pytest-benchmark suite: models pruned to a MACs target."""
+from __future__ import annotations
+
+import torch
+
+from harness.surgery import ChannelPruner, count_macs_params
+from methods.l1 import FilterL1Importance
+from tasks.models import create_model
+
+MODELS = {"resnet56": ("resnet56", 10, 32), "vgg16_cifar": ("vgg16_cifar", 100, 32), "resnet50": ("tv:resnet50", 1000, 224)}
+
+
+def output_layer(model):
+    return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+
+
+def dense_and_pruned(name: str, target: float, round_to: int | None = None, seed: int = 0):
+    """(dense, pruned, input size, dense MACs, pruned MACs): L1-pruned untrained weights (latency does
+    not depend on the values)."""
+    model_name, classes, size = MODELS[name]
+    torch.manual_seed(seed)
+    dense = create_model(model_name, classes).eval()
+    pruned = create_model(model_name, classes).eval()
+    pruned.load_state_dict(dense.state_dict())
+    x = torch.randn(1, 3, size, size)
+    pruner = ChannelPruner(pruned, x, [output_layer(pruned)], 0.1, round_to)
+    pruner.prune_to_target(pruned, FilterL1Importance(), target)
+    return dense, pruned.eval(), size, count_macs_params(dense, x)[0], count_macs_params(pruned, x)[0]

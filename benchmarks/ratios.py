@@ -1,0 +1,179 @@
+"""Measured speed-ups of pruned models, their efficiency (speed-up ÷ MACs ratio), and the harness's
+own cost, each as a ratio measured side by side in one run. Writes results/bench/*.md.
+
+    python benchmarks/ratios.py                      # everything (about 15 minutes on 2 CPU cores)
+    python benchmarks/ratios.py --models resnet56 --backends eager --skip-overhead
+
+Latency: median ms per batch after warm-up; dense and pruned are timed interleaved, per batch size.
+MACs ratio = dense MACs / pruned MACs (batch 1); efficiency = speed-up / MACs ratio (1.0 = the
+speed-up that the MACs promise).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import MODELS, dense_and_pruned  # noqa: E402
+from harness.bench import BackendUnavailable, environment, time_backend  # noqa: E402
+
+
+def latency_rows(models, targets, rounds, batches, backends, repeats) -> list[dict]:
+    rows = []
+    for name in models:
+        for target in targets:
+            for round_to in rounds:
+                dense, pruned, size, dense_macs, pruned_macs = dense_and_pruned(name, target, round_to)
+                for batch in batches:
+                    for backend in backends:
+                        if name == "resnet50" and backend != "eager" and batch > 1:
+                            continue  # compile/ONNX of ResNet-50 at batch 64 takes too long for this machine
+                        x = torch.randn(batch, 3, size, size)
+                        reps = max(3, repeats // 4) if name == "resnet50" and batch > 1 else repeats
+                        try:
+                            d = time_backend(dense, x, backend, warmup=2, repeats=reps)
+                            p = time_backend(pruned, x, backend, warmup=2, repeats=reps)
+                        except BackendUnavailable as e:
+                            print(f"{name} {backend}: {e}", file=sys.stderr)
+                            continue
+                        row = {"model": name, "target": target, "round_to": round_to or "-", "batch": batch,
+                               "backend": backend, "dense ms": d, "pruned ms": p, "speed-up": d / p,
+                               "MACs ratio": dense_macs / pruned_macs}
+                        row["efficiency"] = row["speed-up"] / row["MACs ratio"]
+                        rows.append(row)
+                        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                              file=sys.stderr, flush=True)
+    return rows
+
+
+def harness_overhead(steps: int = 12, rounds: int = 5) -> dict:
+    """Epoch time of harness.train.train (a method hook, a progress bar drawn to a sink, per-epoch
+    MLflow logging to a temporary sqlite store) over a bare loop, same model, data and optimiser."""
+    from harness.tracking import MlflowTracker
+    from harness.train import train
+    from methods.slimming import BNSparsity
+    from omegaconf import OmegaConf
+    from tasks.models import create_model
+
+    torch.manual_seed(0)
+    data = [(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))) for _ in range(steps)]
+    recipe = OmegaConf.create({"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
+                               "schedule": "cosine", "milestones": [], "gamma": 0.1, "min_lr": 0.0})
+    loss_fn = nn.CrossEntropyLoss()
+    tmp = Path(tempfile.mkdtemp())
+    tracker = MlflowTracker(f"sqlite:///{tmp / 'mlflow.db'}", "bench", tmp / "mlruns")
+    tracker.start({"bench": "overhead"}, {})
+
+    def bare(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        model.train()
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+    def harness(model):
+        sink = io.StringIO()
+        sink.isatty = lambda: True  # draw the progress bar, as on a terminal
+        with contextlib.redirect_stderr(sink):
+            train(model, data, recipe, loss_fn=loss_fn, device=torch.device("cpu"), hooks=[BNSparsity(1e-5)],
+                  on_epoch=lambda e, m: tracker.log_metrics({f"bench/{k}": v for k, v in m.items()}, e), desc="bench")
+
+    model = create_model("resnet20", 10)
+    times = {"bare": [], "harness": []}
+    bare(model)  # warm-up
+    for _ in range(rounds):  # interleaved, so both see the same machine
+        for name, fn in (("bare", bare), ("harness", harness)):
+            t0 = time.perf_counter()
+            fn(model)
+            times[name].append(time.perf_counter() - t0)
+    tracker.end()
+    b, h = statistics.median(times["bare"]), statistics.median(times["harness"])
+    return {"bare s/epoch": b, "harness s/epoch": h, "overhead": h / b - 1, "steps": steps, "batch": 64,
+            "model": "resnet20"}
+
+
+def pruning_step_cost(repeats: int = 3) -> dict:
+    """One pruning step on ResNet-50 (224x224): scores for every group, removing the lowest 1% of
+    channels through the dependency graph, and counting MACs again."""
+    import copy
+
+    from benchmarks.common import output_layer
+    from harness.surgery import ChannelPruner
+    from methods.l1 import FilterL1Importance
+    from tasks.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tv:resnet50", 1000).eval()
+    pruner = ChannelPruner(model, torch.randn(1, 3, 224, 224), [output_layer(model)], 0.1)
+    parts = {"importance + ranking": [], "surgery": [], "MACs count": []}
+    for _ in range(repeats):
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        order = pruner.removal_order(m, FilterL1Importance())
+        t1 = time.perf_counter()
+        pruner.remove(m, order[: len(order) // 100])
+        t2 = time.perf_counter()
+        pruner.reduction(m)
+        t3 = time.perf_counter()
+        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+            parts[k].append(v)
+    return {k: statistics.median(v) for k, v in parts.items()}
+
+
+def _table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.7])
+    p.add_argument("--round-to", nargs="+", type=int, default=[0, 8], help="0: any width")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
+    p.add_argument("--backends", nargs="+", default=["eager", "compile", "onnx"])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    env = environment()
+    header = (f"Machine: {env['machine']}, {args.threads} torch threads (ORT intra-op threads the same), CPU; "
+              + ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("machine", "cpus")) + ".\n\n"
+              f"Command: `python benchmarks/ratios.py {' '.join(sys.argv[1:])}`\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows = latency_rows(args.models, args.targets, [r or None for r in args.round_to], args.batches,
+                        args.backends, args.repeats)
+    text = ("# Latency of pruned models, CPU\n\n" + header + "\nL1-pruned (global) untrained weights; "
+            "median ms per batch; MACs ratio = dense/pruned MACs at batch 1; efficiency = speed-up / MACs ratio.\n\n"
+            + _table(rows) + "\n")
+    (args.out / "latency_cpu.md").write_text(text)
+    print(text)
+    if not args.skip_overhead:
+        over = harness_overhead()
+        step = pruning_step_cost()
+        text = ("# The harness's own cost\n\n" + header + "\n## Training loop overhead\n\n"
+                "harness.train.train (method hook, progress bar drawn, per-epoch MLflow logging) against a bare "
+                "loop on the same model, data and optimiser; median of 5 interleaved epochs.\n\n"
+                + _table([over]) + "\n\n## One pruning step on ResNet-50 (224x224), seconds, median of 3\n\n"
+                + _table([step]) + "\n")
+        (args.out / "overhead.md").write_text(text)
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
