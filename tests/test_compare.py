@@ -1,5 +1,6 @@
 """The comparison table, on a small synthetic MLflow store."""
 import math
+import os
 
 import pytest
 
@@ -70,6 +71,14 @@ def test_compare_cli_writes_tables_and_plots(store, run_cli, tmp_path):
         assert (out / name).stat().st_size > 0
     # The report itself is logged to MLflow, and later comparisons leave it out.
     assert len(load_runs(store, "harness")) == 7
+
+
+def test_compare_leaves_the_process_tracking_uri_alone(store, monkeypatch):
+    # mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI; leaking it sent every later run in the
+    # process to the compared store.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    load_runs(store, "harness")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def test_compare_with_no_matching_runs_says_so(store, run_cli):

@@ -63,3 +63,12 @@ def test_l1_removes_the_smallest_filters_first():
     pruner = _pruner(model, (1, 8, 8))
     order = pruner.removal_order(model, FilterL1Importance())
     assert set(order[:2]) == {("block1.conv1", 3), ("block1.conv1", 7)}
+
+
+def test_round_to_keeps_widths_multiples_of_it():
+    model = create_model("resnet8", 10)
+    pruner = ChannelPruner(model, torch.randn(1, 3, 32, 32), [model.fc], 0.1, round_to=8)
+    pruner.prune_to_target(model, FilterL1Importance(), 0.5)
+    assert pruner.reduction(model) >= 0.5
+    widths = {k: v for k, v in channel_widths(model).items() if k != "fc"}
+    assert all(w % 8 == 0 for w in widths.values()), widths
