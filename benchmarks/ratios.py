@@ -58,10 +58,11 @@ def latency_rows(models, targets, rounds, batches, backends, repeats) -> list[di
 def harness_overhead(steps: int = 12, rounds: int = 5) -> dict:
     """Epoch time of harness.train.train (a method hook, a progress bar drawn to a sink, per-epoch
     MLflow logging to a temporary sqlite store) over a bare loop, same model, data and optimiser."""
+    from omegaconf import OmegaConf
+
     from harness.tracking import MlflowTracker
     from harness.train import train
     from methods.slimming import BNSparsity
-    from omegaconf import OmegaConf
     from tasks.models import create_model
 
     torch.manual_seed(0)

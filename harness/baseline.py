@@ -6,8 +6,6 @@ runs train it once, and a file that fails to load is deleted and retrained, neve
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +17,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from harness.artifacts import atomic_save
+from harness.locks import file_lock
 
 # Config keys that change what the baseline is. Paths and loader workers do not.
 _DATA_IGNORED = {"root", "download", "num_workers"}
@@ -36,17 +35,6 @@ def baseline_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "baselines" / cfg.task.name / baseline_key(cfg)
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def get_or_train(cfg: DictConfig, model: nn.Module, train_fn: Callable[..., dict],
                  log: Callable[[str], None] = print) -> tuple[nn.Module, dict, bool]:
     """Load the cached baseline into ``model``, or train it with
@@ -58,7 +46,7 @@ def get_or_train(cfg: DictConfig, model: nn.Module, train_fn: Callable[..., dict
     """
     folder = baseline_dir(cfg)
     weights, meta_file, partial = folder / "model.pt", folder / "meta.json", folder / "partial.pt"
-    with _locked(folder.with_name(folder.name + ".lock")):
+    with file_lock(folder.with_name(folder.name + ".lock")):
         if weights.exists() and meta_file.exists():
             try:
                 model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

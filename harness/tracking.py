@@ -6,6 +6,7 @@ elsewhere (another file, or a tracking server).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import HarnessError
+from harness.locks import file_lock
 
 _PARAM_LIMIT = 6000  # MLflow's longest param value
 
@@ -58,18 +60,16 @@ class MlflowTracker(NullTracker):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         self.buffer_dir = buffer_dir or artifact_root.parent / "tracking_buffer"
         self.pending: list[tuple[str, tuple]] = []
-        exp = self._retry(self.client.get_experiment_by_name, experiment)
-        if exp is None:
-            try:
+        with _store_creation_lock(uri):
+            self.client = MlflowClient(tracking_uri=uri)  # creates a new store's tables
+            exp = self._retry(self.client.get_experiment_by_name, experiment)
+            if exp is None:
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None)
-            except Exception:  # another process created it first
-                self.experiment_id = self._retry(self.client.get_experiment_by_name, experiment).experiment_id
-        else:
-            self.experiment_id = exp.experiment_id
+            else:
+                self.experiment_id = exp.experiment_id
         self.run_id = None
 
     def _retry(self, fn, *args):
@@ -171,6 +171,16 @@ class MlflowTracker(NullTracker):
             self._call("set_terminated", self.run_id, status)
         except Exception:  # ending is best effort when the store is down; the buffer file has it
             pass
+
+
+def _store_creation_lock(uri: str):
+    """MLflow creates a new sqlite store's tables on first use, and two processes doing it at once
+    corrupt it (alembic "expected to match one row", CircularDependencyError). Jobs that share a
+    sqlite file therefore take turns at creating the store and the experiment."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    return file_lock(db.with_name(db.name + ".init.lock"))
 
 
 def _jsonable(value):

@@ -126,8 +126,8 @@ def test_label_out_of_range_is_named(tmp_path):
 
 
 def test_voc_mask_label_out_of_range_is_named(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     make_voc2011(tmp_path)
     mask = tmp_path / "VOCdevkit/VOC2011/SegmentationClass/2011_train_0000.png"
