@@ -27,25 +27,26 @@ from benchmarks.common import MODELS, dense_and_pruned  # noqa: E402
 from harness.bench import BackendUnavailable, environment, time_backend  # noqa: E402
 
 
-def latency_rows(models, targets, rounds, batches, backends, repeats) -> list[dict]:
+def latency_rows(models, targets, rounds, batches, backends, repeats, device: str = "cpu") -> list[dict]:
     rows = []
     for name in models:
         for target in targets:
             for round_to in rounds:
                 dense, pruned, size, dense_macs, pruned_macs = dense_and_pruned(name, target, round_to)
+                dense, pruned = dense.to(device), pruned.to(device)
                 for batch in batches:
                     for backend in backends:
-                        if name == "resnet50" and backend != "eager" and batch > 1:
+                        if name == "resnet50" and backend != "eager" and batch > 1 and device == "cpu":
                             continue  # compile/ONNX of ResNet-50 at batch 64 takes too long for this machine
-                        x = torch.randn(batch, 3, size, size)
-                        reps = max(3, repeats // 4) if name == "resnet50" and batch > 1 else repeats
+                        x = torch.randn(batch, 3, size, size, device=device)
+                        reps = max(3, repeats // 4) if name == "resnet50" and batch > 1 and device == "cpu" else repeats
                         try:
                             d = time_backend(dense, x, backend, warmup=2, repeats=reps)
                             p = time_backend(pruned, x, backend, warmup=2, repeats=reps)
                         except BackendUnavailable as e:
                             print(f"{name} {backend}: {e}", file=sys.stderr)
                             continue
-                        row = {"model": name, "target": target, "round_to": round_to or "-", "batch": batch,
+                        row = {"device": device, "model": name, "target": target, "round_to": round_to or "-", "batch": batch,
                                "backend": backend, "dense ms": d, "pruned ms": p, "speed-up": d / p,
                                "MACs ratio": dense_macs / pruned_macs}
                         row["efficiency"] = row["speed-up"] / row["MACs ratio"]
@@ -148,6 +149,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--out", type=Path, default=Path("results/bench"))
+    p.add_argument("--tracking-uri", default="sqlite:///results/mlflow.db?timeout=60",
+                   help="MLflow store for the measurements (experiment 'bench'); 'none' to skip")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     env = environment()
@@ -163,6 +166,14 @@ def main() -> int:
             + _table(rows) + "\n")
     (args.out / "latency_cpu.md").write_text(text)
     print(text)
+    if torch.cuda.is_available():  # CUDA events, eager (latency_ms synchronises around each batch)
+        cuda_rows = latency_rows(args.models, args.targets, [r or None for r in args.round_to], args.batches,
+                                 ["eager"], args.repeats, device="cuda")
+        text = (f"# Latency of pruned models, CUDA ({torch.cuda.get_device_name()})\n\n" + header
+                + "\nAs the CPU table, timed with CUDA events.\n\n" + _table(cuda_rows) + "\n")
+        (args.out / "latency_cuda.md").write_text(text)
+        print(text)
+        rows += cuda_rows
     if not args.skip_overhead:
         over = harness_overhead()
         step = pruning_step_cost()
@@ -173,7 +184,32 @@ def main() -> int:
                 + _table([step]) + "\n")
         (args.out / "overhead.md").write_text(text)
         print(text)
+    if args.tracking_uri != "none":
+        log_to_mlflow(args, env, rows, None if args.skip_overhead else (over, step))
     return 0
+
+
+def log_to_mlflow(args, env: dict, rows: list[dict], cost: tuple[dict, dict] | None) -> None:
+    """One run in experiment 'bench': every latency row as metrics, and the tables as artifacts."""
+    from harness.tracking import MlflowTracker
+
+    tracker = MlflowTracker(args.tracking_uri, "bench", args.out.parent / "mlruns")
+    tracker.start({"threads": args.threads, "device": "cpu", "repeats": args.repeats, **env},
+                  {"harness.kind": "bench", "mlflow.runName": f"bench-{time.strftime('%Y%m%d-%H%M%S')}"})
+    for r in rows:
+        key = f"{r['device']}/{r['model']}/r{r['target']}/round{r['round_to']}/b{r['batch']}/{r['backend']}"
+        tracker.log_metrics({f"{key}/dense_ms": r["dense ms"], f"{key}/pruned_ms": r["pruned ms"],
+                             f"{key}/speedup": r["speed-up"], f"{key}/efficiency": r["efficiency"]})
+    if cost:
+        over, step = cost
+        tracker.log_metrics({"overhead/train_loop": over["overhead"],
+                             **{f"pruning_step_s/{k.replace(' + ', '_').replace(' ', '_')}": v for k, v in step.items()}})
+    for name in ("latency_cpu.md", "overhead.md"):
+        if (args.out / name).exists():
+            tracker.log_artifact(args.out / name, "bench")
+    tracker.flush()
+    tracker.end()
+    print(f"logged to MLflow run {tracker.run_id} in {args.tracking_uri} (experiment 'bench')", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def add_setup_ids(runs: pd.DataFrame) -> pd.DataFrame:
     cols = setup_columns(runs)
     runs = runs.copy()
     # A key absent from older runs (NaN) reads as its default, null, so adding a config key splits nothing.
-    values = runs[cols].astype(str).replace({"nan": "None", "<NA>": "None"})
+    values = runs[cols].astype(object).where(runs[cols].notna(), "None").astype(str)
     runs["setup"] = values.agg("|".join, axis=1).map(
         lambda s: hashlib.sha1(s.encode()).hexdigest()[:6])
     return runs

@@ -62,7 +62,8 @@ def trajectories(histories: dict[str, pd.DataFrame], task: str, path: Path) -> P
         return None
     plt = _plt()
     fig, (ax_macs, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    for label, h in sorted(histories.items()):
+    # Longest first, so that a shorter run that follows the same path (gbn@50% inside gbn@70%) stays visible.
+    for label, h in sorted(histories.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         ax_macs.plot(h["step"], h["macs"] / 1e6, marker=".", label=label)
         ax_acc.plot(h["step"], h["acc"] * 100, marker=".", label=label)
     ax_macs.set_xlabel("pruning step (tick for gbn; one step for one-shot methods)")

@@ -84,3 +84,16 @@ def test_compare_leaves_the_process_tracking_uri_alone(store, monkeypatch):
 def test_compare_with_no_matching_runs_says_so(store, run_cli):
     code, _, err = run_cli("compare", f"tracking.uri={store}", "task=vgg16_cifar100")
     assert code == 2 and "no runs" in err
+
+
+def test_a_param_missing_from_some_runs_reads_as_null_and_pools(tmp_path):
+    # Runs logged before a config key existed lack it (NaN in pandas); they pool with runs where it is null.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for seed, extra in ((0, {}), (1, {"method.new_knob": None}), (2, {"method.new_knob": 0.5})):
+        t = MlflowTracker(uri, "harness", tmp_path / "mlruns")
+        t.start({"task.name": "digits", "method.name": "l1", "prune.flops_reduction": 0.5, "seed": seed, **extra},
+                {"task": "digits", "method": "l1", "seed": seed})
+        t.log_metrics({"final_acc": 0.9 + seed / 100, "base_acc": 0.95, "flops_reduction": 0.5, "params_reduction": 0.5})
+        t.end()
+    table = aggregate(load_runs(uri, "harness"), tolerance=0.5)[0]["digits"]
+    assert sorted(table["n"].tolist()) == [1, 2]
