@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The committed digits results (results/digits_*.md, results/anl_digits.md, results/digits/): run on a
-# quiet machine, since the tables include measured latency. About 20 minutes on 2 CPU cores.
+# quiet machine, since the tables include measured latency. About 25 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
