@@ -10,6 +10,20 @@ from tasks.models import create_model
 MODELS = {"resnet56": ("resnet56", 10, 32), "vgg16_cifar": ("vgg16_cifar", 100, 32), "resnet50": ("tv:resnet50", 1000, 224)}
 
 
+def one_epoch_recipe(weight_decay: float = 0.0):
+    """A harness.train recipe for one epoch of plain SGD, as the bare loops in the benchmarks use."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": weight_decay,
+                             "nesterov": False, "schedule": "cosine", "milestones": [], "gamma": 0.1, "min_lr": 0.0})
+
+
+def resnet50_and_pruner():
+    """torchvision's ResNet-50 (224x224, eval mode) and a ChannelPruner over it."""
+    model = create_model("tv:resnet50", 1000).eval()
+    return model, ChannelPruner(model, torch.randn(1, 3, 224, 224), [output_layer(model)], 0.1)
+
+
 def output_layer(model):
     return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
 

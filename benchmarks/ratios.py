@@ -59,8 +59,7 @@ def latency_rows(models, targets, rounds, batches, backends, repeats, device: st
 def harness_overhead(steps: int = 12, rounds: int = 5) -> dict:
     """Epoch time of harness.train.train (a method hook, a progress bar drawn to a sink, per-epoch
     MLflow logging to a temporary sqlite store) over a bare loop, same model, data and optimiser."""
-    from omegaconf import OmegaConf
-
+    from benchmarks.common import one_epoch_recipe
     from harness.tracking import MlflowTracker
     from harness.train import train
     from methods.slimming import BNSparsity
@@ -68,8 +67,7 @@ def harness_overhead(steps: int = 12, rounds: int = 5) -> dict:
 
     torch.manual_seed(0)
     data = [(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))) for _ in range(steps)]
-    recipe = OmegaConf.create({"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
-                               "schedule": "cosine", "milestones": [], "gamma": 0.1, "min_lr": 0.0})
+    recipe = one_epoch_recipe(weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     tmp = Path(tempfile.mkdtemp())
     tracker = MlflowTracker(f"sqlite:///{tmp / 'mlflow.db'}", "bench", tmp / "mlruns")
@@ -109,14 +107,11 @@ def pruning_step_cost(repeats: int = 3) -> dict:
     channels through the dependency graph, and counting MACs again."""
     import copy
 
-    from benchmarks.common import output_layer
-    from harness.surgery import ChannelPruner
+    from benchmarks.common import resnet50_and_pruner
     from methods.l1 import FilterL1Importance
-    from tasks.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("tv:resnet50", 1000).eval()
-    pruner = ChannelPruner(model, torch.randn(1, 3, 224, 224), [output_layer(model)], 0.1)
+    model, pruner = resnet50_and_pruner()
     parts = {"importance + ranking": [], "surgery": [], "MACs count": []}
     for _ in range(repeats):
         m = copy.deepcopy(model)

@@ -47,14 +47,12 @@ def test_bare_train_epoch(benchmark):
 
 
 def test_harness_train_epoch(benchmark):
-    from omegaconf import OmegaConf
-
+    from benchmarks.common import one_epoch_recipe
     from harness.train import train
     from methods.slimming import BNSparsity
 
     model, data = _train_setup()
-    recipe = OmegaConf.create({"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False,
-                               "schedule": "cosine", "milestones": [], "gamma": 0.1, "min_lr": 0.0})
+    recipe = one_epoch_recipe()
     benchmark.pedantic(lambda: train(model, data, recipe, loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
                                      hooks=[BNSparsity(1e-5)], desc="bench"), rounds=5, warmup_rounds=1)
 
@@ -62,13 +60,10 @@ def test_harness_train_epoch(benchmark):
 def test_pruning_step_resnet50(benchmark):
     import copy
 
-    from benchmarks.common import output_layer
-    from harness.surgery import ChannelPruner
+    from benchmarks.common import resnet50_and_pruner
     from methods.l1 import FilterL1Importance
-    from tasks.models import create_model
 
-    model = create_model("tv:resnet50", 1000).eval()
-    pruner = ChannelPruner(model, torch.randn(1, 3, 224, 224), [output_layer(model)], 0.1)
+    model, pruner = resnet50_and_pruner()
 
     def step():
         m = copy.deepcopy(model)

@@ -32,6 +32,7 @@ def compare_command(args) -> int:
 
     from harness import compare, plots
     from harness.errors import ConfigError
+    from harness.tracking import MlflowTracker, store_uri
 
     opts = {}
     for item in args.overrides:
@@ -39,7 +40,7 @@ def compare_command(args) -> int:
         if not eq or key not in _COMPARE_KEYS:
             raise ConfigError(f"compare takes {', '.join(k + '=' for k in _COMPARE_KEYS)}; got {item!r}")
         opts[key] = value
-    uri = opts.get("tracking.uri") or _default_uri(opts.get("results_dir", "results"))
+    uri = store_uri(opts.get("tracking.uri"), opts.get("results_dir", "results"))
     experiment = opts.get("experiment", "harness")
     runs = compare.load_runs(uri, experiment)
     for key in ("task", "method"):
@@ -73,8 +74,6 @@ def compare_command(args) -> int:
         print(compare.failed_table(failed).to_markdown(index=False))
     written = [w for w in written if w]
     if out and not args.no_log and written:
-        from harness.tracking import MlflowTracker
-
         tracker = MlflowTracker(uri, experiment, Path(opts.get("results_dir", "results")) / "mlruns")
         tracker.start({"filters": str(opts)}, {"harness.kind": "report",
                                                "mlflow.runName": f"compare-{time.strftime('%Y%m%d-%H%M%S')}"})
@@ -83,13 +82,6 @@ def compare_command(args) -> int:
         tracker.end()
         print(f"\nwrote {len(written)} files to {out} and logged them to MLflow run {tracker.run_id}")
     return 0
-
-
-def _default_uri(results_dir: str) -> str:
-    import os
-    from pathlib import Path
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
 def _histories(uri: str, runs, task: str) -> dict:

@@ -195,11 +195,16 @@ def _jsonable(value):
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    if cfg.tracking.uri:
-        return str(cfg.tracking.uri)
+    return store_uri(cfg.tracking.uri, cfg.results_dir)
+
+
+def store_uri(explicit: str | None, results_dir: str | os.PathLike) -> str:
+    """``tracking.uri=`` if given, else $MLFLOW_TRACKING_URI, else the sqlite file under results_dir."""
+    if explicit:
+        return str(explicit)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path(cfg.results_dir).resolve() / "mlflow.db"
+    db = Path(results_dir).resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}?timeout=60"  # concurrent jobs wait for sqlite's write lock instead of failing
 

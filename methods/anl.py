@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from harness.train import TrainingHook
-from methods.base import Method
+from methods.random import NoPruning
 
 
 class AdversarialNoise(TrainingHook):
@@ -65,11 +65,7 @@ def create_regularizer(cfg) -> AdversarialNoise | None:
     raise KeyError(f"no regularizer named {reg.name!r}; known: none, anl")
 
 
-class AnlOnly(Method):
+class AnlOnly(NoPruning):
     """Trains the baseline and fine-tunes it with ANL, without pruning (method=anl)."""
     name = "anl"
-    prunes = False
     finetunes = True
-
-    def prune(self, model, ctx):
-        return model

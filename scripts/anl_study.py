@@ -9,12 +9,12 @@ test data). eps is in the task's normalised input units.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from study_tables import mean_std, write_report
 from torch.utils.data import DataLoader
 
 from harness.artifacts import load_pruned
@@ -63,8 +63,7 @@ def main() -> int:
             print(f"{reg:>4} seed={seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()), file=sys.stderr)
 
     def cell(rows, key):
-        vals = [r[key] for r in rows]
-        return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.4f}"
+        return mean_std([r[key] for r in rows], ".4f")
 
     anl_cfg = compose(["regularizer=anl"]).regularizer
     lines = [f"# ANL vs no regulariser on {args.task}: clean and FGSM test accuracy", "",
@@ -76,9 +75,7 @@ def main() -> int:
              "|---|---|" + "---|" * len(args.fgsm_eps)]
     for reg, rows in results.items():
         lines.append(f"| {reg} | {cell(rows, 'clean')} | " + " | ".join(cell(rows, e) for e in args.fgsm_eps) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
     return 0
 
 

@@ -9,17 +9,13 @@ budget. Runs go to the configured MLflow store like any other run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
+from study_tables import mean_std, write_report
+
 from harness.config import compose
 from harness.run import run
-
-
-def _mean_std(values: list[float], fmt: str) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{format(statistics.mean(values), fmt)} ± {format(sd, fmt)}"
 
 
 def main() -> int:
@@ -62,14 +58,12 @@ def main() -> int:
     for (method, target), runs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         col = lambda key: [r[key] for r in runs]  # noqa: E731
         delta = [r["final_acc"] - r["base_acc"] for r in runs]
-        speed = [_mean_std([r["latency"][f"b{b}"]["speedup"] for r in runs], ".2f") + "×" for b in batches]
-        lines.append(f"| {method} | {target:.0%} | {_mean_std(col('base_acc'), '.4f')} | "
-                     f"{_mean_std(col('pruned_acc'), '.4f')} | {_mean_std(col('final_acc'), '.4f')} | "
-                     f"{_mean_std(delta, '+.4f').replace('± +', '± ')} | {_mean_std(col('flops_reduction'), '.3f')} | "
-                     f"{_mean_std(col('params_reduction'), '.3f')} | " + " | ".join(speed) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        speed = [mean_std([r["latency"][f"b{b}"]["speedup"] for r in runs], ".2f") + "×" for b in batches]
+        lines.append(f"| {method} | {target:.0%} | {mean_std(col('base_acc'), '.4f')} | "
+                     f"{mean_std(col('pruned_acc'), '.4f')} | {mean_std(col('final_acc'), '.4f')} | "
+                     f"{mean_std(delta, '+.4f').replace('± +', '± ')} | {mean_std(col('flops_reduction'), '.3f')} | "
+                     f"{mean_std(col('params_reduction'), '.3f')} | " + " | ".join(speed) + " |")
+    write_report(args.out, lines)
     return 0
 
 
