@@ -20,7 +20,7 @@ from harness.artifacts import atomic_save
 from harness.locks import file_lock
 
 # Config keys that change what the baseline is. Paths and loader workers do not.
-_DATA_IGNORED = {"root", "download", "num_workers"}
+_DATA_IGNORED = {"root", "download", "num_workers", "check_integrity"}
 
 
 def baseline_key(cfg: DictConfig) -> str:

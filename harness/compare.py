@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from harness.config import CONF_DIR
 
-_NOT_SETUP = ("params.data.root", "params.data.download", "params.data.num_workers")
+_NOT_SETUP = ("params.data.root", "params.data.download", "params.data.num_workers", "params.data.check_integrity")
 _SETUP_PREFIXES = ("params.model.", "params.data.", "params.train.", "params.finetune.", "params.method.",
                    "params.regularizer.", "params.prune.min_channels_ratio", "params.prune.round_to", "params.task.")
 

@@ -12,8 +12,8 @@ _MEAN_STD = {10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 
 
 def _dataset_class(num_classes: int):
-    """torchvision's CIFAR class, checking that the files exist rather than their md5 sums (which
-    rejects any re-encoded copy without naming the file); unreadable files are reported by name."""
+    """torchvision's CIFAR class, checking only that the files exist: its md5 check rejects any
+    re-encoded or subset copy without naming the file, so ``_check_md5`` does that part, by name."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     base = CIFAR10 if num_classes == 10 else CIFAR100
@@ -39,6 +39,17 @@ def _dataset_class(num_classes: int):
                     with open(folder / name, "rb") as fh:
                         pickle.load(fh, encoding="latin1")
                 except Exception:
+                    return folder / name
+            return None
+
+        @classmethod
+        def md5_mismatch(cls, root: Path) -> Path | None:
+            """The first file whose md5 differs from the official archive's, or None."""
+            from torchvision.datasets.utils import check_integrity
+
+            folder = Path(root) / cls.base_folder
+            for name, md5 in cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])]:
+                if not check_integrity(str(folder / name), md5):
                     return folder / name
             return None
 
@@ -72,6 +83,12 @@ class _CifarTask(Task):
             bad = cls.unreadable_file(root)
             raise DataError(f"{self.name}: cannot read {bad or root / self.folder} ({type(e).__name__}: {e}). "
                             "Fix: re-extract the archive, or data.download=true") from None
+        if self.cfg.data.get("check_integrity", True):
+            bad = cls.md5_mismatch(root)
+            if bad is not None:
+                raise DataError(f"{self.name}: {bad} does not match the official archive's md5. Fix: re-extract "
+                                "the archive, or, for a deliberate subset or re-encoded copy (e.g. "
+                                "shared/data/cifar10-dev), set data.check_integrity=false")
         labels = set(train.targets) | set(test.targets)
         if labels and (min(labels) < 0 or max(labels) >= self.num_classes):
             raise DataError(f"{self.name}: labels under {root / self.folder} span {min(labels)}..{max(labels)}, "

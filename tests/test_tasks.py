@@ -23,7 +23,7 @@ def test_list_shows_all_six_tasks(run_cli):
 
 def test_vgg16_cifar100_end_to_end(run_cli, tmp_path):
     make_cifar100(tmp_path / "data")
-    code, out, err = run_cli("run", "task=vgg16_cifar100", "method=l1", f"data.root={tmp_path / 'data'}",
+    code, out, err = run_cli("run", "task=vgg16_cifar100", "method=l1", f"data.root={tmp_path / 'data'}", "data.check_integrity=false",
                              "measure.batch_sizes=[1,4]", f"results_dir={tmp_path / 'r'}", *QUICK)
     assert code == 0, err
     s = last_json(out)
