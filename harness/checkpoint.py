@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.artifacts import atomic_save
 
-_NOT_IN_KEY = ("quiet", "resume", "threads", "launcher")
+_NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher")
 
 
 def run_key(cfg: DictConfig) -> str:

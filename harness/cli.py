@@ -128,7 +128,7 @@ def _sweep(args) -> int:
 def _list() -> int:
     from harness.config import describe_group
 
-    for group in ("task", "method"):
+    for group in ("task", "budget", "method"):
         print(f"{group}s:")
         for name, desc in describe_group(group).items():
             print(f"  {name:<18} {desc}")
@@ -154,7 +154,10 @@ def _run(args) -> int:
     from harness.run import run
 
     summary = run(cfg)
-    print_summary(summary, to_stderr=args.json)
+    if summary.get("skipped"):
+        print(f"skipped: MLflow run {summary['mlflow_run_id']} already finished this config", file=sys.stderr)
+    else:
+        print_summary(summary, to_stderr=args.json)
     if args.json:
         print(json.dumps(summary))
     return 0

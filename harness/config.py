@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import ConfigError
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("task", "method", "regularizer", "tracking", "launcher")
+GROUPS = ("task", "budget", "method", "regularizer", "tracking", "launcher")
+SCHEDULES = ("cosine", "step", "constant", "triangular", "onecycle")  # harness/train.py lr_factor
 
 
 def group_options(group: str) -> list[str]:
@@ -109,9 +110,13 @@ def validate(cfg: DictConfig) -> None:
              f"{phase}.epochs must be an integer >= {lowest}, got {epochs}")
         need(number(f"{phase}.batch_size") >= 1, f"{phase}.batch_size must be >= 1")
         need(number(f"{phase}.lr") > 0, f"{phase}.lr must be > 0, got {cfg[phase].lr}")
-        schedules = ("cosine", "step", "constant", "triangular")
-        need(cfg[phase].schedule in schedules,
-             f"{phase}.schedule must be one of {', '.join(schedules)}, got {cfg[phase].schedule!r}")
+        need(cfg[phase].schedule in SCHEDULES,
+             f"{phase}.schedule must be one of {', '.join(SCHEDULES)}, got {cfg[phase].schedule!r}")
+        warm, tail = number(f"{phase}.warmup_epochs"), number(f"{phase}.tail_epochs")
+        need(0 <= warm <= epochs, f"{phase}.warmup_epochs must be in [0, {phase}.epochs], got {warm}")
+        need(int(tail) == tail and tail >= 0, f"{phase}.tail_epochs must be an integer >= 0, got {tail}")
+        need(not tail or number(f"{phase}.tail_lr") > 0, f"{phase}.tail_lr must be > 0 with tail_epochs, "
+             f"got {cfg[phase].tail_lr}")
     need(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
          f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     need(cfg.threads is None or number("threads") >= 1, f"threads must be >= 1 or null, got {cfg.threads}")

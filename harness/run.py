@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 
 from harness import baseline as baseline_cache
 from harness.artifacts import model_from_payload, pruned_payload, save_pruned
-from harness.checkpoint import RunCheckpoint
+from harness.checkpoint import RunCheckpoint, run_key
 from harness.errors import ConfigError
 from harness.measure import compare_latency, count_macs_params
 from harness.surgery import ChannelPruner, channel_widths
 from harness.tracking import flatten, make_tracker
-from harness.train import train
+from harness.train import CountingLoader, total_epochs, train
 from methods import PruneContext, create_method, create_regularizer
 from tasks import create_task
 
@@ -88,10 +88,14 @@ def run(cfg: DictConfig) -> dict:
                               "run without resume= to start")
 
     tracker = make_tracker(cfg)
+    key = run_key(cfg)
+    if cfg.get("skip_finished") and (done := tracker.find_finished(key)):
+        say(f"[skip] MLflow run {done['mlflow_run_id']} already finished this config (skip_finished=true)")
+        return {"skipped": True, "task": task.name, "method": method.name, "seed": int(cfg.seed), **done}
     if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
         say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
     else:
-        tracker.start(flatten(cfg), tags={"task": task.name, "method": method.name, "seed": cfg.seed,
+        tracker.start(flatten(cfg), tags={"task": task.name, "method": method.name, "seed": cfg.seed, "run_key": key,
                                           "regularizer": cfg.regularizer.name,
                                           "mlflow.runName": f"{task.name}-{method.name}-r{target:g}-s{cfg.seed}"})
     if state is None or state["stage"] == "start":
@@ -163,7 +167,7 @@ class _Phases:
         model, reused, baseline_key = self.baseline(model.to(self.device))
         dense = copy.deepcopy(model).eval()
         if state is None or state["stage"] == "pruning":
-            model, measures = self.prune(model, reused, baseline_key, state["method"] if state else None)
+            model, measures = self.prune(model, reused, baseline_key, state)
         else:
             measures = state["measures"]
             model = model_from_payload(state["model"]).to(self.device)
@@ -196,8 +200,9 @@ class _Phases:
                 self.log_epochs("baseline")(epoch, metrics)
         return model.to(self.device), reused, meta["key"]
 
-    def prune(self, model, reused: bool, baseline_key: str, method_state: dict | None) -> tuple[torch.nn.Module, dict]:
+    def prune(self, model, reused: bool, baseline_key: str, state: dict | None) -> tuple[torch.nn.Module, dict]:
         cfg, method, pruner, tracker = self.cfg, self.method, self.pruner, self.tracker
+        method_state = state["method"] if state else None
         tracker.set_tags({"baseline_key": baseline_key, "baseline_reused": reused})
         base_acc = self.score(model)
         base_macs, base_params = self.macs_params(model)
@@ -205,12 +210,15 @@ class _Phases:
 
         seed_everything(cfg.seed)
         pruner.example_inputs = self.task.example_input(1).to(self.device)
-        ctx = PruneContext(pruner=pruner, target=self.target, device=self.device,
-                           train_loader=self.loader(self.train_set, cfg.train.batch_size, True),
+        # Counts the method's own training (ticks, tocks, sparse epochs) to report every epoch it spends.
+        train_loader = CountingLoader(self.loader(self.train_set, cfg.train.batch_size, True),
+                                      state.get("train_samples", 0) if state else 0)
+        ctx = PruneContext(pruner=pruner, target=self.target, device=self.device, train_loader=train_loader,
                            loss_fn=self.task.loss_fn(), evaluate=self.score, quick_evaluate=self.quick_score,
                            log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
                            log_metrics=tracker.log_metrics, train=self.fit, finetune_recipe=cfg.finetune,
                            save_state=lambda st: self.checkpoint.save({"stage": "pruning", "method": st,
+                                                                      "train_samples": train_loader.samples,
                                                                       "mlflow_run_id": tracker.run_id or ""}),
                            resume_state=method_state)
         if method_state is not None:
@@ -220,8 +228,10 @@ class _Phases:
         model = method.prune(model, ctx).to(self.device)
         pruned_macs, pruned_params = self.macs_params(model)
         measures = {"base_acc": base_acc, "base_macs": base_macs, "base_params": base_params,
-                    "pruned_acc": self.score(model), "pruned_macs": pruned_macs, "baseline_reused": reused}
-        tracker.log_metrics({"pruned_acc": measures["pruned_acc"], "pruned_macs": pruned_macs})
+                    "pruned_acc": self.score(model), "pruned_macs": pruned_macs, "baseline_reused": reused,
+                    "prune_epochs": train_loader.epochs}
+        tracker.log_metrics({"pruned_acc": measures["pruned_acc"], "pruned_macs": pruned_macs,
+                             "prune_epochs": train_loader.epochs})
         self.save_checkpoint("pruned", model, measures)
         return model, measures
 
@@ -232,13 +242,16 @@ class _Phases:
             state["train"] = train_state
         self.checkpoint.save(state)
 
+    def finetune_epochs(self) -> int:
+        return total_epochs(self.cfg.finetune) if self.method.finetunes else 0
+
     def finetune(self, model, measures: dict, state: dict | None):
         cfg = self.cfg
-        if not (self.method.finetunes and cfg.finetune.epochs):
+        if not self.finetune_epochs():
             return model
         resume = state["train"] if state else None
         done = resume["epoch"] + 1 if resume else 0
-        self.say(f"[finetune] {cfg.finetune.epochs} epochs" + (f", resuming after epoch {done}" if resume else ""))
+        self.say(f"[finetune] {self.finetune_epochs()} epochs" + (f", resuming after epoch {done}" if resume else ""))
         seed_everything(cfg.seed)
         self.train_with_regularizer(
             model, loader=self.loader(self.train_set, cfg.finetune.batch_size, True), recipe=cfg.finetune,
@@ -264,6 +277,10 @@ class _Phases:
             "macs_unit": "MACs (multiply-accumulates), batch 1", "latency": latency,
             "latency_unit": "ms per batch (median)", "baseline_reused": measures["baseline_reused"],
             "channels": channel_widths(model), "wall_s": time.time() - started,
+            # Training after the baseline, in passes over the training set: the method's own (ticks,
+            # tocks, sparse training) plus the fine-tune. Methods are compared at equal budgets with it.
+            "prune_epochs": measures.get("prune_epochs", 0.0),
+            "epochs_after_baseline": measures.get("prune_epochs", 0.0) + self.finetune_epochs(),
         }
         flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for key, lat in latency.items():

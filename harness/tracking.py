@@ -37,6 +37,9 @@ class NullTracker:
         return False
 
     def flush(self) -> None: ...
+    def find_finished(self, run_key: str) -> dict | None:
+        return None
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
@@ -121,6 +124,15 @@ class MlflowTracker(NullTracker):
         for i in range(0, len(items), 100):
             self._call("log_batch", self.run_id, (), items[i:i + 100])
         self._call("log_batch", self.run_id, (), (), [RunTag(k, str(v)) for k, v in tags.items()])
+
+    def find_finished(self, run_key: str) -> dict | None:
+        """The metrics (and run id) of a FINISHED run of this experiment tagged with ``run_key``, or None."""
+        runs = self._retry(self.client.search_runs, [self.experiment_id],
+                           f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'")
+        if not runs:
+            return None
+        run = runs[0]
+        return {**run.data.metrics, "mlflow_run_id": run.info.run_id}
 
     def resume(self, run_id: str) -> bool:
         """Continue an existing run (after a kill or a requeue). False if the store does not have it."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from harness.config import SCHEDULES  # noqa: F401  (validated there, implemented here)
 from harness.errors import NumericalError
 
 
@@ -31,20 +32,77 @@ def make_optimizer(params: Iterable[nn.Parameter], recipe: DictConfig) -> torch.
                            weight_decay=recipe.weight_decay, nesterov=bool(recipe.nesterov))
 
 
+def total_epochs(recipe: DictConfig) -> int:
+    """The recipe's epochs plus its constant-lr tail stage (GBN's ResNet-56 fine-tune: 40 + 10)."""
+    return int(recipe.epochs) + int(recipe.get("tail_epochs") or 0)
+
+
+def lr_factor(recipe: DictConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate at each iteration, as a multiple of ``recipe.lr``:
+
+    - ``cosine``: lr -> 0; ``step``: × gamma at each of ``milestones`` (epochs); ``constant``;
+      ``triangular``: min_lr -> lr at mid-training -> min_lr (the Gate Decorator fine-tune);
+      ``onecycle``: linear warm-up from 0 over ``warmup_epochs`` (15% of the epochs when 0), then cosine to 0.
+    - ``warmup_epochs`` > 0 scales the first iterations of any other schedule linearly up from 0.
+    - ``tail_epochs`` more epochs at the constant ``tail_lr`` follow the schedule.
+    """
+    total = max(1, int(recipe.epochs) * steps_per_epoch)
+    warm = int(float(recipe.get("warmup_epochs") or 0) * steps_per_epoch)
+    kind, lr = recipe.schedule, float(recipe.lr)
+    if kind == "onecycle" and not warm:
+        warm = max(1, int(0.15 * total))
+    milestones = [m * steps_per_epoch for m in recipe.get("milestones") or []]
+    half = max(1, total // 2)
+    min_ratio = float(recipe.get("min_lr") or 0.0) / lr
+
+    def shape(i: int) -> float:
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * i / total))
+        if kind == "onecycle":
+            rest = max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * max(0, i - warm) / rest))
+        if kind == "step":
+            return float(recipe.gamma) ** sum(i >= m for m in milestones)
+        if kind == "triangular":  # torch's CyclicLR, one cycle of ``total`` iterations
+            up = i / half if i <= half else (total - i) / max(1, total - half)
+            return min_ratio + (1 - min_ratio) * max(0.0, up)
+        return 1.0
+
+    def factor(i: int) -> float:
+        if i >= total and recipe.get("tail_epochs"):
+            return float(recipe.tail_lr) / lr
+        ramp = min(1.0, (i + 1) / warm) if warm and i < warm else 1.0
+        return shape(min(i, total)) * ramp
+
+    return factor
+
+
 def make_scheduler(opt: torch.optim.Optimizer, recipe: DictConfig, steps_per_epoch: int):
-    """A per-iteration schedule: cosine, step (milestones in epochs), constant, or triangular
-    (min_lr -> lr at mid-training -> min_lr, the Gate Decorator fine-tune)."""
-    total = max(1, recipe.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler
-    if recipe.schedule == "cosine":
-        return sched.CosineAnnealingLR(opt, T_max=total)
-    if recipe.schedule == "step":
-        return sched.MultiStepLR(opt, [m * steps_per_epoch for m in recipe.milestones], gamma=recipe.gamma)
-    if recipe.schedule == "triangular":
-        half = max(1, total // 2)
-        return sched.CyclicLR(opt, base_lr=recipe.min_lr, max_lr=recipe.lr, step_size_up=half,
-                              step_size_down=max(1, total - half), cycle_momentum=False)
-    return sched.ConstantLR(opt, factor=1.0, total_iters=0)
+    """A per-iteration schedule (``lr_factor``) through torch's LambdaLR."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe, steps_per_epoch))
+
+
+class CountingLoader:
+    """A loader that counts the samples it yields, so that the training a method spends before
+    fine-tuning (tocks, ticks, sparse epochs) is reported in passes over the training set."""
+
+    def __init__(self, loader, samples: int = 0):
+        self.loader, self.samples = loader, samples
+
+    def __iter__(self):
+        for x, y in self.loader:
+            self.samples += len(y)
+            yield x, y
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):  # generator, dataset, batch_size... of the wrapped loader
+        return getattr(self.loader, name)
+
+    @property
+    def epochs(self) -> float:
+        return self.samples / max(1, len(self.loader.dataset))
 
 
 def progress(iterable, *, desc: str, quiet: bool, total: int | None = None):
@@ -59,12 +117,12 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
           on_epoch: Callable[[int, dict], None] | None = None, params: Iterable[nn.Parameter] | None = None,
           desc: str = "train", quiet: bool = False, epochs: int | None = None, seed: int | None = None,
           resume: dict | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
-    """Train ``model`` for ``recipe.epochs`` (or ``epochs``). After each epoch, ``evaluate(model)``
+    """Train ``model`` for ``recipe.epochs`` plus its tail (or ``epochs``). After each epoch, ``evaluate(model)``
     and ``on_epoch(epoch, metrics)`` are called, then ``checkpoint(state)`` with what ``resume=``
     needs to continue after that epoch. With ``seed``, each epoch's randomness (shuffling, augmentation,
     noise) depends only on (seed, epoch), so a resumed run repeats an uninterrupted one exactly.
     Returns the last epoch's metrics."""
-    epochs = recipe.epochs if epochs is None else epochs
+    epochs = total_epochs(recipe) if epochs is None else epochs
     opt = make_optimizer(params if params is not None else model.parameters(), recipe)
     sched = make_scheduler(opt, recipe, len(loader)) if epochs else None
     start = 0

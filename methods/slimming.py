@@ -2,7 +2,8 @@
 global |γ| threshold down to the MACs target.
 
 The sparsity is applied as the authors do, as a sub-gradient λ·sign(γ) added after backward. It
-starts from the shared baseline and trains for ``method.sparse_epochs`` with the fine-tuning recipe.
+starts from the shared baseline and trains for ``method.sparse_epochs`` with the fine-tuning recipe's
+schedule fitted to those epochs.
 Channels tied by a residual add are scored by the mean |γ| of their BNs and removed together.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from omegaconf import OmegaConf
 
 from harness.train import TrainingHook
 from methods.base import Method, PruneContext
@@ -37,7 +39,9 @@ class NetworkSlimming(Method):
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg = self.cfg
         if cfg.sparse_epochs:
-            ctx.train(model, ctx.train_loader, ctx.finetune_recipe, epochs=cfg.sparse_epochs,
+            # The fine-tuning recipe's schedule, fitted to the sparse epochs (no tail stage).
+            recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": cfg.sparse_epochs, "tail_epochs": 0})
+            ctx.train(model, ctx.train_loader, recipe,
                       hooks=[BNSparsity(cfg.sparsity)], desc="sparse",
                       on_epoch=lambda e, m: ctx.log_metrics({f"sparse/{k}": v for k, v in m.items()}, e),
                       evaluate=lambda m: {"acc": ctx.quick_evaluate(m), "gamma_l1": _gamma_l1(m)})

@@ -13,7 +13,7 @@ import pytest
     (["prune.flops_reduction=-0.1"], "prune.flops_reduction must be in [0, 1), got -0.1"),
     (["prune.flops_reduction=abc"], "prune.flops_reduction must be a number"),
     (["train.epochs=0"], "train.epochs must be an integer >= 1, got 0"),
-    (["train.schedule=linear"], "train.schedule must be one of cosine, step, constant, triangular"),
+    (["train.schedule=linear"], "train.schedule must be one of cosine, step, constant, triangular, onecycle"),
     (["device=tpu"], "device must be auto, cpu or cuda[:N]"),
     (["seed"], "expected key=value, got 'seed'"),
 ])
