@@ -91,13 +91,13 @@ def run(cfg: DictConfig) -> dict:
     key = run_key(cfg)
     if cfg.get("skip_finished") and (done := tracker.find_finished(key)):
         say(f"[skip] MLflow run {done['mlflow_run_id']} already finished this config (skip_finished=true)")
-        return {"skipped": True, "task": task.name, "method": method.name, "seed": int(cfg.seed), **done}
+        return {"skipped": True, "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), **done}
     if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
         say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
     else:
-        tracker.start(flatten(cfg), tags={"task": task.name, "method": method.name, "seed": cfg.seed, "run_key": key,
+        tracker.start(flatten(cfg), tags={"task": task.name, "method": cfg.method.name, "seed": cfg.seed, "run_key": key,
                                           "regularizer": cfg.regularizer.name,
-                                          "mlflow.runName": f"{task.name}-{method.name}-r{target:g}-s{cfg.seed}"})
+                                          "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}"})
     if state is None or state["stage"] == "start":
         # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
         state = None
@@ -268,7 +268,7 @@ class _Phases:
         latency = compare_latency(dense, model, task.example_input, cfg.measure.batch_sizes, self.device,
                                   warmup=cfg.measure.warmup, repeats=cfg.measure.repeats)
         summary = {
-            "task": task.name, "method": self.method.name, "seed": int(cfg.seed), "target_reduction": self.target,
+            "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), "target_reduction": self.target,
             "metric": metric, "base_acc": measures["base_acc"], "pruned_acc": measures["pruned_acc"],
             "final_acc": final[metric], "base_macs": measures["base_macs"], "pruned_macs": measures["pruned_macs"],
             "final_macs": final_macs, "flops_reduction": 1 - final_macs / measures["base_macs"],
@@ -296,7 +296,7 @@ class _Phases:
         """Save the pruned model (widths + weights; reload with harness.artifacts.load_pruned)."""
         cfg, task, tracker = self.cfg, self.task, self.tracker
         with tempfile.TemporaryDirectory() as tmp:
-            unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{task.name}-{self.method.name}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+            unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{task.name}-{cfg.method.name}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
             out_dir = Path(tmp) if tracker.run_id else Path(cfg.results_dir) / "runs" / unique
             path = out_dir / "pruned_model.pt"
             save_pruned(model.cpu(), task.model_spec(), path)
