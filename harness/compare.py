@@ -96,11 +96,14 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
                 "method": method, "target": float(target), "setup": setup, "n": len(g),
                 "seeds": ",".join(sorted(g["tags.seed"].astype(str))),
                 "base acc %": (g["metrics.base_acc"] * 100).mean(),
-                "final acc %": acc.mean(), "± std": acc.std(ddof=1) if len(g) > 1 else 0.0,
+                # A spread over one seed is undefined: NaN, rendered as '–'.
+                "final acc %": acc.mean(), "± std": acc.std(ddof=1) if len(g) > 1 else float("nan"),
                 "Δ acc": ((g["metrics.final_acc"] - g["metrics.base_acc"]) * 100).mean(),
                 "MACs ↓ %": g["metrics.flops_reduction"].mean() * 100,
                 "params ↓ %": g["metrics.params_reduction"].mean() * 100,
             }
+            if "metrics.epochs_after_baseline" in g:
+                row["epochs after baseline"] = g["metrics.epochs_after_baseline"].mean()
             for col in lat_cols:
                 batch = col.split("/")[1]
                 row[f"speed-up {batch}"] = g[col].mean()
@@ -127,7 +130,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     for col in shown.columns:
         if shown[col].dtype.kind == "f":
             unit = "×" if col.startswith("speed-up") else ""
-            shown[col] = shown[col].map(lambda v, u=unit: "" if pd.isna(v) else f"{v:.2f}{u}")
+            missing = "–" if col == "± std" else ""
+            shown[col] = shown[col].map(lambda v, u=unit, m=missing: m if pd.isna(v) else f"{v:.2f}{u}")
     if fmt == "latex":
         return shown.to_latex(index=False)
     return shown.to_markdown(index=False)
@@ -137,4 +141,9 @@ def failed_table(failed: pd.DataFrame) -> pd.DataFrame:
     cols = {"run_id": "run", "tags.task": "task", "tags.method": "method", "params.prune.flops_reduction": "target",
             "tags.seed": "seed", "status": "status", "tags.failure_reason": "reason"}
     present = {k: v for k, v in cols.items() if k in failed.columns}
-    return failed[list(present)].rename(columns=present)
+    table = failed[list(present)].rename(columns=present)
+    unexplained = {"RUNNING": "still running (or its process died without ending the run)",
+                   "SCHEDULED": "not started yet"}
+    fallback = table["status"].map(lambda st: unexplained.get(st, f"{str(st).lower()}, no reason recorded"))
+    table["reason"] = table["reason"].where(table["reason"].notna(), fallback) if "reason" in table else fallback
+    return table

@@ -30,7 +30,7 @@ def accuracy_vs_flops(table: pd.DataFrame, task: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for method, g in table.groupby("method"):
         g = g.sort_values("MACs ↓ %")
-        ax.errorbar(g["MACs ↓ %"], g["final acc %"], yerr=g["± std"], marker="o", capsize=4, label=method)
+        ax.errorbar(g["MACs ↓ %"], g["final acc %"], yerr=g["± std"].fillna(0), marker="o", capsize=4, label=method)
     ax.axhline(table["base acc %"].mean(), color="grey", ls="--", lw=1, label="baseline (mean)")
     ax.set_xlabel("MACs reduction (%)  [1 MAC = 2 FLOPs; batch 1]")
     ax.set_ylabel("final test accuracy (%)")
@@ -47,7 +47,7 @@ def accuracy_vs_latency(table: pd.DataFrame, task: str, path: Path) -> Path | No
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for method, g in table.groupby("method"):
         g = g.sort_values(col)
-        ax.errorbar(g[col], g["final acc %"], yerr=g["± std"], marker="s", capsize=4, label=method)
+        ax.errorbar(g[col], g["final acc %"], yerr=g["± std"].fillna(0), marker="s", capsize=4, label=method)
     ax.axvline(1.0, color="grey", ls=":", lw=1)
     device = ", ".join(sorted(set(table["latency device"])))
     ax.set_xlabel(f"measured speed-up, batch {col[len('speed-up b'):]} (dense ms / pruned ms; {device})")

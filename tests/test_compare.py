@@ -97,3 +97,19 @@ def test_a_param_missing_from_some_runs_reads_as_null_and_pools(tmp_path):
         t.end()
     table = aggregate(load_runs(uri, "harness"), tolerance=0.5)[0]["digits"]
     assert sorted(table["n"].tolist()) == [1, 2]
+
+
+def test_one_seed_has_no_spread_and_a_running_run_says_so(store, tmp_path):
+    from harness.compare import failed_table, render
+
+    t = MlflowTracker(store, "harness", tmp_path / "mlruns")
+    t.start({"task.name": "resnet56", "method.name": "gbn", "prune.flops_reduction": 0.5, "seed": 9},
+            {"task": "resnet56", "method": "gbn", "seed": 9})  # never ended: still RUNNING
+    tables, failed, _ = aggregate(load_runs(store, "harness"))
+    table = tables["resnet56"]
+    single = table[table["n"] == 1].index[0]
+    assert math.isnan(table.loc[single, "± std"])
+    row = render(table, "md").splitlines()[2 + single]
+    assert "| –" in row and "0.00 |" not in row.split("|")[table.columns.get_loc("± std") + 1]
+    reasons = failed_table(failed).set_index("seed")["reason"]
+    assert reasons["9"].startswith("still running") and reasons["3"].startswith("NumericalError")

@@ -78,3 +78,40 @@ def test_failed_run_is_marked_failed_with_the_reason(run_cli, tmp_path):
     runs = _client(results).search_runs(["0", "1"], filter_string="")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "cifar-10-batches-py" in runs[0].data.tags["failure_reason"]
+
+
+def test_every_epoch_after_the_baseline_is_counted(run_cli, tiny_digits):
+    args = [*tiny_digits, "tracking=none", "measure.batch_sizes=[1]", "--json"]
+    slim = last_json(run_cli("run", *args, "method=slimming", "method.sparse_epochs=2", "finetune.tail_epochs=1",
+                             "finetune.tail_lr=0.001")[1])
+    assert slim["prune_epochs"] == 2.0 and slim["epochs_after_baseline"] == 2.0 + 1 + 1  # sparse + fine-tune + tail
+    l1 = last_json(run_cli("run", *args, "method=l1")[1])
+    assert l1["prune_epochs"] == 0.0 and l1["epochs_after_baseline"] == 1.0
+    gbn = last_json(run_cli("run", *args, "method=gbn_cpu", "method.tick_samples=256", "method.tick_p=0.1")[1])
+    # A tock (1 epoch) first, then ticks of 256 samples (whole batches of 64) over the 1,347-image training set.
+    ticks = (gbn["prune_epochs"] - 1) * 1347 / 256
+    assert gbn["method"] == "gbn_cpu" and gbn["prune_epochs"] > 1 and abs(ticks - round(ticks)) < 1e-6
+
+
+def test_skip_finished_reuses_a_finished_run_of_the_same_config(run_cli, tiny_digits, tmp_path):
+    args = [*tiny_digits, "method=random", "measure.batch_sizes=[1]", "--json"]
+    first = last_json(run_cli("run", *args, "skip_finished=true")[1])
+    code, out, err = run_cli("run", *args, "skip_finished=true")
+    again = last_json(out)
+    assert code == 0 and again["skipped"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert again["final_acc"] == first["final_acc"] and "already finished" in err
+    other = last_json(run_cli("run", *args, "skip_finished=true", "seed=1")[1])  # another config runs
+    assert not other.get("skipped") and other["mlflow_run_id"] != first["mlflow_run_id"]
+    client = _client(tmp_path / "results")
+    assert client.get_run(first["mlflow_run_id"]).data.tags["run_key"] != client.get_run(
+        other["mlflow_run_id"]).data.tags["run_key"]
+
+
+def test_budget_preset_overrides_the_task_recipe():
+    from harness.config import compose
+
+    cfg = compose(["task=resnet56", "budget=cifar10_dev", "method=gbn_cpu"])
+    assert (cfg.train.epochs, cfg.train.schedule, cfg.train.nesterov) == (30, "onecycle", True)
+    assert (cfg.finetune.epochs, cfg.finetune.tail_epochs, cfg.data.check_integrity) == (8, 0, False)
+    assert (cfg.method.name, cfg.method.impl, cfg.method.tick_lr) == ("gbn_cpu", "gbn", 1e-3)  # gbn's other keys
+    assert compose(["task=resnet56"]).finetune.tail_epochs == 10  # no budget: the paper recipe
