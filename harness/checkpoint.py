@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.artifacts import atomic_save
 
-_NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher")
+# Keys that change how a run is shown, launched or measured, not what it trains.
+_NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measure")
 
 
 def run_key(cfg: DictConfig) -> str:

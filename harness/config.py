@@ -123,3 +123,5 @@ def validate(cfg: DictConfig) -> None:
     need(len(cfg.measure.batch_sizes) >= 1 and all(int(b) >= 1 for b in cfg.measure.batch_sizes),
          "measure.batch_sizes must be a non-empty list of positive integers, e.g. [1,64]")
     need(number("measure.repeats") >= 1, "measure.repeats must be >= 1")
+    need(int(number("measure.eval_every")) == cfg.measure.eval_every and cfg.measure.eval_every >= 1,
+         f"measure.eval_every must be an integer >= 1, got {cfg.measure.eval_every}")

@@ -120,7 +120,8 @@ class _Phases:
         self.cfg, self.task, self.method, self.regularizer = cfg, task, method, regularizer
         self.pruner, self.target, self.device = pruner, target, device
         self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
-        self.fit = partial(train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet)
+        self.fit = partial(train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet,
+                           eval_every=int(cfg.measure.eval_every))
 
     # --- helpers ---------------------------------------------------------------------------
     def loader(self, ds, batch_size, shuffle):

@@ -116,9 +116,10 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
           hooks: list[TrainingHook] = (), evaluate: Callable[[nn.Module], dict] | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, params: Iterable[nn.Parameter] | None = None,
           desc: str = "train", quiet: bool = False, epochs: int | None = None, seed: int | None = None,
-          resume: dict | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
-    """Train ``model`` for ``recipe.epochs`` plus its tail (or ``epochs``). After each epoch, ``evaluate(model)``
-    and ``on_epoch(epoch, metrics)`` are called, then ``checkpoint(state)`` with what ``resume=``
+          resume: dict | None = None, checkpoint: Callable[[dict], None] | None = None, eval_every: int = 1) -> dict:
+    """Train ``model`` for ``recipe.epochs`` plus its tail (or ``epochs``). After every ``eval_every``-th
+    epoch and the last, ``evaluate(model)`` adds to the epoch's metrics; after each epoch
+    ``on_epoch(epoch, metrics)`` is called, then ``checkpoint(state)`` with what ``resume=``
     needs to continue after that epoch. With ``seed``, each epoch's randomness (shuffling, augmentation,
     noise) depends only on (seed, epoch), so a resumed run repeats an uninterrupted one exactly.
     Returns the last epoch's metrics."""
@@ -158,7 +159,7 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
             n += y.shape[0]
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         metrics = {"train_loss": loss_sum / max(n, 1), "lr": opt.param_groups[0]["lr"]}
-        if evaluate is not None:
+        if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             metrics.update(evaluate(model))
         if on_epoch is not None:
             on_epoch(epoch, metrics)

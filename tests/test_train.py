@@ -11,6 +11,7 @@ STEPS = 7  # iterations per epoch
 
 def _recipe(**kw):
     base = {"epochs": 10, "lr": 0.1, "schedule": "cosine", "milestones": [], "gamma": 0.1, "min_lr": 0.0,
+            "momentum": 0.0, "weight_decay": 0.0, "nesterov": False,
             "warmup_epochs": 0, "tail_epochs": 0, "tail_lr": None}
     return OmegaConf.create({**base, **kw})
 
@@ -76,3 +77,14 @@ def test_resnet56_finetune_has_the_gbn_papers_extra_stage():
     ft = compose(["task=resnet56"]).finetune
     assert (ft.epochs, ft.schedule, ft.lr, ft.min_lr, ft.batch_size) == (40, "triangular", 0.01, 0.001, 64)
     assert (ft.tail_epochs, ft.tail_lr, total_epochs(ft)) == (10, 0.001, 50)
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_the_last():
+    from harness.train import train
+
+    data = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))]
+    seen, evaluated = [], []
+    train(torch.nn.Linear(3, 2), data, _recipe(epochs=5, schedule="constant"), loss_fn=torch.nn.CrossEntropyLoss(),
+          device=torch.device("cpu"), evaluate=lambda m: evaluated.append(1) or {"acc": 1.0}, quiet=True,
+          on_epoch=lambda e, m: seen.append((e, "acc" in m)), eval_every=2)
+    assert seen == [(0, False), (1, True), (2, False), (3, True), (4, True)] and len(evaluated) == 3

@@ -1,0 +1,29 @@
+"""The cifar10-dev study's statistics: spreads, paired intervals, labels."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("study", Path(__file__).parents[1] / "scripts" / "cifar10_dev_study.py")
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+
+def test_a_spread_over_one_seed_reads_as_a_dash():
+    assert study.cell([65.0]) == "65.00 ± –"
+    assert study.cell([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+
+
+def test_paired_t_interval():
+    mean, lo, hi = study.t_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)  # t(0.975, 2 dof) x sd 1 / sqrt(n)
+    assert mean == 2.0 and lo == pytest.approx(2 - half, abs=1e-5) and hi == pytest.approx(2 + half, abs=1e-5)
+    assert math.isnan(study.t_interval([0.5])[1])
+
+
+def test_equal_budget_controls_are_labelled_apart():
+    row = {"tags.method": "l1", "params.finetune.epochs": str(study.FINETUNE_EPOCHS)}
+    assert study.label(row) == "l1"
+    assert study.label({**row, "params.finetune.epochs": "17"}) == "l1+ft"
+    assert study.label({"tags.method": "gbn_cpu", "params.finetune.epochs": "8"}) == "gbn_cpu"
