@@ -111,8 +111,7 @@ def main() -> int:
     lines = [
         "# One training epoch: harness vs a bare PyTorch loop, real CIFAR-10 images",
         "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in environment().items()) + f"; {args.threads} torch thread(s), CPU; "
-        "a cifar10-dev study was training on the same 2 cores (interleaving keeps the ratios fair, not the seconds).",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in environment().items()) + f"; {args.threads} torch thread(s), CPU.",
         "",
         f"Command: `python benchmarks/epoch_overhead.py {' '.join(sys.argv[1:])}`",
         "",
