@@ -36,7 +36,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    overrides = [_model_shorthand(o) for o in overrides]
+    overrides = _last_wins([_model_shorthand(o) for o in overrides])
     _check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -45,6 +45,12 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(_explain(e, overrides)) from None
     validate(cfg)
     return cfg
+
+
+def _last_wins(overrides: list[str]) -> list[str]:
+    """A key given twice takes its last value (base settings, then overrides), for groups too."""
+    last = {item.partition("=")[0].lstrip("+~"): i for i, item in enumerate(overrides)}
+    return [item for i, item in enumerate(overrides) if last[item.partition("=")[0].lstrip("+~")] == i]
 
 
 def _model_shorthand(item: str) -> str:
@@ -57,7 +63,7 @@ def _check_overrides(overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    parser, seen = OverridesParser.create(), {}
+    parser = OverridesParser.create()
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq or not key.lstrip("+~"):
@@ -69,9 +75,6 @@ def _check_overrides(overrides: list[str]) -> None:
             raise ConfigError(f"cannot parse {item!r} ({detail}); keys are dotted names (prune.flops_reduction), "
                               "and a value with spaces, brackets or quotes must be quoted") from None
         key = key.lstrip("+~")
-        if key in seen:
-            raise ConfigError(f"{key} is given twice ({seen[key]!r} and {item!r}); give each key once")
-        seen[key] = item
         if key in GROUPS:
             choices = group_options(key)
             for v in value.split(","):

@@ -83,6 +83,8 @@ def run(cfg: DictConfig) -> dict:
         checkpoint.clear()
     else:
         state = checkpoint.load()
+        if checkpoint.note:  # shown even with quiet=true: the user should know a checkpoint was bad
+            print(f"warning: {checkpoint.note}", file=sys.stderr, flush=True)
         if state is None and str(cfg.resume).lower() == "true":
             raise ConfigError(f"resume=true but there is no checkpoint at {checkpoint.path} for this config; "
                               "run without resume= to start")
