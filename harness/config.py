@@ -150,7 +150,7 @@ RANGES: dict[str, tuple] = {
     "method.beta_clamp": ("real", "(0, 1000000]"), "method.max_ticks": ("int", "[1, 10000000]"),
     "method.sparse_epochs": ("int", "[0, 100000]"),
     "regularizer.eps": ("real", "[0, 100]"), "regularizer.prob": ("real", "[0, 1]"),
-    "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.threads_per_job": ("int", "[1, 4096]", True),
+    "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.max_parallel": ("int", "[1, 4096]", True), "launcher.threads_per_job": ("int", "[1, 4096]", True),
     "launcher.time_min": ("int", "[1, 10000000]"), "launcher.signal_delay_s": ("int", "[0, 100000]"),
     "launcher.gpus_per_node": ("int", "[0, 1024]"), "launcher.cpus_per_task": ("int", "[1, 4096]"),
     "launcher.mem_gb": ("real", "(0, 1000000]"), "launcher.array_parallelism": ("int", "[1, 1000000]"),
