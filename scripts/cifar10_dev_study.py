@@ -227,14 +227,14 @@ def report() -> int:
         f"- Unpruned baseline (method=none), final acc %: {unpruned}. Spread: sample std over seeds; '–' where "
         "one seed (a spread over one value is undefined).",
         "",
-        table.to_markdown(index=False),
+        table.to_markdown(index=False, disable_numparse=True),
         "",
         "## Paired differences (same seed = same baseline), final accuracy",
         "",
         "Mean over seeds of (A − B) in accuracy points, with the 95% Student-t interval of the paired "
         "differences. 'ahead' only where the interval excludes 0.",
         "",
-        pd.DataFrame(verdicts).to_markdown(index=False) if verdicts else "(no pairs yet)",
+        pd.DataFrame(verdicts).to_markdown(index=False, disable_numparse=True) if verdicts else "(no pairs yet)",
         "",
         "## Baseline recipes at this budget",
         "",
@@ -287,6 +287,7 @@ def _plots(pruned, batch: int) -> None:
             scale = 100 if x_col == "metrics.flops_reduction" else 1
             ax.errorbar(stats_["x"] * scale, stats_["y"] * 100, yerr=stats_["ye"].fillna(0) * 100,
                         xerr=stats_["xe"].fillna(0) * scale, marker="o", capsize=3, label=name_)
+        ax.axhline(pruned["metrics.base_acc"].mean() * 100, color="grey", ls="--", lw=1, label="baselines (mean)")
         ax.set_xlabel(x_label)
         ax.set_ylabel("final accuracy on the validation file (%)")
         ax.set_title("ResNet-20, cifar10-dev, mean ± std over seeds")
