@@ -18,13 +18,19 @@ FORMAT = "harness.pruned/v1"
 _WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file, then rename: a kill mid-write never leaves a valid-looking file."""
+def atomic_save(obj, path: str | os.PathLike, keep_previous: str | os.PathLike | None = None) -> None:
+    """torch.save to a temporary file, then rename: a kill mid-write never leaves a valid-looking file.
+    With ``keep_previous``, the file being replaced is moved there once the new one is fully written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+    finally:  # a full disk fails torch.save half-way: leave no partial file behind
+        tmp.unlink(missing_ok=True)
 
 
 def pruned_payload(model: nn.Module, spec: dict) -> dict:

@@ -1,9 +1,9 @@
 """Run checkpoints: what a killed or preempted run needs to continue where it stopped.
 
 One file per run configuration, ``<results_dir>/checkpoints/<key>.pt``, replaced atomically at every
-epoch and phase boundary and loaded with ``weights_only=True``. The key hashes the composed config
-(less the keys that only change how a run is shown or where it logs), so running the same command
-again finds it. A finished run deletes its checkpoint.
+epoch and phase boundary (the one before kept as ``<key>.pt.prev``) and loaded with
+``weights_only=True``. The key hashes the composed config (less the keys that only change how a run is
+shown, launched or measured), so running the same command again finds it. A finished run deletes its checkpoint.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.artifacts import atomic_save
+from harness.errors import DataError
 
 # Keys that change how a run is shown, launched or measured, not what it trains.
 _NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measure")
@@ -26,20 +27,35 @@ def run_key(cfg: DictConfig) -> str:
 
 
 class RunCheckpoint:
+    """The newest checkpoint and, as ``<key>.pt.prev``, the one before it: a checkpoint found corrupt at
+    resume (a torn write, a full disk, a bad sector) falls back to the previous one, never half-loads."""
+
     def __init__(self, cfg: DictConfig):
         self.path = Path(cfg.results_dir) / "checkpoints" / f"{run_key(cfg)}.pt"
+        self.previous = self.path.with_name(self.path.name + ".prev")
+        self.note: str | None = None  # what load() had to do, for the run's log
 
     def load(self) -> dict | None:
-        if not self.path.exists():
+        if not self.path.exists() and not self.previous.exists():
             return None
-        try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # a torn or foreign file is never trusted: start over
-            self.path.unlink(missing_ok=True)
-            return None
+        errors = []
+        for path in (self.path, self.previous):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:
+                errors.append(f"{path} ({type(e).__name__}: {str(e).strip()[:80]})")
+                continue
+            if errors:
+                self.note = f"checkpoint {errors[0]} is unreadable; resuming from the previous one, {path}"
+            return state
+        raise DataError(f"checkpoint {errors[0]} is unreadable and there is no good earlier one; "
+                        "run the same command with resume=false to start over")
 
     def save(self, state: dict) -> None:
-        atomic_save(state, self.path)
+        atomic_save(state, self.path, keep_previous=self.previous)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.previous.unlink(missing_ok=True)

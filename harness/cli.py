@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from harness.errors import HarnessError
@@ -20,10 +21,18 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2), like every other error here."""
+
+    def error(self, message):
+        print(f"error: {_printable(message)}; see python -m harness --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness", description="CNN filter-pruning harness",
+    p = _Parser(prog="python -m harness", description="CNN filter-pruning harness",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,bench,list}")
+    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,bench,list}", parser_class=_Parser)
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
     r.add_argument("overrides", nargs="*", metavar="key=value",
@@ -96,7 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the run's checkpoint is kept: run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, a vanished folder: the run is already marked FAILED
+        print(f"error: {type(e).__name__}: {e}; fix it (free disk space, permissions) and run the same command "
+              "again: it resumes from its last checkpoint", file=sys.stderr)
+        return 6
+    except Exception as e:  # a bug: one line here, the traceback in a file for the report
+        return _internal_error(e)
     return 0
+
+
+def _internal_error(e: Exception) -> int:
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="harness-error-", suffix=".txt", delete=False) as fh:
+        traceback.print_exc(file=fh)
+    print(f"error: internal error {type(e).__name__}: {_one_line(e)} (a bug; the traceback is in {fh.name}, "
+          "please report it with the command)", file=sys.stderr)
+    return 1
 
 
 def _one_line(e: Exception) -> str:
@@ -105,7 +131,12 @@ def _one_line(e: Exception) -> str:
     text = str(e).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text.splitlines()[0] if text else type(e).__name__
+    return _printable(text) if text else type(e).__name__
+
+
+def _printable(text: str) -> str:
+    """Control characters (a newline inside an echoed argument) escaped, so an error stays one line."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
 
 
 def _sweep(args) -> int:

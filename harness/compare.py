@@ -22,7 +22,15 @@ _SETUP_PREFIXES = ("params.model.", "params.data.", "params.train.", "params.fin
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    import logging
+    from pathlib import Path
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:].split("?")[0]).is_file():
+        return pd.DataFrame()  # reading must not create a store
     import mlflow
+
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     with _tracking_uri(mlflow, tracking_uri):
         if mlflow.get_experiment_by_name(experiment) is None:

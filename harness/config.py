@@ -4,9 +4,12 @@ Every user mistake becomes a ``ConfigError`` with one line that names the valid 
 """
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
 
@@ -33,15 +36,21 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    overrides = [_model_shorthand(o) for o in overrides]
+    overrides = _last_wins([_model_shorthand(o) for o in overrides])
     _check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    except HydraException as e:
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError) as e:  # Hydra raises all of these
         raise ConfigError(_explain(e, overrides)) from None
     validate(cfg)
     return cfg
+
+
+def _last_wins(overrides: list[str]) -> list[str]:
+    """A key given twice takes its last value (base settings, then overrides), for groups too."""
+    last = {item.partition("=")[0].lstrip("+~"): i for i, item in enumerate(overrides)}
+    return [item for i, item in enumerate(overrides) if last[item.partition("=")[0].lstrip("+~")] == i]
 
 
 def _model_shorthand(item: str) -> str:
@@ -51,10 +60,20 @@ def _model_shorthand(item: str) -> str:
 
 
 def _check_overrides(overrides: list[str]) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
     for item in overrides:
         key, eq, value = item.partition("=")
-        if not eq:
+        if not eq or not key.lstrip("+~"):
             raise ConfigError(f"expected key=value, got {item!r} (e.g. task=digits method=l1 seed=0)")
+        try:
+            parser.parse_overrides([item])
+        except HydraException as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot parse {item!r} ({detail}); keys are dotted names (prune.flops_reduction), "
+                              "and a value with spaces, brackets or quotes must be quoted") from None
         key = key.lstrip("+~")
         if key in GROUPS:
             choices = group_options(key)
@@ -67,23 +86,92 @@ def _explain(err: Exception, overrides: list[str]) -> str:
     msg = str(err).strip().splitlines()[0]
     if "not in struct" in str(err) or "Could not override" in str(err):
         key = msg.split("'")[1] if "'" in msg else msg
-        parent, _, leaf = key.rpartition(".")
-        hint = _valid_keys(parent, overrides)
-        return f"unknown key {key!r}; valid keys{' under ' + repr(parent) if parent else ''}: {hint}"
+        return unknown_key_message(key, overrides)
+    if "Could not append" in msg:
+        return f"{msg} Drop the leading '+' to override it."
     return msg
 
 
-def _valid_keys(parent: str, overrides: list[str]) -> str:
+def unknown_key_message(key: str, overrides: list[str]) -> str:
+    """'unknown key 'prune.flops_reductoin'; did you mean 'prune.flops_reduction'? valid keys under ...':
+    the closest valid keys (difflib), then the keys of the deepest section of ``key`` that exists."""
+    import difflib
+
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     keep = [o for o in overrides if o.split("=")[0].lstrip("+~") in GROUPS]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=keep)
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig):
-        return f"{parent!r} is a value, not a section"
-    return ", ".join(str(k) for k in node.keys())
+        cfg = OmegaConf.to_container(hydra_compose(config_name="config", overrides=keep))
+    leaves: list[str] = []
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            (walk(v, f"{prefix}{k}.") if isinstance(v, dict) and v else leaves.append(f"{prefix}{k}"))
+
+    walk(cfg, "")
+    close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.75)
+    if not close:  # a misspelt last part under the right section, or the right name under another section
+        leaf = key.rpartition(".")[2]
+        names = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in leaves], n=3, cutoff=0.75)
+        close = [k for k in leaves if k.rpartition(".")[2] in names][:3]
+    parts, node, parent = key.split("."), cfg, ""
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            break
+        node, parent = node[part], f"{parent}.{part}".lstrip(".")
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    where = f"valid keys under {parent!r}" if parent else "valid keys"
+    return f"unknown key {key!r}; {hint}{where}: {', '.join(str(k) for k in node)}"
+
+
+# Every numeric key and its accepted range, checked before anything runs (README "Numeric ranges").
+# (kind, interval, nullable): kind "int" or "real"; "[a, b]" closed, "(a" / "b)" open; "inf" unbounded.
+_PHASE = {"epochs": ("int", "[1, 100000]"), "batch_size": ("int", "[1, 1048576]"), "lr": ("real", "(0, 100]"),
+          "momentum": ("real", "[0, 1)"), "weight_decay": ("real", "[0, 1]"), "gamma": ("real", "(0, 1]"),
+          "min_lr": ("real", "[0, 100]"), "warmup_epochs": ("real", "[0, 100000]"),
+          "tail_epochs": ("int", "[0, 100000]"), "tail_lr": ("real", "(0, 100]", True)}
+RANGES: dict[str, tuple] = {
+    "seed": ("int", "[0, 4294967295]"), "threads": ("int", "[1, 4096]", True),
+    "prune.flops_reduction": ("real", "[0, 1)"), "prune.min_channels_ratio": ("real", "[0, 1)"),
+    "prune.round_to": ("int", "[1, 4096]", True),
+    **{f"train.{k}": v for k, v in _PHASE.items()},
+    **{f"finetune.{k}": v for k, v in {**_PHASE, "epochs": ("int", "[0, 100000]")}.items()},
+    "measure.eval_every": ("int", "[1, 100000]"), "measure.warmup": ("int", "[0, 100000]"),
+    "measure.repeats": ("int", "[1, 100000]"),
+    "data.limit_train": ("int", "[1, inf)", True), "data.limit_val": ("int", "[1, inf)", True),
+    "data.num_workers": ("int", "[0, 1024]"), "data.size": ("int", "[8, 8192]"),
+    "data.test_fraction": ("real", "(0, 1)"), "model.kwargs.width": ("int", "[1, 4096]"),
+    "method.tick_p": ("real", "(0, 1]"), "method.tick_lr": ("real", "(0, 100]"), "method.tick_momentum": ("real", "[0, 1)"),
+    "method.tick_samples": ("int", "[1, inf)", True), "method.tock_every": ("int", "[0, 100000]"),
+    "method.tock_epochs": ("int", "[0, 100000]"), "method.sparsity": ("real", "[0, 100]"),
+    "method.tock_min_lr": ("real", "(0, 100]"), "method.tock_max_lr": ("real", "(0, 100]"),
+    "method.tock_momentum": ("real", "[0, 1)"), "method.tock_weight_decay": ("real", "[0, 1]"),
+    "method.beta_clamp": ("real", "(0, 1000000]"), "method.max_ticks": ("int", "[1, 10000000]"),
+    "method.sparse_epochs": ("int", "[0, 100000]"),
+    "regularizer.eps": ("real", "[0, 100]"), "regularizer.prob": ("real", "[0, 1]"),
+    "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.max_parallel": ("int", "[1, 4096]", True), "launcher.threads_per_job": ("int", "[1, 4096]", True),
+    "launcher.time_min": ("int", "[1, 10000000]"), "launcher.signal_delay_s": ("int", "[0, 100000]"),
+    "launcher.gpus_per_node": ("int", "[0, 1024]"), "launcher.cpus_per_task": ("int", "[1, 4096]"),
+    "launcher.mem_gb": ("real", "(0, 1000000]"), "launcher.array_parallelism": ("int", "[1, 1000000]"),
+}
+
+
+def check_range(key: str, value, kind: str, interval: str, nullable: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a finite ``kind`` inside ``interval``."""
+    if value is None and nullable:
+        return
+    what = "an integer" if kind == "int" else "a number"
+    null = " or null" if nullable else ""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number and math.isfinite(value) and (kind == "real" or float(value).is_integer())
+    if ok:
+        lo, hi = (part.strip() for part in interval[1:-1].split(","))
+        lo_v, hi_v = float(lo), float(hi)
+        ok = (value >= lo_v if interval[0] == "[" else value > lo_v) and (
+            value <= hi_v if interval[-1] == "]" else value < hi_v)
+    if not ok:
+        raise ConfigError(f"{key} must be {what} in {interval}{null}, got {value!r}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -92,36 +180,28 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    def number(key: str) -> float:
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return value
-
-    r = number("prune.flops_reduction")
-    need(0 <= r < 1, f"prune.flops_reduction must be in [0, 1), got {r} (0.5 removes half the MACs)")
-    m = number("prune.min_channels_ratio")
-    need(0 <= m < 1, f"prune.min_channels_ratio must be in [0, 1), got {m}")
-    rt = cfg.prune.get("round_to")
-    need(rt is None or (isinstance(rt, int) and rt >= 1), f"prune.round_to must be a positive integer or null, got {rt!r}")
-    for phase, lowest in (("train", 1), ("finetune", 0)):
-        epochs = number(f"{phase}.epochs")
-        need(int(epochs) == epochs and epochs >= lowest,
-             f"{phase}.epochs must be an integer >= {lowest}, got {epochs}")
-        need(number(f"{phase}.batch_size") >= 1, f"{phase}.batch_size must be >= 1")
-        need(number(f"{phase}.lr") > 0, f"{phase}.lr must be > 0, got {cfg[phase].lr}")
+    for key, spec in RANGES.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf in node:
+            check_range(key, node[leaf], *spec)
+    for phase in ("train", "finetune"):
         need(cfg[phase].schedule in SCHEDULES,
              f"{phase}.schedule must be one of {', '.join(SCHEDULES)}, got {cfg[phase].schedule!r}")
-        warm, tail = number(f"{phase}.warmup_epochs"), number(f"{phase}.tail_epochs")
-        need(0 <= warm <= epochs, f"{phase}.warmup_epochs must be in [0, {phase}.epochs], got {warm}")
-        need(int(tail) == tail and tail >= 0, f"{phase}.tail_epochs must be an integer >= 0, got {tail}")
-        need(not tail or number(f"{phase}.tail_lr") > 0, f"{phase}.tail_lr must be > 0 with tail_epochs, "
-             f"got {cfg[phase].tail_lr}")
-    need(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
+        need(cfg[phase].warmup_epochs <= cfg[phase].epochs,
+             f"{phase}.warmup_epochs must be at most {phase}.epochs ({cfg[phase].epochs}), got {cfg[phase].warmup_epochs}")
+        need(not cfg[phase].tail_epochs or cfg[phase].tail_lr is not None,
+             f"{phase}.tail_lr must be set (e.g. 0.001) when {phase}.tail_epochs > 0")
+    need(str(cfg.device) in ("auto", "cpu", "cuda") or (str(cfg.device).startswith("cuda:")
+                                                          and str(cfg.device)[5:].isdigit()),
          f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
-    need(cfg.threads is None or number("threads") >= 1, f"threads must be >= 1 or null, got {cfg.threads}")
-    need(len(cfg.measure.batch_sizes) >= 1 and all(int(b) >= 1 for b in cfg.measure.batch_sizes),
-         "measure.batch_sizes must be a non-empty list of positive integers, e.g. [1,64]")
-    need(number("measure.repeats") >= 1, "measure.repeats must be >= 1")
-    need(int(number("measure.eval_every")) == cfg.measure.eval_every and cfg.measure.eval_every >= 1,
-         f"measure.eval_every must be an integer >= 1, got {cfg.measure.eval_every}")
+    sizes = cfg.measure.batch_sizes
+    need(isinstance(sizes, ListConfig) and len(sizes) >= 1 and all(
+        isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1048576 for b in sizes),
+        f"measure.batch_sizes must be a non-empty list of integers in [1, 1048576], e.g. [1,64]; got {sizes!r}")
+    need(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", str(cfg.tracking.experiment)) is not None,
+         f"tracking.experiment must be a plain name (letters, digits, _ . -; 1-100 characters), "
+         f"got {cfg.tracking.experiment!r}")
+    milestones = [m for phase in ("train", "finetune") for m in (cfg[phase].get("milestones") or [])]
+    need(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones),
+         "train.milestones and finetune.milestones must be lists of epochs (integers >= 0), e.g. [80,120]")

@@ -10,8 +10,10 @@ the baseline cache's file lock.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
+import time
 from pathlib import Path
 
 import submitit
@@ -41,14 +43,20 @@ def split_values(value: str) -> list[str]:
     return parts + [current]
 
 
+def _is_launcher(key: str) -> bool:
+    """launcher= and launcher.* configure the submission, not the runs."""
+    key = key.lstrip("+~")
+    return key == "launcher" or key.startswith("launcher.")
+
+
 def expand_grid(overrides: list[str]) -> list[list[str]]:
-    """The cartesian product of every comma list, in the order given; launcher= is left out."""
+    """The cartesian product of every comma list, in the order given; launcher settings are left out."""
     axes = []
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"expected key=value, got {item!r}")
-        if key == "launcher":
+        if _is_launcher(key):
             continue
         axes.append([f"{key}={v}" for v in split_values(value)])
     return [list(point) for point in itertools.product(*axes)]
@@ -58,10 +66,39 @@ class HarnessJob(submitit.helpers.Checkpointable):
     """One run, picklable for submitit. On preemption or time-out, ``checkpoint()`` (inherited)
     resubmits the same overrides; the run itself resumes from its checkpoint file."""
 
+    def __init__(self, max_parallel: int | None = None, slots: Path | None = None):
+        self.max_parallel, self.slots = max_parallel, slots
+
     def __call__(self, overrides: list[str]) -> dict:
         from harness.run import run
 
-        return run(compose([*overrides, "launcher=inline", "quiet=true"]))
+        cfg = compose([*overrides, "launcher=inline", "quiet=true"])
+        with run_slot(self.slots, self.max_parallel):
+            return run(cfg)
+
+
+@contextlib.contextmanager
+def run_slot(folder: Path | None, slots: int | None, poll: float = 0.5):
+    """Hold one of ``slots`` lock files under ``folder`` (waiting for one to free up), so that at most
+    ``slots`` jobs sharing the folder run at once; no limit when ``slots`` is None."""
+    if not slots:
+        yield
+        return
+    from harness.locks import LockTimeout, file_lock
+
+    while True:
+        for k in range(slots):
+            lock = file_lock(Path(folder) / f"slot{k}.lock", timeout=0)
+            try:
+                lock.__enter__()
+            except LockTimeout:
+                continue
+            try:
+                yield
+            finally:
+                lock.__exit__(None, None, None)
+            return
+        time.sleep(poll)
 
 
 def make_executor(cfg: DictConfig):
@@ -91,7 +128,7 @@ def submit(overrides: list[str]) -> tuple[DictConfig, list[list[str]], list]:
 
     Returns (config of the first point, the grid, the jobs or, for launcher=inline, the summaries)."""
     grid = expand_grid(overrides)
-    launcher = [o for o in overrides if o.startswith("launcher=")]
+    launcher = [o for o in overrides if _is_launcher(o.partition("=")[0])]
     cfgs = [compose([*point, *launcher]) for point in grid]
     cfg = cfgs[0]
     threads = cfg.launcher.get("threads_per_job")
@@ -104,12 +141,26 @@ def submit(overrides: list[str]) -> tuple[DictConfig, list[list[str]], list]:
 
         return cfg, grid, [run(c) for c in cfgs]
     executor = make_executor(cfg)
-    jobs = executor.map_array(HarnessJob(), grid)
+    max_parallel = cfg.launcher.get("max_parallel")
+    jobs = executor.map_array(HarnessJob(max_parallel, Path(cfg.results_dir).resolve() / "jobs" / "slots"), grid)
     return cfg, grid, jobs
 
 
 def wait(jobs) -> list[dict]:
-    """Each job's summary, or {'status': ..., 'error': ...} for one that failed or was cancelled."""
+    """Each job's summary, or {'status': ..., 'error': ...} for one that failed or was cancelled.
+    Ctrl-C (SIGINT) cancels every job that has not finished, whose runs are then marked KILLED."""
+    try:
+        return _results(jobs)
+    except KeyboardInterrupt:
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                if not job.done():
+                    job.cancel()
+        print(f"interrupted: cancelled the unfinished jobs of {len(jobs)}", file=sys.stderr)
+        raise
+
+
+def _results(jobs) -> list[dict]:
     rows = []
     for job in jobs:
         try:

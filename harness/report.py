@@ -1,6 +1,8 @@
 """The short human summary printed at the end of a run."""
 from __future__ import annotations
 
+import re
+
 
 def print_summary(s: dict, to_stderr: bool = False) -> None:
     from rich.console import Console
@@ -20,6 +22,11 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
     console.print(t)
     where = f"MLflow run {s['mlflow_run_id']}" if s.get("mlflow_run_id") else "tracking off"
     console.print(f"{where}; pruned model: {s['model_artifact']}; {s['wall_s']:.0f} s")
+
+
+def safe_stem(name: str) -> str:
+    """``name`` as a file name: letters, digits, _ . - only, never starting with a dot."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)).lstrip(".") or "_"
 
 
 _COMPARE_KEYS = ("task", "method", "experiment", "tracking.uri", "results_dir")
@@ -42,6 +49,8 @@ def compare_command(args) -> int:
         opts[key] = value
     uri = store_uri(opts.get("tracking.uri"), opts.get("results_dir", "results"))
     experiment = opts.get("experiment", "harness")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", experiment):
+        raise ConfigError(f"experiment must be a plain name (letters, digits, _ . -), got {experiment!r}")
     runs = compare.load_runs(uri, experiment)
     for key in ("task", "method"):
         if key in opts and not runs.empty:
@@ -59,11 +68,12 @@ def compare_command(args) -> int:
         text = compare.render(table, args.format)
         print(f"\n## {task}\n\n{text}")
         if out:
-            (out / f"{task}_table.{ext}").write_text(text + "\n")
-            written.append(out / f"{task}_table.{ext}")
-            written.append(plots.accuracy_vs_flops(table, task, out / f"{task}_acc_vs_macs.png"))
-            written.append(plots.accuracy_vs_latency(table, task, out / f"{task}_acc_vs_speedup.png"))
-            written.append(plots.trajectories(_histories(uri, runs, task), task, out / f"{task}_trajectories.png"))
+            stem = safe_stem(task)  # a task name comes from the store: it never picks a path outside --out
+            (out / f"{stem}_table.{ext}").write_text(text + "\n")
+            written.append(out / f"{stem}_table.{ext}")
+            written.append(plots.accuracy_vs_flops(table, task, out / f"{stem}_acc_vs_macs.png"))
+            written.append(plots.accuracy_vs_latency(table, task, out / f"{stem}_acc_vs_speedup.png"))
+            written.append(plots.trajectories(_histories(uri, runs, task), task, out / f"{stem}_trajectories.png"))
     print("\nAccuracy: final epoch, test split, mean ± sample std over n seeds. MACs at batch 1 (1 MAC = 2 FLOPs). "
           "Speed-up: dense ms / pruned ms per batch, median. Δ paper uses the paper's reported accuracy; "
           f"⚠ marks rows more than {args.tolerance} points off it.")

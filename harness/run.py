@@ -83,6 +83,8 @@ def run(cfg: DictConfig) -> dict:
         checkpoint.clear()
     else:
         state = checkpoint.load()
+        if checkpoint.note:  # shown even with quiet=true: the user should know a checkpoint was bad
+            print(f"warning: {checkpoint.note}", file=sys.stderr, flush=True)
         if state is None and str(cfg.resume).lower() == "true":
             raise ConfigError(f"resume=true but there is no checkpoint at {checkpoint.path} for this config; "
                               "run without resume= to start")
@@ -283,7 +285,9 @@ class _Phases:
             "prune_epochs": measures.get("prune_epochs", 0.0),
             "epochs_after_baseline": measures.get("prune_epochs", 0.0) + self.finetune_epochs(),
         }
-        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        logged_at_pruning = ("pruned_acc", "pruned_macs", "prune_epochs")  # each metric is logged once
+        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and k not in logged_at_pruning}
         for key, lat in latency.items():
             flat.update({f"latency/{key}/{k}": v for k, v in lat.items() if k in ("dense_ms", "pruned_ms", "speedup")})
         tracker.log_metrics(flat)

@@ -62,6 +62,12 @@ class MlflowTracker(NullTracker):
         for noisy in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
+        if uri.startswith(("http://", "https://")):
+            # MLflow's own HTTP retries back off for minutes and would stall training; this tracker retries
+            # briefly and then buffers, so fail fast unless the user chose otherwise.
+            for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                                ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+                os.environ.setdefault(name, value)
         self.uri = uri
         self.buffer_dir = buffer_dir or artifact_root.parent / "tracking_buffer"
         self.pending: list[tuple[str, tuple]] = []
@@ -118,6 +124,7 @@ class MlflowTracker(NullTracker):
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         from mlflow.entities import Param, RunTag
 
+        tags = {k: str(v) for k, v in tags.items()}  # a REST store (mlflow server) takes strings only
         run = self._retry(self.client.create_run, self.experiment_id, None, tags, tags.get("mlflow.runName"))
         self.run_id = run.info.run_id
         items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items()]

@@ -7,15 +7,19 @@ import pytest
 @pytest.mark.parametrize("args, message", [
     (["task=nope"], "unknown task 'nope'; choose one of: cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, vgg16_cifar100"),
     (["method=nope"], "unknown method 'nope'; choose one of: anl, gbn, gbn_cpu, l1, l1_resnet56_a, l1_resnet56_b, none, random, slimming"),
-    (["prune.nope=1"], "unknown key 'prune.nope'; valid keys under 'prune': flops_reduction, min_channels_ratio"),
+    (["prune.nope=1"], "unknown key 'prune.nope'; valid keys under 'prune': flops_reduction, min_channels_ratio, round_to"),
     (["nope=1"], "unknown key 'nope'; valid keys: seed,"),
-    (["prune.flops_reduction=1.5"], "prune.flops_reduction must be in [0, 1), got 1.5"),
-    (["prune.flops_reduction=-0.1"], "prune.flops_reduction must be in [0, 1), got -0.1"),
+    (["prune.flops_reduction=1.5"], "prune.flops_reduction must be a number in [0, 1), got 1.5"),
+    (["prune.flops_reduction=-0.1"], "prune.flops_reduction must be a number in [0, 1), got -0.1"),
     (["prune.flops_reduction=abc"], "prune.flops_reduction must be a number"),
-    (["train.epochs=0"], "train.epochs must be an integer >= 1, got 0"),
+    (["train.epochs=0"], "train.epochs must be an integer in [1, 100000], got 0"),
     (["train.schedule=linear"], "train.schedule must be one of cosine, step, constant, triangular, onecycle"),
     (["device=tpu"], "device must be auto, cpu or cuda[:N]"),
     (["seed"], "expected key=value, got 'seed'"),
+    (["seed=-1"], "seed must be an integer in [0, 4294967295], got -1"),
+    (["prune.flops_reductoin=0.5"], "did you mean 'prune.flops_reduction'?"),
+    (["bogus.key=1"], "unknown key 'bogus.key'; valid keys: seed,"),
+    (["train.lr=nan"], "train.lr must be a number in (0, 100], got nan"),
 ])
 def test_bad_input_is_one_line_and_exit_2(run_cli, args, message):
     code, out, err = run_cli("run", *args)
@@ -51,3 +55,26 @@ def test_overrides_reach_the_composed_config(run_cli):
     assert code == 0
     assert "name: resnet56" in out and "name: random" in out
     assert "flops_reduction: 0.7" in out and "seed: 3" in out and "milestones:\n  - 80\n  - 120" in out
+
+
+def test_every_numeric_key_of_every_config_has_a_checked_range():
+    from omegaconf import OmegaConf
+
+    from harness.config import RANGES, compose, group_options
+
+    def numeric_leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from numeric_leaves(v, f"{prefix}{k}.")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                yield f"{prefix}{k}"
+
+    seen = set()
+    for task in group_options("task"):
+        for method in group_options("method"):
+            cfg = OmegaConf.to_container(compose([f"task={task}", f"method={method}"]))
+            seen |= set(numeric_leaves(cfg))
+    for launcher in group_options("launcher"):
+        seen |= set(numeric_leaves(OmegaConf.to_container(compose([f"launcher={launcher}"]))))
+    seen |= set(numeric_leaves(OmegaConf.to_container(compose(["task=resnet56", "budget=cifar10_dev"]))))
+    assert seen and seen <= RANGES.keys(), sorted(seen - RANGES.keys())

@@ -52,6 +52,75 @@ def test_eight_concurrent_local_jobs_lose_nothing_in_one_store(tmp_path):
         assert run.data.params["seed"] == run.data.tags["seed"]
 
 
+def test_run_slots_bound_how_many_run_at_once(tmp_path):
+    import threading
+
+    from harness.launch import run_slot
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def job():
+        with run_slot(tmp_path / "slots", 2, poll=0.01):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.15)
+            with lock:
+                active[0] -= 1
+
+    threads = [threading.Thread(target=job) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert peak[0] == 2 and not list((tmp_path / "slots").glob("*.lock"))
+
+
+def _store(results):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+
+
+def test_local_max_parallel_runs_one_at_a_time(tmp_path):
+    cfg, grid, jobs = submit([*TINY, "method=random", "seed=0,1,2", "launcher=local", "launcher.max_parallel=1",
+                              f"results_dir={tmp_path}"])
+    assert [r["status"] for r in wait(jobs)] == ["DONE"] * 3
+    runs = sorted(_store(tmp_path).search_runs(["1"]), key=lambda r: r.info.start_time)
+    assert len(runs) == 3
+    for a, b in zip(runs, runs[1:]):
+        assert a.info.end_time <= b.info.start_time  # no two runs overlapped
+
+
+def test_sigint_on_the_waiting_parent_cancels_its_jobs_and_marks_them_killed(tmp_path):
+    import signal
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", *TINY, "train.epochs=400", "method=random",
+                             "seed=0,1", "launcher=local", f"results_dir={tmp_path}", "--wait"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def statuses():  # read the store with sqlite itself: an MLflow client could race the jobs creating it
+        import sqlite3
+
+        try:
+            with sqlite3.connect(tmp_path / "mlflow.db") as db:
+                return sorted(row[0] for row in db.execute("select status from runs"))
+        except sqlite3.Error:
+            return []
+
+    deadline = time.time() + 120
+    while time.time() < deadline and statuses() != ["RUNNING", "RUNNING"]:
+        time.sleep(1)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "cancelled" in err
+    deadline = time.time() + 60
+    while time.time() < deadline and statuses() != ["KILLED", "KILLED"]:
+        time.sleep(1)
+    assert statuses() == ["KILLED", "KILLED"]
+
+
 # --- a real SLURM (scripts/slurm_local.sh start; .ci/run does it) -------------------------------
 def _slurm_up() -> bool:
     try:
