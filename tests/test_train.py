@@ -17,17 +17,11 @@ def _recipe(**kw):
 
 
 def _lrs(recipe, n):
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
-    sched = make_scheduler(opt, recipe, STEPS)
-    out = []
-    for _ in range(n):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return _torch_lrs(lambda opt: make_scheduler(opt, recipe, STEPS), n, recipe.lr)
 
 
 def _torch_lrs(make, n, lr=0.1):
+    """The lr of each of ``n`` iterations under the scheduler that ``make(optimizer)`` builds."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     sched = make(opt)
     out = []
