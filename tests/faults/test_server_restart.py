@@ -57,11 +57,19 @@ def test_server_restart_mid_run_loses_and_repeats_nothing(tmp_path):
             time.sleep(0.2)
         os.killpg(server.pid, signal.SIGTERM)  # mid-baseline
         server.wait(30)
-        time.sleep(4)  # epochs go on while it is down
-        server = _start_server(store, port)
+        buffer = tmp_path / "results" / "tracking_buffer"
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(buffer.glob("*.jsonl")):
+            time.sleep(0.05)  # training goes on; the run notices the outage at its next record
+        # Hold the run while the server restarts (seconds), so it does not reach its end first.
+        run.send_signal(signal.SIGSTOP)
+        try:
+            server = _start_server(store, port)
+        finally:
+            run.send_signal(signal.SIGCONT)
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
-        assert "failed" in err  # the outage was noticed and the records buffered
+        assert "failed" in err and list(buffer.glob("*.jsonl"))  # the outage was noticed, records buffered
     finally:
         run.kill()
         os.killpg(server.pid, signal.SIGTERM)
