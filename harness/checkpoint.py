@@ -31,7 +31,8 @@ class RunCheckpoint:
     resume (a torn write, a full disk, a bad sector) falls back to the previous one, never half-loads."""
 
     def __init__(self, cfg: DictConfig):
-        self.path = Path(cfg.results_dir) / "checkpoints" / f"{run_key(cfg)}.pt"
+        self.key = run_key(cfg)
+        self.path = Path(cfg.results_dir) / "checkpoints" / f"{self.key}.pt"
         self.previous = self.path.with_name(self.path.name + ".prev")
         self.note: str | None = None  # what load() had to do, for the run's log
 

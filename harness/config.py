@@ -15,6 +15,7 @@ from harness.errors import ConfigError
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("task", "budget", "method", "regularizer", "tracking", "launcher")
+PLAIN_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"  # an experiment name: never a path
 SCHEDULES = ("cosine", "step", "constant", "triangular", "onecycle")  # harness/train.py lr_factor
 
 
@@ -199,7 +200,7 @@ def validate(cfg: DictConfig) -> None:
     need(isinstance(sizes, ListConfig) and len(sizes) >= 1 and all(
         isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1048576 for b in sizes),
         f"measure.batch_sizes must be a non-empty list of integers in [1, 1048576], e.g. [1,64]; got {sizes!r}")
-    need(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", str(cfg.tracking.experiment)) is not None,
+    need(re.fullmatch(PLAIN_NAME, str(cfg.tracking.experiment)) is not None,
          f"tracking.experiment must be a plain name (letters, digits, _ . -; 1-100 characters), "
          f"got {cfg.tracking.experiment!r}")
     milestones = [m for phase in ("train", "finetune") for m in (cfg[phase].get("milestones") or [])]

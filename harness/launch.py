@@ -86,19 +86,17 @@ def run_slot(folder: Path | None, slots: int | None, poll: float = 0.5):
         return
     from harness.locks import LockTimeout, file_lock
 
-    while True:
+    def take_one(stack: contextlib.ExitStack) -> bool:
         for k in range(slots):
-            lock = file_lock(Path(folder) / f"slot{k}.lock", timeout=0)
-            try:
-                lock.__enter__()
-            except LockTimeout:
-                continue
-            try:
-                yield
-            finally:
-                lock.__exit__(None, None, None)
-            return
-        time.sleep(poll)
+            with contextlib.suppress(LockTimeout):
+                stack.enter_context(file_lock(Path(folder) / f"slot{k}.lock", timeout=0))
+                return True
+        return False
+
+    with contextlib.ExitStack() as stack:
+        while not take_one(stack):
+            time.sleep(poll)
+        yield
 
 
 def make_executor(cfg: DictConfig):

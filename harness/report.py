@@ -38,6 +38,7 @@ def compare_command(args) -> int:
     from pathlib import Path
 
     from harness import compare, plots
+    from harness.config import PLAIN_NAME
     from harness.errors import ConfigError
     from harness.tracking import MlflowTracker, store_uri
 
@@ -49,7 +50,7 @@ def compare_command(args) -> int:
         opts[key] = value
     uri = store_uri(opts.get("tracking.uri"), opts.get("results_dir", "results"))
     experiment = opts.get("experiment", "harness")
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", experiment):
+    if not re.fullmatch(PLAIN_NAME, experiment):
         raise ConfigError(f"experiment must be a plain name (letters, digits, _ . -), got {experiment!r}")
     runs = compare.load_runs(uri, experiment)
     for key in ("task", "method"):

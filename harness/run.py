@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from harness import baseline as baseline_cache
 from harness.artifacts import model_from_payload, pruned_payload, save_pruned
-from harness.checkpoint import RunCheckpoint, run_key
+from harness.checkpoint import RunCheckpoint
 from harness.errors import ConfigError
 from harness.measure import compare_latency, count_macs_params
 from harness.surgery import ChannelPruner, channel_widths
@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> dict:
                               "run without resume= to start")
 
     tracker = make_tracker(cfg)
-    key = run_key(cfg)
+    key = checkpoint.key
     if cfg.get("skip_finished") and (done := tracker.find_finished(key)):
         say(f"[skip] MLflow run {done['mlflow_run_id']} already finished this config (skip_finished=true)")
         return {"skipped": True, "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), **done}
