@@ -23,8 +23,17 @@ from harness.locks import file_lock
 _DATA_IGNORED = {"root", "download", "num_workers", "check_integrity"}
 
 
+def data_identity(data: dict) -> dict:
+    """``data`` without a validation split's keys when there is no split, so that configs from before
+    ``data.val_fraction`` existed keep their baseline and run keys."""
+    if not data.get("val_fraction"):
+        return {k: v for k, v in data.items() if k not in ("val_fraction", "val_seed")}
+    return data
+
+
 def baseline_key(cfg: DictConfig) -> str:
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _DATA_IGNORED}
+    data = {k: v for k, v in data_identity(OmegaConf.to_container(cfg.data, resolve=True)).items()
+            if k not in _DATA_IGNORED}
     ident = {"task": cfg.task.name, "model": OmegaConf.to_container(cfg.model, resolve=True), "data": data,
              "train": OmegaConf.to_container(cfg.train, resolve=True), "seed": cfg.seed,
              "regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True)}

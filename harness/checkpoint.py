@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.artifacts import atomic_save
+from harness.baseline import data_identity
 from harness.errors import DataError
 
 # Keys that change how a run is shown, launched or measured, not what it trains.
@@ -23,6 +24,7 @@ _NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measu
 
 def run_key(cfg: DictConfig) -> str:
     data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _NOT_IN_KEY}
+    data["data"] = data_identity(data["data"])
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

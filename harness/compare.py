@@ -77,12 +77,26 @@ def paper_targets() -> tuple[list[dict], float]:
     return data["targets"], float(data["match_within"])
 
 
-def _paper_row(method: str, task: str, reduction: float) -> dict | None:
+def _paper_row(method: str, task: str, reduction: float, model: str | None = None) -> dict | None:
+    """The published row for (method, task, reduction); a row that names a ``model`` (VGG-16 on the
+    CIFAR-10 task) matches only runs of that model."""
     targets, within = paper_targets()
     for t in targets:
-        if t["method"] == method and t["task"] == task and abs(t["flops_reduction"] - reduction) <= within:
+        if (t["method"] == method and t["task"] == task and abs(t["flops_reduction"] - reduction) <= within
+                and t.get("model") in (None, model)):
             return t
     return None
+
+
+def _paper_cells(paper: dict | None, row: dict) -> tuple[str, float]:
+    """The published number and ours minus it. A row with only an accuracy drop (AIP's abstract) is
+    compared on the drop from each side's own baseline."""
+    if not paper:
+        return "", float("nan")
+    if paper.get("acc") is None:
+        drop = float(paper["acc_drop"])
+        return f"{paper['name']}: -{drop:.2f} vs base [{paper['mark']}]", row["Δ acc"] + drop
+    return f"{paper['name']}: {paper['acc']:.2f} [{paper['mark']}]", row["final acc %"] - paper["acc"]
 
 
 def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
@@ -116,9 +130,9 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
                 batch = col.split("/")[1]
                 row[f"speed-up {batch}"] = g[col].mean()
             row["latency device"] = ", ".join(sorted(set(g.get("tags.latency_device", pd.Series(["?"])).dropna())))
-            paper = _paper_row(method, task, g["metrics.flops_reduction"].mean())
-            row["paper"] = f"{paper['name']}: {paper['acc']:.2f} [{paper['mark']}]" if paper else ""
-            row["Δ paper"] = row["final acc %"] - paper["acc"] if paper else float("nan")
+            model = g["params.model.name"].iloc[0] if "params.model.name" in g else None
+            paper = _paper_row(method, task, g["metrics.flops_reduction"].mean(), model)
+            row["paper"], row["Δ paper"] = _paper_cells(paper, row)
             row["off paper"] = "⚠" if paper and abs(row["Δ paper"]) > tolerance else ""
             rows.append(row)
             if n_setups[(method, target)] > 1:

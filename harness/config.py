@@ -45,7 +45,15 @@ def compose(overrides: list[str]) -> DictConfig:
     except (HydraException, OmegaConfBaseException, ValueError, TypeError) as e:  # Hydra raises all of these
         raise ConfigError(_explain(e, overrides)) from None
     validate(cfg)
+    resolve_defaults(cfg)
     return cfg
+
+
+def resolve_defaults(cfg: DictConfig) -> None:
+    """Values that depend on other groups: ``data.val_fraction=null`` becomes 0.1 for a method that
+    asks for validation data (``method.needs_validation``), 0 otherwise."""
+    if cfg.data.get("val_fraction") is None:
+        cfg.data.val_fraction = 0.1 if cfg.method.get("needs_validation") else 0.0
 
 
 def _last_wins(overrides: list[str]) -> list[str]:
@@ -142,7 +150,8 @@ RANGES: dict[str, tuple] = {
     "measure.repeats": ("int", "[1, 100000]"),
     "data.limit_train": ("int", "[1, inf)", True), "data.limit_val": ("int", "[1, inf)", True),
     "data.num_workers": ("int", "[0, 1024]"), "data.size": ("int", "[8, 8192]"),
-    "data.test_fraction": ("real", "(0, 1)"), "model.kwargs.width": ("int", "[1, 4096]"),
+    "data.test_fraction": ("real", "(0, 1)"), "data.val_fraction": ("real", "[0, 1)", True),
+    "data.val_seed": ("int", "[0, 4294967295]"), "model.kwargs.width": ("int", "[1, 4096]"),
     "method.tick_p": ("real", "(0, 1]"), "method.tick_lr": ("real", "(0, 100]"), "method.tick_momentum": ("real", "[0, 1)"),
     "method.tick_samples": ("int", "[1, inf)", True), "method.tock_every": ("int", "[0, 100000]"),
     "method.tock_epochs": ("int", "[0, 100000]"), "method.sparsity": ("real", "[0, 100]"),
@@ -150,11 +159,27 @@ RANGES: dict[str, tuple] = {
     "method.tock_momentum": ("real", "[0, 1)"), "method.tock_weight_decay": ("real", "[0, 1]"),
     "method.beta_clamp": ("real", "(0, 1000000]"), "method.max_ticks": ("int", "[1, 10000000]"),
     "method.sparse_epochs": ("int", "[0, 100000]"),
+    # GAL and AIP
+    "method.max_block_share": ("real", "(0, 1]"), "method.mu": ("real", "[0, 1000]"),
+    "method.mask_step": ("int", "[1, 10000000]"), "method.epochs": ("int", "[0, 100000]"),
+    "method.lr": ("real", "(0, 100]"), "method.lr_step": ("int", "[1, 100000]"), "method.lr_gamma": ("real", "(0, 1]"),
+    "method.momentum": ("real", "[0, 1)"), "method.weight_decay": ("real", "[0, 1]"),
+    "method.steps": ("int", "[1, 100000]"), "method.recover_epochs": ("int", "[0, 100000]"),
+    "method.ce_weight": ("real", "[0, 1000]"), "method.kd_weight": ("real", "[0, 1000]"),
+    "method.at_weight": ("real", "[0, 1000000]"), "method.adv_weight": ("real", "[0, 1000]"),
+    "method.temperature": ("real", "(0, 1000]"),
     "regularizer.eps": ("real", "[0, 100]"), "regularizer.prob": ("real", "[0, 1]"),
     "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.max_parallel": ("int", "[1, 4096]", True), "launcher.threads_per_job": ("int", "[1, 4096]", True),
     "launcher.time_min": ("int", "[1, 10000000]"), "launcher.signal_delay_s": ("int", "[0, 100000]"),
     "launcher.gpus_per_node": ("int", "[0, 1024]"), "launcher.cpus_per_task": ("int", "[1, 4096]"),
     "launcher.mem_gb": ("real", "(0, 1000000]"), "launcher.array_parallelism": ("int", "[1, 1000000]"),
+}
+
+
+# Keys that take one of a few words (checked where the chosen method has them).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method.structure": ("auto", "block", "channel"), "method.mask_init": ("normal", "one"),
+    "method.select": ("val", "last"),
 }
 
 
@@ -203,6 +228,9 @@ def validate(cfg: DictConfig) -> None:
     need(re.fullmatch(PLAIN_NAME, str(cfg.tracking.experiment)) is not None,
          f"tracking.experiment must be a plain name (letters, digits, _ . -; 1-100 characters), "
          f"got {cfg.tracking.experiment!r}")
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
     milestones = [m for phase in ("train", "finetune") for m in (cfg[phase].get("milestones") or [])]
     need(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones),
          "train.milestones and finetune.milestones must be lists of epochs (integers >= 0), e.g. [80,120]")

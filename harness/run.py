@@ -138,6 +138,13 @@ class _Phases:
     def score(self, m) -> float:
         return self.evaluate(m)[self.task.metric]
 
+    def validate(self, m) -> float:
+        """The metric on the validation split: what a method may select or search on (never the test set)."""
+        if self.val_loader is None:
+            raise ConfigError(f"method {self.cfg.method.name} needs a validation split; set data.val_fraction "
+                              "(e.g. 0.1)")
+        return self.task.evaluate(m, self.val_loader, self.device)[self.task.metric]
+
     def quick_score(self, m) -> float:
         """The metric on one fixed held-out batch: cheap enough for every pruning step."""
         return self.task.evaluate(m, [self.held_out], self.device)[self.task.metric]
@@ -163,8 +170,12 @@ class _Phases:
     def execute(self, model, state: dict | None) -> dict:
         cfg, task = self.cfg, self.task
         started = time.time()
-        self.train_set, test_set = task.datasets()
+        self.train_set, val_set, test_set = task.splits()
         self.test_loader = self.loader(test_set, max(cfg.train.batch_size, 256), False)
+        self.val_loader = self.loader(val_set, max(cfg.train.batch_size, 256), False) if val_set else None
+        if state is None:  # logged once per run, not again on resume
+            self.tracker.log_metrics({"data/train_samples": len(self.train_set), "data/test_samples": len(test_set),
+                                      "data/val_samples": len(val_set) if val_set else 0})
         self.held_out = next(iter(self.test_loader))
 
         model, reused, baseline_key = self.baseline(model.to(self.device))
@@ -220,6 +231,7 @@ class _Phases:
                            loss_fn=self.task.loss_fn(), evaluate=self.score, quick_evaluate=self.quick_score,
                            log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
                            log_metrics=tracker.log_metrics, train=self.fit, finetune_recipe=cfg.finetune,
+                           val_loader=self.val_loader, validate=self.validate, quiet=bool(cfg.quiet),
                            save_state=lambda st: self.checkpoint.save({"stage": "pruning", "method": st,
                                                                       "train_samples": train_loader.samples,
                                                                       "mlflow_run_id": tracker.run_id or ""}),

@@ -23,14 +23,19 @@ class PruneContext:
     device: torch.device
     train_loader: Any                        # the task's training data
     loss_fn: nn.Module
-    evaluate: Callable[[nn.Module], float]   # the task metric on the test split (higher is better)
+    evaluate: Callable[[nn.Module], float]   # the task metric on the test split: for reports only, never to choose
     quick_evaluate: Callable[[nn.Module], float]  # the same on one fixed held-out batch, for per-step logs
     log_step: Callable[[int, dict], None]    # one pruning step's metrics, logged as prune/<name>
     log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
     train: Callable[..., dict]               # harness.train.train with device, loss and quiet bound
     finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe (for methods that train)
+    # A split carved from the training data (data.val_fraction): what a method may select or search on.
+    # Both are None/raise when the run has no split; a method that needs one sets needs_validation: true.
+    val_loader: Any = None
+    validate: Callable[[nn.Module], float] | None = None
     # Iterative methods checkpoint their schedule with save_state(dict of tensors/plain values) and,
     # after a kill or a requeue, find it again in resume_state.
+    quiet: bool = False                      # no progress bars
     save_state: Callable[[dict], None] = lambda state: None
     resume_state: dict | None = None
 

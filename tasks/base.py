@@ -1,6 +1,7 @@
 """The Task interface: data, model, metric and example input. A task knows nothing of methods."""
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
+from harness.errors import ConfigError
 from tasks.models import create_model
 
 
@@ -59,6 +61,31 @@ class Task:
     def _load_datasets(self) -> tuple[Dataset, Dataset]:
         raise NotImplementedError
 
+    def splits(self) -> tuple[Dataset, Dataset | None, Dataset]:
+        """(train, validation, test). With ``data.val_fraction`` > 0 the validation split is carved from
+        the training set (stratified by label where the labels allow it, seeded by ``data.val_seed``,
+        independent of the run's seed) and removed from it, so nothing trains on it; it is served without
+        training augmentation. Without it, validation is None."""
+        train, test = self.datasets()
+        fraction = float(self.cfg.data.get("val_fraction") or 0)
+        if not fraction:
+            return train, None, test
+        keep, held = split_indices(dataset_labels(train), len(train), fraction, int(self.cfg.data.get("val_seed", 0)))
+        return Subset(train, keep), Subset(self.without_augmentation(train, test), held), test
+
+    def without_augmentation(self, train: Dataset, test: Dataset) -> Dataset:
+        """The training samples served as the test split is (its transform, no random flips or crops).
+        This default copies the test dataset's ``transform`` (and ``train`` flag) onto a shallow copy."""
+        if isinstance(train, Subset):
+            return Subset(self.without_augmentation(train.dataset, test), train.indices)
+        while isinstance(test, Subset):
+            test = test.dataset
+        view = copy.copy(train)
+        for attr in ("transform", "train"):
+            if hasattr(view, attr) and hasattr(test, attr):
+                setattr(view, attr, getattr(test, attr))
+        return view
+
     # --- metric ----------------------------------------------------------------------------
     def loss_fn(self) -> nn.Module:
         return nn.CrossEntropyLoss()
@@ -76,6 +103,39 @@ class Task:
             correct += (out.argmax(1) == y).sum().item()
             total += y.numel()
         return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
+
+
+def dataset_labels(ds: Dataset) -> list[int] | None:
+    """Per-sample class labels without loading any image, or None when the dataset has none (segmentation)."""
+    if isinstance(ds, Subset):
+        parent = dataset_labels(ds.dataset)
+        return None if parent is None else [parent[i] for i in ds.indices]
+    if hasattr(ds, "targets"):
+        return [int(t) for t in ds.targets]
+    if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) > 1 and ds.tensors[1].dim() == 1:
+        return ds.tensors[1].tolist()
+    samples = getattr(ds, "samples", None)
+    if samples and isinstance(samples[0][1], int):
+        return [s[1] for s in samples]
+    return None
+
+
+def split_indices(labels: list[int] | None, n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held-out) indices: ``fraction`` of ``n`` held out, stratified when every class has two samples
+    and there are at least as many held-out samples as classes; otherwise a seeded random draw."""
+    from sklearn.model_selection import train_test_split
+
+    held = max(1, round(fraction * n))
+    if held >= n:
+        raise ConfigError(f"data.val_fraction={fraction} leaves no training samples out of {n}; lower it")
+    stratify = None
+    if labels is not None:
+        counts = torch.bincount(torch.tensor(labels)) if labels else torch.zeros(0)
+        classes = int((counts > 0).sum())
+        if counts[counts > 0].min() >= 2 and classes <= held <= n - classes:
+            stratify = labels
+    keep, out = train_test_split(list(range(n)), test_size=held, random_state=seed, stratify=stratify)
+    return sorted(keep), sorted(out)
 
 
 def _limit(ds: Dataset, limit) -> Dataset:

@@ -1,0 +1,78 @@
+"""AIP, adversarial iterative pruning with knowledge transfer: a RECONSTRUCTION.
+
+There is no public code; only the abstract describes it (shared/reference/papers.md). What is built
+here, and which choices are ours:
+
+- Iterative: ``steps`` rounds, each cutting MACs to the next of ``steps`` evenly spaced targets
+  (target·k/steps), then a short recovery of ``recover_epochs``; the last round ends at the target,
+  then the common fine-tune follows.
+- The criterion (the abstract names none) is the L1 norm of each channel's filters, ranked globally
+  (the ``l1`` method's criterion). Our reason: it is data-free and cheap at every round, and it makes
+  ``aip`` vs ``l1`` a clean test of what AIP adds, the iterative schedule and the adversarial
+  knowledge-transfer recovery.
+- Recovery (the student is the network being pruned, the teacher the dense baseline): attention
+  transfer at every stage output (``at_weight``), KD on the logits (``kd_weight``, ``temperature``)
+  and the adversarial loss against GAL's MLP discriminator on logits (``adv_weight``). Cross-entropy
+  on labels is off by default (``ce_weight: 0``): the abstract lists transfer terms only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from harness.surgery import eval_mode
+from methods.base import Method, PruneContext
+from methods.l1 import FilterL1Importance
+from methods.teacher import FeatureTap, TeacherStudent, attention_loss, distill_epoch, kd_loss, stage_outputs
+
+
+class AIP(Method):
+    name = "aip"
+
+    def importance(self):
+        return FilterL1Importance()
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        cfg, pruner = self.cfg, ctx.pruner
+        example = pruner.example_inputs
+        layers = stage_outputs(model, example)
+        with eval_mode(model), torch.no_grad():
+            num_outputs = model(example).shape[1]
+        ts = TeacherStudent(model, num_outputs, cfg.lr, cfg.momentum, cfg.weight_decay, attention_layers=layers)
+        tap = FeatureTap(model, layers)
+        ctx.log_metrics({"aip/attention_layers": len(layers)}, 0)
+        loss_fn = ctx.loss_fn
+
+        def student_loss(labels, student, teacher):
+            terms = {"at": cfg.at_weight * attention_loss(tap.features(), ts.teacher_tap.features()),
+                     "kd": cfg.kd_weight * kd_loss(student, teacher, cfg.temperature),
+                     "adv": cfg.adv_weight * ts.adversarial_loss(student)}
+            if cfg.ce_weight:
+                terms["ce"] = cfg.ce_weight * loss_fn(student, labels)
+            return terms
+
+        epoch = 0
+        try:
+            for step in range(1, int(cfg.steps) + 1):
+                goal = ctx.target * step / int(cfg.steps)
+                pruner.prune_to_target(model, self.importance(), goal)
+                reduction = pruner.reduction(model)
+                after_prune = ctx.quick_evaluate(model)
+                # A fresh optimiser each round: the pruned weights are new tensors.
+                opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay)
+                metrics = {}
+                for e in range(int(cfg.recover_epochs)):
+                    metrics = distill_epoch(model, ts, ctx.train_loader, opt, student_loss, device=ctx.device,
+                                            desc=f"aip round {step}/{cfg.steps} epoch {e + 1}/{cfg.recover_epochs}",
+                                            quiet=ctx.quiet)
+                    ctx.log_metrics({f"aip/{k}": v for k, v in metrics.items()}, epoch)
+                    epoch += 1
+                ctx.log_step(step, {"macs": pruner.base_macs * (1 - reduction), "reduction": reduction,
+                                    "acc_after_prune": after_prune, "acc": ctx.quick_evaluate(model),
+                                    **({"d_acc": metrics["d_acc"]} if metrics else {})})
+        finally:
+            tap.remove()
+            ts.close()
+        return model
+

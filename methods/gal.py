@@ -1,0 +1,364 @@
+"""GAL (Lin et al., CVPR'19): soft masks learned label-free against the dense teacher, as the authors'
+code (ShaohuiLin/GAL main.py, fista.py) does it.
+
+A soft mask scales each prunable structure's output: one scalar per residual block (the block's
+residual branch, so a zero mask leaves the block equal to its shortcut), or one per channel group
+(plain nets). The student (the baseline with masks, masks drawn from N(0, 1)) learns μ·MSE to the
+teacher's logits plus the adversarial loss against an MLP discriminator; labels are never read. The
+mask L1 (λ) enters twice, as the authors do: its sub-gradient in the student's loss, and a FISTA
+proximal step (soft threshold lr·λ, then clamped at 0) every ``mask_step`` batches. The epoch with
+the best accuracy on the validation split is kept (the authors choose on the test set; we do not).
+
+Then structures are removed physically (a block becomes its shortcut) and the masks of what stays are
+folded into its BatchNorm (or conv) affine. The authors remove every structure with mask <= 0; the
+harness's contract is the FLOPs target, so removal goes in ascending mask order and stops at the
+target: if the zero masks are not enough, the smallest positive masks go next; if they are more than
+enough, those pushed furthest below zero by the last proximal step go first. Both the natural
+reduction (all masks <= 0) and the final one are logged.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.errors import ConfigError
+from harness.surgery import ChannelPruner, count_macs_params, eval_mode
+from methods.base import Method, PruneContext
+from methods.teacher import TeacherStudent, distill_epoch
+
+# The authors' CIFAR-10 epoch: 50,000 images at batch 128. mask_step is scaled to shorter epochs so the
+# number of FISTA steps per epoch stays theirs.
+AUTHORS_BATCHES_PER_EPOCH = 391
+_SHORTCUT_NAMES = ("shortcut", "downsample")
+
+
+class ShortcutOnly(nn.Module):
+    """What a residual block becomes when GAL removes it: its shortcut (identity or projection), and
+    the ReLU after the add when the block had one. The shortcut keeps its attribute name, so the names
+    of its layers (and their per-layer minimums) do not change."""
+
+    def __init__(self, block: nn.Module, shortcut_name: str | None, relu: bool):
+        super().__init__()
+        self.shortcut_name, self.relu = shortcut_name, relu
+        if shortcut_name is not None:
+            self.add_module(shortcut_name, getattr(block, shortcut_name))
+
+    def forward(self, x):
+        out = getattr(self, self.shortcut_name)(x) if self.shortcut_name else x
+        return F.relu(out) if self.relu else out
+
+
+class Block:
+    """A residual block found in a model: where its mask goes (the branch's last norm) and what replaces it."""
+
+    def __init__(self, name: str, branch_end: str, shortcut_name: str | None, relu: bool):
+        self.name, self.branch_end, self.shortcut_name, self.relu = name, branch_end, shortcut_name, relu
+
+
+def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[Block]:
+    """Every module that behaves as ``act(branch(x) + shortcut(x))``, found by testing, not by class name:
+    with the output of its last BatchNorm outside the shortcut zeroed, its output must equal its
+    shortcut's (with or without a ReLU) on the input it sees in a forward pass of ``example``."""
+    inputs: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0]))
+               for name, m in model.named_modules() if name]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    blocks = []
+    for name, module in model.named_modules():
+        if name not in inputs or not isinstance(inputs[name], torch.Tensor):
+            continue
+        shortcut_name = next((s for s in _SHORTCUT_NAMES if isinstance(getattr(module, s, None), nn.Module)), None)
+        norms = [n for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and not (shortcut_name and n.startswith(shortcut_name + "."))]
+        if not norms:
+            continue
+        branch_end = norms[-1]
+        x = inputs[name]
+        with eval_mode(model), torch.no_grad():
+            handle = module.get_submodule(branch_end).register_forward_hook(lambda m, i, out: out * 0)
+            try:
+                zeroed = module(x)
+            finally:
+                handle.remove()
+            if zeroed.shape != x.shape[:1] + zeroed.shape[1:] or not isinstance(zeroed, torch.Tensor):
+                continue
+            for relu in (True, False):
+                replacement = ShortcutOnly(module, shortcut_name, relu)
+                with eval_mode(replacement):
+                    same = replacement(x)
+                if same.shape == zeroed.shape and torch.allclose(same, zeroed, atol=1e-5):
+                    blocks.append(Block(name, f"{name}.{branch_end}", shortcut_name, relu))
+                    break
+    # A container of blocks never passes the test; a block inside a block would be ambiguous: keep the outer.
+    return [b for b in blocks if not any(b.name.startswith(o.name + ".") for o in blocks)]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+class SoftMasks:
+    """One learnable mask per structure, applied by forward hooks: per block a scalar on the branch's
+    last norm; per channel group a vector on its norms (or, without BN, on its convs' outputs)."""
+
+    def __init__(self, model: nn.Module, structure: str, blocks: list[Block], pruner: ChannelPruner,
+                 init: str, generator: torch.Generator):
+        self.model, self.structure = model, structure
+        device = next(model.parameters()).device
+        draw = lambda n: (torch.randn(n, generator=generator) if init == "normal" else torch.ones(n)).to(device)  # noqa: E731
+        if structure == "block":
+            self.blocks = {b.name: b for b in blocks}
+            self.sites = {b.name: [b.branch_end] for b in blocks}
+            self.masks = {b.name: nn.Parameter(draw(1)) for b in blocks}
+        else:
+            groups = pruner.groups(model)
+            self.sites = {k: g.norms or g.members for k, g in groups.items()}
+            self.masks = {k: nn.Parameter(draw(g.channels)) for k, g in groups.items()}
+        self.handles = [model.get_submodule(site).register_forward_hook(self._scale(key))
+                        for key, sites in self.sites.items() for site in sites]
+
+    def _scale(self, key: str):
+        def hook(module, inputs, output):
+            m = self.masks[key]
+            return output * m.view(1, -1, *([1] * (output.dim() - 2)))
+        return hook
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.masks.values())
+
+    def l1(self) -> torch.Tensor:
+        return sum(m.abs().sum() for m in self.masks.values())
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([m.detach().flatten() for m in self.masks.values()])
+
+    def remove_hooks(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Multiply each mask into the affine of the layer it scales: the network then computes what the
+        masked one did, with vanilla layers only."""
+        for key, sites in self.sites.items():
+            m = self.masks[key].detach()
+            for site in sites:
+                layer = self.model.get_submodule(site)
+                shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+                layer.weight.mul_(m.view(shape) if m.numel() > 1 else m)
+                if layer.bias is not None:
+                    layer.bias.mul_(m)
+
+
+class Fista(torch.optim.Optimizer):
+    """FISTA with the L1 proximal step and a non-negativity clamp, as the authors' fista.py: momentum
+    y = p + (α-1)/α' (p - p_prev), then p = max(soft_threshold(y - lr·grad, lr·λ), 0). ``restart`` resets α."""
+
+    def __init__(self, params, lr: float, weight: float):
+        super().__init__(params, dict(lr=lr, weight=weight))
+
+    @torch.no_grad()
+    def step(self, restart: bool = False):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "alpha" not in state or restart:
+                    state["alpha"], y = torch.ones_like(p), p.clone()
+                else:
+                    alpha = state["alpha"]
+                    state["alpha"] = (1 + (1 + 4 * alpha ** 2).sqrt()) / 2
+                    y = p + ((alpha - 1) / state["alpha"]) * (p - state["previous"])
+                state["previous"] = p.clone()
+                moved = y - group["lr"] * p.grad
+                threshold = group["lr"] * group["weight"]
+                state["unclamped"] = torch.sign(moved) * (moved.abs() - threshold).clamp_min(0)
+                p.copy_(state["unclamped"].clamp_min(0))
+
+    def scores(self, masks: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+        """Each mask's value, and for a mask clamped at 0 its last value before the clamp (<= 0): how far
+        below zero the proximal step pushed it. It orders the zero masks when they are more than the target needs."""
+        out = {}
+        for key, p in masks.items():
+            unclamped = self.state[p].get("unclamped")
+            value = p.detach().flatten()
+            out[key] = value if unclamped is None else torch.where(value > 0, value, unclamped.flatten())
+        return out
+
+
+def scaled_mask_step(mask_step: int, batches_per_epoch: int) -> int:
+    """The authors' ``mask_step`` in batches, scaled down for epochs shorter than theirs."""
+    if batches_per_epoch >= AUTHORS_BATCHES_PER_EPOCH:
+        return mask_step
+    return max(1, round(mask_step * batches_per_epoch / AUTHORS_BATCHES_PER_EPOCH))
+
+
+def choose_structure(cfg_structure: str, blocks: list[Block], block_shares: dict[str, float], max_share: float) -> str:
+    """``auto``: blocks when the model has residual blocks and none holds more than ``max_share`` of the
+    MACs (so block granularity can meet a target closely), channels otherwise."""
+    if cfg_structure != "auto":
+        if cfg_structure == "block" and not blocks:
+            raise ConfigError("method.structure=block but this model has no residual blocks GAL can remove; "
+                              "use method.structure=channel")
+        return cfg_structure
+    return "block" if blocks and max(block_shares.values()) <= max_share else "channel"
+
+
+class GAL(Method):
+    name = "gal"
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        cfg, pruner = self.cfg, ctx.pruner
+        example = pruner.example_inputs
+        blocks = residual_blocks(model, example)
+        shares = {b.name: self._removed_share(model, [b], pruner) for b in blocks}
+        structure = choose_structure(cfg.structure, blocks, shares, cfg.max_block_share)
+        if structure == "block":
+            reachable = self._removed_share(model, blocks, pruner)
+            if reachable < ctx.target:
+                raise ConfigError(f"GAL with method.structure=block removes at most {reachable:.3f} of the MACs "
+                                  f"(every residual block); lower prune.flops_reduction or use method.structure=channel")
+        ctx.log_metrics({"gal/structures": len(blocks) if structure == "block" else
+                         sum(g.channels for g in pruner.groups(model).values()),
+                         "gal/lambda": float(cfg.sparsity)}, 0)
+        teacher = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63)
+        masks = SoftMasks(model, structure, blocks, pruner, cfg.mask_init, generator)
+        try:
+            scores = self.learn_masks(model, teacher, masks, ctx)
+        finally:
+            masks.remove_hooks()
+        return self.remove(model, masks, scores, ctx)
+
+    # --- learning the masks ----------------------------------------------------------------------
+    def learn_masks(self, model: nn.Module, teacher: nn.Module, masks: SoftMasks, ctx: PruneContext) -> dict:
+        """Trains the masked student; returns each structure's removal score (``Fista.score``)."""
+        cfg = self.cfg
+        with eval_mode(teacher), torch.no_grad():
+            num_outputs = teacher(ctx.pruner.example_inputs).shape[1]
+        ts = TeacherStudent(teacher, num_outputs, cfg.lr, cfg.momentum, cfg.weight_decay)
+        weights = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        fista = Fista(masks.parameters(), lr=cfg.lr, weight=cfg.sparsity)
+        optimizers = (opt, ts.optimizer, fista)
+        step = scaled_mask_step(int(cfg.mask_step), len(ctx.train_loader))
+        ctx.log_metrics({"gal/mask_step": step}, 0)
+        best = (-math.inf, None)
+
+        def student_loss(labels, student, teacher):  # label-free: ``labels`` is never read
+            return {"mse": cfg.mu * F.mse_loss(student, teacher), "adv": ts.adversarial_loss(student),
+                    "sparse": cfg.sparsity * masks.l1()}
+
+        for epoch in range(int(cfg.epochs)):
+            lr = cfg.lr * cfg.lr_gamma ** (epoch // int(cfg.lr_step))
+            for o in optimizers:
+                for group in o.param_groups:
+                    group["lr"] = lr
+            def mask_update(i, epoch=epoch):
+                if i % step == 0:  # the authors restart FISTA's momentum on an lr decay's first batch
+                    fista.step(restart=epoch % int(cfg.lr_step) == 0 and i == 1)
+
+            metrics = distill_epoch(model, ts, ctx.train_loader, _Both(opt, fista), student_loss,
+                                    device=ctx.device, desc=f"gal {epoch + 1}/{cfg.epochs}", quiet=ctx.quiet,
+                                    after_step=mask_update)
+            values = masks.flat()
+            metrics.update(mask_zero=(values <= 0).float().mean().item(), mask_l1=values.abs().sum().item(), lr=lr)
+            if ctx.validate is not None and cfg.select == "val":
+                metrics["val_acc"] = score = ctx.validate(model)
+                if score > best[0]:
+                    best = (score, {**_snapshot(model, masks), "scores": fista.scores(masks.masks)})
+            ctx.log_metrics({f"gal/{k}": v for k, v in metrics.items()}, epoch)
+        ts.close()
+        if best[1] is not None:
+            _restore(model, masks, best[1])
+            ctx.log_metrics({"gal/selected_val_acc": best[0]}, 0)
+            return best[1]["scores"]
+        return fista.scores(masks.masks)
+
+    # --- removing what the masks say ------------------------------------------------------------
+    def remove(self, model: nn.Module, masks: SoftMasks, scores: dict[str, torch.Tensor], ctx: PruneContext) -> nn.Module:
+        """Remove structures in ascending ``scores`` until the MACs target is met. The masks alone would
+        remove every structure at <= 0 (logged as the natural reduction); when that overshoots the
+        target, the most negative before the clamp go first; when it falls short, the smallest masks next."""
+        pruner = ctx.pruner
+        masks.fold()
+        if masks.structure == "block":
+            order = sorted(scores, key=lambda k: scores[k].item())
+            natural = [k for k in order if masks.masks[k].item() <= 0]
+            trial = copy.deepcopy(model)
+            for k in natural:
+                self._remove_block(trial, masks.blocks[k])
+            natural_reduction = pruner.reduction(trial)
+            for k in order:
+                if pruner.reduction(model) >= ctx.target:
+                    break
+                self._remove_block(model, masks.blocks[k])
+        else:
+            importance = _MaskImportance(scores, pruner, model)
+            natural = [(k, i) for k, i in pruner.removal_order(model, importance) if masks.masks[k][i] <= 0]
+            natural_reduction = pruner.reduction(pruner.remove(copy.deepcopy(model), natural))
+            pruner.prune_to_target(model, importance, ctx.target)
+        final = pruner.reduction(model)
+        ctx.log_metrics({"gal/natural_reduction": natural_reduction, "gal/final_reduction": final,
+                         "gal/zero_masks": len(natural)}, 0)
+        ctx.log_step(1, {"macs": pruner.base_macs * (1 - final), "reduction": final, "acc": ctx.quick_evaluate(model)})
+        return model
+
+    @staticmethod
+    def _remove_block(model: nn.Module, block: Block) -> None:
+        replace_module(model, block.name, ShortcutOnly(model.get_submodule(block.name), block.shortcut_name, block.relu))
+
+    def _removed_share(self, model: nn.Module, blocks: list[Block], pruner: ChannelPruner) -> float:
+        trial = copy.deepcopy(model)
+        for b in blocks:
+            self._remove_block(trial, b)
+        return 1 - count_macs_params(trial, pruner.example_inputs)[0] / pruner.base_macs
+
+
+class _Both:
+    """The student's optimiser as ``distill_epoch`` sees it: zero_grad clears the masks' gradients too
+    (the authors zero both each batch), step moves only the weights; FISTA steps the masks itself."""
+
+    def __init__(self, weights: torch.optim.Optimizer, masks: torch.optim.Optimizer):
+        self.weights, self.masks = weights, masks
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.weights.zero_grad(set_to_none=set_to_none)
+        self.masks.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.weights.step()
+
+
+class _MaskImportance:
+    """A channel group's learned mask as its importance (lower goes first); keyed by the group's root."""
+
+    def __init__(self, scores: dict[str, torch.Tensor], pruner: ChannelPruner, model: nn.Module):
+        self.by_root = {id(g.group[0].dep.target.module): scores[k] for k, g in pruner.groups(model).items()
+                        if k in scores}
+
+    def __call__(self, group):
+        return self.by_root.get(id(group[0].dep.target.module))
+
+
+def _snapshot(model: nn.Module, masks: SoftMasks) -> dict:
+    return {"model": copy.deepcopy(model.state_dict()), "masks": {k: m.detach().clone() for k, m in masks.masks.items()}}
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, masks: SoftMasks, snapshot: dict) -> None:
+    model.load_state_dict(snapshot["model"])
+    for k, m in masks.masks.items():
+        m.copy_(snapshot["masks"][k])
