@@ -63,24 +63,30 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 
 def stage_outputs(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """The modules whose outputs end each spatial stage: for every feature-map size, in the order it
-    appears, the last module (by completion) that outputs it. ResNets give their stages, VGG the ReLU
-    before each pool. Only names are returned, so the same layers can be found in a pruned copy."""
-    last: dict[tuple[int, ...], str] = {}
-    handles = [m.register_forward_hook(lambda mod, i, out, name=name: _note(last, name, out))
-               for name, m in model.named_modules() if name]
+    """The modules whose outputs end each spatial stage: for every feature-map size larger than 1x1, among
+    the outermost modules that output it, the last to finish. ResNets give their stem and stages, VGG the
+    ReLU before each pool. Only names are returned, so the same layers can be found in a pruned copy."""
+    seen: dict[tuple[int, ...], list[tuple[int, int, str]]] = {}
+    handles = [m.register_forward_hook(_noter(seen, name)) for name, m in model.named_modules() if name]
     try:
         with eval_mode(model), torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    return list(last.values())
+    out = []
+    for producers in seen.values():  # sizes in order of first appearance
+        depth = min(d for d, _, _ in producers)
+        out.append(max((order, name) for d, order, name in producers if d == depth)[1])
+    return out
 
 
-def _note(last: dict, name: str, out) -> None:
-    if isinstance(out, torch.Tensor) and out.dim() == 4:
-        last[tuple(out.shape[-2:])] = name  # a dict keeps the order in which each size first appeared
+def _noter(seen: dict, name: str):
+    def hook(module, inputs, output):  # returns None: a forward hook's return value would replace the output
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+            producers = seen.setdefault(tuple(output.shape[-2:]), [])
+            producers.append((name.count("."), sum(len(v) for v in seen.values()), name))
+    return hook
 
 
 class FeatureTap:
