@@ -1,0 +1,230 @@
+"""GAL, AIP, the teacher-student module and the validation split."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from harness.config import compose
+from harness.surgery import ChannelPruner
+from methods.base import PruneContext
+from methods.gal import GAL, Fista, ShortcutOnly, SoftMasks, residual_blocks
+from methods.teacher import TeacherStudent, attention_map, distill_epoch, stage_outputs
+from tasks import create_task
+from tasks.models import create_model
+from tests.conftest import last_json
+from tests.fixtures import make_cifar10
+
+
+def _ctx(model, example, target=0.0, loader=None, validate=None, metrics=None):
+    pruner = ChannelPruner(model, example, [model.fc], 0.1)
+    log = metrics if metrics is not None else {}
+    return PruneContext(pruner=pruner, target=target, device=torch.device("cpu"), train_loader=loader,
+                        loss_fn=nn.CrossEntropyLoss(), evaluate=lambda m: 0.0, quick_evaluate=lambda m: 0.0,
+                        log_step=lambda step, m: log.update(m),
+                        log_metrics=lambda m, step=None: log.update(m), train=None, validate=validate, quiet=True)
+
+
+def _gal_cfg(**over):
+    return OmegaConf.merge(compose(["method=gal"]).method, over)
+
+
+def test_gal_removes_whole_blocks_physically_and_folds_the_masks():
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10).eval()
+    for m in model.modules():  # non-trivial BN statistics, so folding is tested on real affine values
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    example = torch.randn(1, 3, 32, 32)
+    blocks = residual_blocks(model, example)
+    assert len(blocks) == 9 and {b.name for b in blocks} == {f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)}
+    ctx = _ctx(model, example, target=0.2)
+    masks = SoftMasks(model, "block", blocks, ctx.pruner, "one", torch.Generator())
+    with torch.no_grad():
+        for i, (key, m) in enumerate(masks.masks.items()):
+            m.fill_(0.0 if key in ("layer1.1", "layer2.0") else 0.5 + 0.1 * i)  # a projection block goes too
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    masks.remove_hooks()
+    scores = {k: m.detach().flatten() for k, m in masks.masks.items()}
+    pruned = GAL(_gal_cfg()).remove(model, masks, scores, ctx)
+    assert isinstance(pruned.layer1[1], ShortcutOnly) and isinstance(pruned.layer2[0], ShortcutOnly)
+    assert sum(isinstance(m, ShortcutOnly) for m in pruned.modules()) == 2  # the two zero masks met the target
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pruned.modules())  # no masks left
+    assert not any("mask" in n for n, _ in pruned.named_parameters())
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-4)
+    assert ctx.pruner.reduction(pruned) >= 0.2
+
+
+def test_gal_block_structure_ranks_by_mask_when_zero_masks_fall_short():
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10).eval()
+    example = torch.randn(1, 3, 32, 32)
+    metrics = {}
+    ctx = _ctx(model, example, target=0.3, metrics=metrics)
+    blocks = residual_blocks(model, example)
+    masks = SoftMasks(model, "block", blocks, ctx.pruner, "one", torch.Generator())
+    values = {b.name: 1.0 + i for i, b in enumerate(blocks)}
+    values["layer3.2"] = 0.0
+    with torch.no_grad():
+        for k, m in masks.masks.items():
+            m.fill_(values[k])
+    masks.remove_hooks()
+    GAL(_gal_cfg()).remove(model, masks, {k: m.detach().flatten() for k, m in masks.masks.items()}, ctx)
+    removed = {n for n, m in model.named_modules() if isinstance(m, ShortcutOnly)}
+    assert "layer3.2" in removed and "layer1.0" in removed  # the zero mask, then the smallest positive ones
+    assert metrics["gal/natural_reduction"] < 0.3
+    assert metrics["gal/final_reduction"] >= 0.3
+
+
+def test_fista_step_gives_exact_zeros_never_negative_and_shrinks_by_lr_lambda():
+    masks = nn.Parameter(torch.tensor([0.003, -0.5, 0.8, 2.0]))
+    fista = Fista([masks], lr=0.01, weight=0.6)  # threshold lr * lambda = 0.006
+    masks.grad = torch.zeros(4)
+    fista.step()
+    assert masks[0].item() == 0.0 and masks[1].item() == 0.0  # exact zeros, not tiny values
+    assert masks[2].item() == pytest.approx(0.8 - 0.006) and masks[3].item() == pytest.approx(2.0 - 0.006)
+    scores = fista.scores({"m": masks})["m"]
+    assert scores[1] < 0 and scores[0] == 0.0 and scores[2] > 0  # the clamped -0.5 ranks first
+    masks.grad = torch.tensor([0.0, 0.0, 1000.0, 0.0])
+    fista.step()
+    assert masks[2].item() == 0.0 and (masks >= 0).all()
+
+
+def _digits_loader(shuffle_labels: bool):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (torch.tensor(d.images[:256], dtype=torch.float32).unsqueeze(1) / 16 - 0.5) / 0.5
+    y = torch.tensor(d.target[:256])
+    if shuffle_labels:
+        y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def test_gal_never_reads_labels():
+    """The same masks (and weights) from a loader whose labels are shuffled."""
+    from tests.fixtures import train_digits_net
+
+    base = train_digits_net(steps=30)[0]
+    learned = []
+    for shuffled in (False, True):
+        torch.manual_seed(0)
+        model = copy.deepcopy(base)
+        ctx = _ctx(model, torch.randn(1, 1, 8, 8), loader=_digits_loader(shuffled))
+        masks = SoftMasks(model, "channel", [], ctx.pruner, "normal", torch.Generator().manual_seed(0))
+        cfg = _gal_cfg(epochs=2, mask_step=3, select="last")
+        scores = GAL(cfg).learn_masks(model, copy.deepcopy(base), masks, ctx)
+        learned.append((masks.flat(), torch.cat(list(scores.values())), model.fc.weight.detach().clone()))
+    for a, b in zip(*learned):
+        assert torch.equal(a, b)
+    assert (learned[0][0] == 0).any() and (learned[0][0] > 0).any()  # the masks did move: some zero, some kept
+
+
+def test_discriminator_learns_to_tell_teacher_from_a_bad_student():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    ts = TeacherStudent(teacher, 10, lr=0.05)
+    x = torch.randn(64, 1, 8, 8)
+    for _ in range(200):
+        result = ts.discriminator_step(ts.teach(x)[0] * 5, student(x).detach())
+    assert result["d_acc"] > 0.9
+    # the adversarial loss has a gradient for the student but leaves D's gradients untouched
+    before = [p.grad.clone() for p in ts.discriminator.parameters()]
+    ts.adversarial_loss(student(x)).backward()
+    assert student[1].weight.grad is not None and student[1].weight.grad.abs().sum() > 0
+    assert all(torch.equal(b, p.grad) for b, p in zip(before, ts.discriminator.parameters()))
+    assert all(p.requires_grad for p in ts.discriminator.parameters())
+
+
+def test_attention_maps_and_stage_outputs():
+    f = torch.randn(2, 8, 4, 4)
+    a = attention_map(f)
+    assert a.shape == (2, 16) and torch.allclose(a.norm(dim=1), torch.ones(2))
+    assert torch.allclose(attention_map(f * 3), a, atol=1e-6)  # scale-free
+    assert stage_outputs(create_model("resnet20", 10), torch.randn(1, 3, 32, 32)) == ["layer1", "layer2", "layer3"]
+    assert stage_outputs(create_model("vgg16_cifar", 10), torch.randn(1, 3, 32, 32))[0] == "features.5"
+
+
+def test_distill_epoch_moves_the_student_toward_the_teacher():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    ts = TeacherStudent(teacher, 10, lr=0.01)
+    opt = torch.optim.SGD(student.parameters(), lr=0.02)
+    loader = _digits_loader(False)
+    mse = lambda y, s, t: {"mse": nn.functional.mse_loss(s, t)}  # noqa: E731
+    first = distill_epoch(student, ts, loader, opt, mse, device=torch.device("cpu"), desc="t", quiet=True)
+    for _ in range(5):
+        last = distill_epoch(student, ts, loader, opt, mse, device=torch.device("cpu"), desc="t", quiet=True)
+    assert last["mse"] < first["mse"] / 2 and last["agreement"] > first["agreement"]
+    assert {"d_loss", "d_acc", "agreement", "loss"} <= last.keys()
+
+
+def test_validation_split_is_disjoint_stratified_and_unaugmented(tmp_path):
+    make_cifar10(tmp_path, per_batch=40, n_test=30)  # 200 training images
+    cfg = compose(["task=resnet56", f"data.root={tmp_path}", "data.check_integrity=false", "data.val_fraction=0.2"])
+    train, val, test = create_task(cfg).splits()
+    assert len(train) == 160 and len(val) == 40
+    assert not set(train.indices) & set(val.indices) and set(train.indices) | set(val.indices) == set(range(200))
+    labels = train.dataset.targets
+    counts = torch.bincount(torch.tensor([labels[i] for i in val.indices]), minlength=10)
+    full = torch.bincount(torch.tensor(labels), minlength=10)
+    assert ((counts - 0.2 * full).abs() <= 1).all()  # stratified
+    a, b = val[0][0], val[0][0]
+    assert torch.equal(a, b)  # no random crop or flip on validation
+    test_images = {bytes(img.tobytes()) for img in test.data}
+    assert not any(bytes(train.dataset.data[i].tobytes()) in test_images for i in val.indices)
+    # the same split for every run seed, another one for another val_seed
+    again = create_task(compose(["task=resnet56", f"data.root={tmp_path}", "data.check_integrity=false",
+                                 "data.val_fraction=0.2", "seed=5"])).splits()[1]
+    other = create_task(compose(["task=resnet56", f"data.root={tmp_path}", "data.check_integrity=false",
+                                 "data.val_fraction=0.2", "data.val_seed=1"])).splits()[1]
+    assert again.indices == val.indices and other.indices != val.indices
+
+
+def test_val_fraction_defaults_to_a_tenth_only_for_methods_that_ask():
+    assert compose(["method=gal"]).data.val_fraction == 0.1
+    assert compose(["method=l1"]).data.val_fraction == 0.0
+    assert compose(["method=gal", "data.val_fraction=0.2"]).data.val_fraction == 0.2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["method=gal", "method.sparsity=-1"], "method.sparsity must be a number in [0, 100], got -1"),
+    (["method=gal", "method.mask_step=0"], "method.mask_step must be an integer in [1, 10000000], got 0"),
+    (["data.val_fraction=1.5"], "data.val_fraction must be a number in [0, 1) or null, got 1.5"),
+    (["method=gal", "method.structure=layer"], "method.structure must be one of auto, block, channel, got 'layer'"),
+    (["method=aip", "method.steps=0"], "method.steps must be an integer in [1, 100000], got 0"),
+])
+def test_bad_gal_aip_values_exit_2_with_one_line(run_cli, args, message):
+    code, out, err = run_cli("run", "task=digits", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [["method=gal", "method.epochs=6"], ["method=aip", "method.steps=3"]])
+def test_gal_and_aip_hit_the_target_on_digits_and_log_their_curves(run_cli, tmp_path, extra):
+    results = tmp_path / "results"
+    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2",
+                             "quiet=true", f"results_dir={results}", *extra, "--json")
+    assert code == 0, err
+    s = last_json(out)
+    assert 0.5 <= s["flops_reduction"] <= 0.512 and s["final_acc"] >= 0.9
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    run = client.get_run(s["mlflow_run_id"])
+    name = extra[0].split("=")[1]
+    keys = run.data.metrics.keys()
+    assert {f"{name}/d_acc", f"{name}/loss"} <= keys
+    if name == "gal":
+        assert {"gal/mask_zero", "gal/val_acc", "gal/natural_reduction", "gal/final_reduction"} <= keys
+        assert len(client.get_metric_history(s["mlflow_run_id"], "gal/val_acc")) == 6  # one per epoch
+        assert run.data.params["data.val_fraction"] == "0.1" and run.data.metrics["data/val_samples"] > 0
+    code, out, err = run_cli("compare", f"results_dir={results}", "--no-log")
+    assert code == 0 and name in out
