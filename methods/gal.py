@@ -263,17 +263,24 @@ class GAL(Method):
         optimizers = (opt, ts.optimizer, fista)
         step = scaled_mask_step(int(cfg.mask_step), len(ctx.train_loader))
         ctx.log_metrics({"gal/mask_step": step}, 0)
+        if cfg.select == "val" and ctx.val_loader is None:
+            raise ConfigError("method.select=val needs a validation split: set data.val_fraction (e.g. 0.1), "
+                              "or method.select=last")
         best = (-math.inf, None)
+        start = 0
+        if ctx.resume_state is not None:
+            start, best = _load_state(ctx.resume_state, model, masks, ts, opt, fista, ctx)
 
         def student_loss(labels, student, teacher):  # label-free: ``labels`` is never read
             return {"mse": cfg.mu * F.mse_loss(student, teacher), "adv": ts.adversarial_loss(student),
                     "sparse": cfg.sparsity * masks.l1()}
 
-        for epoch in range(int(cfg.epochs)):
+        for epoch in range(start, int(cfg.epochs)):
             lr = cfg.lr * cfg.lr_gamma ** (epoch // int(cfg.lr_step))
             for o in optimizers:
                 for group in o.param_groups:
                     group["lr"] = lr
+
             def mask_update(i, epoch=epoch):
                 if i % step == 0:  # the authors restart FISTA's momentum on an lr decay's first batch
                     fista.step(restart=epoch % int(cfg.lr_step) == 0 and i == 1)
@@ -283,11 +290,12 @@ class GAL(Method):
                                     after_step=mask_update)
             values = masks.flat()
             metrics.update(mask_zero=(values <= 0).float().mean().item(), mask_l1=values.abs().sum().item(), lr=lr)
-            if ctx.validate is not None and cfg.select == "val":
+            if cfg.select == "val":
                 metrics["val_acc"] = score = ctx.validate(model)
                 if score > best[0]:
                     best = (score, {**_snapshot(model, masks), "scores": fista.scores(masks.masks)})
             ctx.log_metrics({f"gal/{k}": v for k, v in metrics.items()}, epoch)
+            ctx.save_state(_state(epoch + 1, model, masks, ts, opt, fista, best, ctx))
         ts.close()
         if best[1] is not None:
             _restore(model, masks, best[1])
@@ -370,3 +378,25 @@ def _restore(model: nn.Module, masks: SoftMasks, snapshot: dict) -> None:
     model.load_state_dict(snapshot["model"])
     for k, m in masks.masks.items():
         m.copy_(snapshot["masks"][k])
+
+
+# --- checkpoints: after every mask epoch, so a killed or requeued run continues where it stopped ----------
+def _state(epoch, model, masks, ts, opt, fista, best, ctx) -> dict:
+    generator = getattr(ctx.train_loader, "generator", None)
+    return {"epoch": epoch, **_snapshot(model, masks), "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
+            "optimizer": copy.deepcopy(opt.state_dict()), "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()),
+            "fista": copy.deepcopy(fista.state_dict()), "best_score": best[0], "best": best[1],
+            "rng": torch.get_rng_state(), "loader_rng": generator.get_state() if generator is not None else None}
+
+
+def _load_state(state, model, masks, ts, opt, fista, ctx) -> tuple[int, tuple]:
+    _restore(model, masks, state)
+    ts.discriminator.load_state_dict(state["discriminator"])
+    opt.load_state_dict(state["optimizer"])
+    ts.optimizer.load_state_dict(state["d_optimizer"])
+    fista.load_state_dict(state["fista"])
+    torch.set_rng_state(state["rng"])
+    generator = getattr(ctx.train_loader, "generator", None)
+    if generator is not None and state.get("loader_rng") is not None:
+        generator.set_state(state["loader_rng"])
+    return int(state["epoch"]), (float(state["best_score"]), state["best"])

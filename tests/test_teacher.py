@@ -228,3 +228,41 @@ def test_gal_and_aip_hit_the_target_on_digits_and_log_their_curves(run_cli, tmp_
         assert run.data.params["data.val_fraction"] == "0.1" and run.data.metrics["data/val_samples"] > 0
     code, out, err = run_cli("compare", f"results_dir={results}", "--no-log")
     assert code == 0 and name in out
+
+
+def test_gal_resumes_its_mask_learning_from_a_checkpoint_to_the_same_result(tmp_path):
+    """A run killed after its 2nd mask epoch (the state it saved) continues to the uninterrupted result."""
+    from tests.fixtures import train_digits_net
+
+    base = train_digits_net(steps=30)[0]
+    x_val = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    y_val = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(3))
+    validate = lambda m: (m.eval()(x_val).argmax(1) == y_val).float().mean().item()  # noqa: E731
+    cfg = _gal_cfg(epochs=3, mask_step=3, select="val")
+
+    def learn(resume=None, stop_after=None):
+        torch.manual_seed(0)
+        model = copy.deepcopy(base)
+        saved = []
+
+        def save(state):
+            saved.append(copy.deepcopy(state))
+            if stop_after is not None and state["epoch"] == stop_after:
+                raise KeyboardInterrupt  # killed right after the checkpoint
+
+        ctx = _ctx(model, torch.randn(1, 1, 8, 8), loader=_digits_loader(False), validate=validate)
+        ctx.val_loader, ctx.save_state, ctx.resume_state = [], save, resume
+        masks = SoftMasks(model, "channel", [], ctx.pruner, "normal", torch.Generator().manual_seed(0))
+        scores = GAL(cfg).learn_masks(model, copy.deepcopy(base), masks, ctx)
+        return masks.flat(), torch.cat(list(scores.values())), model.fc.weight.detach().clone(), saved
+
+    uninterrupted = learn()
+    with pytest.raises(KeyboardInterrupt):
+        learn(stop_after=2)
+    checkpoint = uninterrupted[3][1]  # the state after epoch 2, as the killed run saved it
+    assert checkpoint["epoch"] == 2
+    torch.save(checkpoint, tmp_path / "state.pt")  # the run checkpoint loads with weights_only=True
+    resumed = learn(resume=torch.load(tmp_path / "state.pt", weights_only=True))
+    for a, b in zip(uninterrupted[:3], resumed[:3]):
+        assert torch.equal(a, b)
+    assert len(resumed[3]) == 1  # only epoch 3 was trained again
