@@ -168,6 +168,16 @@ RANGES: dict[str, tuple] = {
     "method.ce_weight": ("real", "[0, 1000]"), "method.kd_weight": ("real", "[0, 1000]"),
     "method.at_weight": ("real", "[0, 1000000]"), "method.adv_weight": ("real", "[0, 1000]"),
     "method.temperature": ("real", "(0, 1000]"),
+    # SCOP and ACP
+    "method.beta1": ("real", "[0, 1)"), "method.beta2": ("real", "[0, 1)"),
+    "method.recalibrate_samples": ("int", "[1, inf)", True),
+    "method.eps": ("real", "(0, 2]", True), "method.min_samples": ("int", "[1, 100000]"),
+    "method.samples": ("int", "[1, 1000000]"), "method.particles": ("int", "[1, 10000]"),
+    "method.cycles": ("int", "[0, 10000]"), "method.fitness_epochs": ("int", "[0, 100000]"),
+    "method.inertia_start": ("real", "[0, 10]"), "method.inertia_end": ("real", "[0, 10]"),
+    "method.c1": ("real", "[0, 100]"), "method.c2": ("real", "[0, 100]"),
+    "method.constriction": ("real", "(0, 10]"), "method.max_velocity": ("real", "(0, 100000]"),
+    "method.step_scale": ("real", "(0, 100]"),
     "regularizer.eps": ("real", "[0, 100]"), "regularizer.prob": ("real", "[0, 1]"),
     "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.max_parallel": ("int", "[1, 4096]", True), "launcher.threads_per_job": ("int", "[1, 4096]", True),
     "launcher.time_min": ("int", "[1, 10000000]"), "launcher.signal_delay_s": ("int", "[0, 100000]"),
@@ -179,7 +189,7 @@ RANGES: dict[str, tuple] = {
 # Keys that take one of a few words (checked where the chosen method has them).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method.structure": ("auto", "block", "channel"), "method.mask_init": ("normal", "one"),
-    "method.select": ("val", "last"),
+    "method.select": ("val", "last"), "method.knockoff": ("shuffle",),
 }
 
 

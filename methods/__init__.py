@@ -9,13 +9,15 @@ def _registry() -> dict[str, type[Method]]:
     from methods.aip import AIP
     from methods.anl import AnlOnly
     from methods.gal import GAL
+    from methods.scop import SCOP
+    from methods.acp import ACP
     from methods.gbn import GateDecorator
     from methods.l1 import L1LayerwiseMethod, L1Method
     from methods.random import NoPruning, RandomMethod
     from methods.slimming import NetworkSlimming
 
     return {m.name: m for m in (GateDecorator, L1Method, L1LayerwiseMethod, NetworkSlimming, RandomMethod,
-                                NoPruning, AnlOnly, GAL, AIP)}
+                                NoPruning, AnlOnly, GAL, AIP, SCOP, ACP)}
 
 
 def create_method(cfg) -> Method:

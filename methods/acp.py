@@ -1,0 +1,199 @@
+"""ACP (Chang et al.): automatic channel pruning by clustering and particle swarm search, after the
+authors' particle_cifar.py (JingfeiChang/ACP-Automatic-Channel-Pruning).
+
+1. Clustering: each channel group's feature maps (its root layer's output) are averaged over
+   ``samples`` training images; DBSCAN (cosine metric, ``min_samples``, ``eps``; scikit-learn) runs over
+   the group's channels, and clusters + noise points is the group's preliminary width. With
+   ``eps: null``, ε is bisected to the smallest value whose widths meet the MACs target.
+2. Search: ``particles`` width vectors start around the preliminary widths (particle i moves each
+   width by i·s, s ∈ {−1, 0, 1}); ``cycles`` of PSO follow, with the authors' inertia (0.6 → 0.425),
+   c1 = c2 = 2, one random R per particle, constriction 0.729, velocities clipped to ±``max_velocity``
+   channels and positions moved by ``step_scale``·v. Widths stay within [the group's minimum, its
+   width]; one dimension per coupled group keeps residual adds consistent. A candidate that misses the
+   target is shrunk (all widths scaled by the largest factor that meets it), so every candidate's MACs
+   are at or beyond the target.
+3. Fitness: the candidate inherits the baseline's largest-L1 filters, trains for ``fitness_epochs``
+   with the fine-tuning recipe's settings, and is scored on the **validation split** (the authors'
+   code scores on the test set). Fitness is cached by width vector; the best candidate's trained
+   weights are what the common fine-tune starts from, as in the authors' code.
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from harness.errors import ConfigError
+from harness.surgery import ChannelPruner, eval_mode
+from harness.train import progress
+from methods.base import Method, PruneContext
+from methods.l1 import FilterL1Importance
+
+
+def cluster_width(maps: torch.Tensor, eps: float, min_samples: int) -> int:
+    """Clusters + noise points of DBSCAN (cosine) over the rows of ``maps`` (channels x positions)."""
+    from sklearn.cluster import DBSCAN
+
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit(maps.double().numpy()).labels_
+    return len(set(labels) - {-1}) + int((labels == -1).sum())
+
+
+@torch.no_grad()
+def average_feature_maps(model: nn.Module, sites: dict[str, str], loader, samples: int,
+                         device: torch.device) -> dict[str, torch.Tensor]:
+    """{group: (channels, H*W)}: each site's output averaged over the first ``samples`` images."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def keep(key):
+        def hook(module, inputs, output):  # returns None: keeps the output unchanged
+            batch = output.detach().flatten(2).sum(0) if output.dim() > 2 else output.detach().sum(0)[:, None]
+            sums[key] = sums.get(key, 0) + batch.cpu()
+        return hook
+
+    handles = [model.get_submodule(site).register_forward_hook(keep(key)) for key, site in sites.items()]
+    seen = 0
+    try:
+        with eval_mode(model):
+            for x, _ in loader:
+                x = x[: samples - seen].to(device)
+                model(x)
+                seen += len(x)
+                if seen >= samples:
+                    break
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v / max(seen, 1) for k, v in sums.items()}
+
+
+class WidthSpace:
+    """Width vectors over the model's channel groups: bounds, MACs and the L1-inheriting build."""
+
+    def __init__(self, model: nn.Module, pruner: ChannelPruner):
+        self.model, self.pruner = model, pruner
+        groups = pruner.groups(model)
+        self.keys = list(groups)
+        self.low = [groups[k].min_keep for k in self.keys]
+        self.high = [groups[k].channels for k in self.keys]
+        importance = FilterL1Importance()
+        self.order = {k: torch.argsort(importance(groups[k].group).cpu(), stable=True).tolist() for k in self.keys}
+        self._reduction: dict[tuple[int, ...], float] = {}
+
+    def clip(self, widths) -> tuple[int, ...]:
+        return tuple(int(min(max(round(w), lo), hi)) for w, lo, hi in zip(widths, self.low, self.high))
+
+    def build(self, widths: tuple[int, ...]) -> nn.Module:
+        """The baseline with each group cut to its width, keeping its largest-L1 filters."""
+        plan = [(k, i) for k, w, hi in zip(self.keys, widths, self.high) for i in self.order[k][: hi - w]]
+        return self.pruner.remove(copy.deepcopy(self.model), plan)
+
+    def reduction(self, widths: tuple[int, ...]) -> float:
+        if widths not in self._reduction:
+            self._reduction[widths] = self.pruner.reduction(self.build(widths))
+        return self._reduction[widths]
+
+    def repair(self, widths: tuple[int, ...], target: float) -> tuple[int, ...]:
+        """``widths`` if it meets the target; else every width scaled by the largest factor that does."""
+        if self.reduction(widths) >= target:
+            return widths
+        scaled = lambda f: self.clip([w * f for w in widths])  # noqa: E731
+        lo, hi = 0.0, 1.0
+        if self.reduction(scaled(lo)) < target:
+            raise ConfigError(self.pruner.unreachable_message(self.model, target))
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.reduction(scaled(mid)) >= target else (lo, mid)
+        return scaled(lo)
+
+
+class ACP(Method):
+    name = "acp"
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        cfg = self.cfg
+        if ctx.val_loader is None:
+            raise ConfigError("method acp scores candidates on a validation split: set data.val_fraction (e.g. 0.1)")
+        space = WidthSpace(model, ctx.pruner)
+        prelim = self.preliminary_widths(model, space, ctx)
+        best_widths, best_model = self.search(space, prelim, ctx)
+        reduction = ctx.pruner.reduction(best_model)
+        ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - reduction), "reduction": reduction,
+                         "acc": ctx.quick_evaluate(best_model)})
+        return best_model
+
+    # --- 1. clustering -----------------------------------------------------------------------
+    def preliminary_widths(self, model: nn.Module, space: WidthSpace, ctx: PruneContext) -> tuple[int, ...]:
+        cfg = self.cfg
+        groups = ctx.pruner.groups(model)
+        sites = {k: groups[k].members[0] for k in space.keys}
+        maps = average_feature_maps(model, sites, ctx.train_loader, int(cfg.samples), ctx.device)
+        widths_at = lambda eps: space.clip([cluster_width(maps[k], eps, int(cfg.min_samples)) for k in space.keys])  # noqa: E731
+        if cfg.eps is not None:
+            eps = float(cfg.eps)
+        else:  # the smallest ε (to 1e-4) whose clustered widths meet the target, or the largest tried
+            lo, hi = 0.0, 2.0
+            for _ in range(15):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if space.reduction(widths_at(mid)) >= ctx.target else (mid, hi)
+            eps = hi
+        widths = widths_at(eps)
+        ctx.log_metrics({"acp/eps": eps, "acp/clustered_reduction": space.reduction(widths)}, 0)
+        return space.repair(widths, ctx.target)
+
+    # --- 2 and 3. particle swarm over widths, fitness on the validation split ------------------------
+    def search(self, space: WidthSpace, prelim: tuple[int, ...], ctx: PruneContext):
+        cfg = self.cfg
+        rng = random.Random(torch.initial_seed())
+        recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": int(cfg.fitness_epochs), "tail_epochs": 0})
+        cache: dict[tuple[int, ...], float] = {}
+        best: dict = {"fitness": -1.0, "widths": None, "model": None}
+        total = int(cfg.particles) * (int(cfg.cycles) + 1)
+        bar = progress(range(total), desc="acp candidates", quiet=ctx.quiet)
+        self.trained = 0
+
+        def fitness(widths: tuple[int, ...]) -> float:
+            bar.update(1)
+            if widths in cache:
+                return cache[widths]
+            candidate = space.build(widths)
+            if recipe.epochs:
+                ctx.train(candidate, ctx.train_loader, recipe, desc="acp fitness")
+            self.trained += 1
+            score = cache[widths] = ctx.validate(candidate)
+            if score > best["fitness"]:
+                best.update(fitness=score, widths=widths, model=candidate)
+            return score
+
+        dims = len(space.keys)
+        position = [space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target)
+                    for i in range(int(cfg.particles))]
+        velocity = [[rng.uniform(-cfg.max_velocity, cfg.max_velocity) for _ in range(dims)] for _ in position]
+        score = [fitness(p) for p in position]
+        personal = list(zip(score, position))
+        self._log_cycle(0, score, position, best, space, ctx)
+        for cycle in range(int(cfg.cycles)):
+            w = cfg.inertia_start - (cfg.inertia_start - cfg.inertia_end) * cycle / max(1, int(cfg.cycles) - 1)
+            for i in range(len(position)):
+                r = rng.random()
+                velocity[i] = [max(-cfg.max_velocity, min(cfg.max_velocity, cfg.constriction * (
+                    w * v + cfg.c1 * r * (pb - x) + cfg.c2 * r * (gb - x))))
+                    for v, x, pb, gb in zip(velocity[i], position[i], personal[i][1], best["widths"])]
+                moved = space.clip([x + cfg.step_scale * v for x, v in zip(position[i], velocity[i])])
+                position[i] = space.repair(moved, ctx.target)
+                score[i] = fitness(position[i])
+                if score[i] > personal[i][0]:
+                    personal[i] = (score[i], position[i])
+            self._log_cycle(cycle + 1, score, position, best, space, ctx)
+        bar.close()
+        ctx.log_metrics({"acp/candidates_trained": self.trained, "acp/cache_hits": total - self.trained}, 0)
+        return best["widths"], best["model"]
+
+    @staticmethod
+    def _log_cycle(cycle, score, position, best, space, ctx) -> None:
+        metrics = {"acp/best_fitness": best["fitness"], "acp/mean_fitness": sum(score) / len(score)}
+        metrics.update({f"acp/particle{i}_macs": space.pruner.base_macs * (1 - space.reduction(p))
+                        for i, p in enumerate(position)})
+        ctx.log_metrics(metrics, cycle)

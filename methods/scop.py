@@ -1,0 +1,187 @@
+"""SCOP (Tang et al., NeurIPS'20): scientific control with knockoff features, as the authors' code
+(huawei-noah/Efficient-Computing, Pruning/SCOP_NeurIPS2020 train.py, pruning_modules.py) does it.
+
+Every network tensor is frozen. A control scale β (per channel, init 0.5, clamped to [0, 1]) sits at
+each channel group's BatchNorm outputs (conv outputs where a group has no BN). A batch is [real;
+knockoff]: at every controlled layer the real half becomes β·f(X) + (1−β)·f(X̃) while the knockoff
+half carries f(X̃) on; the loss is cross-entropy on the real half. β is trained with Adam (lr 4e-3,
+betas 0.5/0.9). A channel whose β falls toward the knockoff side serves label-free features as well
+as real ones: it is redundant. Score = |γ|·(β − (1 − β)), summed over a group's BNs (the authors').
+
+Each group then loses the same fraction p of its channels (the paper's uniform rate; lowest scores
+first, each layer keeping its minimum); p is the smallest rate that meets the MACs target, found by
+bisection over the rates where some layer's count changes. BN statistics are recalibrated on the
+training data after the surgery, as the authors do, before the common fine-tune.
+
+Knockoffs: the authors draw X̃ from a pre-trained generator whose weights are not available offline.
+``knockoff: shuffle`` (the only kind here) permutes the batch, as the MindSpore port does: a declared
+deviation, since a permuted image follows X's distribution but is not label-free with respect to its
+own label, only with respect to the real image it is mixed with.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+from harness.surgery import ChannelPruner
+from harness.train import progress
+from methods.base import Method, PruneContext
+
+
+class KnockoffControl:
+    """β per channel at each site of each group, applied by forward hooks to a [real; knockoff] batch."""
+
+    def __init__(self, model: nn.Module, pruner: ChannelPruner):
+        groups = pruner.groups(model)
+        self.model = model
+        self.sites = {key: g.norms or g.members for key, g in groups.items()}
+        device = next(model.parameters()).device
+        self.beta = {site: nn.Parameter(torch.full((groups[key].channels,), 0.5, device=device))
+                     for key, sites in self.sites.items() for site in sites}
+        self.handles = [model.get_submodule(site).register_forward_hook(self._mix(site)) for site in self.beta]
+
+    def _mix(self, site: str):
+        def hook(module, inputs, output):
+            half = output.shape[0] // 2
+            b = self.beta[site].view(1, -1, *([1] * (output.dim() - 2)))
+            real, knock = output[:half], output[half:]
+            return torch.cat([b * real + (1 - b) * knock, knock])
+        return hook
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.beta.values())
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    @torch.no_grad()
+    def scores(self) -> dict[str, torch.Tensor]:
+        """Per group: Σ over its sites of |γ|·(2β − 1) (just 2β − 1 where a site has no BN scale)."""
+        out = {}
+        for key, sites in self.sites.items():
+            total = 0
+            for site in sites:
+                layer = self.model.get_submodule(site)
+                gamma = layer.weight.abs() if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.weight is not None else 1.0
+                total = total + gamma * (2 * self.beta[site] - 1)
+            out[key] = total.detach().cpu().double()
+        return out
+
+
+def make_knockoff(kind: str, x: torch.Tensor) -> torch.Tensor:
+    if kind == "shuffle":
+        return x[torch.randperm(len(x), device=x.device)]
+    raise ValueError(f"unknown knockoff kind {kind!r}")
+
+
+def uniform_rate_plan(pruner: ChannelPruner, model: nn.Module, scores: dict[str, torch.Tensor],
+                      target: float) -> tuple[list[tuple[str, int]], float]:
+    """The channels to remove at the smallest uniform rate p that cuts MACs by ``target``, and p."""
+    groups = pruner.groups(model)
+    order = {k: torch.argsort(scores[k], stable=True).tolist() for k in groups if k in scores}
+
+    def plan(p: float) -> list[tuple[str, int]]:
+        out = []
+        for k, idxs in order.items():
+            g = groups[k]
+            n = min(math.floor(p * g.channels + 1e-9), g.channels - g.min_keep)
+            out += [(k, i) for i in idxs[:max(0, n)]]
+        return out
+
+    rates = sorted({i / groups[k].channels for k in order for i in range(groups[k].channels + 1)})
+    reach = lambda p: pruner.reduction(pruner.remove(copy.deepcopy(model), plan(p)))  # noqa: E731
+    lo, hi = 0, len(rates) - 1
+    if reach(rates[hi]) < target:
+        from harness.errors import ConfigError
+
+        raise ConfigError(pruner.unreachable_message(model, target))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reach(rates[mid]) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return plan(rates[lo]), rates[lo]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, device: torch.device, samples: int | None) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them as plain averages over
+    ``samples`` training samples (all of one pass when None). Returns the number of samples used."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for x, _ in loader:
+            model(x.to(device))
+            seen += len(x)
+            if samples and seen >= samples:
+                break
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
+    return seen
+
+
+class SCOP(Method):
+    name = "scop"
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        cfg, pruner = self.cfg, ctx.pruner
+        control = KnockoffControl(model, pruner)
+        frozen = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            self.learn_controls(model, control, ctx)
+        finally:
+            control.remove()
+            for p, flag in frozen.items():
+                p.requires_grad_(flag)
+        scores = control.scores()
+        plan, rate = uniform_rate_plan(pruner, model, scores, ctx.target)
+        pruner.remove(model, plan)
+        recalibrated = recalibrate_bn(model, ctx.train_loader, ctx.device, cfg.recalibrate_samples)
+        reduction = pruner.reduction(model)
+        ctx.log_metrics({"scop/rate": rate, "scop/recalibration_samples": recalibrated,
+                         "scop/beta_below_half": float(torch.cat([b.detach().flatten() for b in control.parameters()])
+                                                       .lt(0.5).float().mean())}, 0)
+        ctx.log_step(1, {"macs": pruner.base_macs * (1 - reduction), "reduction": reduction,
+                         "acc": ctx.quick_evaluate(model)})
+        return model
+
+    def learn_controls(self, model: nn.Module, control: KnockoffControl, ctx: PruneContext) -> None:
+        """Train β (everything else frozen, BN on its running statistics) on CE of the real half."""
+        cfg = self.cfg
+        opt = torch.optim.Adam(control.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        model.eval()
+        for epoch in range(int(cfg.epochs)):
+            loss_sum = correct = n = 0
+            for x, y in progress(ctx.train_loader, desc=f"scop {epoch + 1}/{cfg.epochs}", quiet=ctx.quiet):
+                x, y = x.to(ctx.device), y.to(ctx.device)
+                out = model(torch.cat([x, make_knockoff(cfg.knockoff, x)]))[: len(x)]
+                loss = ctx.loss_fn(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for b in control.parameters():
+                        b.clamp_(0, 1)
+                loss_sum += loss.item() * len(x)
+                correct += (out.argmax(1) == y).sum().item() if out.dim() == 2 else 0
+                n += len(x)
+            betas = torch.cat([b.detach().flatten() for b in control.parameters()])
+            ctx.log_metrics({"scop/loss": loss_sum / max(n, 1), "scop/train_acc": correct / max(n, 1),
+                             "scop/beta_mean": betas.mean().item(), "scop/beta_below_half": betas.lt(0.5).float().mean().item()},
+                            epoch)
