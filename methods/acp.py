@@ -109,6 +109,31 @@ class WidthSpace:
         return scaled(lo)
 
 
+class CandidateFitness:
+    """A width vector's fitness: validation accuracy after ``recipe.epochs`` of training of the candidate
+    that inherits the baseline's largest-L1 filters. Cached by width vector (a hit trains nothing); the
+    best candidate and its trained model are kept."""
+
+    def __init__(self, space: WidthSpace, ctx: PruneContext, recipe, on_call=lambda: None):
+        self.space, self.ctx, self.recipe, self.on_call = space, ctx, recipe, on_call
+        self.cache: dict[tuple[int, ...], float] = {}
+        self.trained = 0
+        self.best: dict = {"fitness": -1.0, "widths": None, "model": None}
+
+    def __call__(self, widths: tuple[int, ...]) -> float:
+        self.on_call()
+        if widths in self.cache:
+            return self.cache[widths]
+        candidate = self.space.build(widths)
+        if self.recipe.epochs:
+            self.ctx.train(candidate, self.ctx.train_loader, self.recipe, desc="acp fitness")
+        self.trained += 1
+        score = self.cache[widths] = self.ctx.validate(candidate)
+        if score > self.best["fitness"]:
+            self.best.update(fitness=score, widths=widths, model=candidate)
+        return score
+
+
 class ACP(Method):
     name = "acp"
 
@@ -148,25 +173,10 @@ class ACP(Method):
         cfg = self.cfg
         rng = random.Random(torch.initial_seed())
         recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": int(cfg.fitness_epochs), "tail_epochs": 0})
-        cache: dict[tuple[int, ...], float] = {}
-        best: dict = {"fitness": -1.0, "widths": None, "model": None}
         total = int(cfg.particles) * (int(cfg.cycles) + 1)
         bar = progress(range(total), desc="acp candidates", quiet=ctx.quiet)
-        self.trained = 0
-
-        def fitness(widths: tuple[int, ...]) -> float:
-            bar.update(1)
-            if widths in cache:
-                return cache[widths]
-            candidate = space.build(widths)
-            if recipe.epochs:
-                ctx.train(candidate, ctx.train_loader, recipe, desc="acp fitness")
-            self.trained += 1
-            score = cache[widths] = ctx.validate(candidate)
-            if score > best["fitness"]:
-                best.update(fitness=score, widths=widths, model=candidate)
-            return score
-
+        fitness = self.fitness = CandidateFitness(space, ctx, recipe, on_call=lambda: bar.update(1))
+        best = fitness.best
         dims = len(space.keys)
         position = [space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target)
                     for i in range(int(cfg.particles))]
@@ -188,7 +198,7 @@ class ACP(Method):
                     personal[i] = (score[i], position[i])
             self._log_cycle(cycle + 1, score, position, best, space, ctx)
         bar.close()
-        ctx.log_metrics({"acp/candidates_trained": self.trained, "acp/cache_hits": total - self.trained}, 0)
+        ctx.log_metrics({"acp/candidates_trained": fitness.trained, "acp/cache_hits": total - fitness.trained}, 0)
         return best["widths"], best["model"]
 
     @staticmethod

@@ -1,0 +1,172 @@
+"""SCOP and ACP."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from harness.config import compose
+from harness.surgery import ChannelPruner
+from methods.acp import ACP, CandidateFitness, WidthSpace, cluster_width
+from methods.base import PruneContext
+from methods.scop import SCOP, KnockoffControl, uniform_rate_plan
+from tests.conftest import last_json
+from tests.fixtures import train_digits_net
+
+
+def _loader(x, y, batch=64):
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def _ctx(model, target, loader, metrics=None, validate=None, train=None):
+    log = metrics if metrics is not None else {}
+    return PruneContext(pruner=ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.1), target=target,
+                        device=torch.device("cpu"), train_loader=loader, loss_fn=nn.CrossEntropyLoss(),
+                        evaluate=lambda m: 0.0, quick_evaluate=lambda m: 0.0, log_step=lambda s, m: None,
+                        log_metrics=lambda m, step=None: log.setdefault("history", []).append((step, dict(m))),
+                        train=train, validate=validate, val_loader=[] if validate else None, quiet=True,
+                        finetune_recipe=compose(["task=digits"]).finetune)
+
+
+# --- SCOP ------------------------------------------------------------------------------------------
+def test_scop_trains_only_beta_with_the_network_frozen():
+    model, x, y = train_digits_net(steps=40)
+    before = copy.deepcopy(model.state_dict())
+    ctx = _ctx(model, 0.3, _loader(x[:256], y[:256]))
+    control = KnockoffControl(model, ctx.pruner)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    SCOP(OmegaConf.merge(compose(["method=scop"]).method, {"epochs": 2})).learn_controls(model, control, ctx)
+    control.remove()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
+    betas = torch.cat([b.detach() for b in control.parameters()])
+    assert not torch.allclose(betas, torch.full_like(betas, 0.5)) and betas.min() >= 0 and betas.max() <= 1
+
+
+def test_scop_scores_channels_fed_pure_noise_as_redundant_before_informative_ones():
+    """Channels whose output does not depend on the input (their conv filters zeroed, so real and
+    knockoff features are equal and β gets no gradient) rank below every informative channel."""
+    model, x, y = train_digits_net(steps=60)
+    dead = [0, 3, 5, 9]
+    with torch.no_grad():
+        model.block1.conv1.weight[dead] = 0  # block1.bn1's channels 0, 3, 5, 9 now carry only BN's shift
+    ctx = _ctx(model, 0.3, _loader(x[:512], y[:512]))
+    control = KnockoffControl(model, ctx.pruner)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    SCOP(OmegaConf.merge(compose(["method=scop"]).method, {"epochs": 3})).learn_controls(model, control, ctx)
+    key = next(k for k, sites in control.sites.items() if "block1.bn1" in sites)
+    scores = control.scores()[key]
+    informative = [i for i in range(len(scores)) if i not in dead]
+    assert scores[dead].abs().max() < 1e-6  # β never moved from 0.5
+    assert (scores[informative] > 0).float().mean() > 0.8  # real features beat knockoffs for most others
+    ranked = torch.argsort(scores).tolist()
+    assert max(ranked.index(i) for i in dead) < min(ranked.index(i) for i in informative if scores[i] > 0)
+
+
+def test_scop_uniform_rate_is_the_smallest_that_meets_the_target():
+    model = train_digits_net(steps=5)[0]
+    pruner = ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.1)
+    scores = {k: torch.rand(g.channels, dtype=torch.float64) for k, g in pruner.groups(model).items()}
+    plan, rate = uniform_rate_plan(pruner, model, scores, 0.4)
+    pruned = pruner.remove(copy.deepcopy(model), plan)
+    assert pruner.reduction(pruned) >= 0.4
+    groups = pruner.groups(model)
+    counts = {k: sum(1 for key, _ in plan if key == k) for k in groups}
+    for k, g in groups.items():  # every group loses floor(rate x width), lowest scores first
+        assert counts[k] == min(int(rate * g.channels + 1e-9), g.channels - g.min_keep)
+        assert sorted(i for key, i in plan if key == k) == sorted(torch.argsort(scores[k])[:counts[k]].tolist())
+    smaller = [r for r in sorted({i / g.channels for g in groups.values() for i in range(g.channels + 1)}) if r < rate]
+    at_smaller = [(k, i) for k, g in groups.items()
+                  for i in torch.argsort(scores[k])[:min(int(smaller[-1] * g.channels + 1e-9), g.channels - g.min_keep)].tolist()]
+    assert pruner.reduction(pruner.remove(copy.deepcopy(model), at_smaller)) < 0.4  # the next smaller rate misses it
+
+
+# --- ACP -------------------------------------------------------------------------------------------
+def test_acp_channels_that_copy_a_few_channels_collapse_to_that_many_clusters():
+    torch.manual_seed(0)
+    distinct = torch.randn(3, 64)
+    maps = distinct.repeat_interleave(6, dim=0) * torch.rand(18, 1) * 3  # 3 patterns, each 6 times, rescaled
+    assert cluster_width(maps, eps=0.01, min_samples=5) == 3
+    assert cluster_width(torch.randn(18, 64), eps=0.01, min_samples=5) == 18  # all different: all noise points
+
+
+def _acp_cfg(**over):
+    return OmegaConf.merge(compose(["method=acp"]).method, over)
+
+
+def test_acp_swarm_respects_bounds_and_coupling_caches_fitness_and_best_never_decreases():
+    model, x, y = train_digits_net(steps=40)
+    trained = []
+
+    def train(m, loader, recipe, **kw):
+        trained.append(1)
+        return {}
+
+    def validate(m):  # a deterministic fitness that prefers wider second stages
+        return float(sum(c for n, c in [(n, mod.out_channels) for n, mod in m.named_modules()
+                                        if isinstance(mod, nn.Conv2d)] if "block2" in n)) / 1000
+
+    metrics = {}
+    ctx = _ctx(model, 0.5, _loader(x[:256], y[:256]), metrics=metrics, validate=validate, train=train)
+    acp = ACP(_acp_cfg(particles=4, cycles=3, fitness_epochs=1, samples=64))
+    space = WidthSpace(model, ctx.pruner)
+    prelim = acp.preliminary_widths(model, space, ctx)
+    assert space.reduction(prelim) >= 0.5
+    widths, best = acp.search(space, prelim, ctx)
+    assert all(lo <= w <= hi for w, lo, hi in zip(widths, space.low, space.high))
+    assert ctx.pruner.reduction(best) >= 0.5
+    # residual coupling: the stem and both convs adding into block1 keep one width
+    assert best.stem[0].out_channels == best.block1.conv2.out_channels
+    assert best.down[0].out_channels == best.block2.conv2.out_channels == best.fc.in_features
+    history = [m["acp/best_fitness"] for step, m in metrics["history"] if "acp/best_fitness" in m]
+    assert len(history) == 4 and history == sorted(history)
+    macs = [m for step, m in metrics["history"] if "acp/particle0_macs" in m]
+    assert all(v <= ctx.pruner.base_macs * 0.5 + 1 for m in macs for k, v in m.items() if k.endswith("_macs"))
+    done = [m for step, m in metrics["history"] if "acp/candidates_trained" in m][0]
+    assert done["acp/candidates_trained"] == len(trained) and done["acp/cache_hits"] == 16 - len(trained)
+    before_hits = len(trained)
+    assert acp.fitness.trained == len(acp.fitness.cache) == len(trained)
+    # a cache hit trains nothing
+    fitness = CandidateFitness(space, ctx, OmegaConf.create({"epochs": 1}))
+    first = fitness(prelim)
+    assert fitness(prelim) == first and len(trained) == before_hits + 1 and fitness.trained == 1
+
+
+def test_acp_refuses_to_run_without_a_validation_split():
+    model, x, y = train_digits_net(steps=5)
+    ctx = _ctx(model, 0.5, _loader(x[:64], y[:64]))
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.val_fraction"):
+        ACP(_acp_cfg()).prune(model, ctx)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["method=acp", "method.eps=0"], "method.eps must be a number in (0, 2] or null, got 0"),
+    (["method=acp", "method.particles=0"], "method.particles must be an integer in [1, 10000], got 0"),
+    (["method=scop", "method.knockoff=generator"], "method.knockoff must be one of shuffle, got 'generator'"),
+])
+def test_bad_scop_acp_values_exit_2_with_one_line(run_cli, args, message):
+    code, out, err = run_cli("run", "task=digits", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [["method=scop", "method.epochs=2"],
+                                   ["method=acp", "method.particles=3", "method.cycles=1", "method.fitness_epochs=1"]])
+def test_scop_and_acp_hit_the_target_on_digits(run_cli, tmp_path, extra):
+    results = tmp_path / "results"
+    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2",
+                             "quiet=true", f"results_dir={results}", *extra, "--json")
+    assert code == 0, err
+    s = last_json(out)
+    assert 0.5 <= s["flops_reduction"] <= 0.53 and s["final_acc"] >= 0.9
+    from mlflow.tracking import MlflowClient
+
+    keys = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_run(s["mlflow_run_id"]).data.metrics.keys()
+    name = extra[0].split("=")[1]
+    expected = {"scop/beta_mean", "scop/rate"} if name == "scop" else {"acp/best_fitness", "acp/eps", "acp/candidates_trained"}
+    assert expected <= keys
