@@ -138,7 +138,6 @@ class ACP(Method):
     name = "acp"
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg = self.cfg
         if ctx.val_loader is None:
             raise ConfigError("method acp scores candidates on a validation split: set data.val_fraction (e.g. 0.1)")
         space = WidthSpace(model, ctx.pruner)

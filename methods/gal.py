@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from harness.errors import ConfigError
 from harness.surgery import ChannelPruner, count_macs_params, eval_mode
 from methods.base import Method, PruneContext
-from methods.teacher import TeacherStudent, distill_epoch
+from methods.teacher import TeacherStudent, distill_epoch, probe
 
 # The authors' CIFAR-10 epoch: 50,000 images at batch 128. mask_step is scaled to shorter epochs so the
 # number of FISTA steps per epoch stays theirs.
@@ -70,13 +70,7 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[Block]:
             inputs.setdefault(name, args[0] if args else None)
         return hook
 
-    handles = [m.register_forward_pre_hook(keep_input(name)) for name, m in model.named_modules() if name]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, example, lambda name, m: m.register_forward_pre_hook(keep_input(name)))
     blocks = []
     for name, module in model.named_modules():
         if name not in inputs or not isinstance(inputs[name], torch.Tensor):
@@ -95,7 +89,7 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[Block]:
                 zeroed = module(x)
             finally:
                 handle.remove()
-            if zeroed.shape != x.shape[:1] + zeroed.shape[1:] or not isinstance(zeroed, torch.Tensor):
+            if not isinstance(zeroed, torch.Tensor):
                 continue
             for relu in (True, False):
                 replacement = ShortcutOnly(module, shortcut_name, relu)

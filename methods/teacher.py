@@ -62,18 +62,24 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
                     reduction="batchmean") * temperature ** 2
 
 
-def stage_outputs(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """The modules whose outputs end each spatial stage: for every feature-map size larger than 1x1, among
-    the outermost modules that output it, the last to finish. ResNets give their stem and stages, VGG the
-    ReLU before each pool. Only names are returned, so the same layers can be found in a pruned copy."""
-    seen: dict[tuple[int, ...], list[tuple[int, int, str]]] = {}
-    handles = [m.register_forward_hook(_noter(seen, name)) for name, m in model.named_modules() if name]
+def probe(model: nn.Module, example: torch.Tensor, attach: Callable[[str, nn.Module], object]) -> None:
+    """One eval-mode, no-grad forward pass of ``example`` with ``attach(name, module)`` (which registers a
+    hook and returns its handle) applied to every named submodule; the hooks are removed afterwards."""
+    handles = [attach(name, m) for name, m in model.named_modules() if name]
     try:
         with eval_mode(model), torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
+
+
+def stage_outputs(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The modules whose outputs end each spatial stage: for every feature-map size larger than 1x1, among
+    the outermost modules that output it, the last to finish. ResNets give their stem and stages, VGG the
+    ReLU before each pool. Only names are returned, so the same layers can be found in a pruned copy."""
+    seen: dict[tuple[int, ...], list[tuple[int, int, str]]] = {}
+    probe(model, example, lambda name, m: m.register_forward_hook(_noter(seen, name)))
     out = []
     for producers in seen.values():  # sizes in order of first appearance
         depth = min(d for d, _, _ in producers)

@@ -298,17 +298,22 @@ def _plots(pruned, batch: int) -> None:
         plt.close(fig)
 
 
-def main() -> int:
+def cli(doc: str, worker_fn, run_fn, report_fn, report_help: str) -> int:
+    """The study scripts' command line: ``run [--workers N]``, ``report`` and the internal ``_worker``."""
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
-        return worker(int(sys.argv[2]), int(sys.argv[3]))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        return worker_fn(int(sys.argv[2]), int(sys.argv[3]))
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run (or continue) the study")
     r.add_argument("--workers", type=int, default=2, help="parallel sweep processes, one torch thread each")
-    sub.add_parser("report", help="write results/cifar10_dev/ from the MLflow runs")
+    sub.add_parser("report", help=report_help)
     args = p.parse_args()
     os.chdir(ROOT)
-    return run_study(args.workers) if args.command == "run" else report()
+    return run_fn(args.workers) if args.command == "run" else report_fn()
+
+
+def main() -> int:
+    return cli(__doc__, worker, run_study, report, "write results/cifar10_dev/ from the MLflow runs")
 
 
 if __name__ == "__main__":

@@ -15,16 +15,14 @@ the common 8-epoch fine-tune.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import COMMON, ROOT, cell, sweep, t_interval  # noqa: E402
+from cifar10_dev_study import COMMON, ROOT, cell, cli, sweep, t_interval  # noqa: E402
 
 OUT = ROOT / "results" / "cifar10_dev"
 EXPERIMENT = "cifar10_dev_val"
@@ -162,16 +160,7 @@ def report() -> int:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "_worker":
-        return worker(int(sys.argv[2]), int(sys.argv[3]))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run (or continue) the study")
-    r.add_argument("--workers", type=int, default=2, help="parallel sweep processes, one torch thread each")
-    sub.add_parser("report", help="write results/cifar10_dev/val_split_table.md from the MLflow runs")
-    args = p.parse_args()
-    os.chdir(ROOT)
-    return run_study(args.workers) if args.command == "run" else report()
+    return cli(__doc__, worker, run_study, report, "write results/cifar10_dev/val_split_table.md from the MLflow runs")
 
 
 if __name__ == "__main__":
