@@ -162,6 +162,16 @@ class ChannelPruner:
             out += [(key, idx) for idx in ranked[: max(0, g.channels - keep)]]
         return out
 
+    def group_widths(self, model: nn.Module) -> dict[str, int]:
+        """{group key: channels}: with ``shrink_to``, what a checkpoint needs to rebuild a pruned model's shapes."""
+        return {k: g.channels for k, g in self.groups(model).items()}
+
+    def shrink_to(self, model: nn.Module, widths: dict[str, int]) -> nn.Module:
+        """Cut each group of ``model`` (in place) to ``widths[key]`` channels, dropping its last ones. Only
+        the shapes are meant to match: load the pruned model's state_dict afterwards."""
+        groups = self.groups(model)
+        return self.remove(model, [(k, i) for k, w in widths.items() for i in range(w, groups[k].channels)])
+
     def max_reduction(self, model: nn.Module) -> float:
         """The largest MACs reduction the per-layer minimums allow."""
         pruned = copy.deepcopy(model)

@@ -141,7 +141,10 @@ class ACP(Method):
         if ctx.val_loader is None:
             raise ConfigError("method acp scores candidates on a validation split: set data.val_fraction (e.g. 0.1)")
         space = WidthSpace(model, ctx.pruner)
-        prelim = self.preliminary_widths(model, space, ctx)
+        if ctx.resume_state is not None and "prelim" in ctx.resume_state:
+            prelim = tuple(ctx.resume_state["prelim"])
+        else:
+            prelim = self.preliminary_widths(model, space, ctx)
         best_widths, best_model = self.search(space, prelim, ctx)
         reduction = ctx.pruner.reduction(best_model)
         ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - reduction), "reduction": reduction,
@@ -176,14 +179,20 @@ class ACP(Method):
         bar = progress(range(total), desc="acp candidates", quiet=ctx.quiet)
         fitness = self.fitness = CandidateFitness(space, ctx, recipe, on_call=lambda: bar.update(1))
         best = fitness.best
-        dims = len(space.keys)
-        position = [space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target)
-                    for i in range(int(cfg.particles))]
-        velocity = [[rng.uniform(-cfg.max_velocity, cfg.max_velocity) for _ in range(dims)] for _ in position]
-        score = [fitness(p) for p in position]
-        personal = list(zip(score, position))
-        self._log_cycle(0, score, position, best, space, ctx)
-        for cycle in range(int(cfg.cycles)):
+        if ctx.resume_state is not None and "swarm" in ctx.resume_state:
+            swarm = self._restore(ctx.resume_state, space, fitness, rng, ctx)
+        else:
+            dims = len(space.keys)
+            position = [space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target)
+                        for i in range(int(cfg.particles))]
+            velocity = [[rng.uniform(-cfg.max_velocity, cfg.max_velocity) for _ in range(dims)] for _ in position]
+            score = [fitness(p) for p in position]
+            swarm = {"cycle": 0, "position": position, "velocity": velocity, "score": score,
+                     "personal": list(zip(score, position))}
+            self._log_cycle(swarm, best, space, ctx)
+            self._save(swarm, prelim, fitness, rng, ctx)
+        position, velocity, score, personal = (swarm[k] for k in ("position", "velocity", "score", "personal"))
+        for cycle in range(swarm["cycle"], int(cfg.cycles)):
             w = cfg.inertia_start - (cfg.inertia_start - cfg.inertia_end) * cycle / max(1, int(cfg.cycles) - 1)
             for i in range(len(position)):
                 r = rng.random()
@@ -195,14 +204,49 @@ class ACP(Method):
                 score[i] = fitness(position[i])
                 if score[i] > personal[i][0]:
                     personal[i] = (score[i], position[i])
-            self._log_cycle(cycle + 1, score, position, best, space, ctx)
+            swarm["cycle"] = cycle + 1
+            self._log_cycle(swarm, best, space, ctx)
+            self._save(swarm, prelim, fitness, rng, ctx)
         bar.close()
         ctx.log_metrics({"acp/candidates_trained": fitness.trained, "acp/cache_hits": total - fitness.trained}, 0)
         return best["widths"], best["model"]
 
+    # --- checkpoints: after the first population and after every cycle -----------------------------
     @staticmethod
-    def _log_cycle(cycle, score, position, best, space, ctx) -> None:
+    def _save(swarm, prelim, fitness: "CandidateFitness", rng: random.Random, ctx: PruneContext) -> None:
+        best = fitness.best
+        generator = getattr(ctx.train_loader, "generator", None)
+        ctx.save_state({
+            "prelim": list(prelim), "swarm": {**swarm, "position": [list(p) for p in swarm["position"]],
+                                              "personal": [[s, list(p)] for s, p in swarm["personal"]]},
+            "cache": [[list(w), s] for w, s in fitness.cache.items()], "trained": fitness.trained,
+            "best": {"fitness": best["fitness"], "widths": list(best["widths"]),
+                     "model": copy.deepcopy(best["model"].state_dict())},
+            "py_rng": list(rng.getstate()[1]), "rng": torch.get_rng_state(),
+            "loader_rng": generator.get_state() if generator is not None else None})
+
+    @staticmethod
+    def _restore(state, space: WidthSpace, fitness: "CandidateFitness", rng: random.Random, ctx: PruneContext) -> dict:
+        swarm = dict(state["swarm"])
+        swarm["position"] = [tuple(p) for p in swarm["position"]]
+        swarm["personal"] = [(s, tuple(p)) for s, p in swarm["personal"]]
+        fitness.cache = {tuple(w): s for w, s in state["cache"]}
+        fitness.trained = int(state["trained"])
+        widths = tuple(state["best"]["widths"])
+        model = space.build(widths)
+        model.load_state_dict(state["best"]["model"])
+        fitness.best.update(fitness=state["best"]["fitness"], widths=widths, model=model)
+        rng.setstate((3, tuple(state["py_rng"]), None))
+        torch.set_rng_state(state["rng"])
+        generator = getattr(ctx.train_loader, "generator", None)
+        if generator is not None and state.get("loader_rng") is not None:
+            generator.set_state(state["loader_rng"])
+        return swarm
+
+    @staticmethod
+    def _log_cycle(swarm, best, space, ctx) -> None:
+        score = swarm["score"]
         metrics = {"acp/best_fitness": best["fitness"], "acp/mean_fitness": sum(score) / len(score)}
         metrics.update({f"acp/particle{i}_macs": space.pruner.base_macs * (1 - space.reduction(p))
-                        for i, p in enumerate(position)})
-        ctx.log_metrics(metrics, cycle)
+                        for i, p in enumerate(swarm["position"])})
+        ctx.log_metrics(metrics, swarm["cycle"])

@@ -17,6 +17,8 @@ here, and which choices are ours:
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -51,9 +53,20 @@ class AIP(Method):
                 terms["ce"] = cfg.ce_weight * loss_fn(student, labels)
             return terms
 
-        epoch = 0
+        epoch, first = 0, 1
+        generator = getattr(ctx.train_loader, "generator", None)
+        if ctx.resume_state is not None:  # rebuild the pruned shapes, then load what the last round left
+            state = ctx.resume_state
+            pruner.shrink_to(model, state["widths"])
+            model.load_state_dict(state["model"])
+            ts.discriminator.load_state_dict(state["discriminator"])
+            ts.optimizer.load_state_dict(state["d_optimizer"])
+            torch.set_rng_state(state["rng"])
+            if generator is not None and state.get("loader_rng") is not None:
+                generator.set_state(state["loader_rng"])
+            epoch, first = int(state["epoch"]), int(state["round"]) + 1
         try:
-            for step in range(1, int(cfg.steps) + 1):
+            for step in range(first, int(cfg.steps) + 1):
                 goal = ctx.target * step / int(cfg.steps)
                 pruner.prune_to_target(model, self.importance(), goal)
                 reduction = pruner.reduction(model)
@@ -71,6 +84,11 @@ class AIP(Method):
                 ctx.log_step(step, {"macs": pruner.base_macs * (1 - reduction), "reduction": reduction,
                                     "acc_after_prune": after_prune, "acc": ctx.quick_evaluate(model),
                                     **({"d_acc": metrics["d_acc"]} if metrics else {})})
+                ctx.save_state({"round": step, "epoch": epoch, "widths": pruner.group_widths(model),
+                                "model": copy.deepcopy(model.state_dict()),
+                                "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
+                                "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()), "rng": torch.get_rng_state(),
+                                "loader_rng": generator.get_state() if generator is not None else None})
         finally:
             tap.remove()
             ts.close()

@@ -170,3 +170,39 @@ def test_scop_and_acp_hit_the_target_on_digits(run_cli, tmp_path, extra):
     name = extra[0].split("=")[1]
     expected = {"scop/beta_mean", "scop/rate"} if name == "scop" else {"acp/best_fitness", "acp/eps", "acp/candidates_trained"}
     assert expected <= keys
+
+
+@pytest.mark.parametrize("method", [["method=aip", "method.steps=3"],
+                                    ["method=scop", "method.epochs=3"],
+                                    ["method=acp", "method.particles=2", "method.cycles=2", "method.fitness_epochs=1"]])
+def test_killed_during_pruning_the_same_command_resumes_to_the_same_result(run_cli, tmp_path, monkeypatch, method):
+    """Killed right after the method's 2nd checkpoint (AIP's round, SCOP's β epoch, ACP's swarm cycle),
+    the same command continues from it and ends where an uninterrupted run ends."""
+    from harness.checkpoint import RunCheckpoint
+
+    base = ["task=digits", "train.epochs=3", "finetune.epochs=1", "measure.repeats=1", "measure.batch_sizes=[1]",
+            "quiet=true", "tracking=none", "data.val_fraction=0.1", *method, "--json"]
+    base.append(f"results_dir={tmp_path}")  # one baseline for the three runs; a finished run leaves no checkpoint
+    code, out, err = run_cli("run", *base)
+    assert code == 0, err
+    uninterrupted = last_json(out)
+
+    original = RunCheckpoint.save
+    saves = []
+
+    def save_then_die(self, state):
+        original(self, state)
+        if state["stage"] == "pruning":
+            saves.append(1)
+            if len(saves) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunCheckpoint, "save", save_then_die)
+    code, out, err = run_cli("run", *base)
+    assert code != 0 and len(saves) == 2
+    monkeypatch.setattr(RunCheckpoint, "save", original)
+    code, out, err = run_cli("run", *base)
+    assert code == 0, err
+    resumed = last_json(out)
+    for key in ("pruned_acc", "final_acc", "final_macs", "channels"):
+        assert resumed[key] == uninterrupted[key], key
