@@ -200,9 +200,19 @@ def test_killed_during_pruning_the_same_command_resumes_to_the_same_result(run_c
     monkeypatch.setattr(RunCheckpoint, "save", save_then_die)
     code, out, err = run_cli("run", *base)
     assert code != 0 and len(saves) == 2
-    monkeypatch.setattr(RunCheckpoint, "save", original)
+    after = []
+
+    def record(self, state):
+        original(self, state)
+        if state["stage"] == "pruning":
+            after.append(state["method"])
+
+    monkeypatch.setattr(RunCheckpoint, "save", record)
     code, out, err = run_cli("run", *base)
     assert code == 0, err
     resumed = last_json(out)
+    # it continued: its first checkpoint is the 3rd of the schedule, not the 1st again
+    progress = lambda st: st.get("round", st.get("epoch")) if "swarm" not in st else st["swarm"]["cycle"] + 1  # noqa: E731
+    assert progress(after[0]) == 3
     for key in ("pruned_acc", "final_acc", "final_macs", "channels"):
         assert resumed[key] == uninterrupted[key], key
