@@ -9,9 +9,10 @@ authors' particle_cifar.py (JingfeiChang/ACP-Automatic-Channel-Pruning).
    width by i·s, s ∈ {−1, 0, 1}); ``cycles`` of PSO follow, with the authors' inertia (0.6 → 0.425),
    c1 = c2 = 2, one random R per particle, constriction 0.729, velocities clipped to ±``max_velocity``
    channels and positions moved by ``step_scale``·v. Widths stay within [the group's minimum, its
-   width]; one dimension per coupled group keeps residual adds consistent. A candidate that misses the
-   target is shrunk (all widths scaled by the largest factor that meets it), so every candidate's MACs
-   are at or beyond the target.
+   width]; one dimension per coupled group keeps residual adds consistent. Every candidate is scaled
+   (all widths by one factor) to the largest size that meets the MACs target, so all are at or beyond
+   it; with ``exact_target`` (default) one that overshoots is widened back too, so the swarm compares
+   width *shapes* at the target's cost (the authors' search has no cost constraint at all).
 3. Fitness: the candidate inherits the baseline's largest-L1 filters, trains for ``fitness_epochs``
    with the fine-tuning recipe's settings, and is scored on the **validation split** (the authors'
    code scores on the test set). Fitness is cached by width vector; the best candidate's trained
@@ -95,14 +96,19 @@ class WidthSpace:
             self._reduction[widths] = self.pruner.reduction(self.build(widths))
         return self._reduction[widths]
 
-    def repair(self, widths: tuple[int, ...], target: float) -> tuple[int, ...]:
-        """``widths`` if it meets the target; else every width scaled by the largest factor that does."""
-        if self.reduction(widths) >= target:
-            return widths
+    def repair(self, widths: tuple[int, ...], target: float, exact: bool = True) -> tuple[int, ...]:
+        """Scale every width by one factor so the vector meets the MACs target: the largest factor that
+        still meets it. With ``exact`` a vector beyond the target is widened back to it too, so every
+        candidate costs what the target allows and the search compares shapes at one budget."""
         scaled = lambda f: self.clip([w * f for w in widths])  # noqa: E731
-        lo, hi = 0.0, 1.0
-        if self.reduction(scaled(lo)) < target:
-            raise ConfigError(self.pruner.unreachable_message(self.model, target))
+        if self.reduction(widths) >= target:
+            if not exact:
+                return widths
+            lo, hi = 1.0, max(h / max(w, 1) for w, h in zip(widths, self.high))
+        else:
+            lo, hi = 0.0, 1.0
+            if self.reduction(scaled(lo)) < target:
+                raise ConfigError(self.pruner.unreachable_message(self.model, target))
         for _ in range(30):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if self.reduction(scaled(mid)) >= target else (lo, mid)
@@ -168,7 +174,7 @@ class ACP(Method):
             eps = hi
         widths = widths_at(eps)
         ctx.log_metrics({"acp/eps": eps, "acp/clustered_reduction": space.reduction(widths)}, 0)
-        return space.repair(widths, ctx.target)
+        return space.repair(widths, ctx.target, self.cfg.exact_target)
 
     # --- 2 and 3. particle swarm over widths, fitness on the validation split ------------------------
     def search(self, space: WidthSpace, prelim: tuple[int, ...], ctx: PruneContext):
@@ -183,7 +189,7 @@ class ACP(Method):
             swarm = self._restore(ctx.resume_state, space, fitness, rng, ctx)
         else:
             dims = len(space.keys)
-            position = [space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target)
+            position = [space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target, cfg.exact_target)
                         for i in range(int(cfg.particles))]
             velocity = [[rng.uniform(-cfg.max_velocity, cfg.max_velocity) for _ in range(dims)] for _ in position]
             score = [fitness(p) for p in position]
@@ -200,7 +206,7 @@ class ACP(Method):
                     w * v + cfg.c1 * r * (pb - x) + cfg.c2 * r * (gb - x))))
                     for v, x, pb, gb in zip(velocity[i], position[i], personal[i][1], best["widths"])]
                 moved = space.clip([x + cfg.step_scale * v for x, v in zip(position[i], velocity[i])])
-                position[i] = space.repair(moved, ctx.target)
+                position[i] = space.repair(moved, ctx.target, cfg.exact_target)
                 score[i] = fitness(position[i])
                 if score[i] > personal[i][0]:
                     personal[i] = (score[i], position[i])

@@ -125,7 +125,9 @@ def test_acp_swarm_respects_bounds_and_coupling_caches_fitness_and_best_never_de
     history = [m["acp/best_fitness"] for step, m in metrics["history"] if "acp/best_fitness" in m]
     assert len(history) == 4 and history == sorted(history)
     macs = [m for step, m in metrics["history"] if "acp/particle0_macs" in m]
-    assert all(v <= ctx.pruner.base_macs * 0.5 + 1 for m in macs for k, v in m.items() if k.endswith("_macs"))
+    particle_macs = [v for m in macs for k, v in m.items() if k.endswith("_macs")]
+    # every candidate at the target's cost: at or beyond it, and widened back when it went further
+    assert all(ctx.pruner.base_macs * 0.45 <= v <= ctx.pruner.base_macs * 0.5 + 1 for v in particle_macs), particle_macs
     done = [m for step, m in metrics["history"] if "acp/candidates_trained" in m][0]
     assert done["acp/candidates_trained"] == len(trained) and done["acp/cache_hits"] == 16 - len(trained)
     before_hits = len(trained)
