@@ -266,3 +266,15 @@ def test_gal_resumes_its_mask_learning_from_a_checkpoint_to_the_same_result(tmp_
     for a, b in zip(uninterrupted[:3], resumed[:3]):
         assert torch.equal(a, b)
     assert len(resumed[3]) == 1  # only epoch 3 was trained again
+
+
+def test_paper_rows_for_gal_aip_match_on_model_and_compare_drops():
+    from harness.compare import _paper_cells, _paper_row
+
+    assert _paper_row("gal", "resnet56", 0.37)["name"] == "GAL-0.6"
+    assert _paper_row("gal_0.05", "resnet56", 0.40, "vgg16_cifar")["name"].startswith("GAL-0.05")
+    assert _paper_row("gal_0.05", "resnet56", 0.40, "resnet56") is None  # the VGG row never matches a ResNet
+    aip = _paper_row("aip", "resnet50_imagenet", 0.46, "tv:resnet18")
+    assert aip is not None and _paper_row("aip", "resnet50_imagenet", 0.46, "tv:resnet50") is None
+    text, delta = _paper_cells(aip, {"Δ acc": -1.0, "final acc %": 68.0})
+    assert "-0.66 vs base" in text and delta == pytest.approx(-0.34)  # we lost 0.34 points more than AIP did
