@@ -1,7 +1,8 @@
 """Saving and reloading pruned models without pickled code.
 
 A pruned model is saved as its registry spec (model name, class count, kwargs), the per-layer widths
-that pruning changed, and a plain state_dict. ``load_pruned`` rebuilds the dense architecture from the
+that pruning changed, the residual blocks a method removed whole (each becomes its shortcut), and a
+plain state_dict. ``load_pruned`` rebuilds the dense architecture from the
 registry, shrinks each layer to the saved widths and loads the weights, with ``weights_only=True``.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from harness.surgery import ShortcutOnly, replace_module
 from tasks.models import create_model
 
 FORMAT = "harness.pruned/v1"
@@ -38,7 +40,9 @@ def pruned_payload(model: nn.Module, spec: dict) -> dict:
     layers = {name: {a: int(getattr(m, a)) for a in _WIDTH_ATTRS if isinstance(getattr(m, a, None), int)}
               for name, m in model.named_modules()}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"format": FORMAT, "spec": spec, "layers": {k: v for k, v in layers.items() if v}, "state_dict": state}
+    replaced = {name: m.spec() for name, m in model.named_modules() if isinstance(m, ShortcutOnly)}
+    return {"format": FORMAT, "spec": spec, "layers": {k: v for k, v in layers.items() if v}, "state_dict": state,
+            "replaced": replaced}
 
 
 def model_from_payload(payload: dict) -> nn.Module:
@@ -47,6 +51,10 @@ def model_from_payload(payload: dict) -> nn.Module:
         raise ValueError(f"not a pruned-model payload ({FORMAT})")
     spec = payload["spec"]
     model = create_model(spec["name"], spec["num_classes"], **spec.get("kwargs", {}))
+    for name, r in payload.get("replaced", {}).items():  # whole blocks a method removed (GAL)
+        if r.get("kind") != "shortcut_only":
+            raise ValueError(f"unknown replacement {r.get('kind')!r} for {name} in a pruned-model payload")
+        replace_module(model, name, ShortcutOnly(model.get_submodule(name), r["shortcut"], r["relu"]))
     for name, attrs in payload["layers"].items():
         module = model.get_submodule(name)
         for attr, value in attrs.items():

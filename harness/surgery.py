@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch_pruning as tp
 
 from harness.errors import ConfigError
@@ -196,6 +197,32 @@ def rank_channels(scores: dict[str, torch.Tensor], removable: dict[str, int]) ->
             taken[key] = taken.get(key, 0) + 1
             order.append((key, idx))
     return order
+
+
+# --- removing whole residual blocks (GAL) ---------------------------------------------------------------
+class ShortcutOnly(nn.Module):
+    """What a residual block becomes when GAL removes it: its shortcut (identity or projection), and
+    the ReLU after the add when the block had one. The shortcut keeps its attribute name, so the names
+    of its layers (and their per-layer minimums) do not change."""
+
+    def __init__(self, block: nn.Module, shortcut_name: str | None, relu: bool):
+        super().__init__()
+        self.shortcut_name, self.relu = shortcut_name, relu
+        if shortcut_name is not None:
+            self.add_module(shortcut_name, getattr(block, shortcut_name))
+
+    def spec(self) -> dict:
+        """What rebuilds it from the dense block (saved with a pruned model; see harness/artifacts.py)."""
+        return {"kind": "shortcut_only", "shortcut": self.shortcut_name, "relu": self.relu}
+
+    def forward(self, x):
+        out = getattr(self, self.shortcut_name)(x) if self.shortcut_name else x
+        return F.relu(out) if self.relu else out
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def channel_widths(model: nn.Module) -> dict[str, int]:

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
-from harness.surgery import ChannelPruner, count_macs_params, eval_mode
+from harness.surgery import ChannelPruner, ShortcutOnly, count_macs_params, eval_mode, replace_module
 from methods.base import Method, PruneContext
 from methods.teacher import TeacherStudent, distill_epoch, probe
 
@@ -34,22 +34,6 @@ from methods.teacher import TeacherStudent, distill_epoch, probe
 # number of FISTA steps per epoch stays theirs.
 AUTHORS_BATCHES_PER_EPOCH = 391
 _SHORTCUT_NAMES = ("shortcut", "downsample")
-
-
-class ShortcutOnly(nn.Module):
-    """What a residual block becomes when GAL removes it: its shortcut (identity or projection), and
-    the ReLU after the add when the block had one. The shortcut keeps its attribute name, so the names
-    of its layers (and their per-layer minimums) do not change."""
-
-    def __init__(self, block: nn.Module, shortcut_name: str | None, relu: bool):
-        super().__init__()
-        self.shortcut_name, self.relu = shortcut_name, relu
-        if shortcut_name is not None:
-            self.add_module(shortcut_name, getattr(block, shortcut_name))
-
-    def forward(self, x):
-        out = getattr(self, self.shortcut_name)(x) if self.shortcut_name else x
-        return F.relu(out) if self.relu else out
 
 
 class Block:
@@ -102,11 +86,6 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[Block]:
     # A stage (a container of blocks) can pass too when its blocks are identities (zero-initialised last
     # BNs): keep the innermost, the blocks themselves.
     return [b for b in blocks if not any(o.name.startswith(b.name + ".") for o in blocks)]
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 class SoftMasks:

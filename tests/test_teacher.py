@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from harness.config import compose
 from harness.surgery import ChannelPruner
 from methods.base import PruneContext
-from methods.gal import GAL, Fista, ShortcutOnly, SoftMasks, residual_blocks
+from harness.surgery import ShortcutOnly
+from methods.gal import GAL, Fista, SoftMasks, residual_blocks
 from methods.teacher import TeacherStudent, attention_map, distill_epoch, stage_outputs
 from tasks import create_task
 from tasks.models import create_model
@@ -31,7 +32,7 @@ def _gal_cfg(**over):
     return OmegaConf.merge(compose(["method=gal"]).method, over)
 
 
-def test_gal_removes_whole_blocks_physically_and_folds_the_masks():
+def test_gal_removes_whole_blocks_physically_and_folds_the_masks(tmp_path):
     torch.manual_seed(0)
     model = create_model("resnet20", 10).eval()
     for m in model.modules():  # non-trivial BN statistics, so folding is tested on real affine values
@@ -59,6 +60,12 @@ def test_gal_removes_whole_blocks_physically_and_folds_the_masks():
         out = pruned(x)
     assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-4)
     assert ctx.pruner.reduction(pruned) >= 0.2
+    # the saved model (and the run checkpoints, same payload) rebuilds the removed blocks as shortcuts
+    from harness.artifacts import load_pruned, save_pruned
+
+    save_pruned(pruned, {"name": "resnet20", "num_classes": 10, "kwargs": {}}, tmp_path / "m.pt")
+    reloaded = load_pruned(tmp_path / "m.pt")
+    assert isinstance(reloaded.layer2[0], ShortcutOnly) and torch.allclose(reloaded(x), out, atol=1e-6)
 
 
 def test_gal_block_structure_ranks_by_mask_when_zero_masks_fall_short():
