@@ -181,7 +181,9 @@ def test_slurm_requeue_mid_run_resumes_and_finishes(tmp_path):
     # (seen once in ~10 runs). A real preemption leaves a grace period between them; so do we.
     subprocess.check_call(["scancel", job.job_id, "--signal", "SIGTERM"])
     time.sleep(2)
-    subprocess.check_call(["scancel", job.job_id, "--signal", "USR2"])
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    subprocess.check_call(["scancel", job.job_id, "--signal", SlurmJobEnvironment.USR_SIG])
     result = job.result()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs(["1"])
