@@ -285,3 +285,20 @@ def test_paper_rows_for_gal_aip_match_on_model_and_compare_drops():
     assert aip is not None and _paper_row("aip", "resnet50_imagenet", 0.46, "tv:resnet50") is None
     text, delta = _paper_cells(aip, {"Δ acc": -1.0, "final acc %": 68.0})
     assert "-0.66 vs base" in text and delta == pytest.approx(-0.34)  # we lost 0.34 points more than AIP did
+
+
+@pytest.mark.parametrize("task, make, extra", [
+    ("resnet50_imagenet", "make_imagefolder", ["data.size=32"]),
+    ("cub200", "make_cub200", ["data.size=32"]),
+    ("fcn_voc2011", "make_voc2011", ["data.size=32"]),
+])
+def test_validation_split_in_every_on_disk_layout_is_carved_from_train_and_unaugmented(tmp_path, task, make, extra):
+    import tests.fixtures as fixtures
+
+    getattr(fixtures, make)(tmp_path, **({"classes": 2, "per_class": 10} if make != "make_voc2011" else {"n_train": 10}))
+    train, val, test = create_task(compose([f"task={task}", f"data.root={tmp_path}", "data.val_fraction=0.2", *extra])).splits()
+    assert len(val) >= 2 and len(train) + len(val) == len(train.dataset)
+    assert not set(train.indices) & set(val.indices)
+    for i in range(len(val)):  # served with the test split's transform: no random crop or flip
+        a, b = val[i], val[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(torch.as_tensor(a[1]), torch.as_tensor(b[1]))
