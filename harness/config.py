@@ -16,6 +16,8 @@ from harness.errors import ConfigError
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("task", "budget", "method", "regularizer", "tracking", "launcher")
 PLAIN_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"  # an experiment name: never a path
+SECTIONS = ("task", "model", "data", "train", "finetune", "measure", "prune", "method", "regularizer", "tracking",
+            "launcher")
 SCHEDULES = ("cosine", "step", "constant", "triangular", "onecycle")  # harness/train.py lr_factor
 
 
@@ -216,6 +218,9 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    for section in SECTIONS:  # ``train=0`` would replace a whole section by a value
+        need(section not in cfg or isinstance(cfg[section], DictConfig),
+             f"{section} is a section of settings, not a value: set its keys instead ({section}.<key>=<value>)")
     for key, spec in RANGES.items():
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
