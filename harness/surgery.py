@@ -174,15 +174,32 @@ class ChannelPruner:
         return self.remove(model, [(k, i) for k, w in widths.items() for i in range(w, groups[k].channels)])
 
     def max_reduction(self, model: nn.Module) -> float:
-        """The largest MACs reduction the per-layer minimums allow."""
+        """The largest MACs reduction the per-layer minimums allow. Also the check, before any training,
+        that this model's structure can be pruned at all: a ConfigError names what cannot."""
+        check_supported(model)
         pruned = copy.deepcopy(model)
-        self.remove(pruned, self.removal_order(pruned, lambda g: torch.zeros(len(g[0].idxs))))
-        return self.reduction(pruned)
+        try:
+            self.remove(pruned, self.removal_order(pruned, lambda g: torch.zeros(len(g[0].idxs))))
+            return self.reduction(pruned)
+        except (RuntimeError, ZeroDivisionError, IndexError, ValueError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{type(model).__name__} cannot be pruned by the channel surgery: removing channels "
+                              f"breaks a layer ({type(e).__name__}: {detail}); choose another model") from None
 
     def unreachable_message(self, model: nn.Module, target: float) -> str:
         return (f"prune.flops_reduction={target} is unreachable: keeping every layer at its minimum "
                 f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of the MACs; "
                 "lower the target or prune.min_channels_ratio")
+
+
+def check_supported(model: nn.Module) -> None:
+    """Grouped convolutions (1 < groups < channels: ResNeXt, RegNet) need channels removed in whole
+    groups, which the surgery does not do yet: refuse them by name. Depthwise convolutions are fine."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
+            raise ConfigError(f"layer {name} is a grouped convolution (groups={m.groups}, {m.in_channels} -> "
+                              f"{m.out_channels} channels): the channel surgery does not prune grouped convolutions "
+                              "yet (depthwise ones are fine); choose another model")
 
 
 def rank_channels(scores: dict[str, torch.Tensor], removable: dict[str, int]) -> list[tuple[str, int]]:
