@@ -144,8 +144,7 @@ class ACP(Method):
     name = "acp"
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        if ctx.val_loader is None:
-            raise ConfigError("method acp scores candidates on a validation split: set data.val_fraction (e.g. 0.1)")
+        ctx.require_validation("method acp (it scores candidates on validation data)")
         space = WidthSpace(model, ctx.pruner)
         if ctx.resume_state is not None and "prelim" in ctx.resume_state:
             prelim = tuple(ctx.resume_state["prelim"])
@@ -221,15 +220,13 @@ class ACP(Method):
     @staticmethod
     def _save(swarm, prelim, fitness: "CandidateFitness", rng: random.Random, ctx: PruneContext) -> None:
         best = fitness.best
-        generator = getattr(ctx.train_loader, "generator", None)
         ctx.save_state({
             "prelim": list(prelim), "swarm": {**swarm, "position": [list(p) for p in swarm["position"]],
                                               "personal": [[s, list(p)] for s, p in swarm["personal"]]},
             "cache": [[list(w), s] for w, s in fitness.cache.items()], "trained": fitness.trained,
             "best": {"fitness": best["fitness"], "widths": list(best["widths"]),
                      "model": copy.deepcopy(best["model"].state_dict())},
-            "py_rng": list(rng.getstate()[1]), "rng": torch.get_rng_state(),
-            "loader_rng": generator.get_state() if generator is not None else None})
+            "py_rng": list(rng.getstate()[1]), **ctx.rng_state()})
 
     @staticmethod
     def _restore(state, space: WidthSpace, fitness: "CandidateFitness", rng: random.Random, ctx: PruneContext) -> dict:
@@ -243,10 +240,7 @@ class ACP(Method):
         model.load_state_dict(state["best"]["model"])
         fitness.best.update(fitness=state["best"]["fitness"], widths=widths, model=model)
         rng.setstate((3, tuple(state["py_rng"]), None))
-        torch.set_rng_state(state["rng"])
-        generator = getattr(ctx.train_loader, "generator", None)
-        if generator is not None and state.get("loader_rng") is not None:
-            generator.set_state(state["loader_rng"])
+        ctx.restore_rng(state)
         return swarm
 
     @staticmethod

@@ -54,16 +54,13 @@ class AIP(Method):
             return terms
 
         epoch, first = 0, 1
-        generator = getattr(ctx.train_loader, "generator", None)
         if ctx.resume_state is not None:  # rebuild the pruned shapes, then load what the last round left
             state = ctx.resume_state
             pruner.shrink_to(model, state["widths"])
             model.load_state_dict(state["model"])
             ts.discriminator.load_state_dict(state["discriminator"])
             ts.optimizer.load_state_dict(state["d_optimizer"])
-            torch.set_rng_state(state["rng"])
-            if generator is not None and state.get("loader_rng") is not None:
-                generator.set_state(state["loader_rng"])
+            ctx.restore_rng(state)
             epoch, first = int(state["epoch"]), int(state["round"]) + 1
         try:
             for step in range(first, int(cfg.steps) + 1):
@@ -87,8 +84,7 @@ class AIP(Method):
                 ctx.save_state({"round": step, "epoch": epoch, "widths": pruner.group_widths(model),
                                 "model": copy.deepcopy(model.state_dict()),
                                 "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
-                                "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()), "rng": torch.get_rng_state(),
-                                "loader_rng": generator.get_state() if generator is not None else None})
+                                "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()), **ctx.rng_state()})
         finally:
             tap.remove()
             ts.close()

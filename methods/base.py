@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from harness.errors import ConfigError
 from harness.surgery import ChannelPruner, Importance
 from harness.train import TrainingHook
 
@@ -38,6 +39,24 @@ class PruneContext:
     quiet: bool = False                      # no progress bars
     save_state: Callable[[dict], None] = lambda state: None
     resume_state: dict | None = None
+
+    def rng_state(self) -> dict:
+        """torch's RNG and the training loader's shuffling generator, for a method's checkpoint, so that a
+        resumed schedule draws what an uninterrupted one would have drawn."""
+        generator = getattr(self.train_loader, "generator", None)
+        return {"rng": torch.get_rng_state(), "loader_rng": generator.get_state() if generator is not None else None}
+
+    def restore_rng(self, state: dict) -> None:
+        """Undo ``rng_state``: set torch's RNG and the loader's generator back to what ``state`` saved."""
+        torch.set_rng_state(state["rng"])
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is not None and state.get("loader_rng") is not None:
+            generator.set_state(state["loader_rng"])
+
+    def require_validation(self, why: str) -> None:
+        """Stop before any training when a method needs the validation split and the run has none."""
+        if self.val_loader is None:
+            raise ConfigError(f"{why} needs a validation split: set data.val_fraction (e.g. 0.1)")
 
 
 class Method:

@@ -236,9 +236,8 @@ class GAL(Method):
         optimizers = (opt, ts.optimizer, fista)
         step = scaled_mask_step(int(cfg.mask_step), len(ctx.train_loader))
         ctx.log_metrics({"gal/mask_step": step}, 0)
-        if cfg.select == "val" and ctx.val_loader is None:
-            raise ConfigError("method.select=val needs a validation split: set data.val_fraction (e.g. 0.1), "
-                              "or method.select=last")
+        if cfg.select == "val":
+            ctx.require_validation("method.select=val (or use method.select=last)")
         best = (-math.inf, None)
         start = 0
         if ctx.resume_state is not None:
@@ -355,11 +354,10 @@ def _restore(model: nn.Module, masks: SoftMasks, snapshot: dict) -> None:
 
 # --- checkpoints: after every mask epoch, so a killed or requeued run continues where it stopped ----------
 def _state(epoch, model, masks, ts, opt, fista, best, ctx) -> dict:
-    generator = getattr(ctx.train_loader, "generator", None)
     return {"epoch": epoch, **_snapshot(model, masks), "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
             "optimizer": copy.deepcopy(opt.state_dict()), "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()),
             "fista": copy.deepcopy(fista.state_dict()), "best_score": best[0], "best": best[1],
-            "rng": torch.get_rng_state(), "loader_rng": generator.get_state() if generator is not None else None}
+            **ctx.rng_state()}
 
 
 def _load_state(state, model, masks, ts, opt, fista, ctx) -> tuple[int, tuple]:
@@ -368,8 +366,5 @@ def _load_state(state, model, masks, ts, opt, fista, ctx) -> tuple[int, tuple]:
     opt.load_state_dict(state["optimizer"])
     ts.optimizer.load_state_dict(state["d_optimizer"])
     fista.load_state_dict(state["fista"])
-    torch.set_rng_state(state["rng"])
-    generator = getattr(ctx.train_loader, "generator", None)
-    if generator is not None and state.get("loader_rng") is not None:
-        generator.set_state(state["loader_rng"])
+    ctx.restore_rng(state)
     return int(state["epoch"]), (float(state["best_score"]), state["best"])

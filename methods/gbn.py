@@ -217,11 +217,10 @@ class GateDecorator(Method):
 
     # --- checkpoints: after every tick (and its tock) --------------------------------------
     def _save(self, model: nn.Module, gates: Gates, ctx: PruneContext, tick: int) -> None:
-        generator = getattr(ctx.train_loader, "generator", None)
         ctx.save_state({"tick": tick, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                         "phi": {n: p.detach().cpu().clone() for n, p in gates.phi.items()},
                         "masks": {k: m.cpu().clone() for k, m in gates.masks.items()},
-                        "rng": torch.get_rng_state(), "loader_rng": generator.get_state() if generator else None})
+                        **ctx.rng_state()})
 
     def _restore(self, model: nn.Module, gates: Gates, ctx: PruneContext) -> int:
         state = ctx.resume_state
@@ -231,10 +230,7 @@ class GateDecorator(Method):
                 p.copy_(state["phi"][n])
         for k in gates.masks:
             gates.masks[k].copy_(state["masks"][k])
-        torch.set_rng_state(state["rng"])
-        generator = getattr(ctx.train_loader, "generator", None)
-        if generator is not None and state.get("loader_rng") is not None:
-            generator.set_state(state["loader_rng"])
+        ctx.restore_rng(state)
         return int(state["tick"])
 
     # --- MACs of the masked network --------------------------------------------------------

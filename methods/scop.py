@@ -166,7 +166,6 @@ class SCOP(Method):
         cfg = self.cfg
         opt = torch.optim.Adam(control.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         model.eval()
-        generator = getattr(ctx.train_loader, "generator", None)
         start = 0
         if ctx.resume_state is not None:
             state = ctx.resume_state
@@ -174,9 +173,7 @@ class SCOP(Method):
                 for site, b in control.beta.items():
                     b.copy_(state["beta"][site])
             opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-            if generator is not None and state.get("loader_rng") is not None:
-                generator.set_state(state["loader_rng"])
+            ctx.restore_rng(state)
             start = int(state["epoch"])
         for epoch in range(start, int(cfg.epochs)):
             loss_sum = correct = n = 0
@@ -198,5 +195,4 @@ class SCOP(Method):
                              "scop/beta_mean": betas.mean().item(), "scop/beta_below_half": betas.lt(0.5).float().mean().item()},
                             epoch)
             ctx.save_state({"epoch": epoch + 1, "beta": {k: b.detach().clone() for k, b in control.beta.items()},
-                            "optimizer": copy.deepcopy(opt.state_dict()), "rng": torch.get_rng_state(),
-                            "loader_rng": generator.get_state() if generator is not None else None})
+                            "optimizer": copy.deepcopy(opt.state_dict()), **ctx.rng_state()})
