@@ -94,12 +94,17 @@ def gbn_epochs(target: float, seed: int) -> float | None:
 
 
 def run_study(workers: int) -> int:
+    return run_workers(__file__, workers, OUT / "wall_time.log")
+
+
+def run_workers(script: str, workers: int, wall_log: Path) -> int:
+    """Start ``script _worker i workers`` for each i, wait, and append the wall time to ``wall_log``."""
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
     started = time.time()
-    procs = [subprocess.Popen([sys.executable, __file__, "_worker", str(i), str(workers)], cwd=ROOT)
+    procs = [subprocess.Popen([sys.executable, script, "_worker", str(i), str(workers)], cwd=ROOT)
              for i in range(workers)]
     codes = [p.wait() for p in procs]
-    with open(OUT / "wall_time.log", "a") as fh:
+    with open(wall_log, "a") as fh:
         fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} run --workers {workers}: {time.time() - started:.0f} s "
                  f"wall, worker exit codes {codes}\n")
     return max(codes)
@@ -133,6 +138,21 @@ def t_interval(diffs: list[float]) -> tuple[float, float, float]:
         return mean, math.nan, math.nan
     half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return mean, mean - half, mean + half
+
+
+def paired_verdict(runs, a: str, b: str) -> dict | None:
+    """Final accuracy of label ``a`` minus ``b`` over the seeds both have (same seed = same baseline): the
+    mean in points, its 95% t interval and which is ahead where the interval excludes 0; None if no seed."""
+    fa = runs[runs["label"] == a].set_index("seed")["metrics.final_acc"]
+    fb = runs[runs["label"] == b].set_index("seed")["metrics.final_acc"]
+    seeds = sorted(set(fa.index) & set(fb.index))
+    if not seeds:
+        return None
+    mean, lo, hi = t_interval([100 * (fa[s] - fb[s]) for s in seeds])
+    verdict = ("one seed: no interval" if math.isnan(lo) else f"{a} ahead" if lo > 0
+               else f"{b} ahead" if hi < 0 else "no difference shown")
+    return {"pair": f"{a} − {b}", "n seeds": len(seeds), "mean Δ final acc (points)": f"{mean:+.2f}",
+            "95% t interval": "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]", "verdict": verdict}
 
 
 def cell(values: list[float], fmt: str = ".2f") -> str:
@@ -182,25 +202,9 @@ def report() -> int:
     for target in sorted(pruned["target"].unique()):
         at = pruned[pruned["target"] == target]
         for a, b in pairs:
-            fa = at[at["label"] == a].set_index("seed")["metrics.final_acc"]
-            fb = at[at["label"] == b].set_index("seed")["metrics.final_acc"]
-            seeds = sorted(set(fa.index) & set(fb.index))
-            if not seeds:
-                continue
-            diffs = [100 * (fa[s] - fb[s]) for s in seeds]
-            mean, lo, hi = t_interval(diffs)
-            if math.isnan(lo):
-                verdict = "one seed: no interval"
-            elif lo > 0:
-                verdict = f"{a} ahead"
-            elif hi < 0:
-                verdict = f"{b} ahead"
-            else:
-                verdict = "no difference shown"
-            verdicts.append({"target": f"{target:.0%}", "pair": f"{a} − {b}", "n seeds": len(seeds),
-                             "mean Δ final acc (points)": f"{mean:+.2f}",
-                             "95% t interval": "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]",
-                             "verdict": verdict})
+            row = paired_verdict(at, a, b)
+            if row:
+                verdicts.append({"target": f"{target:.0%}", **row})
     lat = runs.iloc[0]
     threads, device = lat.get("tags.latency_threads", "?"), lat.get("tags.latency_device", "?")
     unpruned = cell(list(base["metrics.final_acc"] * 100)) if not base.empty else "not run yet"

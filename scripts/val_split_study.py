@@ -15,14 +15,11 @@ the common 8-epoch fine-tune.
 """
 from __future__ import annotations
 
-import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import COMMON, ROOT, cell, cli, sweep, t_interval  # noqa: E402
+from cifar10_dev_study import COMMON, ROOT, cell, cli, paired_verdict, run_workers, sweep  # noqa: E402
 
 OUT = ROOT / "results" / "cifar10_dev"
 EXPERIMENT = "cifar10_dev_val"
@@ -51,15 +48,7 @@ def worker(index: int, workers: int) -> int:
 
 
 def run_study(workers: int) -> int:
-    (OUT / "logs").mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    procs = [subprocess.Popen([sys.executable, __file__, "_worker", str(i), str(workers)], cwd=ROOT)
-             for i in range(workers)]
-    codes = [p.wait() for p in procs]
-    with open(OUT / "val_split_wall_time.log", "a") as fh:
-        fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} run --workers {workers}: {time.time() - started:.0f} s "
-                 f"wall, worker exit codes {codes}\n")
-    return max(codes)
+    return run_workers(__file__, workers, OUT / "val_split_wall_time.log")
 
 
 def label(row) -> str:
@@ -98,22 +87,11 @@ def report() -> int:
         if "metrics.gal/natural_reduction" in g and g["metrics.gal/natural_reduction"].notna().any():
             row["GAL natural MACs ↓ %"] = cell(list(g["metrics.gal/natural_reduction"].dropna() * 100), ".1f")
         rows.append(row)
-    verdicts = []
     names = sorted(runs["label"].unique())
     controls = ("gbn_cpu", "l1", "random")
     pairs = [(a, b) for a in names if a not in controls for b in controls] + [
         ("gbn_cpu", "l1"), ("gbn_cpu", "random"), ("l1", "random")]
-    for a, b in pairs:
-        fa = runs[runs["label"] == a].set_index("seed")["metrics.final_acc"]
-        fb = runs[runs["label"] == b].set_index("seed")["metrics.final_acc"]
-        seeds = sorted(set(fa.index) & set(fb.index))
-        if not seeds:
-            continue
-        mean, lo, hi = t_interval([100 * (fa[s] - fb[s]) for s in seeds])
-        verdict = ("one seed: no interval" if math.isnan(lo) else f"{a} ahead" if lo > 0
-                   else f"{b} ahead" if hi < 0 else "no difference shown")
-        verdicts.append({"pair": f"{a} − {b}", "n seeds": len(seeds), "mean Δ final acc (points)": f"{mean:+.2f}",
-                         "95% t interval": "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]", "verdict": verdict})
+    verdicts = [v for a, b in pairs if (v := paired_verdict(runs, a, b))]
     lines = [
         "# GAL, AIP, SCOP and ACP on real CIFAR-10 images (shared/data/cifar10-dev), 50% MACs, CPU budget",
         "",
