@@ -20,6 +20,15 @@ import pytest
     (["prune.flops_reductoin=0.5"], "did you mean 'prune.flops_reduction'?"),
     (["bogus.key=1"], "unknown key 'bogus.key'; valid keys: seed,"),
     (["train.lr=nan"], "train.lr must be a number in (0, 100], got nan"),
+    # the methods that select or search, and the validation split (issues 12 and 13)
+    (["method=gal", "method.sparsity=-1"], "method.sparsity must be a number in [0, 100], got -1"),
+    (["method=gal", "method.mask_step=0"], "method.mask_step must be an integer in [1, 10000000], got 0"),
+    (["data.val_fraction=1.5"], "data.val_fraction must be a number in [0, 1) or null, got 1.5"),
+    (["method=gal", "method.structure=layer"], "method.structure must be one of auto, block, channel, got 'layer'"),
+    (["method=aip", "method.steps=0"], "method.steps must be an integer in [1, 100000], got 0"),
+    (["method=acp", "method.eps=0"], "method.eps must be a number in (0, 2] or null, got 0"),
+    (["method=acp", "method.particles=0"], "method.particles must be an integer in [1, 10000], got 0"),
+    (["method=scop", "method.knockoff=generator"], "method.knockoff must be one of shuffle, got 'generator'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(run_cli, args, message):
     code, out, err = run_cli("run", *args)

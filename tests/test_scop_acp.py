@@ -154,16 +154,6 @@ def test_acp_refuses_to_run_without_a_validation_split():
         ACP(_acp_cfg()).prune(model, ctx)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["method=acp", "method.eps=0"], "method.eps must be a number in (0, 2] or null, got 0"),
-    (["method=acp", "method.particles=0"], "method.particles must be an integer in [1, 10000], got 0"),
-    (["method=scop", "method.knockoff=generator"], "method.knockoff must be one of shuffle, got 'generator'"),
-])
-def test_bad_scop_acp_values_exit_2_with_one_line(run_cli, args, message):
-    code, out, err = run_cli("run", "task=digits", *args)
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
-
-
 @pytest.mark.parametrize("extra", [["method=scop", "method.epochs=2"],
                                    ["method=acp", "method.particles=3", "method.cycles=1", "method.fitness_epochs=1"]])
 def test_scop_and_acp_hit_the_target_on_digits(run_cli, tmp_path, extra):
