@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness import distributed
 from harness.artifacts import atomic_save
 from harness.baseline import data_identity
 from harness.errors import DataError
@@ -25,6 +26,8 @@ _NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measu
 def run_key(cfg: DictConfig) -> str:
     data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _NOT_IN_KEY}
     data["data"] = data_identity(data["data"])
+    if distributed.world_size() > 1:  # N processes train with N times the batch: another run
+        data["world_size"] = distributed.world_size()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -57,8 +60,11 @@ class RunCheckpoint:
                         "run the same command with resume=false to start over")
 
     def save(self, state: dict) -> None:
-        atomic_save(state, self.path, keep_previous=self.previous)
+        if distributed.is_main():  # every rank holds the same state; rank 0 writes it
+            atomic_save(state, self.path, keep_previous=self.previous)
 
     def clear(self) -> None:
+        if not distributed.is_main():
+            return
         self.path.unlink(missing_ok=True)
         self.previous.unlink(missing_ok=True)

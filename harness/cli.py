@@ -185,6 +185,10 @@ def _run(args) -> int:
     from harness.run import run
 
     summary = run(cfg)
+    from harness import distributed
+
+    if not distributed.is_main():  # a distributed run: rank 0 reports for all
+        return 0
     if summary.get("skipped"):
         print(f"skipped: MLflow run {summary['mlflow_run_id']} already finished this config", file=sys.stderr)
     else:

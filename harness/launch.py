@@ -6,7 +6,9 @@ through submitit. Comma lists in overrides expand to the cartesian grid:
 Every job runs ``harness.run.run`` on its own overrides. Jobs are submitit ``Checkpointable``: when
 SLURM preempts or times a job out (USR2), submitit requeues it and the job resumes from the run's
 own checkpoint into the same MLflow run. Concurrent jobs share one baseline per task + seed through
-the baseline cache's file lock.
+the baseline cache's file lock. With ``launcher.tasks_per_node`` or ``launcher.nodes`` above 1, each
+job is one data-parallel run over all its tasks (harness/distributed.py): submitit exports the
+rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE), rank 0 records, and rank 0 alone requeues on USR2.
 """
 from __future__ import annotations
 
@@ -72,9 +74,19 @@ class HarnessJob(submitit.helpers.Checkpointable):
     def __call__(self, overrides: list[str]) -> dict:
         from harness.run import run
 
+        if _job_tasks() > 1:  # a DDP job: rank, world size and rendezvous from SLURM
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         cfg = compose([*overrides, "launcher=inline", "quiet=true"])
         with run_slot(self.slots, self.max_parallel):
             return run(cfg)
+
+
+def _job_tasks() -> int:
+    """How many tasks (processes) the submitit job this runs in has; 1 outside one."""
+    try:
+        return submitit.JobEnvironment().num_tasks
+    except RuntimeError:
+        return 1
 
 
 @contextlib.contextmanager
@@ -114,6 +126,7 @@ def make_executor(cfg: DictConfig):
         executor.update_parameters(
             slurm_partition=launcher.partition or None, timeout_min=int(launcher.time_min),
             gpus_per_node=int(launcher.gpus_per_node), cpus_per_task=int(launcher.cpus_per_task),
+            nodes=int(launcher.get("nodes") or 1), tasks_per_node=int(launcher.get("tasks_per_node") or 1),
             mem_gb=float(launcher.mem_gb), slurm_array_parallelism=int(launcher.array_parallelism),
             slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=extra,
             name=str(launcher.job_name))
@@ -162,7 +175,8 @@ def _results(jobs) -> list[dict]:
     rows = []
     for job in jobs:
         try:
-            rows.append({"job": job.job_id, "status": "DONE", **job.result()})
+            # A DDP job (several tasks) returns one result per rank: rank 0's is the run's.
+            rows.append({"job": job.job_id, "status": "DONE", **job.results()[0]})
         except Exception as e:
             rows.append({"job": job.job_id, "status": job.state, "error": str(e).strip().splitlines()[-1][:200]})
     return rows

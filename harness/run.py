@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from harness import baseline as baseline_cache
+from harness import distributed
 from harness.artifacts import model_from_payload, pruned_payload, save_pruned
 from harness.checkpoint import RunCheckpoint
 from harness.errors import ConfigError
@@ -61,7 +62,10 @@ class Reporter:
 def run(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
+    if not distributed.is_main():  # rank 0 prints; the others stay silent
+        cfg = cfg.copy()
+        cfg.quiet = True
     try:
         task, method, regularizer = create_task(cfg), create_method(cfg), create_regularizer(cfg)
     except KeyError as e:
@@ -82,7 +86,7 @@ def run(cfg: DictConfig) -> dict:
     if str(cfg.resume).lower() == "false":
         checkpoint.clear()
     else:
-        state = checkpoint.load()
+        state = distributed.broadcast(checkpoint.load() if distributed.is_main() else None)
         if checkpoint.note:  # shown even with quiet=true: the user should know a checkpoint was bad
             print(f"warning: {checkpoint.note}", file=sys.stderr, flush=True)
         if state is None and str(cfg.resume).lower() == "true":
@@ -91,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
 
     tracker = make_tracker(cfg)
     key = checkpoint.key
-    if cfg.get("skip_finished") and (done := tracker.find_finished(key)):
+    if cfg.get("skip_finished") and (done := distributed.broadcast(tracker.find_finished(key))):
         say(f"[skip] MLflow run {done['mlflow_run_id']} already finished this config (skip_finished=true)")
         return {"skipped": True, "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), **done}
     if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
@@ -99,6 +103,7 @@ def run(cfg: DictConfig) -> dict:
     else:
         tracker.start(flatten(cfg), tags={"task": task.name, "method": cfg.method.name, "seed": cfg.seed, "run_key": key,
                                           "regularizer": cfg.regularizer.name,
+                                          **{f"ddp_{k}": v for k, v in distributed.describe().items()},
                                           "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}"})
     if state is None or state["stage"] == "start":
         # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
@@ -110,7 +115,7 @@ def run(cfg: DictConfig) -> dict:
         tracker.flush()  # raises if the store still cannot take what was buffered
     except BaseException as e:
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        tracker.end(status, reason=f"{type(e).__name__}: {e}")
+        tracker.end(status, reason=distributed.failure_reason(e))
         raise
     tracker.end("FINISHED")
     checkpoint.clear()
@@ -122,18 +127,23 @@ class _Phases:
         self.cfg, self.task, self.method, self.regularizer = cfg, task, method, regularizer
         self.pruner, self.target, self.device = pruner, target, device
         self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
+        self.checksums = None  # a distributed run's per-rank model checksums after pruning (see agree())
         self.fit = partial(train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet,
                            eval_every=int(cfg.measure.eval_every))
 
     # --- helpers ---------------------------------------------------------------------------
     def loader(self, ds, batch_size, shuffle):
+        """A training loader (``shuffle``) gives each rank its shard in a distributed run; evaluation
+        loaders give every rank the whole split."""
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(ds, batch_size=int(batch_size), shuffle=shuffle, generator=gen,
+        sampler = distributed.ShardSampler(ds, gen) if shuffle and distributed.is_distributed() else None
+        return DataLoader(ds, batch_size=int(batch_size), shuffle=shuffle and sampler is None, sampler=sampler,
+                          generator=gen,
                           num_workers=int(self.cfg.data.get("num_workers", 0)),
                           pin_memory=self.device.type == "cuda", drop_last=False)
 
     def evaluate(self, m) -> dict:
-        return self.task.evaluate(m, self.test_loader, self.device)
+        return self.task.evaluate(distributed.sync_buffers(m), self.test_loader, self.device)
 
     def score(self, m) -> float:
         return self.evaluate(m)[self.task.metric]
@@ -143,11 +153,11 @@ class _Phases:
         if self.val_loader is None:
             raise ConfigError(f"method {self.cfg.method.name} needs a validation split; set data.val_fraction "
                               "(e.g. 0.1)")
-        return self.task.evaluate(m, self.val_loader, self.device)[self.task.metric]
+        return self.task.evaluate(distributed.sync_buffers(m), self.val_loader, self.device)[self.task.metric]
 
     def quick_score(self, m) -> float:
         """The metric on one fixed held-out batch: cheap enough for every pruning step."""
-        return self.task.evaluate(m, [self.held_out], self.device)[self.task.metric]
+        return self.task.evaluate(distributed.sync_buffers(m), [self.held_out], self.device)[self.task.metric]
 
     def log_epochs(self, prefix):
         return lambda epoch, metrics: self.tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, epoch)
@@ -240,7 +250,7 @@ class _Phases:
             self.say(f"[resume] {method.name}: continuing its pruning schedule from the checkpoint")
         if method.prunes:
             self.say(f"[prune] {method.name}: removing {self.target:.0%} of {base_macs / 1e6:.2f} M MACs")
-        model = method.prune(model, ctx).to(self.device)
+        model = self.agree(method.prune(model, ctx).to(self.device))
         pruned_macs, pruned_params = self.macs_params(model)
         measures = {"base_acc": base_acc, "base_macs": base_macs, "base_params": base_params,
                     "pruned_acc": self.score(model), "pruned_macs": pruned_macs, "baseline_reused": reused,
@@ -249,6 +259,27 @@ class _Phases:
                              "prune_epochs": train_loader.epochs})
         self.save_checkpoint("pruned", model, measures)
         return model, measures
+
+    def agree(self, model):
+        """In a distributed run: every rank pruned on statistics summed over all ranks, so each should hold
+        the same model. Record whether they did (``ddp/ranks_agreed``), then take rank 0's model (structure
+        and weights) everywhere and check that every rank now holds it, before fine-tuning."""
+        if not distributed.is_distributed():
+            return model
+        own = distributed.gather(distributed.state_checksum(model, parameters_only=True))
+        agreed = len(set(own)) == 1
+        if not agreed:
+            self.say(f"[ddp] ranks pruned differently (parameter checksums {own}); using rank 0's model")
+        payload = distributed.broadcast(pruned_payload(model, self.task.model_spec()) if distributed.is_main() else None)
+        if not distributed.is_main():
+            model = model_from_payload(payload).to(self.device)
+        final = distributed.gather(distributed.state_checksum(model))
+        if len(set(final)) != 1:
+            raise RuntimeError(f"ranks hold different pruned models after the broadcast (checksums {final})")
+        self.tracker.log_metrics({"ddp/ranks_agreed": float(agreed)})
+        self.tracker.set_tags({"ddp_pruned_checksum": final[0]})
+        self.checksums = {"independent": own, "final": final[0]}
+        return model
 
     def save_checkpoint(self, stage: str, model, measures: dict, train_state: dict | None = None) -> None:
         state = {"stage": stage, "mlflow_run_id": self.tracker.run_id or "", "measures": measures,
@@ -279,9 +310,12 @@ class _Phases:
         cfg, task, tracker, metric = self.cfg, self.task, self.tracker, self.task.metric
         final = self.evaluate(model)
         final_macs, final_params = self.macs_params(model)
-        self.say("[measure] latency, dense vs pruned")
-        latency = compare_latency(dense, model, task.example_input, cfg.measure.batch_sizes, self.device,
-                                  warmup=cfg.measure.warmup, repeats=cfg.measure.repeats)
+        final_checksums = distributed.gather(distributed.state_checksum(model))
+        latency = {}
+        if distributed.is_main():  # one process times, the others wait: they would share its cores
+            self.say("[measure] latency, dense vs pruned")
+            latency = compare_latency(dense, model, task.example_input, cfg.measure.batch_sizes, self.device,
+                                      warmup=cfg.measure.warmup, repeats=cfg.measure.repeats)
         summary = {
             "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), "target_reduction": self.target,
             "metric": metric, "base_acc": measures["base_acc"], "pruned_acc": measures["pruned_acc"],
@@ -303,10 +337,17 @@ class _Phases:
         for key, lat in latency.items():
             flat.update({f"latency/{key}/{k}": v for k, v in lat.items() if k in ("dense_ms", "pruned_ms", "speedup")})
         tracker.log_metrics(flat)
-        tracker.set_tags({"latency_device": next(iter(latency.values()))["device"],
-                          "latency_threads": torch.get_num_threads()})
-        summary["model_artifact"] = self.record(model, summary)
+        if latency:
+            tracker.set_tags({"latency_device": next(iter(latency.values()))["device"],
+                              "latency_threads": torch.get_num_threads()})
+        summary.update(distributed.describe())
+        if distributed.is_distributed():
+            # Per rank: the model each pruned on its own (before rank 0's was taken), and the final model.
+            summary["ddp_pruned_checksums"] = (self.checksums or {}).get("independent")
+            summary["ddp_final_checksums"] = final_checksums
+        summary["model_artifact"] = self.record(model, summary) if distributed.is_main() else None
         summary["mlflow_run_id"] = tracker.run_id
+        distributed.barrier()
         return summary
 
     def record(self, model, summary: dict) -> str:

@@ -229,7 +229,9 @@ def store_uri(explicit: str | None, results_dir: str | os.PathLike) -> str:
 
 
 def make_tracker(cfg: DictConfig) -> NullTracker:
-    if not cfg.tracking.enabled:
+    from harness import distributed
+
+    if not cfg.tracking.enabled or not distributed.is_main():  # rank 0 records a distributed run
         return NullTracker()
     return MlflowTracker(tracking_uri(cfg), cfg.tracking.experiment, Path(cfg.results_dir) / "mlruns")
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from harness import distributed
 from harness.config import SCHEDULES  # noqa: F401  (validated there, implemented here)
 from harness.errors import NumericalError
 
@@ -91,7 +92,7 @@ class CountingLoader:
 
     def __iter__(self):
         for x, y in self.loader:
-            self.samples += len(y)
+            self.samples += len(y) * distributed.world_size()  # every rank's shard: passes over the whole set
             yield x, y
 
     def __len__(self) -> int:
@@ -122,9 +123,17 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
     ``on_epoch(epoch, metrics)`` is called, then ``checkpoint(state)`` with what ``resume=``
     needs to continue after that epoch. With ``seed``, each epoch's randomness (shuffling, augmentation,
     noise) depends only on (seed, epoch), so a resumed run repeats an uninterrupted one exactly.
-    Returns the last epoch's metrics."""
+    Returns the last epoch's metrics.
+
+    In a distributed run the model trains inside DistributedDataParallel; parameters trained beside the
+    module (``params`` it does not own, e.g. GBN's gates) have their gradients averaged here, and BN
+    statistics are taken from rank 0 after each epoch, so every rank ends with the same model."""
     epochs = total_epochs(recipe) if epochs is None else epochs
-    opt = make_optimizer(params if params is not None else model.parameters(), recipe)
+    params = list(params if params is not None else model.parameters())
+    opt = make_optimizer(params, recipe)
+    owned = {id(p) for p in model.parameters()}
+    outside = [p for p in params if id(p) not in owned]
+    net = distributed.wrap(model, device)
     sched = make_scheduler(opt, recipe, len(loader)) if epochs else None
     start = 0
     if resume is not None:
@@ -140,17 +149,18 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
         bar = progress(loader, desc=f"{desc} {epoch + 1}/{epochs}", quiet=quiet)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(net(x), y)
             for hook in hooks:
                 extra = hook.extra_loss(model)
                 if extra is not None:
                     loss = loss + extra
-            value = loss.item()
+            value = distributed.mean_scalar(loss.item())  # a NaN on any rank stops every rank
             if not math.isfinite(value):
                 raise NumericalError(f"{desc}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                                      f"lower the learning rate ({desc.split()[0]}.lr) or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(outside)
             for hook in hooks:
                 hook.after_backward(model)
             opt.step()
@@ -158,6 +168,7 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
             loss_sum += value * y.shape[0]
             n += y.shape[0]
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        distributed.sync_buffers(model)
         metrics = {"train_loss": loss_sum / max(n, 1), "lr": opt.param_groups[0]["lr"]}
         if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             metrics.update(evaluate(model))
@@ -169,7 +180,9 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
 
 
 def _seed_epoch(loader, seed: int) -> None:
-    torch.manual_seed(seed)
+    # The loader's generator (shuffling, and the shard order in a distributed run) is the same on every
+    # rank; torch's global RNG (augmentation, noise) differs per rank, as each rank sees other images.
+    torch.manual_seed(seed + 1_000_003 * distributed.rank())
     generator = getattr(loader, "generator", None)
     if generator is not None:
         generator.manual_seed(seed)

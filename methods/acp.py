@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from harness import distributed
 from harness.errors import ConfigError
 from harness.surgery import ChannelPruner, eval_mode
 from harness.train import progress
@@ -45,7 +46,8 @@ def cluster_width(maps: torch.Tensor, eps: float, min_samples: int) -> int:
 @torch.no_grad()
 def average_feature_maps(model: nn.Module, sites: dict[str, str], loader, samples: int,
                          device: torch.device) -> dict[str, torch.Tensor]:
-    """{group: (channels, H*W)}: each site's output averaged over the first ``samples`` images."""
+    """{group: (channels, H*W)}: each site's output averaged over the first ``samples`` images (in a
+    distributed run, ``samples`` split over the ranks' shards and the sums added up)."""
     sums: dict[str, torch.Tensor] = {}
 
     def keep(key):
@@ -55,19 +57,20 @@ def average_feature_maps(model: nn.Module, sites: dict[str, str], loader, sample
         return hook
 
     handles = [model.get_submodule(site).register_forward_hook(keep(key)) for key, site in sites.items()]
-    seen = 0
+    seen, share = 0, -(-samples // distributed.world_size())
     try:
         with eval_mode(model):
             for x, _ in loader:
-                x = x[: samples - seen].to(device)
+                x = x[: share - seen].to(device)
                 model(x)
                 seen += len(x)
-                if seen >= samples:
+                if seen >= share:
                     break
     finally:
         for h in handles:
             h.remove()
-    return {k: v / max(seen, 1) for k, v in sums.items()}
+    total = int(distributed.all_reduce_sum(torch.tensor([seen])).item())
+    return {k: distributed.all_reduce_sum(sums[k]) / max(total, 1) for k in sorted(sums)}
 
 
 class WidthSpace:

@@ -321,6 +321,7 @@ class _Both:
 
     def __init__(self, weights: torch.optim.Optimizer, masks: torch.optim.Optimizer):
         self.weights, self.masks = weights, masks
+        self.extra_params = [p for g in masks.param_groups for p in g["params"]]  # beside the student's
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.weights.zero_grad(set_to_none=set_to_none)

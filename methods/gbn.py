@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from harness import distributed
 from harness.surgery import ChannelGroup, ChannelPruner, channel_widths, rank_channels
 from harness.train import TrainingHook
 from methods.base import Method, PruneContext
@@ -163,7 +164,8 @@ class GateDecorator(Method):
     # --- the schedule ----------------------------------------------------------------------
     def tick(self, model: nn.Module, gates: Gates, ctx: PruneContext) -> dict[str, torch.Tensor]:
         """One pass over the tick data training φ, β and the classifier; returns the Taylor score
-        per group and channel (+inf for channels already masked)."""
+        per group and channel (+inf for channels already masked). In a distributed run each rank scores
+        its shard and the scores are summed; the gradients that train φ, β and the classifier are averaged."""
         trainable = gates.parameters() + gates.shifts()
         trainable += [p for m in _output_layers(model, ctx) for p in m.parameters()]
         saved = {p: p.requires_grad for p in model.parameters()}
@@ -182,10 +184,13 @@ class GateDecorator(Method):
                 loss.backward()
                 for n, phi in gates.phi.items():
                     taylor[n] += (phi.grad * phi).detach().abs()
+                distributed.average_gradients(trainable)
                 opt.step()
         finally:
             for p, flag in saved.items():
                 p.requires_grad_(flag)
+        for t in taylor.values():
+            distributed.all_reduce_sum(t)
         scores = {}
         for key, norms in gates.groups.items():
             s = sum(taylor[n] for n in norms).double().cpu()
@@ -199,7 +204,7 @@ class GateDecorator(Method):
         seen = 0
         for x, y in ctx.train_loader:
             yield x, y
-            seen += len(y)
+            seen += len(y) * distributed.world_size()  # every rank reads its shard
             if self.cfg.tick_samples and seen >= self.cfg.tick_samples:
                 return
 

@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn as nn
 
+from harness import distributed
 from harness.surgery import ChannelPruner
 from harness.train import progress
 from methods.base import Method, PruneContext
@@ -112,7 +113,8 @@ def uniform_rate_plan(pruner: ChannelPruner, model: nn.Module, scores: dict[str,
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader, device: torch.device, samples: int | None) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as plain averages over
-    ``samples`` training samples (all of one pass when None). Returns the number of samples used."""
+    ``samples`` training samples (all of one pass when None). Returns the number of samples used.
+    In a distributed run each rank reads its share of ``samples`` and the averages are averaged."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -124,13 +126,17 @@ def recalibrate_bn(model: nn.Module, loader, device: torch.device, samples: int 
     try:
         for x, _ in loader:
             model(x.to(device))
-            seen += len(x)
+            seen += len(x) * distributed.world_size()
             if samples and seen >= samples:
                 break
     finally:
         for m, momentum in zip(norms, saved):
             m.momentum = momentum
         model.train(was_training)
+    with torch.no_grad():  # every rank read as many batches: the mean of the ranks' averages is the average
+        for m in norms:
+            for stat in (m.running_mean, m.running_var):
+                distributed.all_reduce_sum(stat).div_(distributed.world_size())
     return seen
 
 
@@ -183,6 +189,7 @@ class SCOP(Method):
                 loss = ctx.loss_fn(out, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(control.parameters())
                 opt.step()
                 with torch.no_grad():
                     for b in control.parameters():

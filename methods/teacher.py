@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness import distributed
 from harness.errors import NumericalError
 from harness.surgery import eval_mode
 from harness.train import progress
@@ -143,6 +144,7 @@ class TeacherStudent:
                 + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.discriminator.parameters())
         self.optimizer.step()
         accuracy = ((real > 0).float().mean() + (fake <= 0).float().mean()) / 2
         return {"d_loss": loss.item(), "d_acc": accuracy.item()}
@@ -174,6 +176,9 @@ def distill_epoch(student: nn.Module, ts: TeacherStudent, loader, optimizer: tor
     ``after_step(i)`` runs after each student step (GAL's FISTA mask step). Returns each term's mean,
     the discriminator's loss and accuracy, and the student's top-1 agreement with the teacher."""
     student.train()
+    # In a distributed run each rank distils on its shard and every gradient is averaged; ``trained`` is
+    # what has gradients here (the student, and GAL's masks).
+    trained = [p for p in student.parameters() if p.requires_grad] + list(getattr(optimizer, "extra_params", ()))
     sums: dict[str, float] = {}
     n = 0
     for i, (x, y) in enumerate(progress(loader, desc=desc, quiet=quiet), 1):
@@ -188,6 +193,7 @@ def distill_epoch(student: nn.Module, ts: TeacherStudent, loader, optimizer: tor
             raise NumericalError(f"{desc}: the student's loss became {value} at step {i}; lower method.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(trained)
         optimizer.step()
         if after_step is not None:
             after_step(i)
