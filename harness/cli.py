@@ -17,6 +17,7 @@ EPILOG = """examples:
   python -m harness run task=resnet56 method=l1 data.root=~/data seed=1 --json
   python -m harness sweep task=digits method=gbn,l1,random seed=0,1,2 launcher=slurm --wait
   python -m harness compare task=digits --out results/digits
+  python -m harness export results/runs/<...>/pruned_model.pt format=onnx
   python -m harness list
 """
 
@@ -32,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m harness", description="CNN filter-pruning harness",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,bench,list}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,bench,export,list}", parser_class=_Parser)
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
     r.add_argument("overrides", nargs="*", metavar="key=value",
@@ -54,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="latency of a saved pruned model: model=<pruned_model.pt> [batch=1,64] "
                                      "[backend=eager,compile,onnx] [threads=N] [device=cpu|cuda]")
     b.add_argument("overrides", nargs="*", metavar="key=value")
+    e = sub.add_parser("export", help="a pruned model (file or MLflow run id) to format=onnx|torchscript|pt, "
+                                      "BN folded, outputs checked [out=PATH] [tolerance=1e-4]")
+    e.add_argument("source", help="a pruned_model.pt saved by a run, or an MLflow run id")
+    e.add_argument("overrides", nargs="*", metavar="key=value")
     sub.add_parser("list", help="the tasks and methods, one line each")
     return p
 
@@ -92,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             from harness.bench import bench_command
 
             return bench_command(args)
+        if args.command == "export":
+            from harness.export import export_command
+
+            return export_command(args)
         if args.command == "compare":
             from harness.report import compare_command
 

@@ -184,6 +184,7 @@ RANGES: dict[str, tuple] = {
     "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.max_parallel": ("int", "[1, 4096]", True), "launcher.threads_per_job": ("int", "[1, 4096]", True),
     "launcher.time_min": ("int", "[1, 10000000]"), "launcher.signal_delay_s": ("int", "[0, 100000]"),
     "launcher.gpus_per_node": ("int", "[0, 1024]"), "launcher.cpus_per_task": ("int", "[1, 4096]"),
+    "launcher.nodes": ("int", "[1, 100000]"), "launcher.tasks_per_node": ("int", "[1, 1024]"),
     "launcher.mem_gb": ("real", "(0, 1000000]"), "launcher.array_parallelism": ("int", "[1, 1000000]"),
 }
 

@@ -63,7 +63,15 @@ def setup(device: torch.device, timeout_min: float = 30.0) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=timedelta(minutes=timeout_min))
+    try:
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_min))
+    except (ValueError, RuntimeError) as e:
+        from harness.errors import ConfigError
+
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"WORLD_SIZE={env_world_size()} asks for a distributed run, but its process group did not "
+                          f"start ({detail}); start it with torchrun, or with launcher=slurm "
+                          "launcher.tasks_per_node=N") from None
     atexit.register(_shutdown)
     return device
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,11 +77,33 @@ class HarnessJob(submitit.helpers.Checkpointable):
     def __call__(self, overrides: list[str]) -> dict:
         from harness.run import run
 
+        preempted = threading.Event()
         if _job_tasks() > 1:  # a DDP job: rank, world size and rendezvous from SLURM
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            _note_preemption(preempted)
         cfg = compose([*overrides, "launcher=inline", "quiet=true"])
-        with run_slot(self.slots, self.max_parallel):
-            return run(cfg)
+        try:
+            with run_slot(self.slots, self.max_parallel):
+                return run(cfg)
+        except Exception:
+            # Rank 0 requeues on preemption and exits; the others then fail at their next collective.
+            # Leaving without a result keeps submitit from reporting that as the job's outcome.
+            if preempted.is_set():
+                raise SystemExit("preempted: rank 0 has requeued the job") from None
+            raise
+
+
+def _note_preemption(event: threading.Event) -> None:
+    """Set ``event`` when submitit's preemption signal (USR2) arrives, then let submitit handle it."""
+    signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+    previous = signal.getsignal(signum)
+
+    def handler(sig, frame):
+        event.set()
+        if callable(previous):
+            previous(sig, frame)
+
+    signal.signal(signum, handler)
 
 
 def _job_tasks() -> int:

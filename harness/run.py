@@ -6,6 +6,7 @@ through or was killed and resumed from its checkpoint (``harness/checkpoint.py``
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
@@ -115,11 +116,28 @@ def run(cfg: DictConfig) -> dict:
         tracker.flush()  # raises if the store still cannot take what was buffered
     except BaseException as e:
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        tracker.end(status, reason=distributed.failure_reason(e))
+        with _sigterm_deferred():  # torchrun SIGTERMs the survivors of a dead rank: record why first
+            tracker.end(status, reason=distributed.failure_reason(e))
         raise
     tracker.end("FINISHED")
     checkpoint.clear()
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_deferred():
+    """Hold SIGTERM back (it is delivered on exit from the block) where a run records its end."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 class _Phases:

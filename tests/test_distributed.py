@@ -76,10 +76,10 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
-def _wait_for_finetune_checkpoint(results: Path, proc, epoch: int, timeout: float = 300) -> None:
+def _wait_for_finetune_checkpoint(results: Path, alive, epoch: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        alive()
         for path in (results / "checkpoints").glob("*.pt"):
             try:
                 state = torch.load(path, weights_only=True)
@@ -94,7 +94,11 @@ def _wait_for_finetune_checkpoint(results: Path, proc, epoch: int, timeout: floa
 def test_killing_one_rank_fails_the_run_and_the_same_command_resumes_it(tmp_path):
     overrides = ["method=l1", "finetune.epochs=40"]
     proc = torchrun(tmp_path, *overrides, marker=str(tmp_path), wait=False)
-    _wait_for_finetune_checkpoint(tmp_path, proc, epoch=2)
+
+    def alive():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+
+    _wait_for_finetune_checkpoint(tmp_path, alive, epoch=2)
     os.kill(_rank_pid(str(tmp_path), 1), signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and not json_lines(out)
@@ -124,3 +128,38 @@ def test_slurm_two_tasks_run_as_one_ddp_job(run_cli, tmp_path):
     assert 0.5 <= summary["flops_reduction"] <= 0.5 + OVERSHOOT
     _, (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.tags["ddp_world_size"] == "2"
+
+
+@slurm
+def test_slurm_ddp_job_preempted_requeues_and_every_rank_resumes(tmp_path):
+    from harness.launch import submit
+
+    overrides = [*BASE, "method=l1", "finetune.epochs=30", "threads=1", f"results_dir={tmp_path}"]
+    cfg, grid, (job,) = submit([*overrides, "launcher=slurm", "launcher.tasks_per_node=2", "launcher.cpus_per_task=1"])
+
+    def alive():
+        assert job.state in ("PENDING", "RUNNING", "CONFIGURING", "UNKNOWN"), job.state
+
+    _wait_for_finetune_checkpoint(tmp_path, alive, epoch=2)
+    # Preemption as SLURM does it: SIGTERM, a grace period, USR2 (see the single-task requeue test).
+    subprocess.check_call(["scancel", job.job_id, "--signal", "SIGTERM"])
+    time.sleep(2)
+    subprocess.check_call(["scancel", job.job_id, "--signal", "USR2"])
+    ranks = job.results()
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["ddp_final_checksums"] == ranks[1]["ddp_final_checksums"]
+    assert len(set(ranks[0]["ddp_final_checksums"])) == 1
+    client, (run,) = mlflow_runs(tmp_path)
+    assert run.info.run_id == ranks[0]["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags.get("resumed") == "true"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "finetune/acc")]
+    assert steps[-1] == 29 and len(set(steps)) == 30
+
+
+def test_a_world_size_without_a_rendezvous_is_one_line_exit_2(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    code, out, err = run_cli("run", *BASE, "method=l1", f"results_dir={tmp_path}")
+    assert code == 2 and err.count("\n") == 1 and "start it with torchrun" in err, err
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before anything was recorded
