@@ -30,6 +30,9 @@ class ChannelGroup:
     min_keep: int              # the per-layer minimum (from the dense model's widths)
     members: list[str]         # names of the conv/linear layers whose outputs are in the group
     norms: list[str]           # names of the BatchNorm layers in the group (same channel indices)
+    # Channels that can only go together, or None: a grouped convolution on the group's channels keeps
+    # the same positions in each of its groups, so position p of every group is one unit.
+    units: list[tuple[int, ...]] | None = None
 
 
 @contextlib.contextmanager
@@ -80,8 +83,11 @@ class ChannelPruner:
             norms = [names[item.dep.target.module] for item in g
                      if item.dep.handler == tp.prune_batchnorm_out_channels and item.dep.target.module in names]
             root = g[0].dep.target.module
-            out[names[root]] = ChannelGroup(names[root], g, _out_channels(root),
-                                            max(self.min_keep.get(n, 1) for n in members), members, norms)
+            units = grouped_conv_units(g, _out_channels(root))
+            min_keep = max(self.min_keep.get(n, 1) for n in members)
+            if units:  # at least one whole unit stays
+                min_keep = max(min_keep, len(units[0]))
+            out[names[root]] = ChannelGroup(names[root], g, _out_channels(root), min_keep, members, norms, units)
         return out
 
     def reduction(self, model: nn.Module) -> float:
@@ -102,16 +108,19 @@ class ChannelPruner:
                 raise RuntimeError(f"importance for group {key!r} has shape {tuple(group_scores.shape)} or "
                                    f"non-finite values; expected {cg.channels} finite scores")
             scores[key] = group_scores
-        return rank_channels(scores, {k: g.channels - g.min_keep for k, g in groups.items()})
+        return rank_channels(scores, {k: g.channels - g.min_keep for k, g in groups.items()},
+                             {k: g.units for k, g in groups.items() if g.units})
 
     def remove(self, model: nn.Module, channels: list[tuple[str, int]]) -> nn.Module:
-        """Physically remove ``channels`` [(group key, channel index)] from ``model``, in place."""
+        """Physically remove ``channels`` [(group key, channel index)] from ``model``, in place. In a group
+        tied to a grouped convolution, a unit with any channel selected goes whole (``complete_units``)."""
         by_group: dict[str, list[int]] = {}
         for key, idx in channels:
             by_group.setdefault(key, []).append(idx)
         groups = self.groups(model)
         for key, idxs in by_group.items():
-            groups[key].group.prune(idxs=sorted(idxs))
+            cg = groups[key]
+            groups[key].group.prune(idxs=complete_units(idxs, cg.units, cg.channels) if cg.units else sorted(idxs))
         return model
 
     def prune_lowest(self, model: nn.Module, importance: Importance, n: int) -> int:
@@ -170,8 +179,18 @@ class ChannelPruner:
     def shrink_to(self, model: nn.Module, widths: dict[str, int]) -> nn.Module:
         """Cut each group of ``model`` (in place) to ``widths[key]`` channels, dropping its last ones. Only
         the shapes are meant to match: load the pruned model's state_dict afterwards."""
-        groups = self.groups(model)
-        return self.remove(model, [(k, i) for k, w in widths.items() for i in range(w, groups[k].channels)])
+        groups, chosen = self.groups(model), []
+        for key, width in widths.items():
+            g = groups[key]
+            if g.units:  # whole units from the last, so that the grouped convolution stays valid
+                drop = []
+                for unit in reversed(g.units):
+                    if len(drop) + len(unit) <= g.channels - width:
+                        drop += unit
+                chosen += [(key, i) for i in drop]
+            else:
+                chosen += [(key, i) for i in range(width, g.channels)]
+        return self.remove(model, chosen)
 
     def max_reduction(self, model: nn.Module) -> float:
         """The largest MACs reduction the per-layer minimums allow. Also the check, before any training,
@@ -193,26 +212,86 @@ class ChannelPruner:
 
 
 def check_supported(model: nn.Module) -> None:
-    """Grouped convolutions (1 < groups < channels: ResNeXt, RegNet) need channels removed in whole
-    groups, which the surgery does not do yet: refuse them by name. Depthwise convolutions are fine."""
+    """What the surgery cannot prune, refused by name before any training. Grouped convolutions
+    (ResNeXt, RegNet) are pruned by whole units (``grouped_conv_units``); depthwise ones channel by channel."""
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
-            raise ConfigError(f"layer {name} is a grouped convolution (groups={m.groups}, {m.in_channels} -> "
-                              f"{m.out_channels} channels): the channel surgery does not prune grouped convolutions "
-                              "yet (depthwise ones are fine); choose another model")
+        if isinstance(m, nn.ConvTranspose2d) and m.groups > 1:
+            raise ConfigError(f"layer {name} is a grouped transposed convolution, which the channel surgery does "
+                              "not prune; choose another model")
 
 
-def rank_channels(scores: dict[str, torch.Tensor], removable: dict[str, int]) -> list[tuple[str, int]]:
+def _is_grouped(layer: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (depthwise ones prune channel by channel)."""
+    return (isinstance(layer, nn.Conv2d) and layer.groups > 1
+            and not (layer.groups == layer.in_channels == layer.out_channels))
+
+
+def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[int, ...]] | None:
+    """The channels of a group that must be removed together, or None when any channel may go alone.
+
+    A grouped convolution with g groups of w channels (on its input or its output) stays valid only if
+    every group loses the same positions: channel c is position c mod w of group c // w, and the g
+    channels at one position form a unit. (torch-pruning's conv in-channel pruning assumes this too.)
+    Units of several grouped layers in one group are merged."""
+    parent = list(range(channels))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    constrained = False
+    for item in group:
+        layer, handler = item.dep.target.module, item.dep.handler
+        if not _is_grouped(layer) or handler not in (tp.prune_conv_out_channels, tp.prune_conv_in_channels):
+            continue
+        width = (layer.out_channels if handler == tp.prune_conv_out_channels else layer.in_channels) // layer.groups
+        by_position: dict[int, list[int]] = {}
+        for pos, idx in enumerate(item.idxs):
+            root = int(getattr(idx, "root_idx", pos))
+            by_position.setdefault(int(getattr(idx, "idx", idx)) % width, []).append(root)
+        for members in by_position.values():
+            for other in members[1:]:
+                parent[find(other)] = find(members[0])
+        constrained = True
+    if not constrained:
+        return None
+    units: dict[int, list[int]] = {}
+    for c in range(channels):
+        units.setdefault(find(c), []).append(c)
+    return [tuple(u) for u in units.values()]
+
+
+def complete_units(idxs: list[int], units: list[tuple[int, ...]], channels: int) -> list[int]:
+    """``idxs`` grown to whole units (a unit with any channel selected goes); if that would remove every
+    channel, the partly selected units stay instead."""
+    selected = set(idxs)
+    whole = [u for u in units if selected.issuperset(u)]
+    touched = [u for u in units if selected.intersection(u)]
+    chosen = touched if sum(map(len, touched)) < channels else whole
+    return sorted(c for u in chosen for c in u)
+
+
+def rank_channels(scores: dict[str, torch.Tensor], removable: dict[str, int],
+                  units: dict[str, list[tuple[int, ...]]] | None = None) -> list[tuple[str, int]]:
     """Global ranking: (group, channel) pairs by ascending score, taking at most ``removable[group]``
-    from each group. Channels scored +inf (already gone) are never listed."""
-    candidates = sorted((float(v), key, i) for key, t in scores.items() for i, v in enumerate(t.tolist())
-                        if v != float("inf"))
+    from each group. Channels scored +inf (already gone) are never listed. In a group with ``units``
+    (grouped convolutions), a unit is ranked by its channels' mean score and listed whole, consecutively."""
+    units = units or {}
+    candidates = []
+    for key, t in scores.items():
+        values = t.tolist()
+        for rank, unit in enumerate(units.get(key) or [(i,) for i in range(len(values))]):
+            score = sum(values[i] for i in unit) / len(unit)
+            if score != float("inf"):
+                candidates.append((score, key, rank, unit))
     taken: dict[str, int] = {}
     order = []
-    for _, key, idx in candidates:
-        if taken.get(key, 0) < removable.get(key, 0):
-            taken[key] = taken.get(key, 0) + 1
-            order.append((key, idx))
+    for _, key, _, unit in sorted(candidates):
+        if taken.get(key, 0) + len(unit) <= removable.get(key, 0):
+            taken[key] = taken.get(key, 0) + len(unit)
+            order += [(key, idx) for idx in unit]
     return order
 
 

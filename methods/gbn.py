@@ -144,7 +144,8 @@ class GateDecorator(Method):
                                    f"reduction, short of {ctx.target}; raise method.max_ticks or method.tick_p")
             scores = self.tick(model, gates, ctx)
             live = {k: gates.live(k) for k in gates.groups}
-            order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live})
+            order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live},
+                                  {k: g.units for k, g in groups.items() if g.units})
             if not order:
                 break
             n = min(len(order), max(1, int(cfg.tick_p * sum(live.values()))))

@@ -44,9 +44,8 @@ def json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.parametrize("method", [GBN, ["method=l1"]], ids=["gbn", "l1"])
-def test_torchrun_two_processes_one_run_identical_models(tmp_path, method):
-    proc = torchrun(tmp_path, *method)
+def test_torchrun_gbn_two_processes_one_run_identical_models(tmp_path):
+    proc = torchrun(tmp_path, *GBN)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary,) = json_lines(proc.stdout)  # rank 0 prints; rank 1 prints nothing
     assert summary["world_size"] == 2 and summary["backend"] == "gloo"
@@ -92,7 +91,7 @@ def _wait_for_finetune_checkpoint(results: Path, alive, epoch: int, timeout: flo
 
 
 def test_killing_one_rank_fails_the_run_and_the_same_command_resumes_it(tmp_path):
-    overrides = ["method=l1", "finetune.epochs=40"]
+    overrides = ["method=l1", "finetune.epochs=25"]
     proc = torchrun(tmp_path, *overrides, marker=str(tmp_path), wait=False)
 
     def alive():
@@ -109,32 +108,21 @@ def test_killing_one_rank_fails_the_run_and_the_same_command_resumes_it(tmp_path
     again = torchrun(tmp_path, *overrides)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[resume] finetune checkpoint" in again.stderr
-    (summary,) = json_lines(again.stdout)
+    (summary,) = json_lines(again.stdout)  # one JSON line: rank 0's
+    assert summary["world_size"] == 2 and 0.5 <= summary["flops_reduction"] <= 0.5 + OVERSHOOT
     client, (run,) = mlflow_runs(tmp_path)  # the same MLflow run, continued
     assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
     assert run.data.tags.get("resumed") == "true"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "finetune/acc")]
-    assert steps[-1] == 39 and len(set(steps)) == 40  # every epoch logged, none lost
+    assert steps[-1] == 24 and len(set(steps)) == 25  # every epoch logged, none lost
     assert len(set(summary["ddp_final_checksums"])) == 1
-
-
-@slurm
-def test_slurm_two_tasks_run_as_one_ddp_job(run_cli, tmp_path):
-    code, out, err = run_cli("run", *BASE, "method=l1", "launcher=slurm", "launcher.tasks_per_node=2",
-                             "launcher.cpus_per_task=1", "threads=1", f"results_dir={tmp_path}", "--wait", "--json")
-    assert code == 0, out + err
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["world_size"] == 2 and len(set(summary["ddp_final_checksums"])) == 1
-    assert 0.5 <= summary["flops_reduction"] <= 0.5 + OVERSHOOT
-    _, (run,) = mlflow_runs(tmp_path)
-    assert run.info.status == "FINISHED" and run.data.tags["ddp_world_size"] == "2"
 
 
 @slurm
 def test_slurm_ddp_job_preempted_requeues_and_every_rank_resumes(tmp_path):
     from harness.launch import submit
 
-    overrides = [*BASE, "method=l1", "finetune.epochs=30", "threads=1", f"results_dir={tmp_path}"]
+    overrides = [*BASE, "method=l1", "finetune.epochs=20", "threads=1", f"results_dir={tmp_path}"]
     cfg, grid, (job,) = submit([*overrides, "launcher=slurm", "launcher.tasks_per_node=2", "launcher.cpus_per_task=1"])
 
     def alive():
@@ -147,13 +135,14 @@ def test_slurm_ddp_job_preempted_requeues_and_every_rank_resumes(tmp_path):
     subprocess.check_call(["scancel", job.job_id, "--signal", "USR2"])
     ranks = job.results()
     assert [r["world_size"] for r in ranks] == [2, 2]
+    assert 0.5 <= ranks[0]["flops_reduction"] <= 0.5 + OVERSHOOT
     assert ranks[0]["ddp_final_checksums"] == ranks[1]["ddp_final_checksums"]
     assert len(set(ranks[0]["ddp_final_checksums"])) == 1
     client, (run,) = mlflow_runs(tmp_path)
     assert run.info.run_id == ranks[0]["mlflow_run_id"] and run.info.status == "FINISHED"
-    assert run.data.tags.get("resumed") == "true"
+    assert run.data.tags.get("resumed") == "true" and run.data.tags["ddp_world_size"] == "2"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "finetune/acc")]
-    assert steps[-1] == 29 and len(set(steps)) == 30
+    assert steps[-1] == 19 and len(set(steps)) == 20
 
 
 def test_a_world_size_without_a_rendezvous_is_one_line_exit_2(run_cli, tmp_path, monkeypatch):
