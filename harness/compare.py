@@ -129,6 +129,7 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
             for col in lat_cols:
                 batch = col.split("/")[1]
                 row[f"speed-up {batch}"] = g[col].mean()
+                row[f"speed-up {batch} 95%"] = _speedup_interval(g, batch)
             row["latency device"] = ", ".join(sorted(set(g.get("tags.latency_device", pd.Series(["?"])).dropna())))
             model = g["params.model.name"].iloc[0] if "params.model.name" in g else None
             paper = _paper_row(method, task, g["metrics.flops_reduction"].mean(), model)
@@ -143,6 +144,18 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
             table = table.drop(columns="setup")
         tables[task] = table
     return tables, failed, sorted(set(notes))
+
+
+def _speedup_interval(g: pd.DataFrame, batch: str) -> str:
+    """The measured speed-up's 95% interval: ``[lo, hi]`` for one run; for several, the median over runs of
+    each run's half-width, as ± % of its speed-up. '–' where runs recorded no interval."""
+    lo, hi, mid = (g.get(f"metrics.latency/{batch}/{k}") for k in ("speedup_lo", "speedup_hi", "speedup"))
+    if lo is None or hi is None or lo.isna().all():
+        return "–"
+    if len(g) == 1:
+        return f"[{lo.iloc[0]:.2f}, {hi.iloc[0]:.2f}]"
+    half = ((hi - lo) / 2 / mid * 100).dropna()
+    return f"±{half.median():.1f}%"
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

@@ -3,9 +3,15 @@
 Latency is the median wall time of one forward pass of a whole batch (ms per batch) after warm-up,
 in eval mode under ``torch.inference_mode``, at a fixed torch thread count; on CUDA it is timed with
 events after synchronising.
+
+A speed-up (dense ms ÷ pruned ms) is measured in *pairs*: the dense and the pruned model run one after
+the other on the same batch, in alternating order, so a change of machine load hits both sides of a
+pair. Pairs are added until the 95% interval of the median per-pair speed-up (distribution-free, from
+order statistics) is within ±``measure.interval`` of it, or ``measure.max_seconds`` have passed.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -39,16 +45,86 @@ def latency_ms(model: nn.Module, example: torch.Tensor, *, warmup: int = 5, repe
     return statistics.median(times)
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median: order statistics k and n+1-k of the sorted values,
+    with k the largest such that P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. None below 6 values."""
+    n, tail = len(values), (1 - confidence) / 2
+    k, cdf = 0, 0.0
+    for j in range(n + 1):
+        cdf += math.comb(n, j) / 2 ** n
+        if cdf > tail:
+            break
+        k = j + 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
+
+
+@torch.inference_mode()
+def paired_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, *, warmup: int, min_pairs: int,
+                   max_seconds: float, interval: float = 0.03) -> dict:
+    """Time ``dense`` and ``pruned`` on ``x`` in alternating pairs until the speed-up's 95% interval is
+    within ±``interval`` of its median (relative), or ``max_seconds`` have passed; at least ``min_pairs``.
+
+    A timing covers enough forward passes to last ~2 ms (sub-millisecond passes are dominated by timer
+    and scheduler noise); the ms reported are per forward pass of the batch."""
+    dense.eval(), pruned.eval()
+    for _ in range(max(1, warmup)):
+        dense(x), pruned(x)
+    once = _timed(dense, x, 1)
+    passes = max(1, min(1000, math.ceil(2.0 / max(once, 1e-3))))
+    dense_ms, pruned_ms, ratios = [], [], []
+    started, converged, ci = time.perf_counter(), False, None
+    while True:
+        if len(ratios) % 2 == 0:
+            d, p = _timed(dense, x, passes), _timed(pruned, x, passes)
+        else:
+            p, d = _timed(pruned, x, passes), _timed(dense, x, passes)
+        dense_ms.append(d), pruned_ms.append(p), ratios.append(d / p)
+        if len(ratios) < max(1, min_pairs):
+            continue
+        ci = median_interval(ratios)
+        median = statistics.median(ratios)
+        if ci is not None and max(median - ci[0], ci[1] - median) <= interval * median:
+            converged = True
+            break
+        if time.perf_counter() - started >= max_seconds:
+            break
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"dense_ms": statistics.median(dense_ms), "pruned_ms": statistics.median(pruned_ms),
+            "speedup": statistics.median(ratios), "speedup_lo": ci[0] if ci else None,
+            "speedup_hi": ci[1] if ci else None, "speedup_q1": quartiles[0], "speedup_q3": quartiles[2],
+            "pairs": len(ratios), "passes_per_timing": passes, "converged": converged,
+            "seconds": time.perf_counter() - started}
+
+
+def _timed(model: nn.Module, x: torch.Tensor, passes: int) -> float:
+    """Milliseconds per forward pass, over ``passes`` passes."""
+    if x.is_cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(passes):
+            model(x)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / passes
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        model(x)
+    return (time.perf_counter() - t0) * 1e3 / passes
+
+
 def compare_latency(dense: nn.Module, pruned: nn.Module, make_input, batch_sizes, device: torch.device,
-                    *, warmup: int, repeats: int) -> dict[str, dict]:
-    """Dense vs pruned latency at each batch size, interleaved so both see the same machine load."""
+                    *, warmup: int, repeats: int, max_seconds: float = 10.0, interval: float = 0.03) -> dict[str, dict]:
+    """Dense vs pruned latency at each batch size, in alternating pairs (``paired_latency``)."""
     out = {}
     for b in batch_sizes:
         x = make_input(int(b)).to(device)
-        dense_ms = latency_ms(dense, x, warmup=warmup, repeats=repeats)
-        pruned_ms = latency_ms(pruned, x, warmup=warmup, repeats=repeats)
-        out[f"b{b}"] = {"batch_size": int(b), "dense_ms": dense_ms, "pruned_ms": pruned_ms,
-                        "speedup": dense_ms / pruned_ms, "threads": torch.get_num_threads(),
+        measured = paired_latency(dense, pruned, x, warmup=warmup, min_pairs=repeats, max_seconds=max_seconds,
+                                  interval=interval)
+        out[f"b{b}"] = {"batch_size": int(b), **measured, "threads": torch.get_num_threads(),
                         "device": device_name(device)}
     return out
 

@@ -2,6 +2,7 @@
 and each run's pruning trajectory."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +41,8 @@ def accuracy_vs_flops(table: pd.DataFrame, task: str, path: Path) -> Path:
 
 def accuracy_vs_latency(table: pd.DataFrame, task: str, path: Path) -> Path | None:
     plt = _plt()
-    speed_cols = sorted((c for c in table.columns if c.startswith("speed-up b")), key=lambda c: int(c[len("speed-up b"):]))
+    speed_cols = sorted((c for c in table.columns if re.fullmatch(r"speed-up b\d+", c)),
+                        key=lambda c: int(c[len("speed-up b"):]))
     if not speed_cols:
         return None
     col = speed_cols[-1]  # the largest batch

@@ -18,7 +18,7 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
     t.add_row("params", f"{s['base_params'] / 1e6:.4f} M", f"{s['final_params'] / 1e6:.4f} M  (-{s['params_reduction']:.1%})")
     for lat in s["latency"].values():
         t.add_row(f"latency, batch {lat['batch_size']} ({lat['threads']} threads, {lat['device']})",
-                  f"{lat['dense_ms']:.3f} ms", f"{lat['pruned_ms']:.3f} ms  ({lat['speedup']:.2f}x)")
+                  f"{lat['dense_ms']:.3f} ms", f"{lat['pruned_ms']:.3f} ms  ({_speedup(lat)})")
     console.print(t)
     where = f"MLflow run {s['mlflow_run_id']}" if s.get("mlflow_run_id") else "tracking off"
     console.print(f"{where}; pruned model: {s['model_artifact']}; {s['wall_s']:.0f} s")
@@ -112,3 +112,11 @@ def _histories(uri: str, runs, task: str) -> dict:
             out[f"{method}@{float(target):.0%}"] = pd.DataFrame(
                 {"step": steps, "macs": [macs[s] for s in steps], "acc": [acc[s] for s in steps]})
     return out
+
+
+def _speedup(lat: dict) -> str:
+    """``1.36x [1.31, 1.40], 25 pairs``: the median speed-up, its 95% interval when there is one."""
+    text = f"{lat['speedup']:.2f}x"
+    if lat.get("speedup_lo") is not None:
+        text += f" [{lat['speedup_lo']:.2f}, {lat['speedup_hi']:.2f}]"
+    return text + (f", {lat['pairs']} pairs" if "pairs" in lat else "")

@@ -124,6 +124,12 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+# What each batch size's latency logs to MLflow (latency/b<N>/<name>): medians, the speed-up's 95%
+# interval and quartiles, and how many dense/pruned pairs were timed.
+_LATENCY_METRICS = ("dense_ms", "pruned_ms", "speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3",
+                    "pairs")
+
+
 @contextlib.contextmanager
 def _sigterm_deferred():
     """Hold SIGTERM back (it is delivered on exit from the block) where a run records its end."""
@@ -333,7 +339,8 @@ class _Phases:
         if distributed.is_main():  # one process times, the others wait: they would share its cores
             self.say("[measure] latency, dense vs pruned")
             latency = compare_latency(dense, model, task.example_input, cfg.measure.batch_sizes, self.device,
-                                      warmup=cfg.measure.warmup, repeats=cfg.measure.repeats)
+                                      warmup=cfg.measure.warmup, repeats=cfg.measure.repeats,
+                                      max_seconds=float(cfg.measure.max_seconds), interval=float(cfg.measure.interval))
         summary = {
             "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), "target_reduction": self.target,
             "metric": metric, "base_acc": measures["base_acc"], "pruned_acc": measures["pruned_acc"],
@@ -353,7 +360,8 @@ class _Phases:
         flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                 and k not in logged_at_pruning}
         for key, lat in latency.items():
-            flat.update({f"latency/{key}/{k}": v for k, v in lat.items() if k in ("dense_ms", "pruned_ms", "speedup")})
+            flat.update({f"latency/{key}/{k}": v for k, v in lat.items()
+                         if k in _LATENCY_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.log_metrics(flat)
         if latency:
             tracker.set_tags({"latency_device": next(iter(latency.values()))["device"],

@@ -18,7 +18,7 @@ import torch
 
 from tests.test_launch import slurm
 
-BASE = ["task=digits", "train.epochs=3", "finetune.epochs=2", "measure.repeats=2", "measure.warmup=1",
+BASE = ["task=digits", "train.epochs=3", "finetune.epochs=2", "measure.repeats=2", "measure.warmup=1", "measure.max_seconds=0",
         "measure.batch_sizes=[1]", "prune.flops_reduction=0.5"]
 GBN = ["method=gbn", "method.tick_p=0.05", "method.tock_every=2", "method.tock_epochs=1"]
 OVERSHOOT = 0.012  # the documented overshoot on digits (README: one channel of its 64-wide residual group)

@@ -20,7 +20,7 @@ def finished_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("export") / "results"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["run", "task=digits", "train.epochs=2", "finetune.epochs=1", "measure.repeats=2",
+        code = main(["run", "task=digits", "train.epochs=2", "finetune.epochs=1", "measure.repeats=2", "measure.max_seconds=0",
                      "measure.warmup=1", "quiet=true", "method=l1", "prune.flops_reduction=0.5",
                      f"results_dir={results}", "--json"])
     assert code == 0

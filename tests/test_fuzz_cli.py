@@ -93,7 +93,7 @@ extreme = st.one_of(st.sampled_from(["0", "1", "-1", "0.5", "0.999", "1e-12", "2
 @given(items=st.dictionaries(numeric, extreme, max_size=3))
 def test_real_runs_with_extreme_numbers_end_cleanly(run_cli, tmp_path, items):
     # A tiny digits budget; the baseline is cached in tmp_path after the first example.
-    base = ["task=digits", "method=l1", "train.epochs=1", "finetune.epochs=1", "measure.repeats=1",
+    base = ["task=digits", "method=l1", "train.epochs=1", "finetune.epochs=1", "measure.repeats=1", "measure.max_seconds=0",
             "measure.warmup=0", "tracking=none", "quiet=true", f"results_dir={tmp_path}"]
     if "measure.batch_sizes" not in items:
         base.append("measure.batch_sizes=[1]")

@@ -7,7 +7,7 @@ import torch
 
 from harness.launch import expand_grid, split_values, submit, wait
 
-TINY = ["task=digits", "train.epochs=1", "finetune.epochs=1", "measure.repeats=1", "measure.warmup=0",
+TINY = ["task=digits", "train.epochs=1", "finetune.epochs=1", "measure.repeats=1", "measure.warmup=0", "measure.max_seconds=0",
         "measure.batch_sizes=[1]", "quiet=true"]
 
 

@@ -158,7 +158,7 @@ def test_acp_refuses_to_run_without_a_validation_split():
                                    ["method=acp", "method.particles=3", "method.cycles=1", "method.fitness_epochs=1"]])
 def test_scop_and_acp_hit_the_target_on_digits(run_cli, tmp_path, extra):
     results = tmp_path / "results"
-    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2",
+    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2", "measure.max_seconds=0",
                              "quiet=true", f"results_dir={results}", *extra, "--json")
     assert code == 0, err
     s = last_json(out)
@@ -179,7 +179,7 @@ def test_killed_during_pruning_the_same_command_resumes_to_the_same_result(run_c
     the same command continues from it and ends where an uninterrupted run ends."""
     from harness.checkpoint import RunCheckpoint
 
-    base = ["task=digits", "train.epochs=3", "finetune.epochs=1", "measure.repeats=1", "measure.batch_sizes=[1]",
+    base = ["task=digits", "train.epochs=3", "finetune.epochs=1", "measure.repeats=1", "measure.max_seconds=0", "measure.batch_sizes=[1]",
             "quiet=true", "tracking=none", "data.val_fraction=0.1", *method, "--json"]
     base.append(f"results_dir={tmp_path}")  # one baseline for the three runs; a finished run leaves no checkpoint
     code, out, err = run_cli("run", *base)

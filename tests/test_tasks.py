@@ -11,7 +11,7 @@ from tasks.models import create_model
 from tests.conftest import last_json
 from tests.fixtures import make_cifar100, make_cub200, make_imagefolder, make_voc2011
 
-QUICK = ["train.epochs=1", "finetune.epochs=1", "measure.repeats=1", "measure.warmup=1", "data.num_workers=0",
+QUICK = ["train.epochs=1", "finetune.epochs=1", "measure.repeats=1", "measure.warmup=1", "measure.max_seconds=0", "data.num_workers=0",
          "tracking=none", "quiet=true", "prune.flops_reduction=0.3", "--json"]
 
 

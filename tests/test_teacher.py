@@ -205,7 +205,7 @@ def test_val_fraction_defaults_to_a_tenth_only_for_methods_that_ask():
 @pytest.mark.parametrize("extra", [["method=gal", "method.epochs=6"], ["method=aip", "method.steps=3"]])
 def test_gal_and_aip_hit_the_target_on_digits_and_log_their_curves(run_cli, tmp_path, extra):
     results = tmp_path / "results"
-    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2",
+    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2", "measure.max_seconds=0",
                              "quiet=true", f"results_dir={results}", *extra, "--json")
     assert code == 0, err
     s = last_json(out)

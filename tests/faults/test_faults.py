@@ -125,7 +125,7 @@ def test_nan_loss_stops_within_one_step_and_keeps_the_checkpoint(run_cli, tiny_d
 # --- kill and resume ---------------------------------------------------------------------------
 RUN = ["task=digits", "method=gbn", "train.epochs=6", "finetune.epochs=4", "prune.flops_reduction=0.3",
        "method.tick_p=0.05", "method.tock_every=2", "method.tock_epochs=1", "method.tick_samples=256",
-       "measure.repeats=1", "measure.warmup=0", "measure.batch_sizes=[1]", "threads=1"]
+       "measure.repeats=1", "measure.max_seconds=0", "measure.warmup=0", "measure.batch_sizes=[1]", "threads=1"]
 
 
 def _cli(results, *extra):
@@ -218,7 +218,7 @@ def test_every_checkpoint_load_is_weights_only():
 def test_two_runs_needing_one_baseline_train_it_once(tmp_path):
     results = tmp_path / "shared"
     procs = [subprocess.Popen([sys.executable, "-m", "harness", "run", "task=digits", f"method={m}", "train.epochs=4",
-                               "finetune.epochs=1", "measure.repeats=1", "threads=1", "tracking=none", "quiet=true",
+                               "finetune.epochs=1", "measure.repeats=1", "measure.max_seconds=0", "threads=1", "tracking=none", "quiet=true",
                                f"results_dir={results}", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, cwd=ROOT) for m in ("l1", "random")]
     outs = [p.communicate(timeout=300) for p in procs]

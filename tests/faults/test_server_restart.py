@@ -47,7 +47,7 @@ def test_server_restart_mid_run_loses_and_repeats_nothing(tmp_path):
     server = _start_server(store, port)
     run = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "task=digits", "method=l1", f"train.epochs={EPOCHS}",
-         "finetune.epochs=3", "measure.repeats=1", "measure.warmup=0", "measure.batch_sizes=[1]", "threads=1",
+         "finetune.epochs=3", "measure.repeats=1", "measure.warmup=0", "measure.max_seconds=0", "measure.batch_sizes=[1]", "threads=1",
          f"tracking.uri=http://127.0.0.1:{port}", f"results_dir={tmp_path / 'results'}", "quiet=true", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
