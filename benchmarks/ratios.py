@@ -4,9 +4,10 @@ own cost, each as a ratio measured side by side in one run. Writes results/bench
     python benchmarks/ratios.py                      # everything (about 15 minutes on 2 CPU cores)
     python benchmarks/ratios.py --models resnet56 --backends eager --skip-overhead
 
-Latency: median ms per batch after warm-up; dense and pruned are timed interleaved, per batch size.
-MACs ratio = dense MACs / pruned MACs (batch 1); efficiency = speed-up / MACs ratio (1.0 = the
-speed-up that the MACs promise).
+Latency: median ms per batch after warm-up; dense and pruned are timed in alternating pairs on the same
+batch (harness.measure.paired_latency, what every run does), pairs added until the speed-up's 95%
+interval is within ±3% of its median or --max-seconds pass. MACs ratio = dense MACs / pruned MACs
+(batch 1); efficiency = speed-up / MACs ratio (1.0 = the speed-up that the MACs promise).
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MODELS, dense_and_pruned  # noqa: E402
-from harness.bench import BackendUnavailable, environment, time_backend  # noqa: E402
+from harness.bench import BackendUnavailable, environment, runner  # noqa: E402
+from harness.measure import paired_latency  # noqa: E402
 
 
-def latency_rows(models, targets, rounds, batches, backends, repeats, device: str = "cpu") -> list[dict]:
+def latency_rows(models, targets, rounds, batches, backends, repeats, device: str = "cpu",
+                 max_seconds: float = 20.0) -> list[dict]:
     rows = []
     for name in models:
         for target in targets:
@@ -39,17 +42,19 @@ def latency_rows(models, targets, rounds, batches, backends, repeats, device: st
                         if name == "resnet50" and backend != "eager" and batch > 1 and device == "cpu":
                             continue  # compile/ONNX of ResNet-50 at batch 64 takes too long for this machine
                         x = torch.randn(batch, 3, size, size, device=device)
-                        reps = max(3, repeats // 4) if name == "resnet50" and batch > 1 and device == "cpu" else repeats
+                        reps = max(6, repeats // 4) if name == "resnet50" and batch > 1 and device == "cpu" else repeats
                         try:
-                            d = time_backend(dense, x, backend, warmup=2, repeats=reps)
-                            p = time_backend(pruned, x, backend, warmup=2, repeats=reps)
+                            fd, fp = runner(dense, x, backend), runner(pruned, x, backend)
                         except BackendUnavailable as e:
                             print(f"{name} {backend}: {e}", file=sys.stderr)
                             continue
+                        m = paired_latency(fd, fp, x, warmup=2, min_pairs=reps, max_seconds=max_seconds)
+                        ratio = dense_macs / pruned_macs
                         row = {"device": device, "model": name, "target": target, "round_to": round_to or "-", "batch": batch,
-                               "backend": backend, "dense ms": d, "pruned ms": p, "speed-up": d / p,
-                               "MACs ratio": dense_macs / pruned_macs}
-                        row["efficiency"] = row["speed-up"] / row["MACs ratio"]
+                               "backend": backend, "dense ms": m["dense_ms"], "pruned ms": m["pruned_ms"],
+                               "speed-up": m["speedup"], "95% interval": _interval(m), "pairs": m["pairs"],
+                               "MACs ratio": ratio, "efficiency": m["speedup"] / ratio,
+                               "efficiency 95%": _interval(m, ratio)}
                         rows.append(row)
                         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                               file=sys.stderr, flush=True)
@@ -127,6 +132,12 @@ def pruning_step_cost(repeats: int = 3) -> dict:
     return {k: statistics.median(v) for k, v in parts.items()}
 
 
+def _interval(m: dict, divide_by: float = 1.0) -> str:
+    if m["speedup_lo"] is None:
+        return "–"
+    return f"[{m['speedup_lo'] / divide_by:.3f}, {m['speedup_hi'] / divide_by:.3f}]" + ("" if m["converged"] else " (cap)")
+
+
 def _table(rows: list[dict]) -> str:
     import pandas as pd
 
@@ -140,7 +151,9 @@ def main() -> int:
     p.add_argument("--round-to", nargs="+", type=int, default=[0, 8], help="0: any width")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--backends", nargs="+", default=["eager", "compile", "onnx"])
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=15, help="at least this many (dense, pruned) pairs")
+    p.add_argument("--max-seconds", type=float, default=20.0,
+                   help="then pairs until the speed-up's 95%% interval is within ±3%%, at most this long per row")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -155,15 +168,18 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows = latency_rows(args.models, args.targets, [r or None for r in args.round_to], args.batches,
-                        args.backends, args.repeats)
+                        args.backends, args.repeats, max_seconds=args.max_seconds)
     text = ("# Latency of pruned models, CPU\n\n" + header + "\nL1-pruned (global) untrained weights; "
-            "median ms per batch; MACs ratio = dense/pruned MACs at batch 1; efficiency = speed-up / MACs ratio.\n\n"
+            "median ms per batch; dense and pruned timed in alternating pairs on the same batch; speed-up = median of "
+            "the per-pair ratios, with its distribution-free 95% interval (order statistics), pairs added until the "
+            "interval is within ±3% of the median or the time cap ('(cap)': not reached); MACs ratio = dense/pruned "
+            "MACs at batch 1; efficiency = speed-up / MACs ratio, with the same interval.\n\n"
             + _table(rows) + "\n")
     (args.out / "latency_cpu.md").write_text(text)
     print(text)
     if torch.cuda.is_available():  # CUDA events, eager (latency_ms synchronises around each batch)
         cuda_rows = latency_rows(args.models, args.targets, [r or None for r in args.round_to], args.batches,
-                                 ["eager"], args.repeats, device="cuda")
+                                 ["eager"], args.repeats, device="cuda", max_seconds=args.max_seconds)
         text = (f"# Latency of pruned models, CUDA ({torch.cuda.get_device_name()})\n\n" + header
                 + "\nAs the CPU table, timed with CUDA events.\n\n" + _table(cuda_rows) + "\n")
         (args.out / "latency_cuda.md").write_text(text)

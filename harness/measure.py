@@ -62,14 +62,17 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 
 
 @torch.inference_mode()
-def paired_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, *, warmup: int, min_pairs: int,
+def paired_latency(dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: int,
                    max_seconds: float, interval: float = 0.03) -> dict:
     """Time ``dense`` and ``pruned`` on ``x`` in alternating pairs until the speed-up's 95% interval is
     within ±``interval`` of its median (relative), or ``max_seconds`` have passed; at least ``min_pairs``.
 
     A timing covers enough forward passes to last ~2 ms (sub-millisecond passes are dominated by timer
-    and scheduler noise); the ms reported are per forward pass of the batch."""
-    dense.eval(), pruned.eval()
+    and scheduler noise); the ms reported are per forward pass of the batch. ``dense`` and ``pruned`` are
+    modules (put in eval mode) or any callables taking ``x`` (a compiled model, an ONNX Runtime session)."""
+    for m in (dense, pruned):
+        if isinstance(m, nn.Module):
+            m.eval()
     for _ in range(max(1, warmup)):
         dense(x), pruned(x)
     once = _timed(dense, x, 1)
@@ -99,7 +102,7 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, *, warm
             "seconds": time.perf_counter() - started}
 
 
-def _timed(model: nn.Module, x: torch.Tensor, passes: int) -> float:
+def _timed(model, x: torch.Tensor, passes: int) -> float:
     """Milliseconds per forward pass, over ``passes`` passes."""
     if x.is_cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
