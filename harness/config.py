@@ -248,6 +248,8 @@ def validate(cfg: DictConfig) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
-    milestones = [m for phase in ("train", "finetune") for m in (cfg[phase].get("milestones") or [])]
-    need(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones),
+    lists = [cfg[phase].get("milestones") or [] for phase in ("train", "finetune")]
+    milestones = [m for ms in lists if isinstance(ms, (list, ListConfig)) for m in ms]
+    need(all(isinstance(ms, (list, ListConfig)) for ms in lists)
+         and all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones),
          "train.milestones and finetune.milestones must be lists of epochs (integers >= 0), e.g. [80,120]")

@@ -20,6 +20,9 @@ import pytest
     (["prune.flops_reductoin=0.5"], "did you mean 'prune.flops_reduction'?"),
     (["bogus.key=1"], "unknown key 'bogus.key'; valid keys: seed,"),
     (["train.lr=nan"], "train.lr must be a number in (0, 100], got nan"),
+    (["train.milestones=1"], "train.milestones and finetune.milestones must be lists of epochs"),  # found by the fuzzer
+    (["measure.max_seconds=-1"], "measure.max_seconds must be a number in [0, 100000], got -1"),
+    (["launcher=slurm", "launcher.tasks_per_node=0"], "launcher.tasks_per_node must be an integer in [1, 1024], got 0"),
     # the methods that select or search, and the validation split (issues 12 and 13)
     (["method=gal", "method.sparsity=-1"], "method.sparsity must be a number in [0, 100], got -1"),
     (["method=gal", "method.mask_step=0"], "method.mask_step must be an integer in [1, 10000000], got 0"),
