@@ -44,6 +44,7 @@ def compose(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)  # a bad ${...} in an override fails here, as a config error, not later
     except (HydraException, OmegaConfBaseException, ValueError, TypeError) as e:  # Hydra raises all of these
         raise ConfigError(_explain(e, overrides)) from None
     validate(cfg)
@@ -228,6 +229,8 @@ def validate(cfg: DictConfig) -> None:
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if isinstance(node, DictConfig) and leaf in node:
             check_range(key, node[leaf], *spec)
+            if spec[0] == "int" and isinstance(node[leaf], float):  # seed=0.0 is seed 0, an int everywhere after
+                node[leaf] = int(node[leaf])
     for phase in ("train", "finetune"):
         need(cfg[phase].schedule in SCHEDULES,
              f"{phase}.schedule must be one of {', '.join(SCHEDULES)}, got {cfg[phase].schedule!r}")

@@ -21,6 +21,7 @@ import pytest
     (["bogus.key=1"], "unknown key 'bogus.key'; valid keys: seed,"),
     (["train.lr=nan"], "train.lr must be a number in (0, 100], got nan"),
     (["train.milestones=1"], "train.milestones and finetune.milestones must be lists of epochs"),  # found by the fuzzer
+    (["seed=0", "seed=${nope}"], "Interpolation key 'nope' not found"),  # found by the fuzzer
     (["measure.max_seconds=-1"], "measure.max_seconds must be a number in [0, 100000], got -1"),
     (["launcher=slurm", "launcher.tasks_per_node=0"], "launcher.tasks_per_node must be an integer in [1, 1024], got 0"),
     # the methods that select or search, and the validation split (issues 12 and 13)
@@ -90,3 +91,10 @@ def test_every_numeric_key_of_every_config_has_a_checked_range():
         seen |= set(numeric_leaves(OmegaConf.to_container(compose([f"launcher={launcher}"]))))
     seen |= set(numeric_leaves(OmegaConf.to_container(compose(["task=resnet56", "budget=cifar10_dev"]))))
     assert seen and seen <= RANGES.keys(), sorted(seen - RANGES.keys())
+
+
+def test_an_integral_float_for_an_integer_key_becomes_that_integer():  # seed=0.0 crashed numpy (fuzzer)
+    from harness.config import compose
+
+    cfg = compose(["seed=2.0", "train.epochs=1e1"])
+    assert type(cfg.seed) is int and cfg.seed == 2 and type(cfg.train.epochs) is int and cfg.train.epochs == 10
