@@ -115,9 +115,12 @@ def run(cfg: DictConfig) -> dict:
         summary = phases.execute(model, state)
         tracker.flush()  # raises if the store still cannot take what was buffered
     except BaseException as e:
-        status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        with _sigterm_deferred():  # torchrun SIGTERMs the survivors of a dead rank: record why first
-            tracker.end(status, reason=distributed.failure_reason(e))
+        for _ in range(3):  # a signal landing on this very line must not skip the record (see _record_end)
+            try:
+                _record_end(tracker, e)
+                break
+            except KeyboardInterrupt:
+                continue
         raise
     tracker.end("FINISHED")
     checkpoint.clear()
@@ -128,6 +131,16 @@ def run(cfg: DictConfig) -> dict:
 # interval and quartiles, and how many dense/pruned pairs were timed.
 _LATENCY_METRICS = ("dense_ms", "pruned_ms", "speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3",
                     "pairs")
+
+
+def _record_end(tracker, e: BaseException) -> None:
+    """Mark the run KILLED or FAILED with the reason, even if a signal lands meanwhile: torchrun SIGTERMs
+    the survivors of a dead rank just as their next collective fails, and Python runs that signal's
+    handler at the first line of the error path (the caller retries). SIGTERM is held back while recording."""
+    status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    reason = distributed.failure_reason(e)
+    with _sigterm_deferred():
+        tracker.end(status, reason=reason)
 
 
 @contextlib.contextmanager
