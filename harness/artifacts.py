@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from harness.errors import ConfigError
 from harness.surgery import ShortcutOnly, replace_module
 from tasks.models import create_model
 
@@ -72,6 +73,14 @@ def model_from_payload(payload: dict) -> nn.Module:
 
 def save_pruned(model: nn.Module, spec: dict, path: str | os.PathLike) -> None:
     atomic_save(pruned_payload(model, spec), path)
+
+
+def input_shape(payload: dict, path) -> tuple[int, ...]:
+    """The (C, H, W) a pruned-model file records, for timing or exporting it without its task."""
+    shape = payload.get("spec", {}).get("input_shape")
+    if not shape:
+        raise ConfigError(f"{path} does not record its input shape (saved by an older harness); re-save it")
+    return tuple(shape)
 
 
 def load_pruned(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:

@@ -99,7 +99,7 @@ def environment() -> dict:
 
 def bench_command(args) -> int:
     """``python -m harness bench model=<path> [batch=1,64] [backend=eager,onnx] [threads=N] [device=cpu]``."""
-    from harness.artifacts import load_pruned
+    from harness.artifacts import input_shape, model_from_payload
     from harness.errors import ConfigError
 
     opts = {"batch": "1,64", "backend": "eager", "threads": None, "device": "cpu", "warmup": "5", "repeats": "20"}
@@ -116,10 +116,8 @@ def bench_command(args) -> int:
     if not path.is_file():
         raise ConfigError(f"model={path} does not exist")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    shape = payload["spec"].get("input_shape")
-    if not shape:
-        raise ConfigError(f"{path} does not record its input shape (saved by an older harness); re-save it")
-    model = load_pruned(path).to(opts["device"])
+    shape = input_shape(payload, path)
+    model = model_from_payload(payload).eval().to(opts["device"])
     print(f"{path}: {payload['spec']['name']}, input {tuple(shape)}, {torch.get_num_threads()} threads, {opts['device']}")
     print("| backend | batch | ms per batch (median) | images/s |\n|---|---|---|---|")
     for backend in opts["backend"].split(","):

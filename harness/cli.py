@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "[backend=eager,compile,onnx] [threads=N] [device=cpu|cuda]")
     b.add_argument("overrides", nargs="*", metavar="key=value")
     e = sub.add_parser("export", help="a pruned model (file or MLflow run id) to format=onnx|torchscript|pt, "
-                                      "BN folded, outputs checked [out=PATH] [tolerance=1e-4]")
+                                      "BN folded, outputs checked [out=PATH] [tolerance=1e-3]")
     e.add_argument("source", help="a pruned_model.pt saved by a run, or an MLflow run id")
     e.add_argument("overrides", nargs="*", metavar="key=value")
     sub.add_parser("list", help="the tasks and methods, one line each")

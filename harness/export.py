@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.artifacts import FORMAT
+from harness.artifacts import FORMAT, input_shape, load_pruned, model_from_payload, save_pruned
 from harness.errors import ConfigError, DataError, HarnessError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt": ".pt"}
@@ -70,8 +70,6 @@ def write(model: nn.Module, example: torch.Tensor, fmt: str, out: Path, spec: di
     if fmt == "onnx":
         return _write_onnx(model, example, out)
     if fmt == "pt":
-        from harness.artifacts import load_pruned, save_pruned
-
         save_pruned(model, spec, out)
         loaded = load_pruned(out)
         return lambda x: loaded(x)
@@ -135,12 +133,8 @@ def export_command(args) -> int:
             assert isinstance(payload, dict) and payload.get("format") == FORMAT
         except Exception:
             raise DataError(f"{path} is not a pruned-model file saved by a run (model/pruned_model.pt)") from None
-        shape = payload.get("spec", {}).get("input_shape")
-        if not shape:
-            raise ConfigError(f"{path} does not record its input shape (saved by an older harness); re-save it")
-        from harness.artifacts import load_pruned
-
-        model = load_pruned(path)
+        shape = input_shape(payload, path)
+        model = model_from_payload(payload).eval()
         out = Path(opts["out"]) if opts["out"] else _default_out(args.source, path, run_id, fmt, Path(opts["results_dir"]))
         if out.resolve() == Path(path).resolve():
             raise ConfigError(f"out={out} is the source file; choose another out=")

@@ -25,24 +25,9 @@ from harness.surgery import count_macs_params  # noqa: F401  (re-exported: the o
 def latency_ms(model: nn.Module, example: torch.Tensor, *, warmup: int = 5, repeats: int = 20) -> float:
     """Median milliseconds per forward pass of ``example`` (the whole batch) on its device."""
     model.eval()
-    cuda = example.is_cuda
     for _ in range(warmup):
         model(example)
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            model(example)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            model(example)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(_timed(model, example, 1) for _ in range(repeats))
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:

@@ -164,7 +164,7 @@ class _Phases:
         self.cfg, self.task, self.method, self.regularizer = cfg, task, method, regularizer
         self.pruner, self.target, self.device = pruner, target, device
         self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
-        self.checksums = None  # a distributed run's per-rank model checksums after pruning (see agree())
+        self.pruned_checksums = None  # a distributed run: each rank's parameter checksum after pruning (agree())
         self.fit = partial(train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet,
                            eval_every=int(cfg.measure.eval_every))
 
@@ -315,7 +315,7 @@ class _Phases:
             raise RuntimeError(f"ranks hold different pruned models after the broadcast (checksums {final})")
         self.tracker.log_metrics({"ddp/ranks_agreed": float(agreed)})
         self.tracker.set_tags({"ddp_pruned_checksum": final[0]})
-        self.checksums = {"independent": own, "final": final[0]}
+        self.pruned_checksums = own
         return model
 
     def save_checkpoint(self, stage: str, model, measures: dict, train_state: dict | None = None) -> None:
@@ -382,7 +382,7 @@ class _Phases:
         summary.update(distributed.describe())
         if distributed.is_distributed():
             # Per rank: the model each pruned on its own (before rank 0's was taken), and the final model.
-            summary["ddp_pruned_checksums"] = (self.checksums or {}).get("independent")
+            summary["ddp_pruned_checksums"] = self.pruned_checksums
             summary["ddp_final_checksums"] = final_checksums
         summary["model_artifact"] = self.record(model, summary) if distributed.is_main() else None
         summary["mlflow_run_id"] = tracker.run_id
