@@ -26,6 +26,10 @@ _NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measu
 def run_key(cfg: DictConfig) -> str:
     data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _NOT_IN_KEY}
     data["data"] = data_identity(data["data"])
+    if data["prune"].get("target", "macs") == "macs":  # keys of runs made before latency targets existed stay
+        data["prune"].pop("target", None), data["prune"].pop("latency_reduction", None)
+    else:  # a latency target depends on where and how it is timed
+        data["latency_setup"] = {"target_batch": cfg.measure.target_batch, "threads": cfg.threads}
     if distributed.world_size() > 1:  # N processes train with N times the batch: another run
         data["world_size"] = distributed.world_size()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

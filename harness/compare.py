@@ -108,14 +108,15 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
     notes = []
     tables = {}
     lat_cols = sorted(c for c in done.columns if c.startswith("metrics.latency/") and c.endswith("/speedup"))
+    done = _with_goal(done)
     for task, t_runs in done.groupby("tags.task"):
         rows = []
-        keys = ["tags.method", "params.prune.flops_reduction", "setup"]
-        n_setups = t_runs.groupby(keys[:2])["setup"].nunique()
-        for (method, target, setup), g in t_runs.groupby(keys):
+        keys = ["tags.method", "goal", "goal_value", "setup"]
+        n_setups = t_runs.groupby(keys[:3])["setup"].nunique()
+        for (method, goal, target, setup), g in t_runs.groupby(keys):
             acc = g["metrics.final_acc"] * 100
             row = {
-                "method": method, "target": float(target), "setup": setup, "n": len(g),
+                "method": method, "target": float(target), "target of": goal, "setup": setup, "n": len(g),
                 "seeds": ",".join(sorted(g["tags.seed"].astype(str))),
                 "base acc %": (g["metrics.base_acc"] * 100).mean(),
                 # A spread over one seed is undefined: NaN, rendered as '–'.
@@ -124,6 +125,8 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
                 "MACs ↓ %": g["metrics.flops_reduction"].mean() * 100,
                 "params ↓ %": g["metrics.params_reduction"].mean() * 100,
             }
+            if goal != "MACs":  # a latency target: what was measured at its batch size
+                row["latency ↓ % measured"] = g["metrics.latency_reduction_measured"].mean() * 100
             if "metrics.epochs_after_baseline" in g:
                 row["epochs after baseline"] = g["metrics.epochs_after_baseline"].mean()
             for col in lat_cols:
@@ -132,18 +135,34 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
                 row[f"speed-up {batch} 95%"] = _speedup_interval(g, batch)
             row["latency device"] = ", ".join(sorted(set(g.get("tags.latency_device", pd.Series(["?"])).dropna())))
             model = g["params.model.name"].iloc[0] if "params.model.name" in g else None
-            paper = _paper_row(method, task, g["metrics.flops_reduction"].mean(), model)
+            paper = _paper_row(method, task, g["metrics.flops_reduction"].mean(), model) if goal == "MACs" else None
             row["paper"], row["Δ paper"] = _paper_cells(paper, row)
             row["off paper"] = "⚠" if paper and abs(row["Δ paper"]) > tolerance else ""
             rows.append(row)
-            if n_setups[(method, target)] > 1:
-                notes.append(f"{task}/{method}@{target}: {n_setups[(method, target)]} different setups "
+            if n_setups[(method, goal, target)] > 1:
+                notes.append(f"{task}/{method}@{target}: {n_setups[(method, goal, target)]} different setups "
                              "(baseline recipe, fine-tuning budget or method settings) are kept apart, not pooled")
-        table = pd.DataFrame(rows).sort_values(["target", "method", "setup"]).reset_index(drop=True)
+        table = pd.DataFrame(rows).sort_values(["target of", "target", "method", "setup"]).reset_index(drop=True)
         if table["setup"].nunique() == 1:
             table = table.drop(columns="setup")
+        if (table["target of"] == "MACs").all():  # the usual table: every target is a MACs reduction
+            table = table.drop(columns="target of")
         tables[task] = table
     return tables, failed, sorted(set(notes))
+
+
+def _with_goal(runs: pd.DataFrame) -> pd.DataFrame:
+    """What each run pruned to: ``goal`` 'MACs', or 'latency b<N>' for prune.target=latency (at batch N),
+    and ``goal_value`` the requested reduction. Runs from before latency targets existed are MACs runs."""
+    runs = runs.copy()
+    kind = runs.get("params.prune.target", pd.Series("macs", index=runs.index)).fillna("macs")
+    latency = kind == "latency"
+    batch = runs.get("params.measure.target_batch", pd.Series("?", index=runs.index)).astype(str)
+    runs["goal"] = ("latency b" + batch).where(latency, "MACs")
+    lat_value = runs.get("params.prune.latency_reduction", pd.Series(float("nan"), index=runs.index))
+    runs["goal_value"] = pd.to_numeric(lat_value, errors="coerce").where(
+        latency, pd.to_numeric(runs["params.prune.flops_reduction"], errors="coerce"))
+    return runs
 
 
 def _speedup_interval(g: pd.DataFrame, batch: str) -> str:

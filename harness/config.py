@@ -146,7 +146,8 @@ _PHASE = {"epochs": ("int", "[1, 100000]"), "batch_size": ("int", "[1, 1048576]"
 RANGES: dict[str, tuple] = {
     "seed": ("int", "[0, 4294967295]"), "threads": ("int", "[1, 4096]", True),
     "prune.flops_reduction": ("real", "[0, 1)"), "prune.min_channels_ratio": ("real", "[0, 1)"),
-    "prune.round_to": ("int", "[1, 4096]", True),
+    "prune.round_to": ("int", "[1, 4096]", True), "prune.latency_reduction": ("real", "(0, 1)", True),
+    "measure.target_batch": ("int", "[1, 1048576]"),
     **{f"train.{k}": v for k, v in _PHASE.items()},
     **{f"finetune.{k}": v for k, v in {**_PHASE, "epochs": ("int", "[0, 100000]")}.items()},
     "measure.eval_every": ("int", "[1, 100000]"), "measure.warmup": ("int", "[0, 100000]"),
@@ -193,7 +194,7 @@ RANGES: dict[str, tuple] = {
 
 # Keys that take one of a few words (checked where the chosen method has them).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method.structure": ("auto", "block", "channel"), "method.mask_init": ("normal", "one"),
+    "prune.target": ("macs", "latency"), "method.structure": ("auto", "block", "channel"), "method.mask_init": ("normal", "one"),
     "method.select": ("val", "last"), "method.knockoff": ("shuffle",),
 }
 
@@ -251,6 +252,8 @@ def validate(cfg: DictConfig) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    need(cfg.prune.get("target") != "latency" or cfg.prune.get("latency_reduction") is not None,
+         "prune.target=latency needs prune.latency_reduction (e.g. 0.4: cut the measured latency by 40%)")
     lists = [cfg[phase].get("milestones") or [] for phase in ("train", "finetune")]
     milestones = [m for ms in lists if isinstance(ms, (list, ListConfig)) for m in ms]
     need(all(isinstance(ms, (list, ListConfig)) for ms in lists)

@@ -9,7 +9,9 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
     from rich.table import Table
 
     console = Console(stderr=to_stderr)
-    t = Table(title=f"{s['task']} / {s['method']} / seed {s['seed']}  (target: -{s['target_reduction']:.0%} MACs)")
+    goal = (f"-{s['target_reduction']:.0%} latency at batch {s['latency_target_batch']}" if s.get("target") == "latency"
+            else f"-{s['target_reduction']:.0%} MACs")
+    t = Table(title=f"{s['task']} / {s['method']} / seed {s['seed']}  (target: {goal})")
     t.add_column("")
     t.add_column("dense", justify="right")
     t.add_column("pruned", justify="right")
@@ -19,6 +21,12 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
     for lat in s["latency"].values():
         t.add_row(f"latency, batch {lat['batch_size']} ({lat['threads']} threads, {lat['device']})",
                   f"{lat['dense_ms']:.3f} ms", f"{lat['pruned_ms']:.3f} ms  ({_speedup(lat)})")
+    if s.get("target") == "latency" and s.get("latency_reduction_measured") is not None:
+        lo, hi = s.get("latency_reduction_measured_lo"), s.get("latency_reduction_measured_hi")
+        interval = f" [{lo:.1%}, {hi:.1%}]" if lo is not None and hi is not None else ""
+        t.add_row(f"latency cut, batch {s['latency_target_batch']}", f"requested {s['latency_reduction_requested']:.1%}",
+                  f"measured {s['latency_reduction_measured']:.1%}{interval}  (table predicted "
+                  f"{s['latency_reduction_predicted']:.1%})")
     console.print(t)
     where = f"MLflow run {s['mlflow_run_id']}" if s.get("mlflow_run_id") else "tracking off"
     console.print(f"{where}; pruned model: {s['model_artifact']}; {s['wall_s']:.0f} s")

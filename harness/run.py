@@ -27,7 +27,8 @@ from harness import distributed
 from harness.artifacts import model_from_payload, pruned_payload, save_pruned
 from harness.checkpoint import RunCheckpoint
 from harness.errors import ConfigError
-from harness.measure import compare_latency, count_macs_params
+from harness.latency_table import LatencyTable, narrowed_copies
+from harness.measure import compare_latency, count_macs_params, paired_latency
 from harness.surgery import ChannelPruner, channel_widths
 from harness.tracking import flatten, make_tracker
 from harness.train import CountingLoader, total_epochs, train
@@ -72,14 +73,16 @@ def run(cfg: DictConfig) -> dict:
     except KeyError as e:
         raise ConfigError(str(e).strip("'\"")) from None
     say = Reporter(cfg.quiet)
-    target = float(cfg.prune.flops_reduction) if method.prunes else 0.0
+    latency_target = method.prunes and cfg.prune.get("target") == "latency"
+    target = float(cfg.prune.latency_reduction if latency_target else cfg.prune.flops_reduction) if method.prunes else 0.0
 
     # Cheap checks before any data is read or any training starts.
     seed_everything(cfg.seed)
     model = task.build_model()
     pruner = ChannelPruner(model, task.example_input(1), task.output_layers(model), cfg.prune.min_channels_ratio,
                            cfg.prune.get("round_to"))
-    if target > 0 and pruner.max_reduction(model) < target:
+    reachable = pruner.max_reduction(model)  # also refuses, by name, a structure the surgery cannot prune
+    if target > 0 and not latency_target and reachable < target:  # a latency target is checked on its table
         raise ConfigError(pruner.unreachable_message(model, target))
 
     checkpoint = RunCheckpoint(cfg)
@@ -111,7 +114,8 @@ def run(cfg: DictConfig) -> dict:
         state = None
         checkpoint.save({"stage": "start", "mlflow_run_id": tracker.run_id or ""})
     try:
-        phases = _Phases(cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say)
+        phases = _Phases(cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say,
+                         latency_target)
         summary = phases.execute(model, state)
         tracker.flush()  # raises if the store still cannot take what was buffered
     except BaseException as e:
@@ -160,9 +164,10 @@ def _sigterm_deferred():
 
 
 class _Phases:
-    def __init__(self, cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say):
+    def __init__(self, cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say,
+                 latency_target: bool = False):
         self.cfg, self.task, self.method, self.regularizer = cfg, task, method, regularizer
-        self.pruner, self.target, self.device = pruner, target, device
+        self.pruner, self.target, self.device, self.latency_target = pruner, target, device, latency_target
         self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
         self.pruned_checksums = None  # a distributed run: each rank's parameter checksum after pruning (agree())
         self.fit = partial(train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet,
@@ -224,6 +229,8 @@ class _Phases:
             self.tracker.log_metrics({"data/train_samples": len(self.train_set), "data/test_samples": len(test_set),
                                       "data/val_samples": len(val_set) if val_set else 0})
         self.held_out = next(iter(self.test_loader))
+        if self.latency_target and (state is None or state["stage"] == "pruning"):
+            self.prepare_latency_target(model)
 
         model, reused, baseline_key = self.baseline(model.to(self.device))
         dense = copy.deepcopy(model).eval()
@@ -234,6 +241,44 @@ class _Phases:
             model = model_from_payload(state["model"]).to(self.device)
         model = self.finetune(model, measures, state if state and state["stage"] == "finetune" else None)
         return self.measure(model, dense, measures, started)
+
+    def prepare_latency_target(self, model) -> None:
+        """Before any training: the per-layer latency table for this device, threads and batch (built once,
+        cached) and its calibration on this model; from then on the pruner's cost is predicted latency.
+        A target the table says the per-layer minimums cannot reach fails here."""
+        cfg, pruner = self.cfg, self.pruner
+        table = LatencyTable(cfg.measure.target_batch, self.device, cfg.results_dir, say=self.say,
+                             align=cfg.prune.get("round_to"))
+        dense = copy.deepcopy(model).to(self.device).eval()
+        if distributed.is_main():  # one process times; the others would share its cores
+            example = self.task.example_input(1).to(self.device)
+            kept, pruner.example_inputs = pruner.example_inputs, example
+            try:
+                table.prepare(dense, example, narrowed_copies(dense, pruner))
+            finally:
+                pruner.example_inputs = kept
+        table.data, table.line = distributed.broadcast((table.data, table.line) if distributed.is_main() else None)
+        pruner.use_latency(lambda m: table.predict(m, pruner.example_inputs), model)
+        batch = self.task.example_input(int(cfg.measure.target_batch)).to(self.device)
+
+        def measured_reduction(candidate) -> float:  # rank 0 times, every rank gets its number
+            value = None
+            if distributed.is_main():
+                timing = paired_latency(dense, candidate.eval(), batch, warmup=int(cfg.measure.warmup),
+                                        min_pairs=int(cfg.measure.repeats), interval=float(cfg.measure.interval),
+                                        max_seconds=min(5.0, float(cfg.measure.max_seconds)))
+                value = 1 - 1 / timing["speedup"]
+            return float(distributed.broadcast(value))
+
+        pruner.measured_reduction, pruner.measured_from = measured_reduction, self.target
+        line = table.line
+        self.say(f"[latency] table {table.path}: dense {pruner.base_cost:.2f} ms per batch of {table.batch} predicted "
+                 f"(calibration: {line['models']} models, worst error {line['max_rel_error']:.1%})")
+        self.tracker.log_metrics({"latency_table/dense_ms_predicted": pruner.base_cost,
+                                  "latency_table/calibration_max_rel_error": line["max_rel_error"]})
+        self.tracker.set_tags({"latency_table": table.path.name})
+        if pruner.max_reduction(model) < self.target:
+            raise ConfigError(pruner.unreachable_message(model, self.target))
 
     def baseline(self, model):
         cfg, task, say = self.cfg, self.task, self.say
@@ -285,13 +330,21 @@ class _Phases:
                            resume_state=method_state)
         if method_state is not None:
             self.say(f"[resume] {method.name}: continuing its pruning schedule from the checkpoint")
-        if method.prunes:
+        if method.prunes and self.latency_target:
+            self.say(f"[prune] {method.name}: removing {self.target:.0%} of the latency at batch "
+                     f"{cfg.measure.target_batch} ({pruner.base_cost:.2f} ms predicted)")
+        elif method.prunes:
             self.say(f"[prune] {method.name}: removing {self.target:.0%} of {base_macs / 1e6:.2f} M MACs")
         model = self.agree(method.prune(model, ctx).to(self.device))
         pruned_macs, pruned_params = self.macs_params(model)
         measures = {"base_acc": base_acc, "base_macs": base_macs, "base_params": base_params,
                     "pruned_acc": self.score(model), "pruned_macs": pruned_macs, "baseline_reused": reused,
                     "prune_epochs": train_loader.epochs}
+        if self.latency_target:
+            measures["latency_reduction_predicted"] = pruner.reduction(model)
+            measures["latency_corrections"] = list(pruner.corrections)
+            for i, c in enumerate(pruner.corrections):
+                tracker.log_metrics({"prune/latency_measured": c["measured"], "prune/latency_predicted": c["predicted"]}, i)
         tracker.log_metrics({"pruned_acc": measures["pruned_acc"], "pruned_macs": pruned_macs,
                              "prune_epochs": train_loader.epochs})
         self.save_checkpoint("pruned", model, measures)
@@ -351,7 +404,10 @@ class _Phases:
         latency = {}
         if distributed.is_main():  # one process times, the others wait: they would share its cores
             self.say("[measure] latency, dense vs pruned")
-            latency = compare_latency(dense, model, task.example_input, cfg.measure.batch_sizes, self.device,
+            sizes = list(cfg.measure.batch_sizes)
+            if self.latency_target and int(cfg.measure.target_batch) not in sizes:
+                sizes.append(int(cfg.measure.target_batch))
+            latency = compare_latency(dense, model, task.example_input, sizes, self.device,
                                       warmup=cfg.measure.warmup, repeats=cfg.measure.repeats,
                                       max_seconds=float(cfg.measure.max_seconds), interval=float(cfg.measure.interval))
         summary = {
@@ -368,7 +424,10 @@ class _Phases:
             # tocks, sparse training) plus the fine-tune. Methods are compared at equal budgets with it.
             "prune_epochs": measures.get("prune_epochs", 0.0),
             "epochs_after_baseline": measures.get("prune_epochs", 0.0) + self.finetune_epochs(),
+            "target": "latency" if self.latency_target else "macs",
         }
+        if self.latency_target:
+            summary.update(self.latency_outcome(latency, measures))
         logged_at_pruning = ("pruned_acc", "pruned_macs", "prune_epochs")  # each metric is logged once
         flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                 and k not in logged_at_pruning}
@@ -388,6 +447,20 @@ class _Phases:
         summary["mlflow_run_id"] = tracker.run_id
         distributed.barrier()
         return summary
+
+    def latency_outcome(self, latency: dict, measures: dict) -> dict:
+        """Requested, predicted (the table) and measured (paired timing, with its 95% interval) latency
+        reduction at measure.target_batch. Other ranks of a distributed run do not time: None there."""
+        lat = latency.get(f"b{int(self.cfg.measure.target_batch)}")
+        cut = lambda speedup: 1 - 1 / speedup if speedup else None  # noqa: E731
+        return {"latency_target_batch": int(self.cfg.measure.target_batch),
+                "latency_reduction_requested": self.target,
+                "latency_reduction_predicted": measures.get("latency_reduction_predicted"),
+                # Each time the pruning measured a candidate to correct the table's choice (one-shot rankings)
+                "latency_corrections": measures.get("latency_corrections", []),
+                "latency_reduction_measured": cut(lat["speedup"]) if lat else None,
+                "latency_reduction_measured_lo": cut(lat["speedup_lo"]) if lat else None,
+                "latency_reduction_measured_hi": cut(lat["speedup_hi"]) if lat else None}
 
     def record(self, model, summary: dict) -> str:
         """Save the pruned model (widths + weights; reload with harness.artifacts.load_pruned)."""

@@ -54,7 +54,8 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 
 
 class ChannelPruner:
-    """Removes channels from a model, globally ranked, down to a MACs target.
+    """Removes channels from a model, globally ranked, down to a target on its *cost*: MACs, or with
+    ``use_latency`` the predicted latency (harness/latency_table.py). Methods see only ``reduction``.
 
     ``ignored`` names layers whose output channels are fixed (the classifier). Every layer keeps at
     least ``max(1, int(min_channels_ratio * dense_channels))`` channels.
@@ -69,6 +70,18 @@ class ChannelPruner:
         self.min_keep = {n: max(1, int(min_channels_ratio * _out_channels(m)))
                          for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         self.base_macs, self.base_params = count_macs_params(model, example_inputs)
+        self.cost_name, self.target_key, self.base_cost = "macs", "prune.flops_reduction", float(self.base_macs)
+        self._cost: Callable[[nn.Module], float] | None = None
+        # A latency target: the real (timed) reduction of a candidate, which prune_to_target corrects the
+        # table's choice with when it reaches for at least ``measured_from`` (the run's final target).
+        self.measured_reduction: Callable[[nn.Module], float] | None = None
+        self.measured_from, self.tolerance = 1.0, 0.02
+        self.corrections: list[dict] = []  # what each correction measured, for the run's log
+
+    def use_latency(self, predict: Callable[[nn.Module], float], dense: nn.Module) -> None:
+        """Prune to a latency target: ``reduction`` becomes 1 - predict(model) / predict(dense)."""
+        self._cost, self.cost_name, self.target_key = predict, "latency_ms", "prune.latency_reduction"
+        self.base_cost = float(predict(dense))
 
     # --- inspection ------------------------------------------------------------------------
     def groups(self, model: nn.Module) -> dict[str, ChannelGroup]:
@@ -90,9 +103,16 @@ class ChannelPruner:
             out[names[root]] = ChannelGroup(names[root], g, _out_channels(root), min_keep, members, norms, units)
         return out
 
+    def cost(self, model: nn.Module) -> float:
+        return self._cost(model) if self._cost else count_macs_params(model, self.example_inputs)[0]
+
     def reduction(self, model: nn.Module) -> float:
-        """1 - MACs(model) / MACs(dense model)."""
-        return 1.0 - count_macs_params(model, self.example_inputs)[0] / self.base_macs
+        """1 - cost(model) / cost(dense model): of the MACs, or of the predicted latency."""
+        return 1.0 - self.cost(model) / self.base_cost
+
+    def cost_metrics(self, reduction: float) -> dict[str, float]:
+        """A pruning step's log entry for a model at ``reduction``: its cost (MACs or ms) and the reduction."""
+        return {self.cost_name: self.base_cost * (1 - reduction), "reduction": reduction}
 
     # --- pruning ---------------------------------------------------------------------------
     def removal_order(self, model: nn.Module, importance: Importance) -> list[tuple[str, int]]:
@@ -141,17 +161,33 @@ class ChannelPruner:
         order = self.removal_order(model, importance)
         groups = self.groups(model)
         chosen = lambda k: self.rounded(order[:k], order, groups)  # noqa: E731
-        trial = lambda k: self.reduction(self.remove(copy.deepcopy(model), chosen(k)))  # noqa: E731
+        build = lambda k: self.remove(copy.deepcopy(model), chosen(k))  # noqa: E731
+        trial = lambda k: self.reduction(build(k))  # noqa: E731
         if trial(len(order)) < target:
             raise ConfigError(self.unreachable_message(model, target))
-        lo, hi = 0, len(order)  # trial(hi) >= target; find the smallest such k
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if trial(mid) >= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        return self.remove(model, chosen(lo))
+        k = _smallest_prefix(trial, target, len(order))
+        if self.measured_reduction is not None and target >= self.measured_from - 1e-9:
+            k = self._corrected(k, target, build, trial, len(order))
+        return self.remove(model, chosen(k))
+
+    def _corrected(self, k: int, target: float, build, predicted, n: int) -> int:
+        """The table's prefix length ``k`` corrected by real measurements: while the measured reduction
+        misses ``target`` by more than ``tolerance``, aim the prediction that much further (a secant step
+        in predicted-reduction space) and measure again; at most 4 measurements. Returns the prefix whose
+        measurement came closest, preferring those that reach target - tolerance."""
+        measured: dict[int, float] = {}
+        for _ in range(4):
+            measured[k] = self.measured_reduction(build(k))
+            miss = target - measured[k]
+            self.corrections.append({"prefix": k, "predicted": predicted(k), "measured": measured[k]})
+            if abs(miss) <= self.tolerance:
+                break
+            nxt = _smallest_prefix(predicted, predicted(k) + miss, n)
+            if nxt in measured:
+                break
+            k = nxt
+        reaching = [j for j, m in measured.items() if m >= target - self.tolerance]
+        return min(reaching or measured, key=lambda j: abs(target - measured[j]))
 
     def rounded(self, selection: list[tuple[str, int]], order: list[tuple[str, int]],
                 groups: dict[str, ChannelGroup]) -> list[tuple[str, int]]:
@@ -206,9 +242,22 @@ class ChannelPruner:
                               f"breaks a layer ({type(e).__name__}: {detail}); choose another model") from None
 
     def unreachable_message(self, model: nn.Module, target: float) -> str:
-        return (f"prune.flops_reduction={target} is unreachable: keeping every layer at its minimum "
-                f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of the MACs; "
+        what = "the MACs" if self._cost is None else "the predicted latency"
+        return (f"{self.target_key}={target} is unreachable: keeping every layer at its minimum "
+                f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of {what}; "
                 "lower the target or prune.min_channels_ratio")
+
+
+def _smallest_prefix(reduction_at: Callable[[int], float], goal: float, n: int) -> int:
+    """The smallest k in [0, n] with reduction_at(k) >= goal (binary search; n if none reaches it)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reduction_at(mid) >= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def check_supported(model: nn.Module) -> None:

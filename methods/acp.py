@@ -155,7 +155,7 @@ class ACP(Method):
             prelim = self.preliminary_widths(model, space, ctx)
         best_widths, best_model = self.search(space, prelim, ctx)
         reduction = ctx.pruner.reduction(best_model)
-        ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - reduction), "reduction": reduction,
+        ctx.log_step(1, {**ctx.pruner.cost_metrics(reduction),
                          "acc": ctx.quick_evaluate(best_model)})
         return best_model
 
@@ -250,6 +250,6 @@ class ACP(Method):
     def _log_cycle(swarm, best, space, ctx) -> None:
         score = swarm["score"]
         metrics = {"acp/best_fitness": best["fitness"], "acp/mean_fitness": sum(score) / len(score)}
-        metrics.update({f"acp/particle{i}_macs": space.pruner.base_macs * (1 - space.reduction(p))
+        metrics.update({f"acp/particle{i}_{space.pruner.cost_name}": space.pruner.base_cost * (1 - space.reduction(p))
                         for i, p in enumerate(swarm["position"])})
         ctx.log_metrics(metrics, swarm["cycle"])

@@ -78,7 +78,7 @@ class AIP(Method):
                                             quiet=ctx.quiet)
                     ctx.log_metrics({f"aip/{k}": v for k, v in metrics.items()}, epoch)
                     epoch += 1
-                ctx.log_step(step, {"macs": pruner.base_macs * (1 - reduction), "reduction": reduction,
+                ctx.log_step(step, {**pruner.cost_metrics(reduction),
                                     "acc_after_prune": after_prune, "acc": ctx.quick_evaluate(model),
                                     **({"d_acc": metrics["d_acc"]} if metrics else {})})
                 ctx.save_state({"round": step, "epoch": epoch, "widths": pruner.group_widths(model),

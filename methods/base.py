@@ -74,7 +74,7 @@ class Method:
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         """Default schedule: one shot, global ranking, straight to the target."""
         model = ctx.pruner.prune_to_target(model, self.importance(), ctx.target)
-        ctx.log_step(1, {"macs": ctx.pruner.base_macs * (1 - ctx.pruner.reduction(model)),
+        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(model)),
                          "acc": ctx.quick_evaluate(model)})
         return model
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
-from harness.surgery import ChannelPruner, ShortcutOnly, count_macs_params, eval_mode, replace_module
+from harness.surgery import ChannelPruner, ShortcutOnly, eval_mode, replace_module
 from methods.base import Method, PruneContext
 from methods.teacher import TeacherStudent, distill_epoch, probe
 
@@ -209,8 +209,8 @@ class GAL(Method):
         if structure == "block":
             reachable = self._removed_share(model, blocks, pruner)
             if reachable < ctx.target:
-                raise ConfigError(f"GAL with method.structure=block removes at most {reachable:.3f} of the MACs "
-                                  f"(every residual block); lower prune.flops_reduction or use method.structure=channel")
+                raise ConfigError(f"GAL with method.structure=block removes at most {reachable:.3f} of the "
+                                  f"{pruner.cost_name} (every residual block); lower {pruner.target_key} or use method.structure=channel")
         ctx.log_metrics({"gal/structures": len(blocks) if structure == "block" else
                          sum(g.channels for g in pruner.groups(model).values()),
                          "gal/lambda": float(cfg.sparsity)}, 0)
@@ -301,7 +301,7 @@ class GAL(Method):
         final = pruner.reduction(model)
         ctx.log_metrics({"gal/natural_reduction": natural_reduction, "gal/final_reduction": final,
                          "gal/zero_masks": len(natural)}, 0)
-        ctx.log_step(1, {"macs": pruner.base_macs * (1 - final), "reduction": final, "acc": ctx.quick_evaluate(model)})
+        ctx.log_step(1, {**pruner.cost_metrics(final), "acc": ctx.quick_evaluate(model)})
         return model
 
     @staticmethod
@@ -312,7 +312,7 @@ class GAL(Method):
         trial = copy.deepcopy(model)
         for b in blocks:
             self._remove_block(trial, b)
-        return 1 - count_macs_params(trial, pruner.example_inputs)[0] / pruner.base_macs
+        return pruner.reduction(trial)
 
 
 class _Both:

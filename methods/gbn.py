@@ -152,7 +152,7 @@ class GateDecorator(Method):
             reduction = self._mask(model, gates, pruner, order, n, ctx.target)
             tick += 1
             widths = self._widths(model, gates, pruner)
-            ctx.log_step(tick, {"macs": pruner.base_macs * (1 - reduction), "reduction": reduction,
+            ctx.log_step(tick, {**pruner.cost_metrics(reduction),
                                 "acc": ctx.quick_evaluate(model),
                                 **{f"channels/{k}": v for k, v in widths.items()}})
             if cfg.tock_every and tick % cfg.tock_every == 0 and reduction < ctx.target:

@@ -163,7 +163,7 @@ class SCOP(Method):
         ctx.log_metrics({"scop/rate": rate, "scop/recalibration_samples": recalibrated,
                          "scop/beta_below_half": float(torch.cat([b.detach().flatten() for b in control.parameters()])
                                                        .lt(0.5).float().mean())}, 0)
-        ctx.log_step(1, {"macs": pruner.base_macs * (1 - reduction), "reduction": reduction,
+        ctx.log_step(1, {**pruner.cost_metrics(reduction),
                          "acc": ctx.quick_evaluate(model)})
         return model
 

@@ -1,0 +1,262 @@
+"""Predicted latency for a latency target: a per-layer lookup table, as NetAdapt builds one.
+
+Every conv layer (timed together with the BatchNorm and ReLU that follow it in a CNN) and every linear
+layer is timed on its own, at its input's spatial size and the run's batch size, over a grid of
+(input, output) widths; between grid points the time is interpolated bilinearly. A model's prediction
+is the sum over its layers, mapped to whole-model milliseconds by a line fitted to real measurements
+of the dense model and of copies narrowed uniformly (that line absorbs what the table does not time:
+residual adds, pooling, the framework's per-layer overhead).
+
+Tables are cached under ``<results_dir>/latency_tables/``, one JSON file per device, torch threads,
+batch size and torch version; a layer shape is timed once and reused by every model that has it. The
+prediction only has to rank candidate widths and find where a target is crossed: every run that
+prunes to a latency target reports the real, measured reduction beside it.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import platform
+import re
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from harness.locks import file_lock
+from harness.measure import _timed, device_name
+
+# Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
+# aligned widths, so the table must see them), coarser above (at most 16 points), plus every width the
+# dense model has; with prune.round_to the multiples of round_to instead.
+ALIGN, MAX_POINTS = 8, 16
+FRACTIONS = (1.0, 0.8, 0.6, 0.45, 0.3)  # uniform widths the calibration line is fitted on
+TIMINGS = 5       # median of this many timings per grid point
+CALIBRATION_ROUNDS = 9
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What one layer's time depends on, besides its widths."""
+    op: str                         # conv | depthwise | linear
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1                 # a grouped (not depthwise) conv keeps its group count when pruned
+    size: tuple[int, ...] = ()      # input spatial size (conv) or leading token count (linear)
+    bias: bool = False
+    multiplier: int = 1             # depthwise: output channels per input channel
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def layers_of(model: nn.Module, example: torch.Tensor) -> list[tuple[LayerShape, int, int]]:
+    """(shape, input width, output width) of every conv and linear layer a forward pass of ``example``
+    (batch 1) goes through, found with forward hooks so that any structure is measured as it runs."""
+    found, hooks = [], []
+
+    def hook(module, inputs, _output):
+        x = inputs[0]
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            shape = LayerShape("depthwise" if depthwise else "conv", tuple(module.kernel_size), tuple(module.stride),
+                               tuple(module.padding) if not isinstance(module.padding, str) else (module.padding,),
+                               tuple(module.dilation), 1 if depthwise else module.groups, tuple(x.shape[-2:]),
+                               module.bias is not None,
+                               module.out_channels // module.in_channels if depthwise else 1)
+            found.append((shape, module.in_channels, module.out_channels))
+        else:
+            tokens = math.prod(x.shape[1:-1]) if x.dim() > 2 else 1
+            found.append((LayerShape("linear", size=(tokens,), bias=module.bias is not None),
+                          module.in_features, module.out_features))
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(example)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def _axis(widths: list[int], step: int, align: int = ALIGN) -> list[int]:
+    """Grid widths for one axis: multiples of ``align`` (at most MAX_POINTS of them, up to the largest
+    width), every width given, the smallest (``step``, a grouped conv's group count); all multiples of ``step``."""
+    top = max(widths)
+    spacing = align * max(1, math.ceil(top / (align * MAX_POINTS)))
+    spacing = math.lcm(spacing, step)
+    points = {p for p in range(spacing, top + 1, spacing)}
+    points |= {max(step, w // step * step) for w in widths} | {step}
+    return sorted(points)
+
+
+def _layer(shape: LayerShape, cin: int, cout: int) -> nn.Module:
+    if shape.op == "linear":
+        return nn.Linear(cin, cout, bias=shape.bias)
+    groups = cin if shape.op == "depthwise" else shape.groups
+    cout = cin * shape.multiplier if shape.op == "depthwise" else cout
+    padding = shape.padding[0] if shape.padding and isinstance(shape.padding[0], str) else shape.padding
+    conv = nn.Conv2d(cin, cout, shape.kernel, shape.stride, padding, shape.dilation, groups=groups, bias=shape.bias)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _input(shape: LayerShape, cin: int, batch: int, device: torch.device) -> torch.Tensor:
+    if shape.op == "linear":
+        dims = (batch, shape.size[0], cin) if shape.size[0] > 1 else (batch, cin)
+    else:
+        dims = (batch, cin, *shape.size)
+    return torch.randn(*dims, device=device)
+
+
+class LatencyTable:
+    """Predicts the latency (ms per batch of ``batch``) of a model and of any narrower copy of it."""
+
+    def __init__(self, batch: int, device: torch.device, results_dir: str | Path, say=lambda msg: None,
+                 align: int | None = None):
+        self.batch, self.device, self.say, self.align = int(batch), device, say, int(align or ALIGN)
+        self.threads = torch.get_num_threads()
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device_name(device)}-t{self.threads}-b{self.batch}-"
+                                                   f"a{self.align}-torch{torch.__version__.split('+')[0]}")
+        self.path = Path(results_dir) / "latency_tables" / f"{slug}.json"
+        self.data = {"meta": {"device": device_name(device), "threads": self.threads, "batch": self.batch,
+                              "torch": torch.__version__, "host": platform.node(), "unit": "ms per batch"},
+                     "layers": {}, "calibration": {}}
+        self.line: dict | None = None  # the calibration of the model being pruned
+
+    # --- building ------------------------------------------------------------------------------
+    def prepare(self, dense: nn.Module, example: torch.Tensor, narrowed: list[nn.Module]) -> dict:
+        """Time every layer shape of ``dense`` (those not already in the cached table) and fit the
+        calibration line on ``dense`` and the uniformly ``narrowed`` copies. Returns the line."""
+        layers = layers_of(dense, example)
+        model_key = hashlib.sha256(json.dumps([(s.key(), i, o) for s, i, o in layers]).encode()).hexdigest()[:16]
+        with file_lock(self.path.with_suffix(".lock")):
+            if self.path.exists():
+                cached = json.loads(self.path.read_text())
+                self.data["layers"].update(cached.get("layers", {}))
+                self.data["calibration"].update(cached.get("calibration", {}))
+            changed = self._fill(layers) > 0
+            if model_key not in self.data["calibration"]:
+                self.data["calibration"][model_key] = self._calibrate([dense, *narrowed], example)
+                changed = True
+            self.line = self.data["calibration"][model_key]
+            if changed:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data, indent=1))
+                tmp.replace(self.path)
+        return self.line
+
+    def _fill(self, layers) -> int:
+        """Time the grid of every layer shape not in the table yet; returns how many points were timed."""
+        by_shape: dict[LayerShape, list[tuple[int, int]]] = {}
+        for shape, cin, cout in layers:
+            by_shape.setdefault(shape, []).append((cin, cout))
+        todo = {s: w for s, w in by_shape.items() if s.key() not in self.data["layers"]}
+        if not todo:
+            return 0
+        points = 0
+        self.say(f"[latency] timing {len(todo)} layer shapes at batch {self.batch} for the lookup table "
+                 f"({self.path.name}; once per device, threads and batch)")
+        for shape, widths in todo.items():
+            step = shape.groups
+            ins = _axis([w[0] for w in widths], step, self.align)
+            outs = [0] if shape.op == "depthwise" else _axis([w[1] for w in widths], step, self.align)
+            ms = self._time_grid(shape, [(i, o) for i in ins for o in outs])
+            grid = [ms[k * len(outs):(k + 1) * len(outs)] for k in range(len(ins))]
+            points += len(ins) * len(outs)
+            self.data["layers"][shape.key()] = {"in": ins, "out": outs, "ms": grid}
+        return points
+
+    @torch.inference_mode()
+    def _time_grid(self, shape: LayerShape, widths: list[tuple[int, int]]) -> list[float]:
+        """Median ms per pass of the layer at each (input, output) width, timed in interleaved rounds (every
+        point once per round) so that a burst of load on the machine hits many points a little, not one a lot."""
+        torch.manual_seed(0)
+        modules = [_layer(shape, i, o).to(self.device).eval() for i, o in widths]
+        inputs = {i: _input(shape, i, self.batch, self.device) for i, _ in widths}
+        passes = []
+        for module, (i, _) in zip(modules, widths):
+            module(inputs[i]), module(inputs[i])
+            passes.append(max(1, min(1000, math.ceil(2.0 / max(_timed(module, inputs[i], 1), 1e-3)))))
+        rounds = [[_timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(TIMINGS)]
+        return [statistics.median(r[k] for r in rounds) for k in range(len(widths))]
+
+    def _calibrate(self, models: list[nn.Module], example: torch.Tensor) -> dict:
+        """Least-squares line real_ms = a * table_ms + b over ``models``, timed in interleaved rounds."""
+        x = example.new_empty((self.batch, *example.shape[1:])).normal_()
+        table = [self.table_ms(m, example) for m in models]
+        for m in models:
+            m.eval()
+        with torch.inference_mode():
+            passes = [max(1, min(1000, math.ceil(2.0 / max(_timed(m, x, 1), 1e-3)))) for m in models]
+            rounds = [[_timed(m, x, p) for m, p in zip(models, passes)] for _ in range(CALIBRATION_ROUNDS)]
+        real = [statistics.median(r[j] for r in rounds) for j in range(len(models))]
+        n, mx, my = len(real), statistics.mean(table), statistics.mean(real)
+        sxx = sum((t - mx) ** 2 for t in table)
+        a = sum((t - mx) * (r - my) for t, r in zip(table, real)) / sxx if sxx > 0 else 0.0
+        b = my - a * mx
+        if a <= 0:  # the measurements did not resolve a slope: proportional to the table instead
+            a, b = real[0] / table[0], 0.0
+        fitted = [a * t + b for t in table]
+        return {"a": a, "b": b, "table_ms": table, "real_ms": real,
+                "max_rel_error": max(abs(f - r) / r for f, r in zip(fitted, real)), "models": n}
+
+    # --- predicting ----------------------------------------------------------------------------
+    def table_ms(self, model: nn.Module, example: torch.Tensor) -> float:
+        """The sum of the table's times over ``model``'s layers (timing any layer shape it lacks)."""
+        layers = layers_of(model, example)
+        self._fill(layers)
+        return sum(self._lookup(shape, cin, cout) for shape, cin, cout in layers)
+
+    def predict(self, model: nn.Module, example: torch.Tensor) -> float:
+        """Predicted ms per batch of ``model`` (``example`` is a batch-1 input)."""
+        if self.line is None:
+            raise RuntimeError("LatencyTable.prepare() must run before predict()")
+        return self.line["a"] * self.table_ms(model, example) + self.line["b"]
+
+    def _lookup(self, shape: LayerShape, cin: int, cout: int) -> float:
+        entry = self.data["layers"][shape.key()]
+        ins, outs, ms = entry["in"], entry["out"], entry["ms"]
+        i, fi = _bracket(ins, cin)
+        if len(outs) == 1:
+            return _lerp(ms[i][0], ms[i + 1][0] if len(ins) > 1 else ms[i][0], fi)
+        o, fo = _bracket(outs, cout)
+        low = _lerp(ms[i][o], ms[i][o + 1], fo)
+        high = _lerp(ms[i + 1][o], ms[i + 1][o + 1], fo) if len(ins) > 1 else low
+        return _lerp(low, high, fi) if len(ins) > 1 else low
+
+
+def _bracket(axis: list[int], value: int) -> tuple[int, float]:
+    """Index i and fraction f with value = axis[i] + f * (axis[i+1] - axis[i]); extrapolates linearly
+    past the ends (f < 0 or > 1). A one-point axis gives (0, 0)."""
+    if len(axis) == 1:
+        return 0, 0.0
+    i = max(0, min(len(axis) - 2, next((j - 1 for j, a in enumerate(axis) if a >= value), len(axis) - 1)))
+    return i, (value - axis[i]) / (axis[i + 1] - axis[i])
+
+
+def _lerp(a: float, b: float, f: float) -> float:
+    return max(0.0, a + (b - a) * f)
+
+
+def narrowed_copies(model: nn.Module, pruner) -> list[nn.Module]:
+    """Copies of ``model`` with every prunable group cut uniformly to each of FRACTIONS (less the dense
+    1.0), each group kept at its minimum or above: the calibration line's other points."""
+    copies = []
+    for fraction in FRACTIONS[1:]:
+        groups = pruner.groups(model)
+        widths = {k: max(g.min_keep, round(fraction * g.channels)) for k, g in groups.items()}
+        copies.append(pruner.shrink_to(copy.deepcopy(model), widths))
+    return copies

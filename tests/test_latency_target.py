@@ -1,0 +1,121 @@
+"""prune.target=latency: the per-layer latency table, the pruner's correction by measurement, the run."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from harness.latency_table import LatencyTable, _axis, layers_of
+from harness.surgery import ChannelPruner
+from tests.conftest import last_json
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
+        self.conv2, self.bn2 = nn.Conv2d(64, 96, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(self.dw(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_layers_are_found_with_their_input_sizes_and_kinds():
+    found = layers_of(Net(), torch.randn(1, 3, 16, 16))
+    kinds = [(s.op, s.size, cin, cout) for s, cin, cout in found]
+    assert kinds == [("conv", (16, 16), 3, 64), ("depthwise", (16, 16), 64, 64), ("conv", (16, 16), 64, 96),
+                     ("linear", (1,), 96, 10)]
+
+
+def test_grid_axes_hold_aligned_widths_the_dense_widths_and_group_multiples():
+    assert _axis([64, 40], 1) == [1, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert _axis([20], 1) == [1, 8, 16, 20]
+    assert _axis([512], 1)[:3] == [1, 32, 64] and len(_axis([512], 1)) == 17  # at most 16 spaced points
+    assert all(p % 4 == 0 for p in _axis([128, 36], 4))
+
+
+@pytest.fixture
+def one_thread():
+    """Time on one thread: a parallel region stalls for whole scheduler slices on a loaded machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_table_interpolates_between_timed_points_and_is_reused_from_its_cache(tmp_path, one_thread):
+    torch.manual_seed(0)
+    model, example = Net().eval(), torch.randn(1, 3, 16, 16)
+    pruner = ChannelPruner(model, example, [model.fc])
+    narrow = pruner.shrink_to(Net().eval(), {k: g.channels // 4 for k, g in pruner.groups(Net()).items()})
+    table = LatencyTable(8, torch.device("cpu"), tmp_path)
+    line = table.prepare(model, example, [narrow])
+    assert table.path.is_file() and line["models"] == 2 and line["a"] > 0
+    layers = layers_of(model, example)
+    shape, cin, cout = layers[2]  # conv 64 -> 96: both widths are grid points, so the lookup is the timing
+    entry = table.data["layers"][shape.key()]
+    timed = entry["ms"][entry["in"].index(cin)][entry["out"].index(cout)]
+    assert table._lookup(shape, cin, cout) == pytest.approx(timed)
+    i, o = entry["in"].index(24), entry["out"].index(40)  # 28 -> 44 lies halfway between grid points
+    corners = [entry["ms"][i + di][o + do] for di in (0, 1) for do in (0, 1)]
+    assert table._lookup(shape, 28, 44) == pytest.approx(sum(corners) / 4)
+    # A second table on the same device, threads and batch times nothing: it reads the cached file.
+    again = LatencyTable(8, torch.device("cpu"), tmp_path)
+    again._time_grid = lambda *a: pytest.fail("a cached layer shape was timed again")
+    assert again.prepare(model, example, [narrow]) == line
+    assert again.predict(narrow, example) < again.predict(model, example)
+
+
+def test_the_table_choice_is_corrected_by_measurement():
+    """A table that over-predicts the reduction by 0.15: the secant steps find the prefix whose
+    measured reduction meets the target."""
+    model = Net().eval()
+    example = torch.randn(1, 3, 16, 16)
+    pruner = ChannelPruner(model, example, [model.fc])
+    true = lambda m: pruner.reduction(m) - 0.15  # noqa: E731  (the "measurement")
+    pruner.measured_reduction, pruner.measured_from = true, 0.3
+    from harness.measure import count_macs_params
+    pruned = pruner.prune_to_target(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float), 0.3)
+    measured = 1 - count_macs_params(pruned, example)[0] / pruner.base_macs - 0.15
+    assert abs(measured - 0.3) <= pruner.tolerance + 0.02  # within tolerance, up to one channel's step
+    assert len(pruner.corrections) >= 2 and pruner.corrections[0]["measured"] < 0.3 - pruner.tolerance
+
+
+def test_latency_target_run_records_requested_predicted_and_measured(run_cli, tiny_digits, tmp_path, one_thread):
+    code, out, err = run_cli("run", *tiny_digits, "method=l1", "prune.target=latency", "prune.latency_reduction=0.1",
+                             "measure.target_batch=64", "measure.batch_sizes=[1]", "measure.max_seconds=1", "threads=1", "--json")
+    assert code == 0, err
+    s = last_json(out)
+    assert s["target"] == "latency" and s["latency_reduction_requested"] == 0.1 and s["latency_target_batch"] == 64
+    assert "b64" in s["latency"] and "b1" in s["latency"]  # the target batch is measured even if not listed
+    assert s["latency_reduction_measured"] == pytest.approx(1 - 1 / s["latency"]["b64"]["speedup"])
+    assert 0 < s["latency_reduction_predicted"] < 1 and s["latency_corrections"]
+    assert s["flops_reduction"] > 0
+    tables = list((tmp_path / "results" / "latency_tables").glob("*-b64-*.json"))
+    assert len(tables) == 1 and json.loads(tables[0].read_text())["meta"]["batch"] == 64
+    import mlflow
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}").get_run(s["mlflow_run_id"])
+    for key in ("latency_reduction_requested", "latency_reduction_predicted", "latency_reduction_measured",
+                "latency_table/calibration_max_rel_error"):
+        assert key in run.data.metrics, key
+    assert run.data.params["prune.target"] == "latency"
+    # compare keeps a latency target apart from MACs targets and shows what was measured
+    code, out, err = run_cli("compare", f"results_dir={tmp_path / 'results'}")
+    assert code == 0, err
+    assert "latency b64" in out and "latency ↓ % measured" in out
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["prune.target=latency"], "prune.target=latency needs prune.latency_reduction"),
+    (["prune.target=speed"], "prune.target must be one of macs, latency"),
+    (["prune.target=latency", "prune.latency_reduction=1.5"], "prune.latency_reduction must be a number in (0, 1)"),
+    (["prune.target=latency", "prune.latency_reduction=0.99", "measure.target_batch=2"],
+     "prune.latency_reduction=0.99 is unreachable"),
+])
+def test_bad_latency_targets_are_one_line_errors(run_cli, tiny_digits, overrides, needle):
+    code, _, err = run_cli("run", *tiny_digits, "method=l1", *overrides)
+    assert code == 2 and needle in err and "Traceback" not in err
