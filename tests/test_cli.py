@@ -7,7 +7,7 @@ import pytest
 @pytest.mark.parametrize("args, message", [
     (["task=nope"], "unknown task 'nope'; choose one of: cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, vgg16_cifar100"),
     (["method=nope"], "unknown method 'nope'; choose one of: acp, acp_eps0.010, acp_eps0.035, acp_eps0.040, acp_eps0.075, aip, anl, gal, gal_0.05, gal_0.8, gbn, gbn_cpu, l1, l1_resnet56_a, l1_resnet56_b, none, random, scop, slimming"),
-    (["prune.nope=1"], "unknown key 'prune.nope'; valid keys under 'prune': flops_reduction, min_channels_ratio, round_to"),
+    (["prune.nope=1"], "unknown key 'prune.nope'; valid keys under 'prune': target, flops_reduction, latency_reduction, min_channels_ratio, round_to"),
     (["nope=1"], "unknown key 'nope'; valid keys: seed,"),
     (["prune.flops_reduction=1.5"], "prune.flops_reduction must be a number in [0, 1), got 1.5"),
     (["prune.flops_reduction=-0.1"], "prune.flops_reduction must be a number in [0, 1), got -0.1"),
