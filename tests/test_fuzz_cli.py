@@ -21,7 +21,8 @@ from harness.cli import main
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 VALID_KEYS = ["seed", "threads", "device", "quiet", "resume", "skip_finished", "results_dir", "task", "method",
               "budget", "regularizer", "tracking", "launcher", "model", "model.name", "prune.flops_reduction",
-              "prune.min_channels_ratio", "prune.round_to", "train.epochs", "train.lr", "train.batch_size",
+              "prune.min_channels_ratio", "prune.round_to", "prune.target", "prune.latency_reduction", "measure.target_batch",
+              "train.epochs", "train.lr", "train.batch_size",
               "train.schedule", "train.milestones", "train.warmup_epochs", "train.tail_epochs", "finetune.epochs",
               "finetune.momentum", "measure.batch_sizes", "measure.repeats", "measure.eval_every", "data.limit_train",
               "data.root", "tracking.experiment", "method.sparsity", "method.tick_p", "regularizer.eps",
@@ -30,7 +31,7 @@ ODD = ["", ".", "..", "seed.", ".seed", "prune..x", "../x", "a/b", "+seed", "~se
        "prune.flops_reductoin", "trian.epochs", "séed", "🙂", "task.name", "data", "method.name"]
 ODD_VALUES = ["[1,2]", "[]", "[1,", "null", "true", "1,2", "a,b", ",", "../../etc/passwd", "~/x", "${oc.env:HOME}",
               "${nope}", "'quoted'", '"x y"', "é", "1e309", "-0", "0x10", "nan", "-inf", "{a: 1}", "cuda:x",
-              "digits", "gbn", "l1,random", "slurm", "local"]
+              "digits", "gbn", "l1,random", "slurm", "local", "latency", "macs"]
 SUBCOMMANDS = ["run --cfg", "run", "sweep", "compare", "export", "list"]
 
 
