@@ -11,7 +11,8 @@ pruned run reproduce the record, then runs (same baselines, same seeds, experime
    epochs) at 70% (3 seeds) and 30% (seed 1), and the unpruned rows (method=none);
 2. the investigation of why Gate Decorator (gbn_cpu) does not lead L1 after fine-tuning at 50% MACs:
    one change at a time to gbn_cpu: 4x the data per tick, no tocks, the mean group score, a higher
-   per-layer floor, and a 2-epoch fine-tune (with L1 at 2 epochs and at Gate Decorator's total budget).
+   per-layer floor, and a 2-epoch fine-tune (with L1 at 2 epochs and at Gate Decorator's total budget);
+3. L1 at 50% with prune.round_to 8 and 16: the accuracy cost of rounding widths (issue 15).
 
 Every number is final-epoch accuracy on the validation file (the study's test split); nothing here was
 tuned on it: the variants were fixed before they ran, one change each.
@@ -24,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar10_dev_study import (OUT, SEEDS, cell, cli, gbn_epochs, load_runs, recorded,  # noqa: E402
-                               run_workers, sweep, t_interval)
+from cifar10_dev_study import (OUT, SEEDS, cell, cli, finish_report, gbn_epochs, load_runs,  # noqa: E402
+                               recorded, run_workers, sweep, t_interval)
 
 FINETUNE = 8  # budget=cifar10_dev's fine-tune epochs
 
@@ -55,6 +56,10 @@ def items() -> list[tuple[str, float | None, int, list[str]]]:
             ("l1, fine-tuned for gbn_cpu's total with a 2-epoch fine-tune", 0.5, seed,
              ["method=l1", f"finetune.epochs={round(gbn_prune_epochs(seed)) + 2}"]),
         ]
+    # Issue 15's width rounding: what prune.round_to costs in accuracy (its latency is in results/bench/round_to/)
+    for seed in SEEDS:
+        out += [("l1, round_to 8", 0.5, seed, ["method=l1", "prune.round_to=8"]),
+                ("l1, round_to 16", 0.5, seed, ["method=l1", "prune.round_to=16"])]
     return out
 
 
@@ -86,7 +91,7 @@ def matching(runs, target, seed, overrides):
     else:
         return hit
     defaults = {"method.tick_samples": "512", "method.tock_epochs": "1", "method.group_score": "sum",
-                "prune.min_channels_ratio": "0.1", "finetune.epochs": str(FINETUNE)}
+                "prune.min_channels_ratio": "0.1", "finetune.epochs": str(FINETUNE), "prune.round_to": "None"}
     for key, value in defaults.items():  # an item that does not change a key runs at its default
         if key not in {o.partition("=")[0] for o in overrides} and f"params.{key}" in hit:
             hit = hit[hit[f"params.{key}"].astype(str).map(lambda v, d=value: _same(v, d) or v in ("None", "nan"))]
@@ -188,12 +193,7 @@ def report() -> int:
             "− l1 (recorded, 8 epochs)": paired(final, rec("l1", 0.5)),
         })
     lines += [pd.DataFrame(rows).to_markdown(index=False) if rows else "(no variant has finished yet)", ""]
-    wall = OUT / "followup_wall_time.log"
-    if wall.exists():
-        lines += ["Wall time of the `run` invocations:", "", "```", wall.read_text().strip(), "```", ""]
-    (OUT / "followup.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return finish_report(lines, OUT / "followup_wall_time.log", OUT / "followup.md")
 
 
 def _pct(v) -> str:

@@ -120,6 +120,15 @@ def run_workers(script: str, workers: int, wall_log: Path) -> int:
 
 
 # --- the report -----------------------------------------------------------------------------------
+def finish_report(lines: list[str], wall_log: Path, out: Path) -> int:
+    """Append the wall time of the ``run`` invocations (from ``wall_log``), write ``out`` and print it."""
+    if wall_log.exists():
+        lines += ["Wall time of the `run` invocations:", "", "```", wall_log.read_text().strip(), "```", ""]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
 def label(row) -> str:
     method = row["tags.method"]
     if method in CONTROLS and int(float(row["params.finetune.epochs"])) != FINETUNE_EPOCHS:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import COMMON, ROOT, cell, cli, paired_verdict, run_workers, sweep  # noqa: E402
+from cifar10_dev_study import COMMON, ROOT, cell, cli, finish_report, paired_verdict, run_workers, sweep  # noqa: E402
 
 OUT = ROOT / "results" / "cifar10_dev"
 EXPERIMENT = "cifar10_dev_val"
@@ -135,12 +135,7 @@ def report() -> int:
         "```",
         "",
     ]
-    wall = OUT / "val_split_wall_time.log"
-    if wall.exists():
-        lines += ["Wall time:", "", "```", wall.read_text().strip(), "```", ""]
-    (OUT / "val_split_table.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return finish_report(lines, OUT / "val_split_wall_time.log", OUT / "val_split_table.md")
 
 
 def main() -> int:
