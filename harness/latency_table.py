@@ -179,10 +179,14 @@ class LatencyTable:
             self.data["layers"][shape.key()] = {"in": ins, "out": outs, "ms": grid}
         return points
 
-    @torch.inference_mode()
-    def _time_grid(self, shape: LayerShape, widths: list[tuple[int, int]]) -> list[float]:
+    def _time_grid(self, shape: LayerShape, widths: list[tuple[int, int]], chunk: int = 32) -> list[float]:
         """Median ms per pass of the layer at each (input, output) width, timed in interleaved rounds (every
-        point once per round) so that a burst of load on the machine hits many points a little, not one a lot."""
+        point of a chunk once per round) so that a burst of load on the machine hits many points a little,
+        not one a lot. Chunks bound the memory of the layers built at once (VGG's 512-wide grids)."""
+        return [ms for start in range(0, len(widths), chunk) for ms in self._time_points(shape, widths[start:start + chunk])]
+
+    @torch.inference_mode()
+    def _time_points(self, shape: LayerShape, widths: list[tuple[int, int]]) -> list[float]:
         torch.manual_seed(0)
         modules = [_layer(shape, i, o).to(self.device).eval() for i, o in widths]
         inputs = {i: _input(shape, i, self.batch, self.device) for i, _ in widths}
