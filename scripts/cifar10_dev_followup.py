@@ -79,23 +79,28 @@ def run(workers: int) -> int:
 # --- the report -----------------------------------------------------------------------------------
 def matching(runs, target, seed, overrides):
     """The finished runs of one item: its method tag, target, seed and every override's param."""
-    hit = runs[runs["tags.seed"].astype(int) == seed]
+    keep = runs["tags.seed"].astype(int) == seed
     for item in overrides:
         key, _, value = item.partition("=")
         if key == "method":
-            hit = hit[hit["tags.method"] == value]
+            keep &= runs["tags.method"] == value
         else:
-            hit = hit[hit[f"params.{key}"].astype(str).map(lambda v: _same(v, value))]
-    if target is not None:
-        hit = hit[hit["params.prune.flops_reduction"].astype(float) == target]
-    else:
-        return hit
+            keep &= _param(runs, key).map(lambda v, want=value: _same(v, want)).astype(bool)
+    if target is None:
+        return runs.loc[keep]
+    keep &= runs["params.prune.flops_reduction"].astype(float) == target
     defaults = {"method.tick_samples": "512", "method.tock_epochs": "1", "method.group_score": "sum",
                 "prune.min_channels_ratio": "0.1", "finetune.epochs": str(FINETUNE), "prune.round_to": "None"}
     for key, value in defaults.items():  # an item that does not change a key runs at its default
-        if key not in {o.partition("=")[0] for o in overrides} and f"params.{key}" in hit:
-            hit = hit[hit[f"params.{key}"].astype(str).map(lambda v, d=value: _same(v, d) or v in ("None", "nan"))]
-    return hit
+        if key not in {o.partition("=")[0] for o in overrides} and f"params.{key}" in runs:
+            keep &= _param(runs, key).map(lambda v, d=value: _same(v, d) or v == "None").astype(bool)
+    return runs.loc[keep]
+
+
+def _param(runs, key: str):
+    """A param column as strings; missing (a key the run's method does not have) reads 'None'."""
+    col = runs[f"params.{key}"]
+    return col.astype(object).where(col.notna(), "None").astype(str)
 
 
 def _same(a: str, b: str) -> bool:
@@ -193,7 +198,26 @@ def report() -> int:
             "− l1 (recorded, 8 epochs)": paired(final, rec("l1", 0.5)),
         })
     lines += [pd.DataFrame(rows).to_markdown(index=False) if rows else "(no variant has finished yet)", ""]
+    pairs = [("gbn_cpu, 2-epoch fine-tune", "l1, 2-epoch fine-tune"),
+             ("gbn_cpu, 2-epoch fine-tune", "l1, fine-tuned for gbn_cpu's total with a 2-epoch fine-tune"),
+             ("l1, round_to 8", "l1"), ("l1, round_to 16", "l1")]
+    finals = {label: final for label, final in variant_finals(runs).items()}
+    finals["l1"] = rec("l1", 0.5)
+    lines += ["Pairs within the variants (same seeds):", ""]
+    lines += [f"- {a} − {b}: {paired(finals.get(a, {}), finals.get(b, {}))}" for a, b in pairs] + [""]
     return finish_report(lines, OUT / "followup_wall_time.log", OUT / "followup.md")
+
+
+def variant_finals(runs) -> dict[str, dict[int, float]]:
+    """{variant label: {seed: final accuracy}} of the 50% items that have finished."""
+    out: dict[str, dict[int, float]] = {}
+    for label, target, seed, overrides in items():
+        if target != 0.5 or "reproduction" in label:
+            continue
+        hit = matching(runs, target, seed, overrides)
+        if not hit.empty:
+            out.setdefault(label, {})[seed] = float(hit["metrics.final_acc"].iloc[0])
+    return out
 
 
 def _pct(v) -> str:
