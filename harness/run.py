@@ -83,6 +83,7 @@ def run(cfg: DictConfig) -> dict:
                            cfg.prune.get("round_to"))
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
     # reachability is checked on its latency table (prepare_latency_target).
+    method.check_model(model)
     if target > 0 and pruner.max_reduction(model) < target and not latency_target:
         raise ConfigError(pruner.unreachable_message(model, target))
 

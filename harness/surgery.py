@@ -77,6 +77,7 @@ class ChannelPruner:
         self.measured_reduction: Callable[[nn.Module], float] | None = None
         self.measured_from, self.tolerance = 1.0, 0.02
         self.corrections: list[dict] = []  # what each correction measured, for the run's log
+        self.unscored: list[str] = []
 
     def use_latency(self, predict: Callable[[nn.Module], float], dense: nn.Module) -> None:
         """Prune to a latency target: ``reduction`` becomes 1 - predict(model) / predict(dense)."""
@@ -119,9 +120,11 @@ class ChannelPruner:
         """Every removable (group, channel), least important first, capped by each group's minimum."""
         groups = self.groups(model)
         scores = {}
+        self.unscored = []  # groups the criterion cannot score (slimming: no BatchNorm): never pruned
         for key, cg in groups.items():
             group_scores = importance(cg.group)
             if group_scores is None:
+                self.unscored.append(key)
                 continue
             group_scores = torch.as_tensor(group_scores, dtype=torch.float64).detach().cpu()
             if group_scores.numel() != cg.channels or not torch.isfinite(group_scores).all():
@@ -164,6 +167,12 @@ class ChannelPruner:
         build = lambda k: self.remove(copy.deepcopy(model), chosen(k))  # noqa: E731
         trial = lambda k: self.reduction(build(k))  # noqa: E731
         if trial(len(order)) < target:
+            if self.unscored:
+                raise ConfigError(
+                    f"{self.target_key}={target} is unreachable with this method's criterion: it scores "
+                    f"{len(groups) - len(self.unscored)} of the {len(groups)} channel groups (not e.g. "
+                    f"{self.unscored[0]}, which has no BatchNorm if the criterion is slimming's), and pruning only "
+                    f"those removes at most {trial(len(order)):.3f}; choose another method or lower the target")
             raise ConfigError(self.unreachable_message(model, target))
         k = _smallest_prefix(trial, target, len(order))
         if self.measured_reduction is not None and target >= self.measured_from - 1e-9:

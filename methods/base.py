@@ -67,6 +67,9 @@ class Method:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg  # the method's own config node
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse (ConfigError, one line) before any training a model this method's criterion cannot score."""
+
     def importance(self) -> Importance:
         """The channel criterion: a callable group -> one score per channel (lower goes first)."""
         raise NotImplementedError

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from omegaconf import OmegaConf
 
+from harness.errors import ConfigError
 from harness.train import TrainingHook
 from methods.base import Method, PruneContext
 
@@ -31,6 +32,11 @@ class BNSparsity(TrainingHook):
 
 class NetworkSlimming(Method):
     name = "slimming"
+
+    def check_model(self, model: nn.Module) -> None:
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ConfigError(f"Network Slimming scores channels by their BatchNorm scale and {type(model).__name__} "
+                              "has no BatchNorm layer (LayerNorm or none); choose another method")
 
     def importance(self):
         # Raw |γ| (no per-group normalisation): the paper's threshold is global over all scales.
