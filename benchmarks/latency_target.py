@@ -8,7 +8,7 @@ with L1-norm's channel ranking (untrained weights: latency does not depend on th
 - *table only*: the per-layer lookup table (harness/latency_table.py) predicts the latency of every
   candidate and the pruner takes the shortest prefix of the ranking predicted to meet the request;
 - *table + measured* (what `prune.target=latency` runs do): the same, corrected by real paired
-  measurements of the candidate (at most 4) while the measured reduction misses by more than 2 points.
+  measurements of the candidate (at most 5, 10 s each) while the measured reduction misses by more than 2 points.
 
 Each pruned model's reduction is then measured afresh, dense and pruned in alternating pairs until the
 speed-up's 95% interval is within +-3% (or 20 s): the "measured" column, with that interval. The table
@@ -44,7 +44,7 @@ def measure(dense, pruned, x, seconds: float) -> dict:
             "dense_ms": t["dense_ms"], "pruned_ms": t["pruned_ms"], "pairs": t["pairs"]}
 
 
-def case(name: str, batch: int, targets: list[float], results: Path) -> list[dict]:
+def case(name: str, batch: int, targets: list[float], results: Path, args_seconds: float = 10.0) -> list[dict]:
     model_name, classes, size = MODELS[name]
     torch.manual_seed(0)
     dense = create_model(model_name, classes).eval()
@@ -60,7 +60,7 @@ def case(name: str, batch: int, targets: list[float], results: Path) -> list[dic
         for mode in ("table only", "table + measured"):
             model = copy.deepcopy(dense)
             pruner.corrections = []
-            pruner.measured_reduction = (lambda m: measure(dense, m.eval(), x, 5.0)["measured"]) \
+            pruner.measured_reduction = (lambda m: measure(dense, m.eval(), x, args_seconds)["measured"]) \
                 if mode != "table only" else None
             pruner.measured_from = target
             t0 = time.perf_counter()
@@ -80,6 +80,9 @@ def case(name: str, batch: int, targets: list[float], results: Path) -> list[dic
                          "measurements": len(pruner.corrections), "search s": search, "table build s": built,
                          "calibration worst error %": 100 * line["max_rel_error"]})
             r = rows[-1]
+            for c in pruner.corrections:
+                print(f"    measured while pruning: prefix {c['prefix']}, predicted {100 * c['predicted']:.1f}%, "
+                      f"measured {100 * c['measured']:.1f}%", flush=True)
             print(f"{name} b{batch} {mode:17s} requested {100 * target:.0f}%: predicted {r['predicted %']:.1f}%, "
                   f"measured {100 * r['measured']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] "
                   f"(MACs -{r['MACs ↓ %']:.1f}%, {r['measurements']} measurements, {search:.1f} s)", flush=True)

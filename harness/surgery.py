@@ -180,23 +180,29 @@ class ChannelPruner:
         return self.remove(model, chosen(k))
 
     def _corrected(self, k: int, target: float, build, predicted, n: int) -> int:
-        """The table's prefix length ``k`` corrected by real measurements: while the measured reduction
-        misses ``target`` by more than ``tolerance``, aim the prediction that much further (a secant step
-        in predicted-reduction space) and measure again; at most 4 measurements. Returns the prefix whose
-        measurement came closest, preferring those that reach target - tolerance."""
+        """The table's prefix length ``k`` corrected by real measurements, at most 5 of them, until one
+        is within ``tolerance`` of ``target``. The next prefix comes from the table (its prediction aimed
+        by the last miss) until one measurement lies below the target and one above; from then on from
+        the straight line between the closest two on either side. Returns the prefix measured closest."""
         measured: dict[int, float] = {}
-        for _ in range(4):
+        for _ in range(5):
             measured[k] = self.measured_reduction(build(k))
             miss = target - measured[k]
             self.corrections.append({"prefix": k, "predicted": predicted(k), "measured": measured[k]})
             if abs(miss) <= self.tolerance:
                 break
-            nxt = _smallest_prefix(predicted, predicted(k) + miss, n)
+            below = [j for j, m in measured.items() if m < target]
+            above = [j for j, m in measured.items() if m > target]
+            if below and above:
+                lo = max(below, key=measured.get)
+                hi = min(above, key=measured.get)
+                nxt = round(lo + (hi - lo) * (target - measured[lo]) / (measured[hi] - measured[lo]))
+            else:
+                nxt = _smallest_prefix(predicted, predicted(k) + miss, n)
             if nxt in measured:
                 break
             k = nxt
-        reaching = [j for j, m in measured.items() if m >= target - self.tolerance]
-        return min(reaching or measured, key=lambda j: abs(target - measured[j]))
+        return min(measured, key=lambda j: abs(target - measured[j]))
 
     def rounded(self, selection: list[tuple[str, int]], order: list[tuple[str, int]],
                 groups: dict[str, ChannelGroup]) -> list[tuple[str, int]]:
