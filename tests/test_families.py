@@ -43,3 +43,27 @@ def test_unsupported_family_exits_2_with_one_line_before_training(run_cli, tmp_p
                              f"data.root={tmp_path / 'no-data'}", f"results_dir={tmp_path}", "tracking=none")
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _family_matrix():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("family_matrix", Path(__file__).parents[1] / "scripts" / "family_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("family, method, outcome", [
+    ("timm:convnext_atto", "slimming", "refused (exit 2)"),   # LayerNorm: no BatchNorm scale to score
+    ("timm:regnetx_002", "scop", "pruned"),                   # grouped convolutions, SCOP's uniform rate
+    ("tv:mobilenet_v3_small", "gbn", "pruned"),               # depthwise + squeeze-excite, Gate Decorator's ticks
+])
+def test_family_method_matrix_cells(family, method, outcome):
+    """A few cells of scripts/family_matrix.py (results/family_matrix.md has all 80): a method's own
+    criterion and schedule on a family's structure, pruned to 30% with a forward pass, or one line."""
+    cell = _family_matrix().one(family, method)
+    assert cell["outcome"] == outcome, cell
+    if outcome.startswith("refused"):
+        assert "BatchNorm" in cell["detail"] and "\n" not in cell["detail"]
