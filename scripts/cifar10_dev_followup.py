@@ -25,10 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar10_dev_study import (OUT, SEEDS, cell, cli, finish_report, gbn_epochs, load_runs,  # noqa: E402
-                               recorded, run_workers, sweep, t_interval)
+from cifar10_dev_study import (OUT, SEEDS, cell, cli, finish_report, load_runs, recorded,  # noqa: E402
+                               run_workers, sweep, t_interval)
 
 FINETUNE = 8  # budget=cifar10_dev's fine-tune epochs
+
+
+def gbn_epochs(target: float, seed: int) -> float:
+    """The study's gbn_cpu (default settings) total epochs after the baseline at this cell, from the record:
+    the store also holds this script's gbn_cpu variants at 50%, which must not set the controls' budgets."""
+    return next(r["epochs_after_baseline"] for r in recorded()
+                if r["method"] == "gbn_cpu" and r["target"] == target and r["seed"] == seed)
 
 
 def gbn_prune_epochs(seed: int) -> float:
