@@ -72,10 +72,10 @@ def one(family: str, method: str, target: float = 0.3) -> dict:
         example = torch.randn(1, 3, 32, 32)
         last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
         pruner = ChannelPruner(model, example, [last], 0.1)
-        method = create_method(cfg)
-        method.check_model(model)  # the checks a run does before training
+        pruning = create_method(cfg)
+        pruning.check_model(model)  # the checks a run does before training
         pruner.max_reduction(model)
-        model = method.prune(model, context(pruner, cfg.method, target)).eval()
+        model = pruning.prune(model, context(pruner, cfg.method, target)).eval()
         reduction = pruner.reduction(model)
         with torch.no_grad():
             shape = tuple(model(torch.randn(2, 3, 32, 32)).shape)
