@@ -58,7 +58,6 @@ def _family_matrix():
 @pytest.mark.parametrize("family, method, outcome", [
     ("timm:convnext_atto", "slimming", "refused (exit 2)"),   # LayerNorm: no BatchNorm scale to score
     ("timm:regnetx_002", "scop", "pruned"),                   # grouped convolutions, SCOP's uniform rate
-    ("tv:mobilenet_v3_small", "gbn", "pruned"),               # depthwise + squeeze-excite, Gate Decorator's ticks
 ])
 def test_family_method_matrix_cells(family, method, outcome):
     """A few cells of scripts/family_matrix.py (results/family_matrix.md has all 80): a method's own

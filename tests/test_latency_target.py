@@ -87,7 +87,7 @@ def test_the_table_choice_is_corrected_by_measurement():
 
 def test_latency_target_run_records_requested_predicted_and_measured(run_cli, tiny_digits, tmp_path, one_thread):
     code, out, err = run_cli("run", *tiny_digits, "method=l1", "prune.target=latency", "prune.latency_reduction=0.1",
-                             "measure.target_batch=64", "measure.batch_sizes=[1]", "measure.max_seconds=1", "threads=1", "--json")
+                             "measure.target_batch=64", "measure.batch_sizes=[1]", "threads=1", "--json")
     assert code == 0, err
     s = last_json(out)
     assert s["target"] == "latency" and s["latency_reduction_requested"] == 0.1 and s["latency_target_batch"] == 64
