@@ -52,7 +52,7 @@ def case(name: str, batch: int, targets: list[float], results: Path, args_second
     pruner = ChannelPruner(dense, example, [output_layer(dense)], 0.1)
     table = LatencyTable(batch, torch.device("cpu"), results)
     started = time.perf_counter()
-    line = table.prepare(dense, example, narrowed_copies(dense, pruner))
+    line = table.prepare(dense, example, lambda: narrowed_copies(dense, pruner))
     built = time.perf_counter() - started
     pruner.use_latency(lambda m: table.predict(m, example), dense)
     rows = []

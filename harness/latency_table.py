@@ -23,12 +23,13 @@ import re
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from harness.locks import file_lock
-from harness.measure import _timed, device_name
+from harness.measure import _timed, device_name, passes_for
 
 # Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
 # aligned widths, so the table must see them), coarser above (at most 16 points), plus every width the
@@ -136,9 +137,10 @@ class LatencyTable:
         self.line: dict | None = None  # the calibration of the model being pruned
 
     # --- building ------------------------------------------------------------------------------
-    def prepare(self, dense: nn.Module, example: torch.Tensor, narrowed: list[nn.Module]) -> dict:
-        """Time every layer shape of ``dense`` (those not already in the cached table) and fit the
-        calibration line on ``dense`` and the uniformly ``narrowed`` copies. Returns the line."""
+    def prepare(self, dense: nn.Module, example: torch.Tensor, narrowed: Callable[[], list[nn.Module]]) -> dict:
+        """Time every layer shape of ``dense`` (those not already in the cached table) and, unless this model's
+        line is cached, fit the calibration line on ``dense`` and the uniformly narrowed copies that
+        ``narrowed()`` builds (only then: building them traces the model four times). Returns the line."""
         layers = layers_of(dense, example)
         model_key = hashlib.sha256(json.dumps([(s.key(), i, o) for s, i, o in layers]).encode()).hexdigest()[:16]
         with file_lock(self.path.with_suffix(".lock")):
@@ -148,7 +150,7 @@ class LatencyTable:
                 self.data["calibration"].update(cached.get("calibration", {}))
             changed = self._fill(layers) > 0
             if model_key not in self.data["calibration"]:
-                self.data["calibration"][model_key] = self._calibrate([dense, *narrowed], example)
+                self.data["calibration"][model_key] = self._calibrate([dense, *narrowed()], example)
                 changed = True
             self.line = self.data["calibration"][model_key]
             if changed:
@@ -193,7 +195,7 @@ class LatencyTable:
         passes = []
         for module, (i, _) in zip(modules, widths):
             module(inputs[i]), module(inputs[i])
-            passes.append(max(1, min(1000, math.ceil(2.0 / max(_timed(module, inputs[i], 1), 1e-3)))))
+            passes.append(passes_for(module, inputs[i]))
         rounds = [[_timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(TIMINGS)]
         return [statistics.median(r[k] for r in rounds) for k in range(len(widths))]
 
@@ -204,7 +206,7 @@ class LatencyTable:
         for m in models:
             m.eval()
         with torch.inference_mode():
-            passes = [max(1, min(1000, math.ceil(2.0 / max(_timed(m, x, 1), 1e-3)))) for m in models]
+            passes = [passes_for(m, x) for m in models]
             rounds = [[_timed(m, x, p) for m, p in zip(models, passes)] for _ in range(CALIBRATION_ROUNDS)]
         real = [statistics.median(r[j] for r in rounds) for j in range(len(models))]
         n, mx, my = len(real), statistics.mean(table), statistics.mean(real)

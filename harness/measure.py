@@ -60,8 +60,7 @@ def paired_latency(dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: in
             m.eval()
     for _ in range(max(1, warmup)):
         dense(x), pruned(x)
-    once = _timed(dense, x, 1)
-    passes = max(1, min(1000, math.ceil(2.0 / max(once, 1e-3))))
+    passes = passes_for(dense, x)
     dense_ms, pruned_ms, ratios = [], [], []
     started, converged, ci = time.perf_counter(), False, None
     while True:
@@ -85,6 +84,12 @@ def paired_latency(dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: in
             "speedup_hi": ci[1] if ci else None, "speedup_q1": quartiles[0], "speedup_q3": quartiles[2],
             "pairs": len(ratios), "passes_per_timing": passes, "converged": converged,
             "seconds": time.perf_counter() - started}
+
+
+def passes_for(model, x: torch.Tensor) -> int:
+    """Forward passes per timing so that one timing lasts ~2 ms (1 to 1000): sub-millisecond timings are
+    dominated by timer and scheduler noise."""
+    return max(1, min(1000, math.ceil(2.0 / max(_timed(model, x, 1), 1e-3))))
 
 
 def _timed(model, x: torch.Tensor, passes: int) -> float:

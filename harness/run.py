@@ -256,7 +256,7 @@ class _Phases:
             example = self.task.example_input(1).to(self.device)
             kept, pruner.example_inputs = pruner.example_inputs, example
             try:
-                table.prepare(dense, example, narrowed_copies(dense, pruner))
+                table.prepare(dense, example, lambda: narrowed_copies(dense, pruner))
             finally:
                 pruner.example_inputs = kept
         table.data, table.line = distributed.broadcast((table.data, table.line) if distributed.is_main() else None)

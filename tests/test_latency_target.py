@@ -53,7 +53,7 @@ def test_table_interpolates_between_timed_points_and_is_reused_from_its_cache(tm
     pruner = ChannelPruner(model, example, [model.fc])
     narrow = pruner.shrink_to(Net().eval(), {k: g.channels // 4 for k, g in pruner.groups(Net()).items()})
     table = LatencyTable(8, torch.device("cpu"), tmp_path)
-    line = table.prepare(model, example, [narrow])
+    line = table.prepare(model, example, lambda: [narrow])
     assert table.path.is_file() and line["models"] == 2 and line["a"] > 0
     layers = layers_of(model, example)
     shape, cin, cout = layers[2]  # conv 64 -> 96: both widths are grid points, so the lookup is the timing
@@ -66,7 +66,7 @@ def test_table_interpolates_between_timed_points_and_is_reused_from_its_cache(tm
     # A second table on the same device, threads and batch times nothing: it reads the cached file.
     again = LatencyTable(8, torch.device("cpu"), tmp_path)
     again._time_grid = lambda *a: pytest.fail("a cached layer shape was timed again")
-    assert again.prepare(model, example, [narrow]) == line
+    assert again.prepare(model, example, lambda: pytest.fail("a cached line was fitted again")) == line
     assert again.predict(narrow, example) < again.predict(model, example)
 
 
