@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.surgery import ChannelPruner, count_macs_params
+from harness.core.surgery import ChannelPruner, count_macs_params
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 
@@ -11,7 +11,7 @@ MODELS = {"resnet56": ("resnet56", 10, 32), "vgg16_cifar": ("vgg16_cifar", 100, 
 
 
 def one_epoch_recipe(weight_decay: float = 0.0):
-    """A harness.train recipe for one epoch of plain SGD, as the bare loops in the benchmarks use."""
+    """A harness.core.train recipe for one epoch of plain SGD, as the bare loops in the benchmarks use."""
     from omegaconf import OmegaConf
 
     return OmegaConf.create({"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": weight_decay,

@@ -3,7 +3,7 @@
     python benchmarks/ddp_scaling.py [--model resnet20] [--rounds 3] [--epochs 3] [--data ../shared/data/cifar10-dev]
 
 Each configuration is a fresh launch of this file's worker (``torchrun --nproc-per-node 2`` for the
-data-parallel one) that trains ``--epochs`` epochs with ``harness.train.train`` exactly as a run's
+data-parallel one) that trains ``--epochs`` epochs with ``harness.core.train.train`` exactly as a run's
 fine-tune does: the task's dataset and augmentation, the harness's loader (``ShardSampler`` shards
 under DDP), DistributedDataParallel. The global batch is 128 in every configuration (2 processes x 64).
 The first epoch of each launch is a warm-up; images/s is the median of the others. Launches are
@@ -31,9 +31,9 @@ def worker(args) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from harness import distributed
+    from harness.core import distributed
     from harness.config import compose
-    from harness.train import train
+    from harness.core.train import train
     from tasks import create_task
 
     torch.set_num_threads(args.threads)
@@ -84,7 +84,7 @@ def main() -> int:
         worker(args)
         return 0
 
-    from harness.bench import environment
+    from harness.latency.backends import environment
 
     started = time.time()
     rates: dict[str, list[float]] = {name: [] for name, _, _ in CONFIGS}
@@ -99,7 +99,7 @@ def main() -> int:
         f"Command: `python benchmarks/ddp_scaling.py --model {args.model} --rounds {args.rounds} --epochs {args.epochs}` "
         f"({time.time() - started:.0f} s in all)", "",
         f"{args.model} on the 4,065 training images of shared/data/cifar10-dev (random crop + flip + normalise), "
-        f"`harness.train.train` (the loop every run's training uses), global batch {GLOBAL_BATCH} in every row "
+        f"`harness.core.train.train` (the loop every run's training uses), global batch {GLOBAL_BATCH} in every row "
         f"(2 processes x {GLOBAL_BATCH // 2}), SGD. Images/s: per launch, the median over epochs 2..{args.epochs}; "
         "the table gives the median over rounds, and the speed-up is the median of per-round ratios against the "
         "first row.", "",

@@ -7,7 +7,7 @@ shared/data/cifar10-dev, with the same augmentation (random crop with 4-pixel pa
 flip, normalisation), batch 128, SGD-Nesterov. The bare side is torchvision's CIFAR10 (its md5 check
 skipped) + a DataLoader +
 the textbook loop. The harness side is what ``python -m harness run`` does per epoch: the task's
-datasets and loader, ``harness.train.train`` with a method hook (slimming's BN sub-gradient), the
+datasets and loader, ``harness.core.train.train`` with a method hook (slimming's BN sub-gradient), the
 progress bar drawn, per-epoch MLflow logging, and (the second harness column) the per-epoch
 evaluation on the 1,020 validation images that produces the logged accuracy curve. Epochs are
 interleaved (bare, harness, harness + eval, bare, ...) so that all see the same machine load; the
@@ -44,10 +44,10 @@ def main() -> int:
 
     import torchvision.transforms as T
 
-    from harness.bench import environment
+    from harness.latency.backends import environment
     from harness.config import compose
     from harness.tracking import MlflowTracker
-    from harness.train import train
+    from harness.core.train import train
     from methods.slimming import BNSparsity
     from tasks import create_task
     from tasks.cifar import _dataset_class
@@ -127,7 +127,7 @@ def main() -> int:
     for name in ("harness", "harness + eval"):
         lines.append(f"| {name} | {med[name]:.2f} | {statistics.median(ratios[name]) - 1:+.1%} | "
                      f"{', '.join(f'{t:.2f}' for t in times[name])} |")
-    lines += ["", "`harness`: harness.train.train with a method hook, the progress bar and per-epoch MLflow "
+    lines += ["", "`harness`: harness.core.train.train with a method hook, the progress bar and per-epoch MLflow "
               "logging; `harness + eval`: the same plus the per-epoch evaluation on the 1,020 validation images "
               "(what `run` does to log its accuracy curves).", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)

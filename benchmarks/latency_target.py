@@ -29,17 +29,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import MODELS, output_layer  # noqa: E402
-from harness.errors import ConfigError  # noqa: E402
-from harness.latency_table import LatencyTable, narrowed_copies  # noqa: E402
-from harness.measure import count_macs_params, paired_latency  # noqa: E402
-from harness.surgery import ChannelPruner  # noqa: E402
+from harness.core.errors import ConfigError  # noqa: E402
+from harness.latency.table import LatencyTable, narrowed_copies  # noqa: E402
+from harness.core.surgery import count_macs_params  # noqa: E402
+from harness.latency.measure import paired_latency  # noqa: E402
+from harness.latency.target import Corrected, PredictedLatency, reduction_from_speedup  # noqa: E402
+from harness.core.surgery import ChannelPruner  # noqa: E402
 from methods.l1 import FilterL1Importance  # noqa: E402
 from tasks.models import create_model  # noqa: E402
 
 
 def measure(dense, pruned, x, seconds: float) -> dict:
     t = paired_latency(dense, pruned, x, warmup=3, min_pairs=10, max_seconds=seconds, interval=0.03)
-    cut = lambda s: 1 - 1 / s if s else float("nan")  # noqa: E731
+    cut = lambda s: reduction_from_speedup(s) or float("nan")  # noqa: E731
     return {"measured": cut(t["speedup"]), "lo": cut(t["speedup_lo"]), "hi": cut(t["speedup_hi"]),
             "dense_ms": t["dense_ms"], "pruned_ms": t["pruned_ms"], "pairs": t["pairs"]}
 
@@ -54,15 +56,14 @@ def case(name: str, batch: int, targets: list[float], results: Path, args_second
     started = time.perf_counter()
     line = table.prepare(dense, example, lambda: narrowed_copies(dense, pruner))
     built = time.perf_counter() - started
-    pruner.use_latency(lambda m: table.predict(m, example), dense)
+    predicted = PredictedLatency(table)
     rows = []
     for target in targets:
         for mode in ("table only", "table + measured"):
             model = copy.deepcopy(dense)
-            pruner.corrections = []
-            pruner.measured_reduction = (lambda m: measure(dense, m.eval(), x, args_seconds)["measured"]) \
-                if mode != "table only" else None
-            pruner.measured_from = target
+            cost = predicted if mode == "table only" else Corrected(
+                predicted, lambda m: measure(dense, m.eval(), x, args_seconds)["measured"], measured_from=target)
+            pruner.use_cost(cost, dense)
             t0 = time.perf_counter()
             try:
                 pruner.prune_to_target(model, FilterL1Importance(), target)
@@ -77,10 +78,10 @@ def case(name: str, batch: int, targets: list[float], results: Path, args_second
             rows.append({"model": name, "batch": batch, "requested %": 100 * target, "mode": mode,
                          "predicted %": 100 * pruner.reduction(model), **{k: v for k, v in m.items()},
                          "MACs ↓ %": 100 * (1 - count_macs_params(model, example)[0] / pruner.base_macs),
-                         "measurements": len(pruner.corrections), "search s": search, "table build s": built,
+                         "measurements": len(getattr(cost, "corrections", [])), "search s": search, "table build s": built,
                          "calibration worst error %": 100 * line["max_rel_error"]})
             r = rows[-1]
-            for c in pruner.corrections:
+            for c in getattr(cost, "corrections", []):
                 print(f"    measured while pruning: prefix {c['prefix']}, predicted {100 * c['predicted']:.1f}%, "
                       f"measured {100 * c['measured']:.1f}%", flush=True)
             print(f"{name} b{batch} {mode:17s} requested {100 * target:.0f}%: predicted {r['predicted %']:.1f}%, "

@@ -5,7 +5,7 @@ own cost, each as a ratio measured side by side in one run. Writes results/bench
     python benchmarks/ratios.py --models resnet56 --backends eager --skip-overhead
 
 Latency: median ms per batch after warm-up; dense and pruned are timed in alternating pairs on the same
-batch (harness.measure.paired_latency, what every run does), pairs added until the speed-up's 95%
+batch (harness.latency.measure.paired_latency, what every run does), pairs added until the speed-up's 95%
 interval is within ±3% of its median or --max-seconds pass. MACs ratio = dense MACs / pruned MACs
 (batch 1); efficiency = speed-up / MACs ratio (1.0 = the speed-up that the MACs promise).
 """
@@ -25,8 +25,8 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MODELS, dense_and_pruned  # noqa: E402
-from harness.bench import BackendUnavailable, environment, runner  # noqa: E402
-from harness.measure import paired_latency  # noqa: E402
+from harness.latency.backends import BackendUnavailable, environment, runner  # noqa: E402
+from harness.latency.measure import paired_latency  # noqa: E402
 
 
 def latency_rows(models, targets, rounds, batches, backends, repeats, device: str = "cpu",
@@ -62,11 +62,11 @@ def latency_rows(models, targets, rounds, batches, backends, repeats, device: st
 
 
 def harness_overhead(steps: int = 12, rounds: int = 5) -> dict:
-    """Epoch time of harness.train.train (a method hook, a progress bar drawn to a sink, per-epoch
+    """Epoch time of harness.core.train.train (a method hook, a progress bar drawn to a sink, per-epoch
     MLflow logging to a temporary sqlite store) over a bare loop, same model, data and optimiser."""
     from benchmarks.common import one_epoch_recipe
     from harness.tracking import MlflowTracker
-    from harness.train import train
+    from harness.core.train import train
     from methods.slimming import BNSparsity
     from tasks.models import create_model
 
@@ -189,7 +189,7 @@ def main() -> int:
         over = harness_overhead()
         step = pruning_step_cost()
         text = ("# The harness's own cost\n\n" + header + "\n## Training loop overhead\n\n"
-                "harness.train.train (method hook, progress bar drawn, per-epoch MLflow logging) against a bare "
+                "harness.core.train.train (method hook, progress bar drawn, per-epoch MLflow logging) against a bare "
                 "loop on the same model, data and optimiser; median of 5 interleaved epochs.\n\n"
                 + _table([over]) + "\n\n## One pruning step on ResNet-50 (224x224), seconds, median of 3\n\n"
                 + _table([step]) + "\n")

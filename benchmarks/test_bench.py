@@ -48,7 +48,7 @@ def test_bare_train_epoch(benchmark):
 
 def test_harness_train_epoch(benchmark):
     from benchmarks.common import one_epoch_recipe
-    from harness.train import train
+    from harness.core.train import train
     from methods.slimming import BNSparsity
 
     model, data = _train_setup()

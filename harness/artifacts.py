@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.errors import ConfigError
-from harness.surgery import ShortcutOnly, replace_module
+from harness.core.errors import ConfigError
+from harness.core.surgery import ShortcutOnly, replace_module
 from tasks.models import create_model
 
 FORMAT = "harness.pruned/v1"

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed
+from harness.core import distributed
 from harness.artifacts import atomic_save
-from harness.locks import file_lock
+from harness.core.locks import file_lock
 
 # Config keys that change what the baseline is. Paths and loader workers do not.
 _DATA_IGNORED = {"root", "download", "num_workers", "check_integrity"}

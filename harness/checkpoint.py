@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed
+from harness.core import distributed
 from harness.artifacts import atomic_save
 from harness.baseline import data_identity
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 # Keys that change how a run is shown, launched or measured, not what it trains.
 _NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measure")

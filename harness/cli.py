@@ -10,7 +10,7 @@ import json
 import re
 import sys
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 EPILOG = """examples:
   python -m harness run task=digits method=l1 prune.flops_reduction=0.5
@@ -186,7 +186,7 @@ def _run(args) -> int:
         return 0
     if cfg.launcher.name != "inline":
         if any("," in o.partition("=")[2] and "[" not in o for o in args.overrides):
-            from harness.errors import ConfigError
+            from harness.core.errors import ConfigError
 
             raise ConfigError("run takes single values; use `python -m harness sweep` for comma lists")
         return _sweep(args)
@@ -194,7 +194,7 @@ def _run(args) -> int:
     from harness.run import run
 
     summary = run(cfg)
-    from harness import distributed
+    from harness.core import distributed
 
     if not distributed.is_main():  # a distributed run: rank 0 reports for all
         return 0

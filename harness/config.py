@@ -11,26 +11,91 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
+from harness.core.settings import check_range
+from harness.core import settings as plugin_settings
+from harness.core.schedules import SCHEDULES
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("task", "budget", "method", "regularizer", "tracking", "launcher")
 PLAIN_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"  # an experiment name: never a path
 SECTIONS = ("task", "model", "data", "train", "finetune", "measure", "prune", "method", "regularizer", "tracking",
             "launcher")
-SCHEDULES = ("cosine", "step", "constant", "triangular", "onecycle")  # harness/train.py lr_factor
+
+
+def _plugins(group: str) -> dict[str, type]:
+    """The plug-in classes that give ``group`` options of their own (method, regularizer): {name: class}."""
+    if group == "method":
+        from methods import METHODS
+
+        METHODS.discover()
+        return {n: c for n, c in METHODS.entries.items() if not c.presets_only}
+    if group == "regularizer":
+        from methods.base import REGULARIZERS
+
+        REGULARIZERS.discover()
+        return dict(REGULARIZERS.entries)
+    return {}
+
+
+def register_plugin_configs() -> None:
+    """Each plug-in's settings with their defaults become its config node (``method=gbn``), stored in
+    Hydra's ConfigStore; a YAML file of the same name under conf/<group>/ takes precedence (method=anl
+    switches a regulariser on), and presets there build on these nodes (``defaults: [gbn, _self_]``)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group in ("method", "regularizer"):
+        for name, cls in _plugins(group).items():
+            if not (CONF_DIR / group / f"{name}.yaml").exists():
+                node = {"name": name, "description": cls.description} if group == "method" else {"name": name}
+                store.store(group=group, name=name, node={**node, **plugin_settings.defaults(cls.settings)})
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted({p.stem for p in (CONF_DIR / group).glob("*.yaml")} | set(_plugins(group)))
 
 
 def describe_group(group: str) -> dict[str, str]:
-    """{option: one-line description} read from each option's config file."""
-    out = {}
+    """{option: one-line description}: a preset's from its config file, a plug-in's from its class."""
+    out, plugins = {}, _plugins(group)
     for name in group_options(group):
-        node = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
-        out[name] = str(node.get(group, node).get("description", ""))
+        path = CONF_DIR / group / f"{name}.yaml"
+        if path.exists():
+            node = OmegaConf.load(path)
+            out[name] = str(node.get(group, node).get("description", ""))
+        else:
+            out[name] = plugins[name].description
+    return out
+
+
+def plugin_class(cfg: DictConfig, group: str) -> type | None:
+    """The class of the method or regulariser a composed config selects (None for regularizer=none)."""
+    node = cfg.get(group)
+    name = node.get("impl") or node.get("name") if node is not None else None
+    if group == "method":
+        from methods import METHODS
+
+        return METHODS.get(name)
+    from methods.base import REGULARIZERS
+
+    return REGULARIZERS.entries.get(name)
+
+
+def all_ranges() -> dict[str, tuple]:
+    """Every checked numeric key: the harness's own (RANGES) and every plug-in's declared settings."""
+    out = dict(RANGES)
+    for group in ("method", "regularizer"):
+        for cls in _plugins(group).values():
+            for s in plugin_settings.describe(cls.settings):
+                if s.kind in ("int", "real"):
+                    out[f"{group}.{s.name}"] = (s.kind, s.interval, s.nullable)
+    from methods import METHODS
+
+    for cls in METHODS.entries.values():  # presets-only methods too
+        for s in plugin_settings.describe(cls.settings):
+            if s.kind in ("int", "real"):
+                out[f"method.{s.name}"] = (s.kind, s.interval, s.nullable)
     return out
 
 
@@ -40,6 +105,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
 
     overrides = _last_wins([_model_shorthand(o) for o in overrides])
+    register_plugin_configs()
     _check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -137,7 +203,8 @@ def unknown_key_message(key: str, overrides: list[str]) -> str:
     return f"unknown key {key!r}; {hint}{where}: {', '.join(str(k) for k in node)}"
 
 
-# Every numeric key and its accepted range, checked before anything runs (README "Numeric ranges").
+# Every numeric key of the harness's own sections and its accepted range, checked before anything runs
+# (docs "Configuration"). A method's or regulariser's keys are declared by the plug-in (its ``settings``).
 # (kind, interval, nullable): kind "int" or "real"; "[a, b]" closed, "(a" / "b)" open; "inf" unbounded.
 _PHASE = {"epochs": ("int", "[1, 100000]"), "batch_size": ("int", "[1, 1048576]"), "lr": ("real", "(0, 100]"),
           "momentum": ("real", "[0, 1)"), "weight_decay": ("real", "[0, 1]"), "gamma": ("real", "(0, 1]"),
@@ -157,33 +224,6 @@ RANGES: dict[str, tuple] = {
     "data.num_workers": ("int", "[0, 1024]"), "data.size": ("int", "[8, 8192]"),
     "data.test_fraction": ("real", "(0, 1)"), "data.val_fraction": ("real", "[0, 1)", True),
     "data.val_seed": ("int", "[0, 4294967295]"), "model.kwargs.width": ("int", "[1, 4096]"),
-    "method.tick_p": ("real", "(0, 1]"), "method.tick_lr": ("real", "(0, 100]"), "method.tick_momentum": ("real", "[0, 1)"),
-    "method.tick_samples": ("int", "[1, inf)", True), "method.tock_every": ("int", "[0, 100000]"),
-    "method.tock_epochs": ("int", "[0, 100000]"), "method.sparsity": ("real", "[0, 100]"),
-    "method.tock_min_lr": ("real", "(0, 100]"), "method.tock_max_lr": ("real", "(0, 100]"),
-    "method.tock_momentum": ("real", "[0, 1)"), "method.tock_weight_decay": ("real", "[0, 1]"),
-    "method.beta_clamp": ("real", "(0, 1000000]"), "method.max_ticks": ("int", "[1, 10000000]"),
-    "method.sparse_epochs": ("int", "[0, 100000]"),
-    # GAL and AIP
-    "method.max_block_share": ("real", "(0, 1]"), "method.mu": ("real", "[0, 1000]"),
-    "method.mask_step": ("int", "[1, 10000000]"), "method.epochs": ("int", "[0, 100000]"),
-    "method.lr": ("real", "(0, 100]"), "method.lr_step": ("int", "[1, 100000]"), "method.lr_gamma": ("real", "(0, 1]"),
-    "method.momentum": ("real", "[0, 1)"), "method.weight_decay": ("real", "[0, 1]"),
-    "method.steps": ("int", "[1, 100000]"), "method.recover_epochs": ("int", "[0, 100000]"),
-    "method.ce_weight": ("real", "[0, 1000]"), "method.kd_weight": ("real", "[0, 1000]"),
-    "method.at_weight": ("real", "[0, 1000000]"), "method.adv_weight": ("real", "[0, 1000]"),
-    "method.temperature": ("real", "(0, 1000]"),
-    # SCOP and ACP
-    "method.beta1": ("real", "[0, 1)"), "method.beta2": ("real", "[0, 1)"),
-    "method.recalibrate_samples": ("int", "[1, inf)", True),
-    "method.eps": ("real", "(0, 2]", True), "method.min_samples": ("int", "[1, 100000]"),
-    "method.samples": ("int", "[1, 1000000]"), "method.particles": ("int", "[1, 10000]"),
-    "method.cycles": ("int", "[0, 10000]"), "method.fitness_epochs": ("int", "[0, 100000]"),
-    "method.inertia_start": ("real", "[0, 10]"), "method.inertia_end": ("real", "[0, 10]"),
-    "method.c1": ("real", "[0, 100]"), "method.c2": ("real", "[0, 100]"),
-    "method.constriction": ("real", "(0, 10]"), "method.max_velocity": ("real", "(0, 100000]"),
-    "method.step_scale": ("real", "(0, 100]"),
-    "regularizer.eps": ("real", "[0, 100]"), "regularizer.prob": ("real", "[0, 1]"),
     "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.max_parallel": ("int", "[1, 4096]", True), "launcher.threads_per_job": ("int", "[1, 4096]", True),
     "launcher.time_min": ("int", "[1, 10000000]"), "launcher.signal_delay_s": ("int", "[0, 100000]"),
     "launcher.gpus_per_node": ("int", "[0, 1024]"), "launcher.cpus_per_task": ("int", "[1, 4096]"),
@@ -192,28 +232,10 @@ RANGES: dict[str, tuple] = {
 }
 
 
-# Keys that take one of a few words (checked where the chosen method has them).
+# Keys that take one of a few words.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "prune.target": ("macs", "latency"), "method.structure": ("auto", "block", "channel"), "method.mask_init": ("normal", "one"),
-    "method.select": ("val", "last"), "method.knockoff": ("shuffle",),
+    "prune.target": ("macs", "latency"),
 }
-
-
-def check_range(key: str, value, kind: str, interval: str, nullable: bool = False) -> None:
-    """Raise ConfigError unless ``value`` is a finite ``kind`` inside ``interval``."""
-    if value is None and nullable:
-        return
-    what = "an integer" if kind == "int" else "a number"
-    null = " or null" if nullable else ""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = is_number and math.isfinite(value) and (kind == "real" or float(value).is_integer())
-    if ok:
-        lo, hi = (part.strip() for part in interval[1:-1].split(","))
-        lo_v, hi_v = float(lo), float(hi)
-        ok = (value >= lo_v if interval[0] == "[" else value > lo_v) and (
-            value <= hi_v if interval[-1] == "]" else value < hi_v)
-    if not ok:
-        raise ConfigError(f"{key} must be {what} in {interval}{null}, got {value!r}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -249,6 +271,10 @@ def validate(cfg: DictConfig) -> None:
     need(re.fullmatch(PLAIN_NAME, str(cfg.tracking.experiment)) is not None,
          f"tracking.experiment must be a plain name (letters, digits, _ . -; 1-100 characters), "
          f"got {cfg.tracking.experiment!r}")
+    for group in ("method", "regularizer"):
+        cls = plugin_class(cfg, group)
+        if cls is not None:
+            plugin_settings.check(group, cls.settings, cfg[group])
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from harness.artifacts import FORMAT, input_shape, load_pruned, model_from_payload, save_pruned
-from harness.errors import ConfigError, DataError, HarnessError
+from harness.core.errors import ConfigError, DataError, HarnessError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt": ".pt"}
 OPTIONS = {"format": None, "out": None, "tolerance": "1e-3", "batch": "2", "tracking.uri": None,

@@ -25,7 +25,7 @@ import submitit
 from omegaconf import DictConfig
 
 from harness.config import compose
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def split_values(value: str) -> list[str]:
@@ -121,7 +121,7 @@ def run_slot(folder: Path | None, slots: int | None, poll: float = 0.5):
     if not slots:
         yield
         return
-    from harness.locks import LockTimeout, file_lock
+    from harness.core.locks import LockTimeout, file_lock
 
     def take_one(stack: contextlib.ExitStack) -> bool:
         for k in range(slots):

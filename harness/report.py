@@ -47,7 +47,7 @@ def compare_command(args) -> int:
 
     from harness import compare, plots
     from harness.config import PLAIN_NAME
-    from harness.errors import ConfigError
+    from harness.core.errors import ConfigError
     from harness.tracking import MlflowTracker, store_uri
 
     opts = {}

@@ -23,15 +23,15 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from harness import baseline as baseline_cache
-from harness import distributed
+from harness.core import distributed
 from harness.artifacts import model_from_payload, pruned_payload, save_pruned
 from harness.checkpoint import RunCheckpoint
-from harness.errors import ConfigError
-from harness.latency_table import LatencyTable, narrowed_copies
-from harness.measure import compare_latency, count_macs_params, paired_latency
-from harness.surgery import ChannelPruner, channel_widths
+from harness.core.errors import ConfigError
+from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params
+from harness.latency import target as latency_target
+from harness.latency.measure import compare_latency
 from harness.tracking import flatten, make_tracker
-from harness.train import CountingLoader, total_epochs, train
+from harness.core.train import CountingLoader, total_epochs, train
 from methods import PruneContext, create_method, create_regularizer
 from tasks import create_task
 
@@ -245,34 +245,14 @@ class _Phases:
         return self.measure(model, dense, measures, started)
 
     def prepare_latency_target(self, model) -> None:
-        """Before any training: the per-layer latency table for this device, threads and batch (built once,
-        cached) and its calibration on this model; from then on the pruner's cost is predicted latency.
-        A target the table says the per-layer minimums cannot reach fails here."""
-        cfg, pruner = self.cfg, self.pruner
-        table = LatencyTable(cfg.measure.target_batch, self.device, cfg.results_dir, say=self.say,
-                             align=cfg.prune.get("round_to"))
-        dense = copy.deepcopy(model).to(self.device).eval()
-        if distributed.is_main():  # one process times; the others would share its cores
-            example = self.task.example_input(1).to(self.device)
-            kept, pruner.example_inputs = pruner.example_inputs, example
-            try:
-                table.prepare(dense, example, lambda: narrowed_copies(dense, pruner))
-            finally:
-                pruner.example_inputs = kept
-        table.data, table.line = distributed.broadcast((table.data, table.line) if distributed.is_main() else None)
-        pruner.use_latency(lambda m: table.predict(m, pruner.example_inputs), model)
-        batch = self.task.example_input(int(cfg.measure.target_batch)).to(self.device)
-
-        def measured_reduction(candidate) -> float:  # rank 0 times, every rank gets its number
-            value = None
-            if distributed.is_main():
-                timing = paired_latency(dense, candidate.eval(), batch, warmup=int(cfg.measure.warmup),
-                                        min_pairs=int(cfg.measure.repeats), interval=float(cfg.measure.interval),
-                                        max_seconds=float(cfg.measure.max_seconds))
-                value = 1 - 1 / timing["speedup"]
-            return float(distributed.broadcast(value))
-
-        pruner.measured_reduction, pruner.measured_from = measured_reduction, self.target
+        """Before any training: the pruner's cost becomes the latency predicted by this device's lookup table
+        (harness.latency.target). A target the table says the per-layer minimums cannot reach fails here."""
+        cfg, pruner, m = self.cfg, self.pruner, self.cfg.measure
+        table, self.latency_cost = latency_target.prepare(
+            pruner, model, self.task.example_input(1).to(self.device),
+            self.task.example_input(int(m.target_batch)).to(self.device), self.target, cfg.results_dir,
+            warmup=int(m.warmup), min_pairs=int(m.repeats), interval=float(m.interval),
+            max_seconds=float(m.max_seconds), round_to=cfg.prune.get("round_to"), say=self.say)
         line = table.line
         self.say(f"[latency] table {table.path}: dense {pruner.base_cost:.2f} ms per batch of {table.batch} predicted "
                  f"(calibration: {line['models']} models, worst error {line['max_rel_error']:.1%})")
@@ -344,8 +324,8 @@ class _Phases:
                     "prune_epochs": train_loader.epochs}
         if self.latency_target:
             measures["latency_reduction_predicted"] = pruner.reduction(model)
-            measures["latency_corrections"] = list(pruner.corrections)
-            for i, c in enumerate(pruner.corrections):
+            measures["latency_corrections"] = list(self.latency_cost.corrections)
+            for i, c in enumerate(self.latency_cost.corrections):
                 tracker.log_metrics({"prune/latency_measured": c["measured"], "prune/latency_predicted": c["predicted"]}, i)
         tracker.log_metrics({"pruned_acc": measures["pruned_acc"], "pruned_macs": pruned_macs,
                              "prune_epochs": train_loader.epochs})
@@ -454,7 +434,7 @@ class _Phases:
         """Requested, predicted (the table) and measured (paired timing, with its 95% interval) latency
         reduction at measure.target_batch. Other ranks of a distributed run do not time: None there."""
         lat = latency.get(f"b{int(self.cfg.measure.target_batch)}")
-        cut = lambda speedup: 1 - 1 / speedup if speedup else None  # noqa: E731
+        cut = latency_target.reduction_from_speedup
         return {"latency_target_batch": int(self.cfg.measure.target_batch),
                 "latency_reduction_requested": self.target,
                 "latency_reduction_predicted": measures.get("latency_reduction_predicted"),

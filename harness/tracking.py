@@ -18,8 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import HarnessError
-from harness.locks import file_lock
+from harness.core.errors import HarnessError
+from harness.core.locks import file_lock
 
 _PARAM_LIMIT = 6000  # MLflow's longest param value
 
@@ -229,7 +229,7 @@ def store_uri(explicit: str | None, results_dir: str | os.PathLike) -> str:
 
 
 def make_tracker(cfg: DictConfig) -> NullTracker:
-    from harness import distributed
+    from harness.core import distributed
 
     if not cfg.tracking.enabled or not distributed.is_main():  # rank 0 records a distributed run
         return NullTracker()

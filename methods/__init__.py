@@ -1,28 +1,16 @@
-"""Method registry: ``create_method(cfg)`` builds the method named by ``cfg.method.name``."""
+"""Methods: each registers itself with ``@register_method`` (methods/base.py) and is found by discovery
+(every module here, then the ``harness.methods`` entry points). ``create_method(cfg)`` builds the one
+``cfg.method`` names (a preset names its implementation with ``impl``)."""
 from __future__ import annotations
 
 from methods.anl import create_regularizer  # noqa: F401
-from methods.base import Method, PruneContext  # noqa: F401
+from methods.base import METHODS, Method, PruneContext, register_method  # noqa: F401
 
 
-def _registry() -> dict[str, type[Method]]:
-    from methods.aip import AIP
-    from methods.anl import AnlOnly
-    from methods.gal import GAL
-    from methods.scop import SCOP
-    from methods.acp import ACP
-    from methods.gbn import GateDecorator
-    from methods.l1 import L1LayerwiseMethod, L1Method
-    from methods.random import NoPruning, RandomMethod
-    from methods.slimming import NetworkSlimming
-
-    return {m.name: m for m in (GateDecorator, L1Method, L1LayerwiseMethod, NetworkSlimming, RandomMethod,
-                                NoPruning, AnlOnly, GAL, AIP, SCOP, ACP)}
+def method_class(cfg_method) -> type[Method]:
+    """The class a method config node selects: its ``impl`` (presets), else its ``name``."""
+    return METHODS.get(cfg_method.get("impl") or cfg_method.name)
 
 
 def create_method(cfg) -> Method:
-    methods = _registry()
-    name = cfg.method.get("impl") or cfg.method.name  # presets name their implementation
-    if name not in methods:
-        raise KeyError(f"no method class named {name!r}; known: {', '.join(sorted(methods))}")
-    return methods[name](cfg.method)
+    return method_class(cfg.method)(cfg.method)

@@ -20,6 +20,8 @@ authors' particle_cifar.py (JingfeiChang/ACP-Automatic-Channel-Pruning).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import copy
 import random
 
@@ -27,11 +29,13 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from harness import distributed
-from harness.errors import ConfigError
-from harness.surgery import ChannelPruner, eval_mode
-from harness.train import progress
-from methods.base import Method, PruneContext
+from harness.core import distributed
+from harness.core.errors import ConfigError
+from harness.core.hooks import HookSet
+from harness.core.surgery import ChannelPruner, eval_mode
+from harness.core.train import progress
+from harness.core.settings import setting
+from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
 
 
@@ -56,7 +60,7 @@ def average_feature_maps(model: nn.Module, sites: dict[str, str], loader, sample
             sums[key] = sums.get(key, 0) + batch.cpu()
         return hook
 
-    handles = [model.get_submodule(site).register_forward_hook(keep(key)) for key, site in sites.items()]
+    hooks = HookSet(model, [(site, keep(key)) for key, site in sites.items()])
     seen, share = 0, -(-samples // distributed.world_size())
     try:
         with eval_mode(model):
@@ -67,8 +71,7 @@ def average_feature_maps(model: nn.Module, sites: dict[str, str], loader, sample
                 if seen >= share:
                     break
     finally:
-        for h in handles:
-            h.remove()
+        hooks.remove()
     total = int(distributed.all_reduce_sum(torch.tensor([seen])).item())
     return {k: distributed.all_reduce_sum(sums[k]) / max(total, 1) for k in sorted(sums)}
 
@@ -143,8 +146,30 @@ class CandidateFitness:
         return score
 
 
+@dataclass
+class AcpSettings:
+    needs_validation: bool = setting(True, "bool", help="candidates are scored on data.val_fraction (the authors' code scores on the test set)")
+    eps: float | None = setting(None, "real", "(0, 2]", nullable=True, help="DBSCAN epsilon (cosine); null: bisected to meet prune.flops_reduction. Paper: ResNet-56 0.035/0.075, VGG-16 0.010, ResNet-50 0.040")
+    min_samples: int = setting(5, "int", "[1, 100000]", help="DBSCAN min_samples")
+    samples: int = setting(200, "int", "[1, 1000000]", help="training images whose feature maps are averaged for the clustering")
+    particles: int = setting(10, "int", "[1, 10000]", help="swarm size")
+    cycles: int = setting(8, "int", "[0, 10000]", help="swarm iterations")
+    fitness_epochs: int = setting(3, "int", "[0, 100000]", help="training of each candidate (fine-tune recipe's lr, momentum, wd) before it is scored")
+    inertia_start: float = setting(0.6, "real", "[0, 10]", help="w decreases linearly to inertia_end over the cycles")
+    inertia_end: float = setting(0.425, "real", "[0, 10]", help="the inertia weight at the last cycle")
+    c1: float = setting(2.0, "real", "[0, 100]", help="cognitive coefficient (towards a particle's best)")
+    c2: float = setting(2.0, "real", "[0, 100]", help="social coefficient (towards the swarm's best)")
+    constriction: float = setting(0.729, "real", "(0, 10]", help="Clerc's constriction factor on the velocity")
+    max_velocity: float = setting(2.0, "real", "(0, 100000]", help="channels")
+    step_scale: float = setting(2.0, "real", "(0, 100]", help="position += step_scale x velocity (the authors' r = 2)")
+    exact_target: bool = setting(True, "bool", help="every candidate scaled to the target's cost (false: any cost at or beyond the target)")
+
+
+@register_method
 class ACP(Method):
     name = "acp"
+    description = 'ACP: per-layer DBSCAN clustering of feature maps for preliminary widths, then a particle swarm search of the widths scored on the validation split'
+    settings = AcpSettings
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         ctx.require_validation("method acp (it scores candidates on validation data)")

@@ -17,19 +17,40 @@ here, and which choices are ours:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import copy
 
 import torch
 import torch.nn as nn
 
-from harness.surgery import eval_mode
-from methods.base import Method, PruneContext
+from harness.core.surgery import eval_mode
+from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
-from methods.teacher import FeatureTap, TeacherStudent, attention_loss, distill_epoch, kd_loss, stage_outputs
+from harness.core.hooks import FeatureTap
+from harness.core.settings import setting
+from methods.teacher import TeacherStudent, attention_loss, distill_epoch, kd_loss, stage_outputs
 
 
+@dataclass
+class AipSettings:
+    steps: int = setting(5, "int", "[1, 100000]", help="pruning rounds, each to the next of 5 evenly spaced MACs targets")
+    recover_epochs: int = setting(1, "int", "[0, 100000]", help="recovery epochs after each round (so steps x recover_epochs before the common fine-tune)")
+    lr: float = setting(0.01, "real", "(0, 100]", help="SGD for the student and the discriminator, constant during recovery")
+    momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the student and the discriminator")
+    weight_decay: float = setting(0.0005, "real", "[0, 1]", help="weight decay of the student and the discriminator")
+    at_weight: float = setting(1000.0, "real", "[0, 1000000]", help="attention transfer at every stage output (Zagoruyko & Komodakis use 1e3)")
+    kd_weight: float = setting(1.0, "real", "[0, 1000]", help="KD on logits")
+    temperature: float = setting(4.0, "real", "(0, 1000]", help="softmax temperature of the KD term")
+    adv_weight: float = setting(1.0, "real", "[0, 1000]", help="fool the discriminator (GAL's MLP on logits)")
+    ce_weight: float = setting(0.0, "real", "[0, 1000]", help="cross-entropy on labels; off: the abstract names transfer terms only")
+
+
+@register_method
 class AIP(Method):
     name = "aip"
+    description = 'AIP, RECONSTRUCTED from the abstract (no public code): iterative L1 pruning, each round recovered by attention transfer + KD + a discriminator against the dense teacher'
+    settings = AipSettings
 
     def importance(self):
         return FilterL1Importance()

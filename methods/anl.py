@@ -10,20 +10,38 @@ are inert: they are forward hooks that return nothing unless the module is train
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from harness.train import TrainingHook
+from harness.core.hooks import HookSet
+from harness.core import settings
+from harness.core.settings import setting
+from harness.core.train import TrainingHook
+from methods.base import REGULARIZERS, register_method, register_regularizer
 from methods.random import NoPruning
 
 
+@dataclass
+class AnlSettings:
+    eps: float = setting(0.1, "real", "[0, 100]", help="noise size, as the RMS of the per-sample noise on each feature map")
+    prob: float = setting(0.5, "real", "[0, 1]", help="chance per training step that a noise layer is active")
+    layers: str = setting("BatchNorm2d", "str", help="regex on module type names or full module names: where noise layers sit")
+
+
+@register_regularizer
 class AdversarialNoise(TrainingHook):
+    """ANL's noise layers, as a regulariser of every training phase (``regularizer=anl``)."""
+    name = "anl"
+    description = "Adversarial noise layers (arXiv 1805.08000) on feature maps during training"
+    settings = AnlSettings
+
     def __init__(self, eps: float, prob: float, layers: str):
         self.eps, self.prob = eps, prob
         self.pattern = re.compile(layers)
         self.grads: dict[str, torch.Tensor] = {}
-        self._handles: list = []
+        self._hooks = HookSet(None, {})
 
     def targets(self, model: nn.Module) -> list[str]:
         """Names of the modules whose outputs get noise: ``layers`` matched against the module's
@@ -33,13 +51,12 @@ class AdversarialNoise(TrainingHook):
 
     def attach(self, model: nn.Module) -> "AdversarialNoise":
         self.detach()
-        self._handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in self.targets(model)]
+        self._hooks = HookSet(model, {n: self._hook(n) for n in self.targets(model)})
         return self
 
     def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles, self.grads = [], {}
+        self._hooks.remove()
+        self.grads = {}
 
     def _hook(self, name: str):
         def noise_layer(module, inputs, output):
@@ -60,12 +77,13 @@ def create_regularizer(cfg) -> AdversarialNoise | None:
     reg = cfg.regularizer
     if reg.name == "none":
         return None
-    if reg.name == "anl":
-        return AdversarialNoise(reg.eps, reg.prob, reg.layers)
-    raise KeyError(f"no regularizer named {reg.name!r}; known: none, anl")
+    cls = REGULARIZERS.get(reg.name)
+    return cls(**{s: reg[s] for s in settings.defaults(cls.settings)})
 
 
+@register_method
 class AnlOnly(NoPruning):
     """Trains the baseline and fine-tunes it with ANL, without pruning (method=anl)."""
     name = "anl"
+    description = 'ANL (arXiv 1805.08000) only: baseline and fine-tuning with adversarial noise layers, no pruning'
     finetunes = True

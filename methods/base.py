@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from harness.errors import ConfigError
-from harness.surgery import ChannelPruner, Importance
-from harness.train import TrainingHook
+from harness.core.errors import ConfigError
+from harness.core.registry import Registry
+from harness.core.surgery import ChannelPruner, Importance
+from harness.core.train import TrainingHook
 
 
 @dataclass
@@ -28,7 +29,7 @@ class PruneContext:
     quick_evaluate: Callable[[nn.Module], float]  # the same on one fixed held-out batch, for per-step logs
     log_step: Callable[[int, dict], None]    # one pruning step's metrics, logged as prune/<name>
     log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
-    train: Callable[..., dict]               # harness.train.train with device, loss and quiet bound
+    train: Callable[..., dict]               # harness.core.train.train with device, loss and quiet bound
     finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe (for methods that train)
     # A split carved from the training data (data.val_fraction): what a method may select or search on.
     # Both are None/raise when the run has no split; a method that needs one sets needs_validation: true.
@@ -59,8 +60,32 @@ class PruneContext:
             raise ConfigError(f"{why} needs a validation split: set data.val_fraction (e.g. 0.1)")
 
 
+METHODS: Registry[type["Method"]] = Registry("method", "methods")
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    """The one decorator a new method needs: ``@register_method`` over its class (in any module of
+    methods/, or of a package that declares the entry point group ``harness.methods``)."""
+    return METHODS.register(cls)
+
+
+REGULARIZERS: Registry[type] = Registry("regularizer", "methods")
+
+
+def register_regularizer(cls: type) -> type:
+    """A regulariser of every training phase (``regularizer=<name>``): a TrainingHook with ``attach(model)``
+    and ``detach()``, a ``name``, a ``description`` and ``settings`` (passed to its constructor)."""
+    return REGULARIZERS.register(cls)
+
+
 class Method:
+    """A method: its ``name`` (what ``method=`` selects), a one-line ``description``, and its own
+    ``settings`` (a dataclass of ``harness.core.settings.setting`` fields: the ``method.*`` keys, with
+    defaults, ranges and help). Named presets of those settings live in harness/conf/method/*.yaml."""
     name: ClassVar[str]
+    description: ClassVar[str] = ""
+    settings: ClassVar[type | None] = None
+    presets_only: ClassVar[bool] = False  # True: only presets select it (its settings have no useful default)
     prunes: ClassVar[bool] = True
     finetunes: ClassVar[bool] = True  # fine-tune after prune(); NoPruning turns it off
 

@@ -18,6 +18,8 @@ reduction (all masks <= 0) and the final one are logged.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import copy
 import math
 
@@ -25,9 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-from harness.surgery import ChannelPruner, ShortcutOnly, eval_mode, replace_module
-from methods.base import Method, PruneContext
+from harness.core.errors import ConfigError
+from harness.core.hooks import HookSet, channel_scaler
+from harness.core.surgery import ChannelPruner, ShortcutOnly, eval_mode, replace_module
+from harness.core.settings import setting
+from methods.base import Method, PruneContext, register_method
 from methods.teacher import TeacherStudent, distill_epoch, probe
 
 # The authors' CIFAR-10 epoch: 50,000 images at batch 128. mask_step is scaled to shorter epochs so the
@@ -105,14 +109,8 @@ class SoftMasks:
             groups = pruner.groups(model)
             self.sites = {k: g.norms or g.members for k, g in groups.items()}
             self.masks = {k: nn.Parameter(draw(g.channels)) for k, g in groups.items()}
-        self.handles = [model.get_submodule(site).register_forward_hook(self._scale(key))
-                        for key, sites in self.sites.items() for site in sites]
-
-    def _scale(self, key: str):
-        def hook(module, inputs, output):
-            m = self.masks[key]
-            return output * m.view(1, -1, *([1] * (output.dim() - 2)))
-        return hook
+        self.hooks = HookSet(model, [(site, channel_scaler(lambda key=key: self.masks[key]))
+                                     for key, sites in self.sites.items() for site in sites])
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.masks.values())
@@ -124,9 +122,7 @@ class SoftMasks:
         return torch.cat([m.detach().flatten() for m in self.masks.values()])
 
     def remove_hooks(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        self.hooks.remove()
 
     @torch.no_grad()
     def fold(self) -> None:
@@ -197,8 +193,29 @@ def choose_structure(cfg_structure: str, blocks: list[Block], block_shares: dict
     return "block" if blocks and max(block_shares.values()) <= max_share else "channel"
 
 
+@dataclass
+class GalSettings:
+    needs_validation: bool = setting(True, "bool", help="the best mask epoch is chosen on data.val_fraction (the authors chose on the test set)")
+    structure: str = setting('auto', choices=('auto', 'block', 'channel'), help="block | channel | auto: blocks when the net has residual blocks none of which holds")
+    max_block_share: float = setting(0.1, "real", "(0, 1]", help="auto picks channels when removing one block would cut more than this share of the MACs")
+    sparsity: float = setting(0.6, "real", "[0, 100]", help="lambda of the mask L1 (GAL-0.6); gal_0.8 and VGG's gal_0.05 are presets")
+    mu: float = setting(1.0, "real", "[0, 1000]", help="weight of the MSE to the teacher's logits")
+    mask_init: str = setting('normal', choices=('normal', 'one'), help="normal: N(0, 1) as the authors' code; one: all masks start at 1")
+    mask_step: int = setting(200, "int", "[1, 10000000]", help="a FISTA step every this many batches, scaled for epochs shorter than 391 batches")
+    epochs: int = setting(100, "int", "[0, 100000]", help="mask learning, before the common fine-tune")
+    lr: float = setting(0.01, "real", "(0, 100]", help="SGD for weights and discriminator, FISTA for the masks")
+    lr_step: int = setting(30, "int", "[1, 100000]", help="lr x lr_gamma every lr_step epochs")
+    lr_gamma: float = setting(0.1, "real", "(0, 1]", help="lr multiplier every lr_step epochs")
+    momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the weights and the discriminator")
+    weight_decay: float = setting(0.0002, "real", "[0, 1]", help="weight decay of the weights and the discriminator")
+    select: str = setting('val', choices=('val', 'last'), help="val: keep the epoch with the best validation accuracy; last: the last epoch")
+
+
+@register_method
 class GAL(Method):
     name = "gal"
+    description = "GAL (CVPR'19): label-free soft masks on residual blocks or channels, learned against the dense teacher with a discriminator and FISTA"
+    settings = GalSettings
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner

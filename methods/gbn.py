@@ -13,6 +13,8 @@ affine and the masked channels removed physically, leaving only vanilla layers.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import contextlib
 import copy
 from typing import Iterator
@@ -21,10 +23,12 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from harness import distributed
-from harness.surgery import ChannelGroup, ChannelPruner, channel_widths, rank_channels
-from harness.train import TrainingHook
-from methods.base import Method, PruneContext
+from harness.core import distributed
+from harness.core.hooks import HookSet, channel_scaler, frozen
+from harness.core.surgery import ChannelGroup, ChannelPruner, channel_widths, rank_channels, smallest_prefix
+from harness.core.train import TrainingHook
+from harness.core.settings import setting
+from methods.base import Method, PruneContext, register_method
 
 
 class Gates:
@@ -54,27 +58,22 @@ class Gates:
                     else:  # gated conv: φ = 1 leaves the function unchanged
                         self.phi[name] = nn.Parameter(torch.ones(groups[key].channels, device=_device(model)))
                     self.group_of[name] = key
-        self._handles: list = []
+        self._hooks = HookSet(model, {})
         self.attach()
 
     def shifts(self) -> list[nn.Parameter]:
         """What a tick trains besides φ: the BN shifts β (and the gated convs' biases)."""
         return [p for p in (self.model.get_submodule(n).bias for n in self.phi) if p is not None]
 
-    def _hook(self, name: str):
-        def gate(module, inputs, output):
-            scale = self.phi[name] * self.masks[self.group_of[name]]
-            return output * scale.view(1, -1, *([1] * (output.dim() - 2)))
-        return gate
+    def _scale(self, name: str):
+        return lambda: self.phi[name] * self.masks[self.group_of[name]]
 
     def attach(self) -> None:
-        if not self._handles:
-            self._handles = [self.model.get_submodule(n).register_forward_hook(self._hook(n)) for n in self.phi]
+        if not self._hooks:
+            self._hooks = HookSet(self.model, {n: channel_scaler(self._scale(n)) for n in self.phi})
 
     def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.remove()
 
     @contextlib.contextmanager
     def detached(self) -> Iterator[None]:
@@ -124,8 +123,30 @@ class GateSparsity(TrainingHook):
         return self.weight * self.gates.l1() if self.weight else None
 
 
+@dataclass
+class GbnSettings:
+    tick_p: float = setting(0.002, "real", "(0, 1]", help="each tick masks p x (live channels), ranked globally; VGG-16: 0.005")
+    tick_lr: float = setting(0.001, "real", "(0, 100]", help="constant lr of the tick (gates, BN shift and classifier; convs frozen)")
+    tick_momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the tick")
+    tick_samples: int | None = setting(None, "int", "[1, inf)", nullable=True, help="samples per tick pass; null = the whole training set, as in the authors' code")
+    tock_first: bool = setting(True, "bool", help="the authors' schedule opens with a tock before the first tick")
+    tock_every: int = setting(10, "int", "[0, 100000]", help="T: a tock after every T ticks (0 = never)")
+    tock_epochs: int = setting(10, "int", "[0, 100000]", help="epochs of each tock")
+    sparsity: float = setting(0.001, "real", "[0, 100]", help="lambda of lambda * sum|phi| during tocks")
+    tock_min_lr: float = setting(0.001, "real", "(0, 100]", help="triangular lr per iteration: min -> max at mid-tock -> min")
+    tock_max_lr: float = setting(0.01, "real", "(0, 100]", help="the triangular lr's peak, at mid-tock")
+    tock_momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the tocks")
+    tock_weight_decay: float = setting(0.0005, "real", "[0, 1]", help="weight decay of the tocks")
+    group_score: str = setting('sum', choices=('sum', 'mean'), help="a residual group's score: the sum over its gates (the authors'), or mean")
+    beta_clamp: float = setting(10.0, "real", "(0, 1000000]", help="beta/gamma is clamped to +-this when the gates take over gamma")
+    max_ticks: int = setting(5000, "int", "[1, 10000000]", help="a safety stop")
+
+
+@register_method
 class GateDecorator(Method):
     name = "gbn"
+    description = "Gate Decorator (NeurIPS'19): gated BN, Taylor importance, Tick-Tock schedule, gates melted into BN"
+    settings = GbnSettings
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner
@@ -169,15 +190,10 @@ class GateDecorator(Method):
         its shard and the scores are summed; the gradients that train φ, β and the classifier are averaged."""
         trainable = gates.parameters() + gates.shifts()
         trainable += [p for m in _output_layers(model, ctx) for p in m.parameters()]
-        saved = {p: p.requires_grad for p in model.parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in trainable:
-            p.requires_grad_(True)
         opt = torch.optim.SGD(trainable, lr=self.cfg.tick_lr, momentum=self.cfg.tick_momentum)
         taylor = {n: torch.zeros_like(p) for n, p in gates.phi.items()}
         model.train()
-        try:
+        with frozen(model.parameters(), except_for=trainable):
             for x, y in self._tick_batches(ctx):
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 loss = ctx.loss_fn(model(x), y)
@@ -187,9 +203,6 @@ class GateDecorator(Method):
                     taylor[n] += (phi.grad * phi).detach().abs()
                 distributed.average_gradients(trainable)
                 opt.step()
-        finally:
-            for p, flag in saved.items():
-                p.requires_grad_(flag)
         for t in taylor.values():
             distributed.all_reduce_sum(t)
         scores = {}
@@ -254,14 +267,7 @@ class GateDecorator(Method):
     def _mask(self, model, gates, pruner, order, n, target) -> float:
         """Mask the first ``n`` channels of ``order``, or fewer when fewer already reach the target."""
         if self._reduction(model, gates, pruner, order[:n]) >= target:
-            lo, hi = 1, n
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if self._reduction(model, gates, pruner, order[:mid]) >= target:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            n = lo
+            n = smallest_prefix(lambda k: self._reduction(model, gates, pruner, order[:k]), target, n, lo=1)
         for key, idx in order[:n]:
             gates.masks[key][idx] = 0.0
         return self._reduction(model, gates, pruner)

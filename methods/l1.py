@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 
-from methods.base import Method
+from harness.core.settings import setting
+from methods.base import Method, register_method
 
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 
@@ -29,13 +31,22 @@ class FilterL1Importance(tp.importance.Importance):
         return None if score is None else score / score.mean().clamp_min(1e-12)
 
 
+@register_method
 class L1Method(Method):
     name = "l1"
+    description = "L1-norm filter pruning (Li et al., ICLR'17), global ranking of per-group-normalised filter norms"
 
     def importance(self):
         return FilterL1Importance()
 
 
+@dataclass
+class L1LayerwiseSettings:
+    layer_ratios: list = setting([], "list", help="[{pattern: <regex on group root names>, ratio: <share of its filters to remove>}, ...]")
+    skip: list = setting([], "list", help="layer names left whole (sensitive layers)")
+
+
+@register_method
 class L1LayerwiseMethod(L1Method):
     """Li et al.'s layer-wise variant: each matching layer loses a fixed fraction of its filters.
 
@@ -44,6 +55,9 @@ class L1LayerwiseMethod(L1Method):
     ``prune.flops_reduction``, decide how much goes: the achieved reduction is what gets reported.
     """
     name = "l1_layerwise"
+    description = "Li et al.'s layer-wise L1 pruning: a fixed share of each matching layer's filters (presets l1_resnet56_a/b)"
+    settings = L1LayerwiseSettings
+    presets_only = True  # no useful default: the presets l1_resnet56_a and l1_resnet56_b set the ratios
 
     def prune(self, model, ctx):
         rules = [(re.compile(r.pattern), float(r.ratio)) for r in self.cfg.layer_ratios]

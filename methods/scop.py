@@ -20,16 +20,21 @@ own label, only with respect to the real image it is mixed with.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import copy
 import math
 
 import torch
 import torch.nn as nn
 
-from harness import distributed
-from harness.surgery import ChannelPruner
-from harness.train import progress
-from methods.base import Method, PruneContext
+from harness.core import distributed
+from harness.core.errors import ConfigError
+from harness.core.hooks import HookSet, frozen, per_channel
+from harness.core.surgery import ChannelPruner, smallest_prefix
+from harness.core.train import progress
+from harness.core.settings import setting
+from methods.base import Method, PruneContext, register_method
 
 
 class KnockoffControl:
@@ -42,12 +47,12 @@ class KnockoffControl:
         device = next(model.parameters()).device
         self.beta = {site: nn.Parameter(torch.full((groups[key].channels,), 0.5, device=device))
                      for key, sites in self.sites.items() for site in sites}
-        self.handles = [model.get_submodule(site).register_forward_hook(self._mix(site)) for site in self.beta]
+        self.hooks = HookSet(model, {site: self._mix(site) for site in self.beta})
 
     def _mix(self, site: str):
         def hook(module, inputs, output):
             half = output.shape[0] // 2
-            b = self.beta[site].view(1, -1, *([1] * (output.dim() - 2)))
+            b = per_channel(self.beta[site], output)
             real, knock = output[:half], output[half:]
             return torch.cat([b * real + (1 - b) * knock, knock])
         return hook
@@ -56,9 +61,7 @@ class KnockoffControl:
         return list(self.beta.values())
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        self.hooks.remove()
 
     @torch.no_grad()
     def scores(self) -> dict[str, torch.Tensor]:
@@ -96,18 +99,10 @@ def uniform_rate_plan(pruner: ChannelPruner, model: nn.Module, scores: dict[str,
 
     rates = sorted({i / groups[k].channels for k in order for i in range(groups[k].channels + 1)})
     reach = lambda p: pruner.reduction(pruner.remove(copy.deepcopy(model), plan(p)))  # noqa: E731
-    lo, hi = 0, len(rates) - 1
-    if reach(rates[hi]) < target:
-        from harness.errors import ConfigError
-
+    if reach(rates[-1]) < target:
         raise ConfigError(pruner.unreachable_message(model, target))
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if reach(rates[mid]) >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return plan(rates[lo]), rates[lo]
+    rate = rates[smallest_prefix(lambda i: reach(rates[i]), target, len(rates) - 1)]
+    return plan(rate), rate
 
 
 @torch.no_grad()
@@ -140,21 +135,30 @@ def recalibrate_bn(model: nn.Module, loader, device: torch.device, samples: int 
     return seen
 
 
+@dataclass
+class ScopSettings:
+    knockoff: str = setting('shuffle', choices=('shuffle',), help="knockoffs by permuting the batch (MindSpore port); the authors' generator is not available offline")
+    epochs: int = setting(20, "int", "[0, 100000]", help="beta training epochs, every network weight frozen")
+    lr: float = setting(0.004, "real", "(0, 100]", help="Adam")
+    beta1: float = setting(0.5, "real", "[0, 1)", help="Adam beta1")
+    beta2: float = setting(0.9, "real", "[0, 1)", help="Adam beta2")
+    recalibrate_samples: int | None = setting(None, "int", "[1, inf)", nullable=True, help="BN statistics re-estimated after surgery over this many training samples (null: one pass)")
+
+
+@register_method
 class SCOP(Method):
     name = "scop"
+    description = "SCOP (NeurIPS'20): knockoff scientific control; beta per channel learned with the network frozen, uniform per-layer rate to the target"
+    settings = ScopSettings
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner
         control = KnockoffControl(model, pruner)
-        frozen = {p: p.requires_grad for p in model.parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
         try:
-            self.learn_controls(model, control, ctx)
+            with frozen(model.parameters()):
+                self.learn_controls(model, control, ctx)
         finally:
             control.remove()
-            for p, flag in frozen.items():
-                p.requires_grad_(flag)
         scores = control.scores()
         plan, rate = uniform_rate_plan(pruner, model, scores, ctx.target)
         pruner.remove(model, plan)

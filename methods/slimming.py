@@ -8,14 +8,17 @@ Channels tied by a residual add are scored by the mean |γ| of their BNs and rem
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 from omegaconf import OmegaConf
 
-from harness.errors import ConfigError
-from harness.train import TrainingHook
-from methods.base import Method, PruneContext
+from harness.core.errors import ConfigError
+from harness.core.train import TrainingHook
+from harness.core.settings import setting
+from methods.base import Method, PruneContext, register_method
 
 
 class BNSparsity(TrainingHook):
@@ -30,8 +33,17 @@ class BNSparsity(TrainingHook):
                 m.weight.grad.add_(self.weight * torch.sign(m.weight.detach()))
 
 
+@dataclass
+class SlimmingSettings:
+    sparsity: float = setting(1e-05, "real", "[0, 100]", help="lambda: the paper's 1e-5 for ResNets/DenseNets; use 1.0e-4 for VGG")
+    sparse_epochs: int = setting(10, "int", "[0, 100000]", help="sparse training from the shared baseline, with the task's fine-tuning recipe")
+
+
+@register_method
 class NetworkSlimming(Method):
     name = "slimming"
+    description = "Network Slimming (Liu et al., ICCV'17): L1 sparsity on BN scales, global |gamma| threshold"
+    settings = SlimmingSettings
 
     def check_model(self, model: nn.Module) -> None:
         if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):

@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import distributed
-from harness.errors import NumericalError
-from harness.surgery import eval_mode
-from harness.train import progress
+from harness.core import distributed
+from harness.core.errors import NumericalError
+from harness.core.hooks import FeatureTap, frozen  # noqa: F401  (FeatureTap: the teacher's taps)
+from harness.core.surgery import eval_mode
+from harness.core.train import progress
 
 
 class Discriminator(nn.Module):
@@ -96,27 +97,6 @@ def _noter(seen: dict, name: str):
     return hook
 
 
-class FeatureTap:
-    """Keeps the outputs of named modules from the last forward pass."""
-
-    def __init__(self, model: nn.Module, names: list[str]):
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.names = names
-        self.handles = [model.get_submodule(n).register_forward_hook(self._keep(n)) for n in names]
-
-    def _keep(self, name):
-        def hook(module, inputs, output):
-            self.outputs[name] = output
-        return hook
-
-    def features(self) -> list[torch.Tensor]:
-        return [self.outputs[n] for n in self.names]
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 class TeacherStudent:
     """The frozen teacher, the discriminator and its optimiser (SGD, stepped once per batch)."""
 
@@ -151,13 +131,8 @@ class TeacherStudent:
 
     def adversarial_loss(self, student_logits: torch.Tensor) -> torch.Tensor:
         """The student's loss for fooling D: its logits should be scored as the teacher's."""
-        for p in self.discriminator.parameters():
-            p.requires_grad_(False)
-        try:
+        with frozen(self.discriminator.parameters()):
             score = self.discriminator(pooled(student_logits))
-        finally:
-            for p in self.discriminator.parameters():
-                p.requires_grad_(True)
         return F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
 
     def close(self) -> None:

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.config import compose  # noqa: E402
-from harness.errors import ConfigError  # noqa: E402
-from harness.surgery import ChannelPruner  # noqa: E402
-from harness.train import train  # noqa: E402
+from harness.core.errors import ConfigError  # noqa: E402
+from harness.core.surgery import ChannelPruner  # noqa: E402
+from harness.core.train import train  # noqa: E402
 from methods import PruneContext, create_method  # noqa: E402
 from tasks.models import create_model  # noqa: E402
 

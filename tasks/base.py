@@ -9,7 +9,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from tasks.models import create_model
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 from tasks.base import Task
 
 _MEAN_STD = {10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 from tasks.base import Task
 
 log = logging.getLogger(__name__)

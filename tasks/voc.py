@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 from tasks.base import Task
 from tasks.images import IMAGENET_MEAN, IMAGENET_STD, open_rgb
 

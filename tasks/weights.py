@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def load_weights(model: nn.Module, path: Path, strict_head: bool) -> None:

@@ -1,7 +1,7 @@
 import torch
 
 from harness.artifacts import load_pruned, save_pruned
-from harness.surgery import ChannelPruner
+from harness.core.surgery import ChannelPruner
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness.config import compose
-from harness.errors import DataError
+from harness.core.errors import DataError
 from tasks import create_task
 from tests.fixtures import make_cifar10
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.surgery import ChannelPruner
+from harness.core.surgery import ChannelPruner
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 

@@ -3,7 +3,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
-from harness.surgery import ChannelPruner
+from harness.core.surgery import ChannelPruner
 from methods.base import PruneContext
 from methods.gbn import GateDecorator, Gates
 from tests.conftest import last_json

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.latency_table import LatencyTable, _axis, layers_of
-from harness.surgery import ChannelPruner
+from harness.latency.table import LatencyTable, _axis, layers_of
+from harness.core.surgery import ChannelPruner
 from tests.conftest import last_json
 
 
@@ -76,13 +76,15 @@ def test_the_table_choice_is_corrected_by_measurement():
     model = Net().eval()
     example = torch.randn(1, 3, 16, 16)
     pruner = ChannelPruner(model, example, [model.fc])
+    from harness.core.surgery import MacsCost, count_macs_params
+    from harness.latency.target import Corrected
     true = lambda m: pruner.reduction(m) - 0.15  # noqa: E731  (the "measurement")
-    pruner.measured_reduction, pruner.measured_from = true, 0.3
-    from harness.measure import count_macs_params
+    correction = Corrected(MacsCost(), true, measured_from=0.3)
+    pruner.use_cost(correction, model)
     pruned = pruner.prune_to_target(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float), 0.3)
     measured = 1 - count_macs_params(pruned, example)[0] / pruner.base_macs - 0.15
-    assert abs(measured - 0.3) <= pruner.tolerance + 0.02  # within tolerance, up to one channel's step
-    assert len(pruner.corrections) >= 2 and pruner.corrections[0]["measured"] < 0.3 - pruner.tolerance
+    assert abs(measured - 0.3) <= correction.tolerance + 0.02  # within tolerance, up to one channel's step
+    assert len(correction.corrections) >= 2 and correction.corrections[0]["measured"] < 0.3 - correction.tolerance
 
 
 def test_latency_target_run_records_requested_predicted_and_measured(run_cli, tiny_digits, tmp_path, one_thread):

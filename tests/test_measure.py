@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.measure import compare_latency, median_interval, paired_latency
+from harness.latency.measure import compare_latency, median_interval, paired_latency
 from tasks.models import create_model
 from tests.conftest import last_json
 

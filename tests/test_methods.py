@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from harness.config import compose
-from harness.surgery import ChannelPruner, channel_widths
+from harness.core.surgery import ChannelPruner, channel_widths
 from methods import create_method
 from methods.anl import AdversarialNoise
 from methods.base import PruneContext

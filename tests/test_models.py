@@ -1,6 +1,6 @@
 import torch
 
-from harness.surgery import count_macs_params
+from harness.core.surgery import count_macs_params
 from tasks.models import create_model
 
 

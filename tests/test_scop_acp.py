@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from harness.config import compose
-from harness.surgery import ChannelPruner
+from harness.core.surgery import ChannelPruner
 from methods.acp import ACP, CandidateFitness, WidthSpace, cluster_width
 from methods.base import PruneContext
 from methods.scop import SCOP, KnockoffControl, uniform_rate_plan
@@ -148,7 +148,7 @@ def test_acp_swarm_respects_bounds_and_coupling_caches_fitness_and_best_never_de
 def test_acp_refuses_to_run_without_a_validation_split():
     model, x, y = train_digits_net(steps=5)
     ctx = _ctx(model, 0.5, _loader(x[:64], y[:64]))
-    from harness.errors import ConfigError
+    from harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.val_fraction"):
         ACP(_acp_cfg()).prune(model, ctx)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from harness.errors import ConfigError
-from harness.surgery import ChannelPruner, channel_widths
+from harness.core.errors import ConfigError
+from harness.core.surgery import ChannelPruner, channel_widths
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from harness.config import compose
-from harness.errors import DataError
-from harness.surgery import ChannelPruner
+from harness.core.errors import DataError
+from harness.core.surgery import ChannelPruner
 from methods.l1 import FilterL1Importance
 from tasks import create_task
 from tasks.models import create_model

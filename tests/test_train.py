@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.config import compose
-from harness.train import lr_factor, make_scheduler, total_epochs
+from harness.core.train import lr_factor, make_scheduler, total_epochs
 
 STEPS = 7  # iterations per epoch
 
@@ -74,7 +74,7 @@ def test_resnet56_finetune_has_the_gbn_papers_extra_stage():
 
 
 def test_eval_every_evaluates_every_nth_epoch_and_the_last():
-    from harness.train import train
+    from harness.core.train import train
 
     data = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))]
     seen, evaluated = [], []

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness.locks import LockTimeout, file_lock
+from harness.core.locks import LockTimeout, file_lock
 
 
 def _count_under_lock(lock, counter, n):

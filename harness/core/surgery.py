@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 Importance = Callable[[tp.dependency.Group], torch.Tensor]
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
@@ -53,9 +53,24 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     return int(macs), int(params)
 
 
+class MacsCost:
+    """What a pruner cuts by default: the MACs of one forward pass of the example input. Another cost
+    (predicted latency, ``harness.latency.target``) has the same four members."""
+    name, target_key, what = "macs", "prune.flops_reduction", "the MACs"
+
+    def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
+        return float(count_macs_params(model, example_inputs)[0])
+
+    def correct(self, prefix: int, target: float, build: Callable[[int], nn.Module],
+                predicted: Callable[[int], float], n: int) -> int:
+        """The prefix of the removal order to keep, given the one chosen on this cost (``prefix``): a
+        cost that can be measured for real corrects its choice here; MACs are exact."""
+        return prefix
+
+
 class ChannelPruner:
     """Removes channels from a model, globally ranked, down to a target on its *cost*: MACs, or with
-    ``use_latency`` the predicted latency (harness/latency_table.py). Methods see only ``reduction``.
+    ``use_cost`` another one, e.g. predicted latency (harness.latency.target). Methods see only ``reduction``.
 
     ``ignored`` names layers whose output channels are fixed (the classifier). Every layer keeps at
     least ``max(1, int(min_channels_ratio * dense_channels))`` channels.
@@ -70,19 +85,21 @@ class ChannelPruner:
         self.min_keep = {n: max(1, int(min_channels_ratio * _out_channels(m)))
                          for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         self.base_macs, self.base_params = count_macs_params(model, example_inputs)
-        self.cost_name, self.target_key, self.base_cost = "macs", "prune.flops_reduction", float(self.base_macs)
-        self._cost: Callable[[nn.Module], float] | None = None
-        # A latency target: the real (timed) reduction of a candidate, which prune_to_target corrects the
-        # table's choice with when it reaches for at least ``measured_from`` (the run's final target).
-        self.measured_reduction: Callable[[nn.Module], float] | None = None
-        self.measured_from, self.tolerance = 1.0, 0.02
-        self.corrections: list[dict] = []  # what each correction measured, for the run's log
+        self.cost_model, self.base_cost = MacsCost(), float(self.base_macs)
         self.unscored: list[str] = []
 
-    def use_latency(self, predict: Callable[[nn.Module], float], dense: nn.Module) -> None:
-        """Prune to a latency target: ``reduction`` becomes 1 - predict(model) / predict(dense)."""
-        self._cost, self.cost_name, self.target_key = predict, "latency_ms", "prune.latency_reduction"
-        self.base_cost = float(predict(dense))
+    def use_cost(self, cost, dense: nn.Module) -> None:
+        """Prune to a target on ``cost`` (see ``MacsCost``): ``reduction`` becomes 1 - cost(model) / cost(dense)."""
+        self.cost_model = cost
+        self.base_cost = float(cost(dense, self.example_inputs))
+
+    @property
+    def cost_name(self) -> str:
+        return self.cost_model.name
+
+    @property
+    def target_key(self) -> str:
+        return self.cost_model.target_key
 
     # --- inspection ------------------------------------------------------------------------
     def groups(self, model: nn.Module) -> dict[str, ChannelGroup]:
@@ -105,7 +122,7 @@ class ChannelPruner:
         return out
 
     def cost(self, model: nn.Module) -> float:
-        return self._cost(model) if self._cost else count_macs_params(model, self.example_inputs)[0]
+        return self.cost_model(model, self.example_inputs)
 
     def reduction(self, model: nn.Module) -> float:
         """1 - cost(model) / cost(dense model): of the MACs, or of the predicted latency."""
@@ -146,12 +163,6 @@ class ChannelPruner:
             groups[key].group.prune(idxs=complete_units(idxs, cg.units, cg.channels) if cg.units else sorted(idxs))
         return model
 
-    def prune_lowest(self, model: nn.Module, importance: Importance, n: int) -> int:
-        """Remove the ``n`` globally least important channels (fewer if the minimums bind). Returns how many."""
-        order = self.removal_order(model, importance)[:n]
-        self.remove(model, order)
-        return len(order)
-
     def prune_to_target(self, model: nn.Module, importance: Importance, target: float) -> nn.Module:
         """Remove the fewest least-important channels whose removal cuts MACs by at least ``target``.
 
@@ -174,35 +185,8 @@ class ChannelPruner:
                     f"{self.unscored[0]}, which has no BatchNorm if the criterion is slimming's), and pruning only "
                     f"those removes at most {trial(len(order)):.3f}; choose another method or lower the target")
             raise ConfigError(self.unreachable_message(model, target))
-        k = _smallest_prefix(trial, target, len(order))
-        if self.measured_reduction is not None and target >= self.measured_from - 1e-9:
-            k = self._corrected(k, target, build, trial, len(order))
+        k = self.cost_model.correct(smallest_prefix(trial, target, len(order)), target, build, trial, len(order))
         return self.remove(model, chosen(k))
-
-    def _corrected(self, k: int, target: float, build, predicted, n: int) -> int:
-        """The table's prefix length ``k`` corrected by real measurements, at most 5 of them, until one
-        is within ``tolerance`` of ``target``. The next prefix comes from the table (its prediction aimed
-        by the last miss) until one measurement lies below the target and one above; from then on from
-        the straight line between the closest two on either side. Returns the prefix measured closest."""
-        measured: dict[int, float] = {}
-        for _ in range(5):
-            measured[k] = self.measured_reduction(build(k))
-            miss = target - measured[k]
-            self.corrections.append({"prefix": k, "predicted": predicted(k), "measured": measured[k]})
-            if abs(miss) <= self.tolerance:
-                break
-            below = [j for j, m in measured.items() if m < target]
-            above = [j for j, m in measured.items() if m > target]
-            if below and above:
-                lo = max(below, key=measured.get)
-                hi = min(above, key=measured.get)
-                nxt = round(lo + (hi - lo) * (target - measured[lo]) / (measured[hi] - measured[lo]))
-            else:
-                nxt = _smallest_prefix(predicted, predicted(k) + miss, n)
-            if nxt in measured:
-                break
-            k = nxt
-        return min(measured, key=lambda j: abs(target - measured[j]))
 
     def rounded(self, selection: list[tuple[str, int]], order: list[tuple[str, int]],
                 groups: dict[str, ChannelGroup]) -> list[tuple[str, int]]:
@@ -257,15 +241,16 @@ class ChannelPruner:
                               f"breaks a layer ({type(e).__name__}: {detail}); choose another model") from None
 
     def unreachable_message(self, model: nn.Module, target: float) -> str:
-        what = "the MACs" if self._cost is None else "the predicted latency"
+        what = self.cost_model.what
         return (f"{self.target_key}={target} is unreachable: keeping every layer at its minimum "
                 f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of {what}; "
                 "lower the target or prune.min_channels_ratio")
 
 
-def _smallest_prefix(reduction_at: Callable[[int], float], goal: float, n: int) -> int:
-    """The smallest k in [0, n] with reduction_at(k) >= goal (binary search; n if none reaches it)."""
-    lo, hi = 0, n
+def smallest_prefix(reduction_at: Callable[[int], float], goal: float, n: int, lo: int = 0) -> int:
+    """The smallest k in [lo, n] with reduction_at(k) >= goal (binary search, reduction_at rising with k;
+    n if none reaches it)."""
+    hi = n
     while lo < hi:
         mid = (lo + hi) // 2
         if reduction_at(mid) >= goal:

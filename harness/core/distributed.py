@@ -6,7 +6,7 @@ Everything here is a no-op in a single process, so the run loop and the methods 
 
 The rules the run loop keeps:
 - every rank trains on its own shard of the training set (``ShardSampler``); gradients are averaged
-  (``DistributedDataParallel`` in ``harness.train.train``, ``average_gradients`` in a method's own loop);
+  (``DistributedDataParallel`` in ``harness.core.train.train``, ``average_gradients`` in a method's own loop);
 - statistics a method accumulates over data are summed across ranks (``all_reduce_sum``), so every rank
   ranks channels on the whole data; the pruned model is then taken from rank 0 and checked identical
   on every rank (``state_checksum``);
@@ -66,7 +66,7 @@ def setup(device: torch.device, timeout_min: float = 30.0) -> torch.device:
     try:
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_min))
     except (ValueError, RuntimeError) as e:
-        from harness.errors import ConfigError
+        from harness.core.errors import ConfigError
 
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"WORLD_SIZE={env_world_size()} asks for a distributed run, but its process group did not "

@@ -18,16 +18,17 @@ import time
 import torch
 import torch.nn as nn
 
-from harness.surgery import count_macs_params  # noqa: F401  (re-exported: the one MACs counter)
 
 
 @torch.inference_mode()
 def latency_ms(model: nn.Module, example: torch.Tensor, *, warmup: int = 5, repeats: int = 20) -> float:
-    """Median milliseconds per forward pass of ``example`` (the whole batch) on its device."""
-    model.eval()
+    """Median milliseconds per forward pass of ``example`` (the whole batch) on its device. ``model`` is a
+    module (put in eval mode) or any callable taking ``example`` (a compiled model, an ONNX Runtime session)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     for _ in range(warmup):
         model(example)
-    return statistics.median(_timed(model, example, 1) for _ in range(repeats))
+    return statistics.median(timed(model, example, 1) for _ in range(repeats))
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
@@ -65,9 +66,9 @@ def paired_latency(dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: in
     started, converged, ci = time.perf_counter(), False, None
     while True:
         if len(ratios) % 2 == 0:
-            d, p = _timed(dense, x, passes), _timed(pruned, x, passes)
+            d, p = timed(dense, x, passes), timed(pruned, x, passes)
         else:
-            p, d = _timed(pruned, x, passes), _timed(dense, x, passes)
+            p, d = timed(pruned, x, passes), timed(dense, x, passes)
         dense_ms.append(d), pruned_ms.append(p), ratios.append(d / p)
         if len(ratios) < max(1, min_pairs):
             continue
@@ -89,10 +90,10 @@ def paired_latency(dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: in
 def passes_for(model, x: torch.Tensor) -> int:
     """Forward passes per timing so that one timing lasts ~2 ms (1 to 1000): sub-millisecond timings are
     dominated by timer and scheduler noise."""
-    return max(1, min(1000, math.ceil(2.0 / max(_timed(model, x, 1), 1e-3))))
+    return max(1, min(1000, math.ceil(2.0 / max(timed(model, x, 1), 1e-3))))
 
 
-def _timed(model, x: torch.Tensor, passes: int) -> float:
+def timed(model, x: torch.Tensor, passes: int) -> float:
     """Milliseconds per forward pass, over ``passes`` passes."""
     if x.is_cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from harness import distributed
-from harness.config import SCHEDULES  # noqa: F401  (validated there, implemented here)
-from harness.errors import NumericalError
+from harness.core import distributed
+from harness.core.errors import NumericalError
+from harness.core.schedules import SCHEDULES  # noqa: F401  (named there for the config check, implemented here)
 
 
 class TrainingHook:

@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from harness.locks import file_lock
-from harness.measure import _timed, device_name, passes_for
+from harness.core.locks import file_lock
+from harness.latency.measure import timed, device_name, passes_for
 
 # Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
 # aligned widths, so the table must see them), coarser above (at most 16 points), plus every width the
@@ -196,7 +196,7 @@ class LatencyTable:
         for module, (i, _) in zip(modules, widths):
             module(inputs[i]), module(inputs[i])
             passes.append(passes_for(module, inputs[i]))
-        rounds = [[_timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(TIMINGS)]
+        rounds = [[timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(TIMINGS)]
         return [statistics.median(r[k] for r in rounds) for k in range(len(widths))]
 
     def _calibrate(self, models: list[nn.Module], example: torch.Tensor) -> dict:
@@ -207,7 +207,7 @@ class LatencyTable:
             m.eval()
         with torch.inference_mode():
             passes = [passes_for(m, x) for m in models]
-            rounds = [[_timed(m, x, p) for m, p in zip(models, passes)] for _ in range(CALIBRATION_ROUNDS)]
+            rounds = [[timed(m, x, p) for m, p in zip(models, passes)] for _ in range(CALIBRATION_ROUNDS)]
         real = [statistics.median(r[j] for r in rounds) for j in range(len(models))]
         n, mx, my = len(real), statistics.mean(table), statistics.mean(real)
         sxx = sum((t - mx) ** 2 for t in table)

@@ -1,0 +1,119 @@
+"""Pruning to a measured latency target: the pruner's cost becomes the lookup table's predicted latency
+(``PredictedLatency``), and a one-shot choice made on it is corrected by real paired measurements
+(``Corrected``). ``prepare`` builds both for a run, before any training."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from harness.core import distributed
+from harness.core.surgery import ChannelPruner, smallest_prefix
+from harness.latency.measure import paired_latency
+from harness.latency.table import LatencyTable, narrowed_copies
+
+
+def reduction_from_speedup(speedup: float | None) -> float | None:
+    """The cut of the latency that a speed-up (dense ms / pruned ms) means: 1 - 1/speed-up."""
+    return 1 - 1 / speedup if speedup else None
+
+
+class PredictedLatency:
+    """A pruner cost: the lookup table's ms per batch for a model (``LatencyTable.predict``)."""
+    name, target_key, what = "latency_ms", "prune.latency_reduction", "the predicted latency"
+
+    def __init__(self, table: LatencyTable):
+        self.table = table
+
+    def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
+        return float(self.table.predict(model, example_inputs))
+
+    def correct(self, prefix, target, build, predicted, n) -> int:
+        return prefix
+
+
+@dataclass
+class Corrected:
+    """A cost whose one-shot choice is corrected by measuring candidates for real: ``measured_reduction``
+    times one, from ``measured_from`` on (the run's final target; intermediate steps trust the cost)."""
+    cost: object
+    measured_reduction: Callable[[nn.Module], float]
+    measured_from: float = 0.0
+    tolerance: float = 0.02
+    corrections: list[dict] = field(default_factory=list)  # what each measurement gave, for the run's log
+
+    @property
+    def name(self) -> str:
+        return self.cost.name
+
+    @property
+    def target_key(self) -> str:
+        return self.cost.target_key
+
+    @property
+    def what(self) -> str:
+        return self.cost.what
+
+    def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
+        return self.cost(model, example_inputs)
+
+    def correct(self, k: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float],
+                n: int) -> int:
+        """The cost's prefix length ``k`` corrected by real measurements, at most 5 of them, until one is
+        within ``tolerance`` of ``target``. The next prefix comes from the cost (its prediction aimed by the
+        last miss) until one measurement lies below the target and one above; from then on from the
+        straight line between the closest two on either side. Returns the prefix measured closest."""
+        if target < self.measured_from - 1e-9:
+            return k
+        measured: dict[int, float] = {}
+        for _ in range(5):
+            measured[k] = self.measured_reduction(build(k))
+            miss = target - measured[k]
+            self.corrections.append({"prefix": k, "predicted": predicted(k), "measured": measured[k]})
+            if abs(miss) <= self.tolerance:
+                break
+            below = [j for j, m in measured.items() if m < target]
+            above = [j for j, m in measured.items() if m > target]
+            if below and above:
+                lo = max(below, key=measured.get)
+                hi = min(above, key=measured.get)
+                nxt = round(lo + (hi - lo) * (target - measured[lo]) / (measured[hi] - measured[lo]))
+            else:
+                nxt = smallest_prefix(predicted, predicted(k) + miss, n)
+            if nxt in measured:
+                break
+            k = nxt
+        return min(measured, key=lambda j: abs(target - measured[j]))
+
+
+def prepare(pruner: ChannelPruner, model: nn.Module, example: torch.Tensor, batch: torch.Tensor, target: float,
+            results_dir, *, warmup: int, min_pairs: int, interval: float, max_seconds: float,
+            round_to: int | None = None, say=lambda msg: None) -> tuple[LatencyTable, Corrected]:
+    """Before any training: the per-layer latency table for this device, threads and ``batch`` size (built
+    once, cached) and its calibration on ``model``; from then on ``pruner``'s cost is the predicted latency,
+    corrected by paired measurements on ``batch`` for prunings that reach for ``target``."""
+    device = batch.device
+    table = LatencyTable(batch.shape[0], device, results_dir, say=say, align=round_to)
+    dense = copy.deepcopy(model).to(device).eval()
+    if distributed.is_main():  # one process times; the others would share its cores
+        kept, pruner.example_inputs = pruner.example_inputs, example
+        try:
+            table.prepare(dense, example, lambda: narrowed_copies(dense, pruner))
+        finally:
+            pruner.example_inputs = kept
+    table.data, table.line = distributed.broadcast((table.data, table.line) if distributed.is_main() else None)
+
+    def measured_reduction(candidate) -> float:  # rank 0 times, every rank gets its number
+        value = None
+        if distributed.is_main():
+            timing = paired_latency(dense, candidate.eval(), batch, warmup=warmup, min_pairs=min_pairs,
+                                    interval=interval, max_seconds=max_seconds)
+            value = reduction_from_speedup(timing["speedup"])
+        return float(distributed.broadcast(value))
+
+    cost = Corrected(PredictedLatency(table), measured_reduction, measured_from=target)
+    pruner.use_cost(cost, model)
+    return table, cost
