@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                                       "BN folded, outputs checked [out=PATH] [tolerance=1e-3]")
     e.add_argument("source", help="a pruned_model.pt saved by a run, or an MLflow run id")
     e.add_argument("overrides", nargs="*", metavar="key=value")
-    sub.add_parser("list", help="the tasks and methods, one line each")
+    ls = sub.add_parser("list", help="the tasks, budgets and methods, one line each; --method NAME: its settings")
+    ls.add_argument("--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help")
+    ls.add_argument("--regularizer", metavar="NAME", help="a regulariser's settings")
+    ls.add_argument("--models", action="store_true", help="the registered model names (besides tv:<name> and timm:<name>)")
     return p
 
 
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     try:
         if args.command == "list":
-            return _list()
+            return _list(args)
         if args.command == "run":
             return _run(args)
         if args.command == "sweep":
@@ -165,13 +168,40 @@ def _sweep(args) -> int:
     return 0 if all(r["status"] == "DONE" for r in rows) else 1
 
 
-def _list() -> int:
+def _list(args) -> int:
     from harness.config import describe_group
 
+    if args.method or args.regularizer:
+        return _list_settings("method" if args.method else "regularizer", args.method or args.regularizer)
+    if args.models:
+        from tasks.models import list_models
+
+        print("\n".join(list_models()))
+        return 0
     for group in ("task", "budget", "method"):
         print(f"{group}s:")
         for name, desc in describe_group(group).items():
             print(f"  {name:<18} {desc}")
+    return 0
+
+
+def _list_settings(group: str, name: str) -> int:
+    """``list --method gbn``: every setting of the method a name selects, with the preset's value."""
+    from omegaconf import OmegaConf
+
+    from harness.config import compose, plugin_class
+    from harness.core.settings import describe
+
+    cfg = compose([f"{group}={name}"])
+    cls, node = plugin_class(cfg, group), cfg[group]
+    print(f"{group} {name}: {node.get('description') or getattr(cls, 'description', '')}")
+    settings = describe(cls.settings) if cls is not None else []
+    if not settings:
+        print("  (no settings of its own)")
+    for s in settings:
+        value = OmegaConf.to_container(node)[s.name]
+        preset = "" if value == s.default else f" (default {s.default!r})"
+        print(f"  {group}.{s.name} = {value!r}{preset}  [{s.accepted()}]\n      {s.help}")
     return 0
 
 

@@ -8,8 +8,6 @@ averaged in. Published numbers come from ``harness/conf/paper_targets.yaml``.
 from __future__ import annotations
 
 import hashlib
-import os
-from contextlib import contextmanager
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -22,39 +20,10 @@ _SETUP_PREFIXES = ("params.model.", "params.data.", "params.train.", "params.fin
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    import logging
-    from pathlib import Path
+    """Every run of ``experiment`` in the store at ``tracking_uri`` (harness.tracking's reading side)."""
+    from harness.tracking import open_store
 
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:].split("?")[0]).is_file():
-        return pd.DataFrame()  # reading must not create a store
-    import mlflow
-
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    with _tracking_uri(mlflow, tracking_uri):
-        if mlflow.get_experiment_by_name(experiment) is None:
-            return pd.DataFrame()
-        runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas", max_results=50000)
-    if "tags.harness.kind" in runs:
-        runs = runs[runs["tags.harness.kind"].fillna("") != "report"]
-    return runs.reset_index(drop=True)
-
-
-@contextmanager
-def _tracking_uri(mlflow, uri: str):
-    """mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI; undo both so that later runs in this
-    process (a notebook, the test suite) keep writing to their own store."""
-    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_uri)
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    return open_store(tracking_uri).runs(experiment)
 
 
 def setup_columns(runs: pd.DataFrame) -> list[str]:

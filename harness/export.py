@@ -170,19 +170,14 @@ def _source(source: str, opts: dict, tmp: Path) -> tuple[Path, str | None, str |
         return path, None, None
     if not re.fullmatch(r"[0-9a-f]{32}", source):
         raise ConfigError(f"{source!r} is neither a file nor an MLflow run id (32 hex digits)")
-    from harness.tracking import store_uri
+    from harness.tracking import TrackingError, open_store, store_uri
 
     uri = store_uri(opts["tracking.uri"], opts["results_dir"])
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        local = MlflowClient(uri).download_artifacts(source, "model/pruned_model.pt", str(tmp))
-    except MlflowException as e:
-        raise ConfigError(f"MLflow run {source} at {uri} has no model/pruned_model.pt "
-                          f"({str(e).strip().splitlines()[0][:120]}); check the run id, tracking.uri= or results_dir=") from None
-    return Path(local), source, uri
+        local = open_store(uri).download_artifact(source, "model/pruned_model.pt", tmp)
+    except TrackingError as e:
+        raise ConfigError(f"{e}; check the run id, tracking.uri= or results_dir=") from None
+    return local, source, uri
 
 
 def _default_out(source: str, path: Path, run_id: str | None, fmt: str, results_dir: Path) -> Path:
@@ -193,8 +188,6 @@ def _default_out(source: str, path: Path, run_id: str | None, fmt: str, results_
 
 
 def _log_to_run(uri: str, run_id: str, out: Path, fmt: str, diff: float) -> None:
-    from mlflow.tracking import MlflowClient
+    from harness.tracking import open_store
 
-    client = MlflowClient(uri)
-    client.log_artifact(run_id, str(out), "export")
-    client.log_metric(run_id, f"export/{fmt}_max_abs_diff", diff)
+    open_store(uri).log_to_run(run_id, {"export": out}, {f"export/{fmt}_max_abs_diff": diff})

@@ -106,15 +106,15 @@ def compare_command(args) -> int:
 def _histories(uri: str, runs, task: str) -> dict:
     """prune/macs and prune/acc per step, for the first seed of each (method, target) of a task."""
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    from harness.tracking import open_store
+
+    store = open_store(uri)
     done = runs[(runs["status"] == "FINISHED") & (runs["tags.task"] == task)]
     out = {}
     for (method, target), g in done.groupby(["tags.method", "params.prune.flops_reduction"]):
         run_id = g.sort_values("tags.seed")["run_id"].iloc[0]
-        macs = {m.step: m.value for m in client.get_metric_history(run_id, "prune/macs")}
-        acc = {m.step: m.value for m in client.get_metric_history(run_id, "prune/acc")}
+        macs, acc = store.metric_history(run_id, "prune/macs"), store.metric_history(run_id, "prune/acc")
         steps = sorted(set(macs) & set(acc))
         if steps:
             out[f"{method}@{float(target):.0%}"] = pd.DataFrame(

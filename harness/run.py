@@ -68,10 +68,7 @@ def run(cfg: DictConfig) -> dict:
     if not distributed.is_main():  # rank 0 prints; the others stay silent
         cfg = cfg.copy()
         cfg.quiet = True
-    try:
-        task, method, regularizer = create_task(cfg), create_method(cfg), create_regularizer(cfg)
-    except KeyError as e:
-        raise ConfigError(str(e).strip("'\"")) from None
+    task, method, regularizer = create_task(cfg), create_method(cfg), create_regularizer(cfg)
     say = Reporter(cfg.quiet)
     latency_target = method.prunes and cfg.prune.get("target") == "latency"
     target = float(cfg.prune.latency_reduction if latency_target else cfg.prune.flops_reduction) if method.prunes else 0.0

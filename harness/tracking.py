@@ -1,4 +1,7 @@
-"""Experiment tracking. MLflow is imported lazily, so ``tracking=none`` never loads it.
+"""Experiment tracking, the one module that talks to MLflow (imported lazily, so ``tracking=none`` never
+loads it). Writing: a ``Tracker`` per run (``MlflowTracker``, or ``NullTracker`` for ``tracking=none``).
+Reading: ``open_store(uri)`` finds runs with their params and metrics, metric histories and artifacts, for
+``compare``, ``report`` and ``export``.
 
 The default store is an embedded sqlite database, ``sqlite:///<results_dir>/mlflow.db``, with
 artifacts under ``<results_dir>/mlruns``; ``tracking.uri=`` or ``$MLFLOW_TRACKING_URI`` points
@@ -249,3 +252,83 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+class StoreReader:
+    """The reading side of a tracking store: runs, their params, metrics and artifacts. A store that does
+    not exist yet reads as empty (reading never creates one)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def _client(self):
+        warnings.filterwarnings("ignore", module="sqlalchemy")
+        from mlflow.tracking import MlflowClient
+
+        for noisy in ("mlflow", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        return MlflowClient(tracking_uri=self.uri)
+
+    def exists(self) -> bool:
+        return not self.uri.startswith("sqlite:///") or Path(self.uri[10:].split("?")[0]).is_file()
+
+    def runs(self, experiment: str):
+        """Every run of ``experiment`` as a pandas DataFrame (columns run_id, status, params.*, metrics.*,
+        tags.*), without the reports' own runs; empty when the store or the experiment does not exist."""
+        import pandas as pd
+
+        if not self.exists():
+            return pd.DataFrame()
+        import mlflow
+
+        self._client()  # quiets mlflow's loggers
+        with _tracking_uri(mlflow, self.uri):
+            if mlflow.get_experiment_by_name(experiment) is None:
+                return pd.DataFrame()
+            runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas", max_results=50000)
+        if "tags.harness.kind" in runs:
+            runs = runs[runs["tags.harness.kind"].fillna("") != "report"]
+        return runs.reset_index(drop=True)
+
+    def metric_history(self, run_id: str, key: str) -> dict[int, float]:
+        """{step: value} of one metric of one run."""
+        return {m.step: m.value for m in self._client().get_metric_history(run_id, key)}
+
+    def download_artifact(self, run_id: str, path: str, dst: str | os.PathLike) -> Path:
+        """A run's artifact copied under ``dst``; TrackingError (one line) if the run or the file is not there."""
+        from mlflow.exceptions import MlflowException
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        try:
+            return Path(self._client().download_artifacts(run_id, path, str(dst)))
+        except MlflowException as e:
+            raise TrackingError(f"MLflow run {run_id} at {self.uri} has no {path} "
+                                f"({str(e).strip().splitlines()[0][:120]})") from None
+
+    def log_to_run(self, run_id: str, artifacts: dict[str, str | os.PathLike], metrics: dict[str, float]) -> None:
+        """Add files ({artifact folder: path}) and metrics to an existing run (an export of its model)."""
+        client = self._client()
+        for folder, path in artifacts.items():
+            client.log_artifact(run_id, str(path), folder)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+
+
+def open_store(uri: str) -> StoreReader:
+    return StoreReader(uri)
+
+
+@contextlib.contextmanager
+def _tracking_uri(mlflow, uri: str):
+    """mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI; undo both so that later runs in this
+    process (a notebook, the test suite) keep writing to their own store."""
+    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env

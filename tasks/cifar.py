@@ -5,7 +5,7 @@ import pickle
 from pathlib import Path
 
 from harness.core.errors import DataError
-from tasks.base import Task
+from tasks.base import Task, register_task
 
 _MEAN_STD = {10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
              100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
@@ -96,6 +96,7 @@ class _CifarTask(Task):
         return train, test
 
 
+@register_task
 class Cifar10ResNet56Task(_CifarTask):
     name = "resnet56"
     description = "ResNet-56 (option-B shortcuts) on CIFAR-10 from data.root (cifar-10-batches-py)"
@@ -103,6 +104,7 @@ class Cifar10ResNet56Task(_CifarTask):
     folder = "cifar-10-batches-py"
 
 
+@register_task
 class Cifar100VGG16Task(_CifarTask):
     name = "vgg16_cifar100"
     description = "VGG-16 with BN (the pruning papers' CIFAR variant) on CIFAR-100 from data.root (cifar-100-python)"

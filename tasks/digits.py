@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
-from tasks.base import Task
+from tasks.base import Task, register_task
 
 
+@register_task
 class DigitsTask(Task):
     name = "digits"
     description = "Small residual CNN on sklearn's bundled 8x8 digits (offline, seconds on a CPU)"

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from harness.core.errors import DataError
-from tasks.base import Task
+from tasks.base import Task, register_task
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -99,6 +99,7 @@ class ImageClassificationTask(Task):
         return {"acc": top1 / max(total, 1), "acc5": top5 / max(total, 1), "loss": loss_sum / max(total, 1)}
 
 
+@register_task
 class ImageNetTask(ImageClassificationTask):
     name = "resnet50_imagenet"
     description = "ResNet-50 on ImageNet (ImageFolder train/ and val/ under data.root); start from model.weights"
@@ -126,6 +127,7 @@ class ImageNetTask(ImageClassificationTask):
         return tuple(splits)
 
 
+@register_task
 class Cub200Task(ImageClassificationTask):
     name = "cub200"
     description = "ResNet-50 transfer to CUB-200-2011 (official layout under data.root); init from model.weights"

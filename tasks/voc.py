@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from harness.core.errors import DataError
-from tasks.base import Task
+from tasks.base import Task, register_task
 from tasks.images import IMAGENET_MEAN, IMAGENET_STD, open_rgb
 
 IGNORE = 255
@@ -47,6 +47,7 @@ class SegmentationPairs(Dataset):
         return x, mask
 
 
+@register_task
 class VocSegmentationTask(Task):
     name = "fcn_voc2011"
     description = "FCN (ResNet-50 backbone by default) on PASCAL VOC 2011 segmentation, mIoU over 21 classes"

@@ -6,9 +6,12 @@ without downloading weights. Models never import training code.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Callable
 
 import torch.nn as nn
+
+from harness.core.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -19,8 +22,15 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def list_models() -> list[str]:
-    _import_builtin_models()
+    _discover()
     return sorted(_REGISTRY)
+
+
+def _unknown(kind: str, name: str, known) -> ConfigError:
+    """One line for an unknown model name, with the closest known names."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return ConfigError(f"unknown {kind} model {name!r}; {hint}check model.name= (python -m harness list --models)")
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
@@ -28,24 +38,33 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if name.startswith("tv:"):
         import torchvision.models as tvm
 
-        try:
-            return tvm.get_model(name[3:], weights=None, num_classes=num_classes, **kwargs)
-        except ValueError as e:
-            raise KeyError(f"unknown torchvision model {name[3:]!r}: {e}") from None
+        if name[3:] not in tvm.list_models():
+            raise _unknown("torchvision", name[3:], tvm.list_models())
+        return tvm.get_model(name[3:], weights=None, num_classes=num_classes, **kwargs)
     if name.startswith("timm:"):
         try:
             import timm
         except ImportError:
-            raise KeyError("timm is not installed; pip install timm to use timm: models") from None
+            raise ConfigError("timm is not installed; pip install timm to use timm: models") from None
         if not timm.is_model(name[5:]):
-            raise KeyError(f"unknown timm model {name[5:]!r}")
+            raise _unknown("timm", name[5:], timm.list_models())
         return timm.create_model(name[5:], pretrained=False, num_classes=num_classes, **kwargs)
-    _import_builtin_models()
+    _discover()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; choose one of {', '.join(sorted(_REGISTRY))}, "
-                       "or tv:<torchvision name> or timm:<timm name>")
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise ConfigError(f"unknown model {name!r}; {hint}choose one of {', '.join(sorted(_REGISTRY))}, "
+                          "or tv:<torchvision name> or timm:<timm name>")
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
-def _import_builtin_models() -> None:
-    from . import digits_net, resnet_cifar, segmentation, vgg_cifar  # noqa: F401  (registration side effect)
+def _discover() -> None:
+    """Import every module of this package (each registers its models) and the ``harness.models`` entry points."""
+    import importlib
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    for info in pkgutil.iter_modules(__path__, f"{__name__}."):
+        importlib.import_module(info.name)
+    for ep in entry_points(group="harness.models"):
+        ep.load()

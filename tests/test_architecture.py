@@ -1,0 +1,93 @@
+"""The shape of the code: arrows only downward (plug-ins stand on harness.core and harness.latency), MLflow
+only behind the tracker, and a new method is one file that registers itself with its own settings."""
+import ast
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.quick
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, function-level imports included (absolute names)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def files(*folders: str) -> list[Path]:
+    return [p for f in folders for p in (ROOT / f).rglob("*.py")]
+
+
+def test_methods_and_tasks_import_only_the_core_and_latency_packages_of_harness():
+    allowed = ("harness.core", "harness.latency")
+    bad = {str(p.relative_to(ROOT)): sorted(m for m in imports(p) if m.split(".")[0] == "harness"
+                                            and m != "harness" and not m.startswith(allowed))
+           for p in files("methods", "tasks")}
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_the_core_and_latency_packages_import_neither_the_application_nor_a_plugin():
+    allowed = ("harness.core", "harness.latency")
+    bad = {str(p.relative_to(ROOT)): sorted(m for m in imports(p) if m.split(".")[0] in ("methods", "tasks")
+                                            or (m.startswith("harness.") and not m.startswith(allowed)))
+           for p in files("harness/core", "harness/latency")}
+    assert not {k: v for k, v in bad.items() if v}
+    used = {m for p in files("methods", "tasks") for m in imports(p)}
+    assert any(m.startswith("harness.core") for m in used)  # the plug-ins do stand on it
+
+
+def test_no_module_but_the_tracker_imports_mlflow():
+    offenders = [str(p.relative_to(ROOT)) for p in files("harness", "methods", "tasks", "scripts", "benchmarks")
+                 if p != ROOT / "harness" / "tracking.py" and any(m.split(".")[0] == "mlflow" for m in imports(p))]
+    assert offenders == []
+    assert any(m.split(".")[0] == "mlflow" for m in imports(ROOT / "harness" / "tracking.py"))
+
+
+def test_a_method_in_a_module_of_its_own_registers_lists_and_checks_its_settings(run_cli, tmp_path, monkeypatch):
+    (tmp_path / "my_method.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+
+        from harness.core.settings import setting
+        from methods.base import Method, register_method
+
+
+        @dataclass
+        class HalfSettings:
+            alpha: float = setting(0.5, "real", "(0, 1]", help="how much of the criterion to keep")
+            mode: str = setting("fast", choices=("fast", "exact"), help="how to rank")
+
+
+        @register_method
+        class Half(Method):
+            name = "half_test"
+            description = "a method defined outside methods/"
+            settings = HalfSettings
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from methods import METHODS
+
+    import my_method  # noqa: F401  (registers itself)
+
+    try:
+        code, out, err = run_cli("list")
+        assert code == 0 and "half_test" in out and "a method defined outside methods/" in out
+        code, out, err = run_cli("list", "--method", "half_test")
+        assert code == 0 and "method.alpha = 0.5" in out and "number in (0, 1]" in out and "how to rank" in out
+        code, out, err = run_cli("run", "method=half_test", "method.alpha=2", f"results_dir={tmp_path}")
+        assert code == 2 and err.strip() == "error: method.alpha must be a number in (0, 1], got 2"
+        code, out, err = run_cli("run", "method=half_test", "method.mode=slow", f"results_dir={tmp_path}")
+        assert code == 2 and "method.mode must be one of fast, exact, got 'slow'" in err
+        code, out, err = run_cli("run", "method=half_test", "method.alhpa=0.3", f"results_dir={tmp_path}")
+        assert code == 2 and "did you mean 'method.alpha'" in err
+    finally:
+        METHODS.entries.pop("half_test", None)
+        sys.modules.pop("my_method", None)
