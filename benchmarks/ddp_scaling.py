@@ -31,8 +31,8 @@ def worker(args) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from harness.core import distributed
     from harness.config import compose
+    from harness.core import distributed
     from harness.core.train import train
     from tasks import create_task
 

@@ -44,10 +44,10 @@ def main() -> int:
 
     import torchvision.transforms as T
 
-    from harness.latency.backends import environment
     from harness.config import compose
-    from harness.tracking import MlflowTracker
     from harness.core.train import train
+    from harness.latency.backends import environment
+    from harness.tracking import MlflowTracker
     from methods.slimming import BNSparsity
     from tasks import create_task
     from tasks.cifar import _dataset_class

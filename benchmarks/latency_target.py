@@ -30,11 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import MODELS, output_layer  # noqa: E402
 from harness.core.errors import ConfigError  # noqa: E402
-from harness.latency.table import LatencyTable, narrowed_copies  # noqa: E402
-from harness.core.surgery import count_macs_params  # noqa: E402
+from harness.core.surgery import (
+    ChannelPruner,  # noqa: E402
+    count_macs_params,  # noqa: E402
+)
 from harness.latency.measure import paired_latency  # noqa: E402
+from harness.latency.table import LatencyTable, narrowed_copies  # noqa: E402
 from harness.latency.target import Corrected, PredictedLatency, reduction_from_speedup  # noqa: E402
-from harness.core.surgery import ChannelPruner  # noqa: E402
 from methods.l1 import FilterL1Importance  # noqa: E402
 from tasks.models import create_model  # noqa: E402
 

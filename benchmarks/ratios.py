@@ -65,8 +65,8 @@ def harness_overhead(steps: int = 12, rounds: int = 5) -> dict:
     """Epoch time of harness.core.train.train (a method hook, a progress bar drawn to a sink, per-epoch
     MLflow logging to a temporary sqlite store) over a bare loop, same model, data and optimiser."""
     from benchmarks.common import one_epoch_recipe
-    from harness.tracking import MlflowTracker
     from harness.core.train import train
+    from harness.tracking import MlflowTracker
     from methods.slimming import BNSparsity
     from tasks.models import create_model
 

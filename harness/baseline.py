@@ -10,15 +10,15 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from harness.core import distributed
 from harness.artifacts import atomic_save
+from harness.core import distributed
 from harness.core.locks import file_lock
 
 # Config keys that change what the baseline is. Paths and loader workers do not.

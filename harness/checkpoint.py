@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness.core import distributed
 from harness.artifacts import atomic_save
 from harness.baseline import data_identity
+from harness.core import distributed
 from harness.core.errors import DataError
 
 # Keys that change how a run is shown, launched or measured, not what it trains.

@@ -4,17 +4,16 @@ Every user mistake becomes a ``ConfigError`` with one line that names the valid 
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.core.errors import ConfigError
-from harness.core.settings import check_range
 from harness.core import settings as plugin_settings
+from harness.core.errors import ConfigError
 from harness.core.schedules import SCHEDULES
+from harness.core.settings import check_range
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("task", "budget", "method", "regularizer", "tracking", "launcher")

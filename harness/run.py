@@ -23,15 +23,15 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from harness import baseline as baseline_cache
-from harness.core import distributed
 from harness.artifacts import model_from_payload, pruned_payload, save_pruned
 from harness.checkpoint import RunCheckpoint
+from harness.core import distributed
 from harness.core.errors import ConfigError
 from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params
+from harness.core.train import CountingLoader, total_epochs, train
 from harness.latency import target as latency_target
 from harness.latency.measure import compare_latency
 from harness.tracking import flatten, make_tracker
-from harness.core.train import CountingLoader, total_epochs, train
 from methods import PruneContext, create_method, create_regularizer
 from tasks import create_task
 

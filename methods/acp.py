@@ -20,10 +20,9 @@ authors' particle_cifar.py (JingfeiChang/ACP-Automatic-Channel-Pruning).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
 import random
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -32,9 +31,9 @@ from omegaconf import OmegaConf
 from harness.core import distributed
 from harness.core.errors import ConfigError
 from harness.core.hooks import HookSet
+from harness.core.settings import setting
 from harness.core.surgery import ChannelPruner, eval_mode
 from harness.core.train import progress
-from harness.core.settings import setting
 from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
 
@@ -246,7 +245,7 @@ class ACP(Method):
 
     # --- checkpoints: after the first population and after every cycle -----------------------------
     @staticmethod
-    def _save(swarm, prelim, fitness: "CandidateFitness", rng: random.Random, ctx: PruneContext) -> None:
+    def _save(swarm, prelim, fitness: CandidateFitness, rng: random.Random, ctx: PruneContext) -> None:
         best = fitness.best
         ctx.save_state({
             "prelim": list(prelim), "swarm": {**swarm, "position": [list(p) for p in swarm["position"]],
@@ -257,7 +256,7 @@ class ACP(Method):
             "py_rng": list(rng.getstate()[1]), **ctx.rng_state()})
 
     @staticmethod
-    def _restore(state, space: WidthSpace, fitness: "CandidateFitness", rng: random.Random, ctx: PruneContext) -> dict:
+    def _restore(state, space: WidthSpace, fitness: CandidateFitness, rng: random.Random, ctx: PruneContext) -> dict:
         swarm = dict(state["swarm"])
         swarm["position"] = [tuple(p) for p in swarm["position"]]
         swarm["personal"] = [(s, tuple(p)) for s, p in swarm["personal"]]

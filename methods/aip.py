@@ -17,18 +17,17 @@ here, and which choices are ours:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from harness.core.hooks import FeatureTap
+from harness.core.settings import setting
 from harness.core.surgery import eval_mode
 from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
-from harness.core.hooks import FeatureTap
-from harness.core.settings import setting
 from methods.teacher import TeacherStudent, attention_loss, distill_epoch, kd_loss, stage_outputs
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.core.hooks import HookSet
 from harness.core import settings
+from harness.core.hooks import HookSet
 from harness.core.settings import setting
 from harness.core.train import TrainingHook
 from methods.base import REGULARIZERS, register_method, register_regularizer
@@ -49,7 +49,7 @@ class AdversarialNoise(TrainingHook):
         return [n for n, m in model.named_modules()
                 if n and (self.pattern.fullmatch(type(m).__name__) or self.pattern.fullmatch(n))]
 
-    def attach(self, model: nn.Module) -> "AdversarialNoise":
+    def attach(self, model: nn.Module) -> AdversarialNoise:
         self.detach()
         self._hooks = HookSet(model, {n: self._hook(n) for n in self.targets(model)})
         return self

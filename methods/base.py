@@ -4,8 +4,9 @@ sees is a model and a ``PruneContext``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -60,10 +61,10 @@ class PruneContext:
             raise ConfigError(f"{why} needs a validation split: set data.val_fraction (e.g. 0.1)")
 
 
-METHODS: Registry[type["Method"]] = Registry("method", "methods")
+METHODS: Registry[type[Method]] = Registry("method", "methods")
 
 
-def register_method(cls: type["Method"]) -> type["Method"]:
+def register_method(cls: type[Method]) -> type[Method]:
     """The one decorator a new method needs: ``@register_method`` over its class (in any module of
     methods/, or of a package that declares the entry point group ``harness.methods``)."""
     return METHODS.register(cls)

@@ -18,10 +18,9 @@ reduction (all masks <= 0) and the final one are logged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,8 +28,8 @@ import torch.nn.functional as F
 
 from harness.core.errors import ConfigError
 from harness.core.hooks import HookSet, channel_scaler
-from harness.core.surgery import ChannelPruner, ShortcutOnly, eval_mode, replace_module
 from harness.core.settings import setting
+from harness.core.surgery import ChannelPruner, ShortcutOnly, eval_mode, replace_module
 from methods.base import Method, PruneContext, register_method
 from methods.teacher import TeacherStudent, distill_epoch, probe
 

@@ -13,11 +13,10 @@ affine and the masked channels removed physically, leaving only vanilla layers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import contextlib
 import copy
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -25,9 +24,9 @@ from omegaconf import OmegaConf
 
 from harness.core import distributed
 from harness.core.hooks import HookSet, channel_scaler, frozen
+from harness.core.settings import setting
 from harness.core.surgery import ChannelGroup, ChannelPruner, channel_widths, rank_channels, smallest_prefix
 from harness.core.train import TrainingHook
-from harness.core.settings import setting
 from methods.base import Method, PruneContext, register_method
 
 

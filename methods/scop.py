@@ -20,10 +20,9 @@ own label, only with respect to the real image it is mixed with.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -31,9 +30,9 @@ import torch.nn as nn
 from harness.core import distributed
 from harness.core.errors import ConfigError
 from harness.core.hooks import HookSet, frozen, per_channel
+from harness.core.settings import setting
 from harness.core.surgery import ChannelPruner, smallest_prefix
 from harness.core.train import progress
-from harness.core.settings import setting
 from methods.base import Method, PruneContext, register_method
 
 

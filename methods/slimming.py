@@ -16,8 +16,8 @@ import torch_pruning as tp
 from omegaconf import OmegaConf
 
 from harness.core.errors import ConfigError
-from harness.core.train import TrainingHook
 from harness.core.settings import setting
+from harness.core.train import TrainingHook
 from methods.base import Method, PruneContext, register_method
 
 

@@ -25,8 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar10_dev_study import (OUT, SEEDS, cell, cli, finish_report, load_runs, recorded,  # noqa: E402
-                               run_workers, sweep, t_interval)
+from cifar10_dev_study import OUT, SEEDS, cell, cli, finish_report, load_runs, recorded, run_workers, sweep, t_interval  # noqa: E402
 
 FINETUNE = 8  # budget=cifar10_dev's fine-tune epochs
 

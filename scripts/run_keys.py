@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Prints the run key and baseline key of every shipped task x method (presets included) x budget: pinned so that a
 refactor keeps caches, checkpoints and skip_finished matching."""
-import json, sys
-from harness.config import compose, group_options
-from harness.checkpoint import run_key
+import json
+import sys
+
 from harness.baseline import baseline_key
+from harness.checkpoint import run_key
+from harness.config import compose, group_options
+
 out = {}
 for task in group_options("task"):
     for method in group_options("method"):

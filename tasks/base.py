@@ -13,11 +13,10 @@ from harness.core.errors import ConfigError
 from harness.core.registry import Registry
 from tasks.models import create_model
 
+TASKS: Registry[type[Task]] = Registry("task", "tasks")
 
-TASKS: Registry[type["Task"]] = Registry("task", "tasks")
 
-
-def register_task(cls: type["Task"]) -> type["Task"]:
+def register_task(cls: type[Task]) -> type[Task]:
     """The one decorator a new task needs (its ``name`` is what ``task=`` selects; its config is
     harness/conf/task/<name>.yaml)."""
     return TASKS.register(cls)

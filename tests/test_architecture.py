@@ -73,9 +73,9 @@ def test_a_method_in_a_module_of_its_own_registers_lists_and_checks_its_settings
             settings = HalfSettings
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    from methods import METHODS
-
     import my_method  # noqa: F401  (registers itself)
+
+    from methods import METHODS
 
     try:
         code, out, err = run_cli("list")

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.latency.table import LatencyTable, _axis, layers_of
 from harness.core.surgery import ChannelPruner
+from harness.latency.table import LatencyTable, _axis, layers_of
 from tests.conftest import last_json
 
 

@@ -8,9 +8,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from harness.config import compose
-from harness.core.surgery import ChannelPruner
+from harness.core.surgery import ChannelPruner, ShortcutOnly
 from methods.base import PruneContext
-from harness.core.surgery import ShortcutOnly
 from methods.gal import GAL, Fista, SoftMasks, residual_blocks
 from methods.teacher import TeacherStudent, attention_map, distill_epoch, stage_outputs
 from tasks import create_task

@@ -18,8 +18,9 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

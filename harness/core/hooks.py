@@ -3,7 +3,7 @@ feature tap (keep named outputs), a set of hooks removed together, and freezing 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn

@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 
 
-
 @torch.inference_mode()
 def latency_ms(model: nn.Module, example: torch.Tensor, *, warmup: int = 5, repeats: int = 20) -> float:
     """Median milliseconds per forward pass of ``example`` (the whole batch) on its device. ``model`` is a

@@ -21,15 +21,15 @@ import math
 import platform
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from harness.core.locks import file_lock
-from harness.latency.measure import timed, device_name, passes_for
+from harness.latency.measure import device_name, passes_for, timed
 
 # Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
 # aligned widths, so the table must see them), coarser above (at most 16 points), plus every width the

@@ -7,7 +7,7 @@ without downloading weights. Models never import training code.
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -4,7 +4,6 @@ import errno
 import pytest
 import torch
 
-import harness.artifacts
 from tests.conftest import last_json
 
 ARGS = ["method=l1", "finetune.epochs=3", "measure.batch_sizes=[1]"]
