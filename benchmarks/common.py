@@ -1,4 +1,5 @@
 """Shared by the benchmark script and the pytest-benchmark suite: models pruned to a MACs target."""
+
 from __future__ import annotations
 
 import torch
@@ -7,15 +8,30 @@ from harness.core.surgery import ChannelPruner, count_macs_params
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 
-MODELS = {"resnet56": ("resnet56", 10, 32), "vgg16_cifar": ("vgg16_cifar", 100, 32), "resnet50": ("tv:resnet50", 1000, 224)}
+MODELS = {
+    "resnet56": ("resnet56", 10, 32),
+    "vgg16_cifar": ("vgg16_cifar", 100, 32),
+    "resnet50": ("tv:resnet50", 1000, 224),
+}
 
 
 def one_epoch_recipe(weight_decay: float = 0.0):
     """A harness.core.train recipe for one epoch of plain SGD, as the bare loops in the benchmarks use."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": weight_decay,
-                             "nesterov": False, "schedule": "cosine", "milestones": [], "gamma": 0.1, "min_lr": 0.0})
+    return OmegaConf.create(
+        {
+            "epochs": 1,
+            "lr": 0.05,
+            "momentum": 0.9,
+            "weight_decay": weight_decay,
+            "nesterov": False,
+            "schedule": "cosine",
+            "milestones": [],
+            "gamma": 0.1,
+            "min_lr": 0.0,
+        }
+    )
 
 
 def resnet50_and_pruner():

@@ -10,6 +10,7 @@ The first epoch of each launch is a warm-up; images/s is the median of the other
 interleaved (1x1, 1x2, 2x1, 1x1, ...) so that all see the same machine load, and the ratios are taken
 within each round. Results go to results/bench/ddp_scaling.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GLOBAL_BATCH = 128
-CONFIGS = [("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 processes x 1 thread (DDP, gloo)", 2, 1)]
+CONFIGS = [
+    ("1 process x 1 thread", 1, 1),
+    ("1 process x 2 threads", 1, 2),
+    ("2 processes x 1 thread (DDP, gloo)", 2, 1),
+]
 
 
 def worker(args) -> None:
@@ -38,29 +43,63 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     device = distributed.setup(torch.device("cpu"))
-    cfg = compose(["task=resnet56", "budget=cifar10_dev", f"model={args.model}", f"data.root={args.data}",
-                   "data.check_integrity=false", f"finetune.epochs={args.epochs}",
-                   f"finetune.batch_size={GLOBAL_BATCH // distributed.world_size()}"])
+    cfg = compose(
+        [
+            "task=resnet56",
+            "budget=cifar10_dev",
+            f"model={args.model}",
+            f"data.root={args.data}",
+            "data.check_integrity=false",
+            f"finetune.epochs={args.epochs}",
+            f"finetune.batch_size={GLOBAL_BATCH // distributed.world_size()}",
+        ]
+    )
     task = create_task(cfg)
     train_set, _, _ = task.splits()
     torch.manual_seed(0)
     model = task.build_model()
     gen = torch.Generator().manual_seed(0)
     sampler = distributed.ShardSampler(train_set, gen) if distributed.is_distributed() else None
-    loader = DataLoader(train_set, batch_size=int(cfg.finetune.batch_size), shuffle=sampler is None,
-                        sampler=sampler, generator=gen)
+    loader = DataLoader(
+        train_set, batch_size=int(cfg.finetune.batch_size), shuffle=sampler is None, sampler=sampler, generator=gen
+    )
     stamps = [time.perf_counter()]
-    train(model, loader, cfg.finetune, loss_fn=task.loss_fn(), device=device, quiet=True, seed=0,
-          on_epoch=lambda e, m: stamps.append(time.perf_counter()))
+    train(
+        model,
+        loader,
+        cfg.finetune,
+        loss_fn=task.loss_fn(),
+        device=device,
+        quiet=True,
+        seed=0,
+        on_epoch=lambda e, m: stamps.append(time.perf_counter()),
+    )
     seconds = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # the first epoch warms up
     if distributed.is_main():
-        print(json.dumps({"images_per_s": len(train_set) / statistics.median(seconds), "epoch_s": seconds,
-                          "images": len(train_set)}))
+        print(
+            json.dumps(
+                {
+                    "images_per_s": len(train_set) / statistics.median(seconds),
+                    "epoch_s": seconds,
+                    "images": len(train_set),
+                }
+            )
+        )
 
 
 def launch(args, processes: int, threads: int) -> dict:
-    me = [str(Path(__file__).resolve()), "--worker", "--model", args.model, "--epochs", str(args.epochs),
-          "--threads", str(threads), "--data", args.data]
+    me = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--threads",
+        str(threads),
+        "--data",
+        args.data,
+    ]
     if processes > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *me]
     else:
@@ -94,22 +133,28 @@ def main() -> int:
             print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} images/s", file=sys.stderr)
     base = CONFIGS[0][0]
     lines = [
-        "# Data-parallel training throughput on CPU: 1 process vs 2 (gloo)", "",
-        f"Machine: {environment()}; CPU only, gloo backend.", "",
+        "# Data-parallel training throughput on CPU: 1 process vs 2 (gloo)",
+        "",
+        f"Machine: {environment()}; CPU only, gloo backend.",
+        "",
         f"Command: `python benchmarks/ddp_scaling.py --model {args.model} --rounds {args.rounds} --epochs {args.epochs}` "
-        f"({time.time() - started:.0f} s in all)", "",
+        f"({time.time() - started:.0f} s in all)",
+        "",
         f"{args.model} on the 4,065 training images of shared/data/cifar10-dev (random crop + flip + normalise), "
         f"`harness.core.train.train` (the loop every run's training uses), global batch {GLOBAL_BATCH} in every row "
         f"(2 processes x {GLOBAL_BATCH // 2}), SGD. Images/s: per launch, the median over epochs 2..{args.epochs}; "
         "the table gives the median over rounds, and the speed-up is the median of per-round ratios against the "
-        "first row.", "",
+        "first row.",
+        "",
         "| configuration | images/s (median) | speed-up vs 1 process x 1 thread | per round (images/s) |",
         "|---|---|---|---|",
     ]
     for name, _, _ in CONFIGS:
         ratio = statistics.median(a / b for a, b in zip(rates[name], rates[base]))
-        lines.append(f"| {name} | {statistics.median(rates[name]):.1f} | {ratio:.2f}x | "
-                     f"{', '.join(f'{v:.1f}' for v in rates[name])} |")
+        lines.append(
+            f"| {name} | {statistics.median(rates[name]):.1f} | {ratio:.2f}x | "
+            f"{', '.join(f'{v:.1f}' for v in rates[name])} |"
+        )
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

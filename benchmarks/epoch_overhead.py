@@ -13,6 +13,7 @@ evaluation on the 1,020 validation images that produces the logged accuracy curv
 interleaved (bare, harness, harness + eval, bare, ...) so that all see the same machine load; the
 medians and their ratios are printed and written to results/bench/epoch_overhead.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,18 +54,25 @@ def main() -> int:
     from tasks.cifar import _dataset_class
     from tasks.models import create_model
 
-    cfg = compose(["task=resnet56", "budget=cifar10_dev", f"model={args.model}", f"data.root={args.data}",
-                   "train.epochs=1"])
+    cfg = compose(
+        ["task=resnet56", "budget=cifar10_dev", f"model={args.model}", f"data.root={args.data}", "train.epochs=1"]
+    )
     task = create_task(cfg)
     train_set, val_set = task.datasets()
     gen = torch.Generator().manual_seed(0)
-    harness_loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True, generator=gen,
-                                                 num_workers=int(cfg.data.num_workers))
+    harness_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=128, shuffle=True, generator=gen, num_workers=int(cfg.data.num_workers)
+    )
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=256)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     # torchvision's CIFAR10 without its md5 check (the subset's sums differ from the official archive).
-    bare_set = _dataset_class(10)(args.data, train=True, transform=T.Compose(
-        [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]))
+    bare_set = _dataset_class(10)(
+        args.data,
+        train=True,
+        transform=T.Compose(
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+        ),
+    )
     bare_loader = torch.utils.data.DataLoader(bare_set, batch_size=128, shuffle=True)
 
     torch.manual_seed(0)
@@ -89,10 +97,18 @@ def main() -> int:
         sink = io.StringIO()
         sink.isatty = lambda: True  # the progress bar is drawn, as on a terminal
         with contextlib.redirect_stderr(sink):
-            train(model, harness_loader, cfg.train, loss_fn=loss_fn, device=torch.device("cpu"),
-                  hooks=[BNSparsity(1e-5)], seed=0, desc="bench",
-                  evaluate=(lambda m: task.evaluate(m, val_loader, torch.device("cpu"))) if evaluate else None,
-                  on_epoch=lambda e, m: tracker.log_metrics({f"bench/{k}": v for k, v in m.items()}, e))
+            train(
+                model,
+                harness_loader,
+                cfg.train,
+                loss_fn=loss_fn,
+                device=torch.device("cpu"),
+                hooks=[BNSparsity(1e-5)],
+                seed=0,
+                desc="bench",
+                evaluate=(lambda m: task.evaluate(m, val_loader, torch.device("cpu"))) if evaluate else None,
+                on_epoch=lambda e, m: tracker.log_metrics({f"bench/{k}": v for k, v in m.items()}, e),
+            )
 
     sides = {"bare": bare, "harness": lambda: harness(False), "harness + eval": lambda: harness(True)}
     times = {name: [] for name in sides}
@@ -103,15 +119,18 @@ def main() -> int:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-        print(f"round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), file=sys.stderr,
-              flush=True)
+        print(
+            f"round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), file=sys.stderr, flush=True
+        )
     tracker.end()
     med = {name: statistics.median(t) for name, t in times.items()}
     ratios = {name: [h / b for h, b in zip(times[name], times["bare"])] for name in ("harness", "harness + eval")}
     lines = [
         "# One training epoch: harness vs a bare PyTorch loop, real CIFAR-10 images",
         "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in environment().items()) + f"; {args.threads} torch thread(s), CPU.",
+        "Machine: "
+        + ", ".join(f"{k} {v}" for k, v in environment().items())
+        + f"; {args.threads} torch thread(s), CPU.",
         "",
         f"Command: `python benchmarks/epoch_overhead.py {' '.join(sys.argv[1:])}`",
         "",
@@ -125,11 +144,17 @@ def main() -> int:
         f"| bare loop | {med['bare']:.2f} | – | {', '.join(f'{t:.2f}' for t in times['bare'])} |",
     ]
     for name in ("harness", "harness + eval"):
-        lines.append(f"| {name} | {med[name]:.2f} | {statistics.median(ratios[name]) - 1:+.1%} | "
-                     f"{', '.join(f'{t:.2f}' for t in times[name])} |")
-    lines += ["", "`harness`: harness.core.train.train with a method hook, the progress bar and per-epoch MLflow "
-              "logging; `harness + eval`: the same plus the per-epoch evaluation on the 1,020 validation images "
-              "(what `run` does to log its accuracy curves).", ""]
+        lines.append(
+            f"| {name} | {med[name]:.2f} | {statistics.median(ratios[name]) - 1:+.1%} | "
+            f"{', '.join(f'{t:.2f}' for t in times[name])} |"
+        )
+    lines += [
+        "",
+        "`harness`: harness.core.train.train with a method hook, the progress bar and per-epoch MLflow "
+        "logging; `harness + eval`: the same plus the per-epoch evaluation on the 1,020 validation images "
+        "(what `run` does to log its accuracy curves).",
+        "",
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

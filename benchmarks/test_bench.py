@@ -53,8 +53,19 @@ def test_harness_train_epoch(benchmark):
 
     model, data = _train_setup()
     recipe = one_epoch_recipe()
-    benchmark.pedantic(lambda: train(model, data, recipe, loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
-                                     hooks=[BNSparsity(1e-5)], desc="bench"), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: train(
+            model,
+            data,
+            recipe,
+            loss_fn=nn.CrossEntropyLoss(),
+            device=torch.device("cpu"),
+            hooks=[BNSparsity(1e-5)],
+            desc="bench",
+        ),
+        rounds=5,
+        warmup_rounds=1,
+    )
 
 
 def test_pruning_step_resnet50(benchmark):

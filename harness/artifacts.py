@@ -5,6 +5,7 @@ that pruning changed, the residual blocks a method removed whole (each becomes i
 plain state_dict. ``load_pruned`` rebuilds the dense architecture from the
 registry, shrinks each layer to the saved widths and loads the weights, with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,12 +39,19 @@ def atomic_save(obj, path: str | os.PathLike, keep_previous: str | os.PathLike |
 
 def pruned_payload(model: nn.Module, spec: dict) -> dict:
     """The registry spec, the per-layer widths and a plain state_dict: no pickled code."""
-    layers = {name: {a: int(getattr(m, a)) for a in _WIDTH_ATTRS if isinstance(getattr(m, a, None), int)}
-              for name, m in model.named_modules()}
+    layers = {
+        name: {a: int(getattr(m, a)) for a in _WIDTH_ATTRS if isinstance(getattr(m, a, None), int)}
+        for name, m in model.named_modules()
+    }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     replaced = {name: m.spec() for name, m in model.named_modules() if isinstance(m, ShortcutOnly)}
-    return {"format": FORMAT, "spec": spec, "layers": {k: v for k, v in layers.items() if v}, "state_dict": state,
-            "replaced": replaced}
+    return {
+        "format": FORMAT,
+        "spec": spec,
+        "layers": {k: v for k, v in layers.items() if v},
+        "state_dict": state,
+        "replaced": replaced,
+    }
 
 
 def model_from_payload(payload: dict) -> nn.Module:

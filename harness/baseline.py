@@ -4,6 +4,7 @@ Cache layout: ``<results_dir>/baselines/<task>/<hash>/model.pt`` (a plain state_
 ``weights_only=True``) and ``meta.json`` (its metrics). Writes are atomic, a lock file makes concurrent
 runs train it once, and a file that fails to load is deleted and retrained, never used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,11 +35,17 @@ def data_identity(data: dict) -> dict:
 
 
 def baseline_key(cfg: DictConfig) -> str:
-    data = {k: v for k, v in data_identity(OmegaConf.to_container(cfg.data, resolve=True)).items()
-            if k not in _DATA_IGNORED}
-    ident = {"task": cfg.task.name, "model": OmegaConf.to_container(cfg.model, resolve=True), "data": data,
-             "train": OmegaConf.to_container(cfg.train, resolve=True), "seed": cfg.seed,
-             "regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True)}
+    data = {
+        k: v for k, v in data_identity(OmegaConf.to_container(cfg.data, resolve=True)).items() if k not in _DATA_IGNORED
+    }
+    ident = {
+        "task": cfg.task.name,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": data,
+        "train": OmegaConf.to_container(cfg.train, resolve=True),
+        "seed": cfg.seed,
+        "regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True),
+    }
     if distributed.world_size() > 1:  # trained by N processes, each on its shard: N times the batch
         ident["world_size"] = distributed.world_size()
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -48,8 +55,9 @@ def baseline_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "baselines" / cfg.task.name / baseline_key(cfg)
 
 
-def get_or_train(cfg: DictConfig, model: nn.Module, train_fn: Callable[..., dict],
-                 log: Callable[[str], None] = print) -> tuple[nn.Module, dict, bool]:
+def get_or_train(
+    cfg: DictConfig, model: nn.Module, train_fn: Callable[..., dict], log: Callable[[str], None] = print
+) -> tuple[nn.Module, dict, bool]:
     """Load the cached baseline into ``model``, or train it with
     ``train_fn(model, resume=<state or None>, save_partial=<callable>)`` and cache it.
 

@@ -1,5 +1,6 @@
 """``python -m harness bench model=<pruned_model.pt>``: a saved pruned model's latency on each backend
 (harness.latency.backends), in ms per batch."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,9 @@ def bench_command(args) -> int:
     for item in args.overrides:
         key, eq, value = item.partition("=")
         if not eq or key not in {"model", *opts}:
-            raise ConfigError(f"bench takes model=<pruned_model.pt> and {', '.join(k + '=' for k in opts)}; got {item!r}")
+            raise ConfigError(
+                f"bench takes model=<pruned_model.pt> and {', '.join(k + '=' for k in opts)}; got {item!r}"
+            )
         opts[key] = value
     if "model" not in opts:
         raise ConfigError("bench needs model=<path to a pruned_model.pt saved by a run>")
@@ -30,7 +33,9 @@ def bench_command(args) -> int:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     shape = input_shape(payload, path)
     model = model_from_payload(payload).eval().to(opts["device"])
-    print(f"{path}: {payload['spec']['name']}, input {tuple(shape)}, {torch.get_num_threads()} threads, {opts['device']}")
+    print(
+        f"{path}: {payload['spec']['name']}, input {tuple(shape)}, {torch.get_num_threads()} threads, {opts['device']}"
+    )
     print("| backend | batch | ms per batch (median) | images/s |\n|---|---|---|---|")
     for backend in opts["backend"].split(","):
         for b in opts["batch"].split(","):

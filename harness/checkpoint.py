@@ -5,6 +5,7 @@ epoch and phase boundary (the one before kept as ``<key>.pt.prev``) and loaded w
 ``weights_only=True``. The key hashes the composed config (less the keys that only change how a run is
 shown, launched or measured), so running the same command again finds it. A finished run deletes its checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,8 +61,10 @@ class RunCheckpoint:
             if errors:
                 self.note = f"checkpoint {errors[0]} is unreadable; resuming from the previous one, {path}"
             return state
-        raise DataError(f"checkpoint {errors[0]} is unreadable and there is no good earlier one; "
-                        "run the same command with resume=false to start over")
+        raise DataError(
+            f"checkpoint {errors[0]} is unreadable and there is no good earlier one; "
+            "run the same command with resume=false to start over"
+        )
 
     def save(self, state: dict) -> None:
         if distributed.is_main():  # every rank holds the same state; rank 0 writes it

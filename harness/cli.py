@@ -3,6 +3,7 @@
 argparse takes the subcommand (Hydra's own entry point cannot), then the Hydra compose API builds
 the config from the groups in harness/conf plus the overrides, in struct mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m harness", description="CNN filter-pruning harness",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p = _Parser(
+        prog="python -m harness",
+        description="CNN filter-pruning harness",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,bench,export,list}", parser_class=_Parser)
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
-    r.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. task=digits method=l1 prune.flops_reduction=0.5 seed=0")
+    r.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. task=digits method=l1 prune.flops_reduction=0.5 seed=0",
+    )
     r.add_argument("--json", action="store_true", help="print one final JSON line with the results on stdout")
     r.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     r.add_argument("--wait", action="store_true", help="with launcher=local|slurm: wait for the job and report it")
@@ -45,24 +54,42 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("overrides", nargs="*", metavar="key=value", help="overrides; a,b,c lists span the grid")
     w.add_argument("--wait", action="store_true", help="wait for every job and print a table of results")
     c = sub.add_parser("compare", help="MLflow runs -> a table per task (mean ± std over seeds) and plots")
-    c.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="filters and store: task=, method=, experiment=, tracking.uri=, results_dir=")
+    c.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="filters and store: task=, method=, experiment=, tracking.uri=, results_dir=",
+    )
     c.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     c.add_argument("--out", help="write the tables and PNG plots to this folder")
-    c.add_argument("--tolerance", type=float, default=0.5,
-                   help="flag rows further than this many accuracy points from the paper (default 0.5)")
+    c.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.5,
+        help="flag rows further than this many accuracy points from the paper (default 0.5)",
+    )
     c.add_argument("--no-log", action="store_true", help="do not log the report to MLflow as a run of its own")
-    b = sub.add_parser("bench", help="latency of a saved pruned model: model=<pruned_model.pt> [batch=1,64] "
-                                     "[backend=eager,compile,onnx] [threads=N] [device=cpu|cuda]")
+    b = sub.add_parser(
+        "bench",
+        help="latency of a saved pruned model: model=<pruned_model.pt> [batch=1,64] "
+        "[backend=eager,compile,onnx] [threads=N] [device=cpu|cuda]",
+    )
     b.add_argument("overrides", nargs="*", metavar="key=value")
-    e = sub.add_parser("export", help="a pruned model (file or MLflow run id) to format=onnx|torchscript|pt, "
-                                      "BN folded, outputs checked [out=PATH] [tolerance=1e-3]")
+    e = sub.add_parser(
+        "export",
+        help="a pruned model (file or MLflow run id) to format=onnx|torchscript|pt, "
+        "BN folded, outputs checked [out=PATH] [tolerance=1e-3]",
+    )
     e.add_argument("source", help="a pruned_model.pt saved by a run, or an MLflow run id")
     e.add_argument("overrides", nargs="*", metavar="key=value")
     ls = sub.add_parser("list", help="the tasks, budgets and methods, one line each; --method NAME: its settings")
-    ls.add_argument("--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help")
+    ls.add_argument(
+        "--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help"
+    )
     ls.add_argument("--regularizer", metavar="NAME", help="a regulariser's settings")
-    ls.add_argument("--models", action="store_true", help="the registered model names (besides tv:<name> and timm:<name>)")
+    ls.add_argument(
+        "--models", action="store_true", help="the registered model names (besides tv:<name> and timm:<name>)"
+    )
     return p
 
 
@@ -118,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; the run's checkpoint is kept: run the same command to resume", file=sys.stderr)
         return 130
     except OSError as e:  # disk full, permissions, a vanished folder: the run is already marked FAILED
-        print(f"error: {type(e).__name__}: {e}; fix it (free disk space, permissions) and run the same command "
-              "again: it resumes from its last checkpoint", file=sys.stderr)
+        print(
+            f"error: {type(e).__name__}: {e}; fix it (free disk space, permissions) and run the same command "
+            "again: it resumes from its last checkpoint",
+            file=sys.stderr,
+        )
         return 6
     except Exception as e:  # a bug: one line here, the traceback in a file for the report
         return _internal_error(e)
@@ -132,8 +162,11 @@ def _internal_error(e: Exception) -> int:
 
     with tempfile.NamedTemporaryFile("w", prefix="harness-error-", suffix=".txt", delete=False) as fh:
         traceback.print_exc(file=fh)
-    print(f"error: internal error {type(e).__name__}: {_one_line(e)} (a bug; the traceback is in {fh.name}, "
-          "please report it with the command)", file=sys.stderr)
+    print(
+        f"error: internal error {type(e).__name__}: {_one_line(e)} (a bug; the traceback is in {fh.name}, "
+        "please report it with the command)",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -5,6 +5,7 @@ baseline recipe (model, data options, train.*, regulariser), the fine-tuning bud
 method's own settings and the per-layer minimum. Failed or unfinished runs are listed apart and never
 averaged in. Published numbers come from ``harness/conf/paper_targets.yaml``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,17 @@ from omegaconf import OmegaConf
 from harness.config import CONF_DIR
 
 _NOT_SETUP = ("params.data.root", "params.data.download", "params.data.num_workers", "params.data.check_integrity")
-_SETUP_PREFIXES = ("params.model.", "params.data.", "params.train.", "params.finetune.", "params.method.",
-                   "params.regularizer.", "params.prune.min_channels_ratio", "params.prune.round_to", "params.task.")
+_SETUP_PREFIXES = (
+    "params.model.",
+    "params.data.",
+    "params.train.",
+    "params.finetune.",
+    "params.method.",
+    "params.regularizer.",
+    "params.prune.min_channels_ratio",
+    "params.prune.round_to",
+    "params.task.",
+)
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
@@ -27,8 +37,13 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
 
 def setup_columns(runs: pd.DataFrame) -> list[str]:
-    return sorted(c for c in runs.columns if c.startswith(_SETUP_PREFIXES) and c not in _NOT_SETUP
-                  and c not in ("params.method.description", "params.task.description"))
+    return sorted(
+        c
+        for c in runs.columns
+        if c.startswith(_SETUP_PREFIXES)
+        and c not in _NOT_SETUP
+        and c not in ("params.method.description", "params.task.description")
+    )
 
 
 def add_setup_ids(runs: pd.DataFrame) -> pd.DataFrame:
@@ -36,8 +51,7 @@ def add_setup_ids(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     # A key absent from older runs (NaN) reads as its default, null, so adding a config key splits nothing.
     values = runs[cols].astype(object).where(runs[cols].notna(), "None").astype(str)
-    runs["setup"] = values.agg("|".join, axis=1).map(
-        lambda s: hashlib.sha1(s.encode()).hexdigest()[:6])
+    runs["setup"] = values.agg("|".join, axis=1).map(lambda s: hashlib.sha1(s.encode()).hexdigest()[:6])
     return runs
 
 
@@ -51,8 +65,12 @@ def _paper_row(method: str, task: str, reduction: float, model: str | None = Non
     CIFAR-10 task) matches only runs of that model."""
     targets, within = paper_targets()
     for t in targets:
-        if (t["method"] == method and t["task"] == task and abs(t["flops_reduction"] - reduction) <= within
-                and t.get("model") in (None, model)):
+        if (
+            t["method"] == method
+            and t["task"] == task
+            and abs(t["flops_reduction"] - reduction) <= within
+            and t.get("model") in (None, model)
+        ):
             return t
     return None
 
@@ -85,11 +103,16 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
         for (method, goal, target, setup), g in t_runs.groupby(keys):
             acc = g["metrics.final_acc"] * 100
             row = {
-                "method": method, "target": float(target), "target of": goal, "setup": setup, "n": len(g),
+                "method": method,
+                "target": float(target),
+                "target of": goal,
+                "setup": setup,
+                "n": len(g),
                 "seeds": ",".join(sorted(g["tags.seed"].astype(str))),
                 "base acc %": (g["metrics.base_acc"] * 100).mean(),
                 # A spread over one seed is undefined: NaN, rendered as '–'.
-                "final acc %": acc.mean(), "± std": acc.std(ddof=1) if len(g) > 1 else float("nan"),
+                "final acc %": acc.mean(),
+                "± std": acc.std(ddof=1) if len(g) > 1 else float("nan"),
                 "Δ acc": ((g["metrics.final_acc"] - g["metrics.base_acc"]) * 100).mean(),
                 "MACs ↓ %": g["metrics.flops_reduction"].mean() * 100,
                 "params ↓ %": g["metrics.params_reduction"].mean() * 100,
@@ -109,8 +132,10 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
             row["off paper"] = "⚠" if paper and abs(row["Δ paper"]) > tolerance else ""
             rows.append(row)
             if n_setups[(method, goal, target)] > 1:
-                notes.append(f"{task}/{method}@{target}: {n_setups[(method, goal, target)]} different setups "
-                             "(baseline recipe, fine-tuning budget or method settings) are kept apart, not pooled")
+                notes.append(
+                    f"{task}/{method}@{target}: {n_setups[(method, goal, target)]} different setups "
+                    "(baseline recipe, fine-tuning budget or method settings) are kept apart, not pooled"
+                )
         table = pd.DataFrame(rows).sort_values(["target of", "target", "method", "setup"]).reset_index(drop=True)
         if table["setup"].nunique() == 1:
             table = table.drop(columns="setup")
@@ -130,7 +155,8 @@ def _with_goal(runs: pd.DataFrame) -> pd.DataFrame:
     runs["goal"] = ("latency b" + batch).where(latency, "MACs")
     lat_value = runs.get("params.prune.latency_reduction", pd.Series(float("nan"), index=runs.index))
     runs["goal_value"] = pd.to_numeric(lat_value, errors="coerce").where(
-        latency, pd.to_numeric(runs["params.prune.flops_reduction"], errors="coerce"))
+        latency, pd.to_numeric(runs["params.prune.flops_reduction"], errors="coerce")
+    )
     return runs
 
 
@@ -161,12 +187,21 @@ def render(table: pd.DataFrame, fmt: str) -> str:
 
 
 def failed_table(failed: pd.DataFrame) -> pd.DataFrame:
-    cols = {"run_id": "run", "tags.task": "task", "tags.method": "method", "params.prune.flops_reduction": "target",
-            "tags.seed": "seed", "status": "status", "tags.failure_reason": "reason"}
+    cols = {
+        "run_id": "run",
+        "tags.task": "task",
+        "tags.method": "method",
+        "params.prune.flops_reduction": "target",
+        "tags.seed": "seed",
+        "status": "status",
+        "tags.failure_reason": "reason",
+    }
     present = {k: v for k, v in cols.items() if k in failed.columns}
     table = failed[list(present)].rename(columns=present)
-    unexplained = {"RUNNING": "still running (or its process died without ending the run)",
-                   "SCHEDULED": "not started yet"}
+    unexplained = {
+        "RUNNING": "still running (or its process died without ending the run)",
+        "SCHEDULED": "not started yet",
+    }
     fallback = table["status"].map(lambda st: unexplained.get(st, f"{str(st).lower()}, no reason recorded"))
     table["reason"] = table["reason"].where(table["reason"].notna(), fallback) if "reason" in table else fallback
     return table

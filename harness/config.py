@@ -2,6 +2,7 @@
 
 Every user mistake becomes a ``ConfigError`` with one line that names the valid choices.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,19 @@ from harness.core.settings import check_range
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("task", "budget", "method", "regularizer", "tracking", "launcher")
 PLAIN_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"  # an experiment name: never a path
-SECTIONS = ("task", "model", "data", "train", "finetune", "measure", "prune", "method", "regularizer", "tracking",
-            "launcher")
+SECTIONS = (
+    "task",
+    "model",
+    "data",
+    "train",
+    "finetune",
+    "measure",
+    "prune",
+    "method",
+    "regularizer",
+    "tracking",
+    "launcher",
+)
 
 
 def _plugins(group: str) -> dict[str, type]:
@@ -149,8 +161,10 @@ def _check_overrides(overrides: list[str]) -> None:
             parser.parse_overrides([item])
         except HydraException as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot parse {item!r} ({detail}); keys are dotted names (prune.flops_reduction), "
-                              "and a value with spaces, brackets or quotes must be quoted") from None
+            raise ConfigError(
+                f"cannot parse {item!r} ({detail}); keys are dotted names (prune.flops_reduction), "
+                "and a value with spaces, brackets or quotes must be quoted"
+            ) from None
         key = key.lstrip("+~")
         if key in GROUPS:
             choices = group_options(key)
@@ -205,29 +219,52 @@ def unknown_key_message(key: str, overrides: list[str]) -> str:
 # Every numeric key of the harness's own sections and its accepted range, checked before anything runs
 # (docs "Configuration"). A method's or regulariser's keys are declared by the plug-in (its ``settings``).
 # (kind, interval, nullable): kind "int" or "real"; "[a, b]" closed, "(a" / "b)" open; "inf" unbounded.
-_PHASE = {"epochs": ("int", "[1, 100000]"), "batch_size": ("int", "[1, 1048576]"), "lr": ("real", "(0, 100]"),
-          "momentum": ("real", "[0, 1)"), "weight_decay": ("real", "[0, 1]"), "gamma": ("real", "(0, 1]"),
-          "min_lr": ("real", "[0, 100]"), "warmup_epochs": ("real", "[0, 100000]"),
-          "tail_epochs": ("int", "[0, 100000]"), "tail_lr": ("real", "(0, 100]", True)}
+_PHASE = {
+    "epochs": ("int", "[1, 100000]"),
+    "batch_size": ("int", "[1, 1048576]"),
+    "lr": ("real", "(0, 100]"),
+    "momentum": ("real", "[0, 1)"),
+    "weight_decay": ("real", "[0, 1]"),
+    "gamma": ("real", "(0, 1]"),
+    "min_lr": ("real", "[0, 100]"),
+    "warmup_epochs": ("real", "[0, 100000]"),
+    "tail_epochs": ("int", "[0, 100000]"),
+    "tail_lr": ("real", "(0, 100]", True),
+}
 RANGES: dict[str, tuple] = {
-    "seed": ("int", "[0, 4294967295]"), "threads": ("int", "[1, 4096]", True),
-    "prune.flops_reduction": ("real", "[0, 1)"), "prune.min_channels_ratio": ("real", "[0, 1)"),
-    "prune.round_to": ("int", "[1, 4096]", True), "prune.latency_reduction": ("real", "(0, 1)", True),
+    "seed": ("int", "[0, 4294967295]"),
+    "threads": ("int", "[1, 4096]", True),
+    "prune.flops_reduction": ("real", "[0, 1)"),
+    "prune.min_channels_ratio": ("real", "[0, 1)"),
+    "prune.round_to": ("int", "[1, 4096]", True),
+    "prune.latency_reduction": ("real", "(0, 1)", True),
     "measure.target_batch": ("int", "[1, 1048576]"),
     **{f"train.{k}": v for k, v in _PHASE.items()},
     **{f"finetune.{k}": v for k, v in {**_PHASE, "epochs": ("int", "[0, 100000]")}.items()},
-    "measure.eval_every": ("int", "[1, 100000]"), "measure.warmup": ("int", "[0, 100000]"),
-    "measure.repeats": ("int", "[1, 100000]"), "measure.max_seconds": ("real", "[0, 100000]"),
+    "measure.eval_every": ("int", "[1, 100000]"),
+    "measure.warmup": ("int", "[0, 100000]"),
+    "measure.repeats": ("int", "[1, 100000]"),
+    "measure.max_seconds": ("real", "[0, 100000]"),
     "measure.interval": ("real", "(0, 1]"),
-    "data.limit_train": ("int", "[1, inf)", True), "data.limit_val": ("int", "[1, inf)", True),
-    "data.num_workers": ("int", "[0, 1024]"), "data.size": ("int", "[8, 8192]"),
-    "data.test_fraction": ("real", "(0, 1)"), "data.val_fraction": ("real", "[0, 1)", True),
-    "data.val_seed": ("int", "[0, 4294967295]"), "model.kwargs.width": ("int", "[1, 4096]"),
-    "launcher.timeout_min": ("int", "[1, 10000000]"), "launcher.max_parallel": ("int", "[1, 4096]", True), "launcher.threads_per_job": ("int", "[1, 4096]", True),
-    "launcher.time_min": ("int", "[1, 10000000]"), "launcher.signal_delay_s": ("int", "[0, 100000]"),
-    "launcher.gpus_per_node": ("int", "[0, 1024]"), "launcher.cpus_per_task": ("int", "[1, 4096]"),
-    "launcher.nodes": ("int", "[1, 100000]"), "launcher.tasks_per_node": ("int", "[1, 1024]"),
-    "launcher.mem_gb": ("real", "(0, 1000000]"), "launcher.array_parallelism": ("int", "[1, 1000000]"),
+    "data.limit_train": ("int", "[1, inf)", True),
+    "data.limit_val": ("int", "[1, inf)", True),
+    "data.num_workers": ("int", "[0, 1024]"),
+    "data.size": ("int", "[8, 8192]"),
+    "data.test_fraction": ("real", "(0, 1)"),
+    "data.val_fraction": ("real", "[0, 1)", True),
+    "data.val_seed": ("int", "[0, 4294967295]"),
+    "model.kwargs.width": ("int", "[1, 4096]"),
+    "launcher.timeout_min": ("int", "[1, 10000000]"),
+    "launcher.max_parallel": ("int", "[1, 4096]", True),
+    "launcher.threads_per_job": ("int", "[1, 4096]", True),
+    "launcher.time_min": ("int", "[1, 10000000]"),
+    "launcher.signal_delay_s": ("int", "[0, 100000]"),
+    "launcher.gpus_per_node": ("int", "[0, 1024]"),
+    "launcher.cpus_per_task": ("int", "[1, 4096]"),
+    "launcher.nodes": ("int", "[1, 100000]"),
+    "launcher.tasks_per_node": ("int", "[1, 1024]"),
+    "launcher.mem_gb": ("real", "(0, 1000000]"),
+    "launcher.array_parallelism": ("int", "[1, 1000000]"),
 }
 
 
@@ -239,13 +276,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 def validate(cfg: DictConfig) -> None:
     """Range checks that Hydra's typing cannot express. Runs before any data is touched."""
+
     def need(ok: bool, msg: str):
         if not ok:
             raise ConfigError(msg)
 
     for section in SECTIONS:  # ``train=0`` would replace a whole section by a value
-        need(section not in cfg or isinstance(cfg[section], DictConfig),
-             f"{section} is a section of settings, not a value: set its keys instead ({section}.<key>=<value>)")
+        need(
+            section not in cfg or isinstance(cfg[section], DictConfig),
+            f"{section} is a section of settings, not a value: set its keys instead ({section}.<key>=<value>)",
+        )
     for key, spec in RANGES.items():
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
@@ -254,22 +294,35 @@ def validate(cfg: DictConfig) -> None:
             if spec[0] == "int" and isinstance(node[leaf], float):  # seed=0.0 is seed 0, an int everywhere after
                 node[leaf] = int(node[leaf])
     for phase in ("train", "finetune"):
-        need(cfg[phase].schedule in SCHEDULES,
-             f"{phase}.schedule must be one of {', '.join(SCHEDULES)}, got {cfg[phase].schedule!r}")
-        need(cfg[phase].warmup_epochs <= cfg[phase].epochs,
-             f"{phase}.warmup_epochs must be at most {phase}.epochs ({cfg[phase].epochs}), got {cfg[phase].warmup_epochs}")
-        need(not cfg[phase].tail_epochs or cfg[phase].tail_lr is not None,
-             f"{phase}.tail_lr must be set (e.g. 0.001) when {phase}.tail_epochs > 0")
-    need(str(cfg.device) in ("auto", "cpu", "cuda") or (str(cfg.device).startswith("cuda:")
-                                                          and str(cfg.device)[5:].isdigit()),
-         f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+        need(
+            cfg[phase].schedule in SCHEDULES,
+            f"{phase}.schedule must be one of {', '.join(SCHEDULES)}, got {cfg[phase].schedule!r}",
+        )
+        need(
+            cfg[phase].warmup_epochs <= cfg[phase].epochs,
+            f"{phase}.warmup_epochs must be at most {phase}.epochs ({cfg[phase].epochs}), got {cfg[phase].warmup_epochs}",
+        )
+        need(
+            not cfg[phase].tail_epochs or cfg[phase].tail_lr is not None,
+            f"{phase}.tail_lr must be set (e.g. 0.001) when {phase}.tail_epochs > 0",
+        )
+    need(
+        str(cfg.device) in ("auto", "cpu", "cuda")
+        or (str(cfg.device).startswith("cuda:") and str(cfg.device)[5:].isdigit()),
+        f"device must be auto, cpu or cuda[:N], got {cfg.device!r}",
+    )
     sizes = cfg.measure.batch_sizes
-    need(isinstance(sizes, ListConfig) and len(sizes) >= 1 and all(
-        isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1048576 for b in sizes),
-        f"measure.batch_sizes must be a non-empty list of integers in [1, 1048576], e.g. [1,64]; got {sizes!r}")
-    need(re.fullmatch(PLAIN_NAME, str(cfg.tracking.experiment)) is not None,
-         f"tracking.experiment must be a plain name (letters, digits, _ . -; 1-100 characters), "
-         f"got {cfg.tracking.experiment!r}")
+    need(
+        isinstance(sizes, ListConfig)
+        and len(sizes) >= 1
+        and all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1048576 for b in sizes),
+        f"measure.batch_sizes must be a non-empty list of integers in [1, 1048576], e.g. [1,64]; got {sizes!r}",
+    )
+    need(
+        re.fullmatch(PLAIN_NAME, str(cfg.tracking.experiment)) is not None,
+        f"tracking.experiment must be a plain name (letters, digits, _ . -; 1-100 characters), "
+        f"got {cfg.tracking.experiment!r}",
+    )
     for group in ("method", "regularizer"):
         cls = plugin_class(cfg, group)
         if cls is not None:
@@ -277,10 +330,14 @@ def validate(cfg: DictConfig) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
-    need(cfg.prune.get("target") != "latency" or cfg.prune.get("latency_reduction") is not None,
-         "prune.target=latency needs prune.latency_reduction (e.g. 0.4: cut the measured latency by 40%)")
+    need(
+        cfg.prune.get("target") != "latency" or cfg.prune.get("latency_reduction") is not None,
+        "prune.target=latency needs prune.latency_reduction (e.g. 0.4: cut the measured latency by 40%)",
+    )
     lists = [cfg[phase].get("milestones") or [] for phase in ("train", "finetune")]
     milestones = [m for ms in lists if isinstance(ms, (list, ListConfig)) for m in ms]
-    need(all(isinstance(ms, (list, ListConfig)) for ms in lists)
-         and all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones),
-         "train.milestones and finetune.milestones must be lists of epochs (integers >= 0), e.g. [80,120]")
+    need(
+        all(isinstance(ms, (list, ListConfig)) for ms in lists)
+        and all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones),
+        "train.milestones and finetune.milestones must be lists of epochs (integers >= 0), e.g. [80,120]",
+    )

@@ -12,6 +12,7 @@ The source is a ``pruned_model.pt`` a run saved, or an MLflow run id: then the r
 fetched from the store (``tracking.uri=`` or ``results_dir=``, as for ``compare``) and the exported
 file is logged back to that run under ``export/``, with the measured difference as a metric.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,12 +30,20 @@ from harness.artifacts import FORMAT, input_shape, load_pruned, model_from_paylo
 from harness.core.errors import ConfigError, DataError, HarnessError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt": ".pt"}
-OPTIONS = {"format": None, "out": None, "tolerance": "1e-3", "batch": "2", "tracking.uri": None,
-           "results_dir": "results", "fold_bn": "true"}
+OPTIONS = {
+    "format": None,
+    "out": None,
+    "tolerance": "1e-3",
+    "batch": "2",
+    "tracking.uri": None,
+    "results_dir": "results",
+    "fold_bn": "true",
+}
 
 
 class ExportError(HarnessError):
     """The exported model does not compute what the eager one does, or could not be written."""
+
     exit_code = 7
 
 
@@ -48,8 +57,10 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         folded = fuse(copy.deepcopy(model).eval())
     except Exception as e:  # torch.fx cannot trace data-dependent control flow
         detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot fold BatchNorm: torch.fx could not trace {type(model).__name__} ({detail}); "
-                          "export with fold_bn=false") from None
+        raise ConfigError(
+            f"cannot fold BatchNorm: torch.fx could not trace {type(model).__name__} ({detail}); "
+            "export with fold_bn=false"
+        ) from None
     return folded, before - _count_norms(folded)
 
 
@@ -83,8 +94,17 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, out: Path):
     batch = torch.export.Dim("batch", min=1)
     try:  # the dynamo exporter (onnxscript), one self-contained file, any batch size
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
-            torch.onnx.export(model, (example,), str(out), dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes=({0: batch},), input_names=["input"], output_names=["output"])
+            torch.onnx.export(
+                model,
+                (example,),
+                str(out),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                dynamic_shapes=({0: batch},),
+                input_names=["input"],
+                output_names=["output"],
+            )
     except Exception as e:
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}") from None
     opts = ort.SessionOptions()
@@ -102,7 +122,9 @@ def max_abs_difference(reference: nn.Module, exported, x: torch.Tensor) -> float
     if isinstance(got, dict):
         got = got["out"]
     if tuple(got.shape) != tuple(expected.shape):
-        raise ExportError(f"the exported model's output has shape {tuple(got.shape)}, the eager one's {tuple(expected.shape)}")
+        raise ExportError(
+            f"the exported model's output has shape {tuple(got.shape)}, the eager one's {tuple(expected.shape)}"
+        )
     return float((got.float() - expected.float()).abs().max())
 
 
@@ -111,8 +133,9 @@ def export_command(args) -> int:
     for item in args.overrides:
         key, eq, value = item.partition("=")
         if not eq or key not in OPTIONS:
-            raise ConfigError(f"export takes <run id or pruned_model.pt> and {', '.join(k + '=' for k in OPTIONS)}; "
-                              f"got {item!r}")
+            raise ConfigError(
+                f"export takes <run id or pruned_model.pt> and {', '.join(k + '=' for k in OPTIONS)}; got {item!r}"
+            )
         opts[key] = value
     fmt = opts["format"]
     if fmt not in FORMATS:
@@ -120,8 +143,9 @@ def export_command(args) -> int:
     try:
         tolerance, batch = float(opts["tolerance"]), int(opts["batch"])
     except ValueError:
-        raise ConfigError(f"tolerance must be a number and batch an integer, got {opts['tolerance']!r}, "
-                          f"{opts['batch']!r}") from None
+        raise ConfigError(
+            f"tolerance must be a number and batch an integer, got {opts['tolerance']!r}, {opts['batch']!r}"
+        ) from None
     if not (tolerance >= 0 and 1 <= batch <= 4096):
         raise ConfigError(f"tolerance must be >= 0 and batch in [1, 4096], got {tolerance}, {batch}")
 
@@ -134,7 +158,11 @@ def export_command(args) -> int:
             raise DataError(f"{path} is not a pruned-model file saved by a run (model/pruned_model.pt)") from None
         shape = input_shape(payload, path)
         model = model_from_payload(payload).eval()
-        out = Path(opts["out"]) if opts["out"] else _default_out(args.source, path, run_id, fmt, Path(opts["results_dir"]))
+        out = (
+            Path(opts["out"])
+            if opts["out"]
+            else _default_out(args.source, path, run_id, fmt, Path(opts["results_dir"]))
+        )
         if out.resolve() == Path(path).resolve():
             raise ConfigError(f"out={out} is the source file; choose another out=")
         folded, n = model, 0
@@ -150,12 +178,16 @@ def export_command(args) -> int:
         except ExportError:
             out.unlink(missing_ok=True)
             raise
-        print(f"{fmt}: {out} ({out.stat().st_size / 1e6:.2f} MB); BatchNorm layers folded into convolutions: {n}; "
-              f"max |exported - eager| on random batches of {batch} and {batch + 1}: {diff:.3g} (tolerance {tolerance:g})")
+        print(
+            f"{fmt}: {out} ({out.stat().st_size / 1e6:.2f} MB); BatchNorm layers folded into convolutions: {n}; "
+            f"max |exported - eager| on random batches of {batch} and {batch + 1}: {diff:.3g} (tolerance {tolerance:g})"
+        )
         if not diff <= tolerance:
             out.unlink(missing_ok=True)
-            raise ExportError(f"the exported model differs from the eager one by {diff:.3g} > tolerance={tolerance:g}; "
-                              "the file was not kept")
+            raise ExportError(
+                f"the exported model differs from the eager one by {diff:.3g} > tolerance={tolerance:g}; "
+                "the file was not kept"
+            )
         if run_id:
             _log_to_run(uri, run_id, out, fmt, diff)
             print(f"logged to MLflow run {run_id} as export/{out.name}")

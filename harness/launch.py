@@ -10,6 +10,7 @@ the baseline cache's file lock. With ``launcher.tasks_per_node`` or ``launcher.n
 job is one data-parallel run over all its tasks (harness/distributed.py): submitit exports the
 rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE), rank 0 records, and rank 0 alone requeues on USR2.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -149,12 +150,18 @@ def make_executor(cfg: DictConfig):
         extra = {k: v for k, v in {"account": launcher.account, "qos": launcher.qos}.items() if v}
         extra.update(dict(launcher.additional or {}))
         executor.update_parameters(
-            slurm_partition=launcher.partition or None, timeout_min=int(launcher.time_min),
-            gpus_per_node=int(launcher.gpus_per_node), cpus_per_task=int(launcher.cpus_per_task),
-            nodes=int(launcher.get("nodes") or 1), tasks_per_node=int(launcher.get("tasks_per_node") or 1),
-            mem_gb=float(launcher.mem_gb), slurm_array_parallelism=int(launcher.array_parallelism),
-            slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=extra,
-            name=str(launcher.job_name))
+            slurm_partition=launcher.partition or None,
+            timeout_min=int(launcher.time_min),
+            gpus_per_node=int(launcher.gpus_per_node),
+            cpus_per_task=int(launcher.cpus_per_task),
+            nodes=int(launcher.get("nodes") or 1),
+            tasks_per_node=int(launcher.get("tasks_per_node") or 1),
+            mem_gb=float(launcher.mem_gb),
+            slurm_array_parallelism=int(launcher.array_parallelism),
+            slurm_signal_delay_s=int(launcher.signal_delay_s),
+            slurm_additional_parameters=extra,
+            name=str(launcher.job_name),
+        )
         return executor
     raise ConfigError(f"launcher {launcher.name!r} does not submit jobs")
 
@@ -212,14 +219,22 @@ def results_table(rows: list[dict], grid: list[list[str]]) -> str:
 
     table = []
     for point, row in zip(grid, rows):
-        table.append({"overrides": " ".join(p for p in point if not p.startswith(("threads=", "results_dir="))),
-                      "status": row.get("status", "DONE"), "final_acc": row.get("final_acc"),
-                      "MACs ↓": row.get("flops_reduction"), "MLflow run": row.get("mlflow_run_id"),
-                      "error": row.get("error", "")})
+        table.append(
+            {
+                "overrides": " ".join(p for p in point if not p.startswith(("threads=", "results_dir="))),
+                "status": row.get("status", "DONE"),
+                "final_acc": row.get("final_acc"),
+                "MACs ↓": row.get("flops_reduction"),
+                "MLflow run": row.get("mlflow_run_id"),
+                "error": row.get("error", ""),
+            }
+        )
     return pd.DataFrame(table).to_markdown(index=False, floatfmt=".4f")
 
 
 def print_submitted(cfg: DictConfig, jobs) -> None:
-    print(f"submitted {len(jobs)} job(s) with launcher={cfg.launcher.name}: "
-          f"{', '.join(j.job_id for j in jobs[:8])}{' ...' if len(jobs) > 8 else ''}")
+    print(
+        f"submitted {len(jobs)} job(s) with launcher={cfg.launcher.name}: "
+        f"{', '.join(j.job_id for j in jobs[:8])}{' ...' if len(jobs) > 8 else ''}"
+    )
     print(f"logs: {Path(str(cfg.launcher.folder)).resolve()}/<job id>_log.out|err", file=sys.stdout)

@@ -1,5 +1,6 @@
 """The comparison plots (PNG, matplotlib): accuracy vs MACs reduction, accuracy vs measured speed-up,
 and each run's pruning trajectory."""
+
 from __future__ import annotations
 
 import re
@@ -41,8 +42,9 @@ def accuracy_vs_flops(table: pd.DataFrame, task: str, path: Path) -> Path:
 
 def accuracy_vs_latency(table: pd.DataFrame, task: str, path: Path) -> Path | None:
     plt = _plt()
-    speed_cols = sorted((c for c in table.columns if re.fullmatch(r"speed-up b\d+", c)),
-                        key=lambda c: int(c[len("speed-up b"):]))
+    speed_cols = sorted(
+        (c for c in table.columns if re.fullmatch(r"speed-up b\d+", c)), key=lambda c: int(c[len("speed-up b") :])
+    )
     if not speed_cols:
         return None
     col = speed_cols[-1]  # the largest batch
@@ -52,7 +54,7 @@ def accuracy_vs_latency(table: pd.DataFrame, task: str, path: Path) -> Path | No
         ax.errorbar(g[col], g["final acc %"], yerr=g["± std"].fillna(0), marker="s", capsize=4, label=method)
     ax.axvline(1.0, color="grey", ls=":", lw=1)
     device = ", ".join(sorted(set(table["latency device"])))
-    ax.set_xlabel(f"measured speed-up, batch {col[len('speed-up b'):]} (dense ms / pruned ms; {device})")
+    ax.set_xlabel(f"measured speed-up, batch {col[len('speed-up b') :]} (dense ms / pruned ms; {device})")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"{task}: accuracy vs measured speed-up")
     return _finish(fig, ax, path)

@@ -1,4 +1,5 @@
 """The short human summary printed at the end of a run."""
+
 from __future__ import annotations
 
 import re
@@ -9,24 +10,43 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
     from rich.table import Table
 
     console = Console(stderr=to_stderr)
-    goal = (f"-{s['target_reduction']:.0%} latency at batch {s['latency_target_batch']}" if s.get("target") == "latency"
-            else f"-{s['target_reduction']:.0%} MACs")
+    goal = (
+        f"-{s['target_reduction']:.0%} latency at batch {s['latency_target_batch']}"
+        if s.get("target") == "latency"
+        else f"-{s['target_reduction']:.0%} MACs"
+    )
     t = Table(title=f"{s['task']} / {s['method']} / seed {s['seed']}  (target: {goal})")
     t.add_column("")
     t.add_column("dense", justify="right")
     t.add_column("pruned", justify="right")
-    t.add_row(f"{s['metric']} (test)", f"{s['base_acc']:.4f}", f"{s['final_acc']:.4f}  (before fine-tune {s['pruned_acc']:.4f})")
-    t.add_row("MACs (batch 1)", f"{s['base_macs'] / 1e6:.3f} M", f"{s['final_macs'] / 1e6:.3f} M  (-{s['flops_reduction']:.1%})")
-    t.add_row("params", f"{s['base_params'] / 1e6:.4f} M", f"{s['final_params'] / 1e6:.4f} M  (-{s['params_reduction']:.1%})")
+    t.add_row(
+        f"{s['metric']} (test)",
+        f"{s['base_acc']:.4f}",
+        f"{s['final_acc']:.4f}  (before fine-tune {s['pruned_acc']:.4f})",
+    )
+    t.add_row(
+        "MACs (batch 1)",
+        f"{s['base_macs'] / 1e6:.3f} M",
+        f"{s['final_macs'] / 1e6:.3f} M  (-{s['flops_reduction']:.1%})",
+    )
+    t.add_row(
+        "params", f"{s['base_params'] / 1e6:.4f} M", f"{s['final_params'] / 1e6:.4f} M  (-{s['params_reduction']:.1%})"
+    )
     for lat in s["latency"].values():
-        t.add_row(f"latency, batch {lat['batch_size']} ({lat['threads']} threads, {lat['device']})",
-                  f"{lat['dense_ms']:.3f} ms", f"{lat['pruned_ms']:.3f} ms  ({_speedup(lat)})")
+        t.add_row(
+            f"latency, batch {lat['batch_size']} ({lat['threads']} threads, {lat['device']})",
+            f"{lat['dense_ms']:.3f} ms",
+            f"{lat['pruned_ms']:.3f} ms  ({_speedup(lat)})",
+        )
     if s.get("target") == "latency" and s.get("latency_reduction_measured") is not None:
         lo, hi = s.get("latency_reduction_measured_lo"), s.get("latency_reduction_measured_hi")
         interval = f" [{lo:.1%}, {hi:.1%}]" if lo is not None and hi is not None else ""
-        t.add_row(f"latency cut, batch {s['latency_target_batch']}", f"requested {s['latency_reduction_requested']:.1%}",
-                  f"measured {s['latency_reduction_measured']:.1%}{interval}  (table predicted "
-                  f"{s['latency_reduction_predicted']:.1%})")
+        t.add_row(
+            f"latency cut, batch {s['latency_target_batch']}",
+            f"requested {s['latency_reduction_requested']:.1%}",
+            f"measured {s['latency_reduction_measured']:.1%}{interval}  (table predicted "
+            f"{s['latency_reduction_predicted']:.1%})",
+        )
     console.print(t)
     where = f"MLflow run {s['mlflow_run_id']}" if s.get("mlflow_run_id") else "tracking off"
     console.print(f"{where}; pruned model: {s['model_artifact']}; {s['wall_s']:.0f} s")
@@ -65,8 +85,10 @@ def compare_command(args) -> int:
         if key in opts and not runs.empty:
             runs = runs[runs[f"tags.{key}"].isin(opts[key].split(","))]
     if runs.empty:
-        raise ConfigError(f"no runs in experiment {experiment!r} at {uri} match {opts or 'anything'}; "
-                          "run some first (python -m harness run ...) or point tracking.uri= at the store")
+        raise ConfigError(
+            f"no runs in experiment {experiment!r} at {uri} match {opts or 'anything'}; "
+            "run some first (python -m harness run ...) or point tracking.uri= at the store"
+        )
     tables, failed, notes = compare.aggregate(runs, tolerance=args.tolerance)
     out = Path(args.out) if args.out else None
     if out:
@@ -83,9 +105,11 @@ def compare_command(args) -> int:
             written.append(plots.accuracy_vs_flops(table, task, out / f"{stem}_acc_vs_macs.png"))
             written.append(plots.accuracy_vs_latency(table, task, out / f"{stem}_acc_vs_speedup.png"))
             written.append(plots.trajectories(_histories(uri, runs, task), task, out / f"{stem}_trajectories.png"))
-    print("\nAccuracy: final epoch, test split, mean ± sample std over n seeds. MACs at batch 1 (1 MAC = 2 FLOPs). "
-          "Speed-up: dense ms / pruned ms per batch, median. Δ paper uses the paper's reported accuracy; "
-          f"⚠ marks rows more than {args.tolerance} points off it.")
+    print(
+        "\nAccuracy: final epoch, test split, mean ± sample std over n seeds. MACs at batch 1 (1 MAC = 2 FLOPs). "
+        "Speed-up: dense ms / pruned ms per batch, median. Δ paper uses the paper's reported accuracy; "
+        f"⚠ marks rows more than {args.tolerance} points off it."
+    )
     for note in notes:
         print(f"note: {note}")
     if not failed.empty:
@@ -94,8 +118,10 @@ def compare_command(args) -> int:
     written = [w for w in written if w]
     if out and not args.no_log and written:
         tracker = MlflowTracker(uri, experiment, Path(opts.get("results_dir", "results")) / "mlruns")
-        tracker.start({"filters": str(opts)}, {"harness.kind": "report",
-                                               "mlflow.runName": f"compare-{time.strftime('%Y%m%d-%H%M%S')}"})
+        tracker.start(
+            {"filters": str(opts)},
+            {"harness.kind": "report", "mlflow.runName": f"compare-{time.strftime('%Y%m%d-%H%M%S')}"},
+        )
         for path in written:
             tracker.log_artifact(path, "compare")
         tracker.end()
@@ -118,7 +144,8 @@ def _histories(uri: str, runs, task: str) -> dict:
         steps = sorted(set(macs) & set(acc))
         if steps:
             out[f"{method}@{float(target):.0%}"] = pd.DataFrame(
-                {"step": steps, "macs": [macs[s] for s in steps], "acc": [acc[s] for s in steps]})
+                {"step": steps, "macs": [macs[s] for s in steps], "acc": [acc[s] for s in steps]}
+            )
     return out
 
 

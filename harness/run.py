@@ -4,6 +4,7 @@ Each phase re-seeds from ``cfg.seed`` and every training epoch from (seed, epoch
 same result whether its baseline was trained now or loaded from the cache, and whether it ran
 through or was killed and resumed from its checkpoint (``harness/checkpoint.py``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,13 +72,16 @@ def run(cfg: DictConfig) -> dict:
     task, method, regularizer = create_task(cfg), create_method(cfg), create_regularizer(cfg)
     say = Reporter(cfg.quiet)
     latency_target = method.prunes and cfg.prune.get("target") == "latency"
-    target = float(cfg.prune.latency_reduction if latency_target else cfg.prune.flops_reduction) if method.prunes else 0.0
+    target = (
+        float(cfg.prune.latency_reduction if latency_target else cfg.prune.flops_reduction) if method.prunes else 0.0
+    )
 
     # Cheap checks before any data is read or any training starts.
     seed_everything(cfg.seed)
     model = task.build_model()
-    pruner = ChannelPruner(model, task.example_input(1), task.output_layers(model), cfg.prune.min_channels_ratio,
-                           cfg.prune.get("round_to"))
+    pruner = ChannelPruner(
+        model, task.example_input(1), task.output_layers(model), cfg.prune.min_channels_ratio, cfg.prune.get("round_to")
+    )
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
     # reachability is checked on its latency table (prepare_latency_target).
     method.check_model(model)
@@ -93,8 +97,10 @@ def run(cfg: DictConfig) -> dict:
         if checkpoint.note:  # shown even with quiet=true: the user should know a checkpoint was bad
             print(f"warning: {checkpoint.note}", file=sys.stderr, flush=True)
         if state is None and str(cfg.resume).lower() == "true":
-            raise ConfigError(f"resume=true but there is no checkpoint at {checkpoint.path} for this config; "
-                              "run without resume= to start")
+            raise ConfigError(
+                f"resume=true but there is no checkpoint at {checkpoint.path} for this config; "
+                "run without resume= to start"
+            )
 
     tracker = make_tracker(cfg)
     key = checkpoint.key
@@ -104,17 +110,26 @@ def run(cfg: DictConfig) -> dict:
     if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
         say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
     else:
-        tracker.start(flatten(cfg), tags={"task": task.name, "method": cfg.method.name, "seed": cfg.seed, "run_key": key,
-                                          "regularizer": cfg.regularizer.name,
-                                          **{f"ddp_{k}": v for k, v in distributed.describe().items()},
-                                          "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}"})
+        tracker.start(
+            flatten(cfg),
+            tags={
+                "task": task.name,
+                "method": cfg.method.name,
+                "seed": cfg.seed,
+                "run_key": key,
+                "regularizer": cfg.regularizer.name,
+                **{f"ddp_{k}": v for k, v in distributed.describe().items()},
+                "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",
+            },
+        )
     if state is None or state["stage"] == "start":
         # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
         state = None
         checkpoint.save({"stage": "start", "mlflow_run_id": tracker.run_id or ""})
     try:
-        phases = _Phases(cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say,
-                         latency_target)
+        phases = _Phases(
+            cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say, latency_target
+        )
         summary = phases.execute(model, state)
         tracker.flush()  # raises if the store still cannot take what was buffered
     except BaseException as e:
@@ -132,8 +147,7 @@ def run(cfg: DictConfig) -> dict:
 
 # What each batch size's latency logs to MLflow (latency/b<N>/<name>): medians, the speed-up's 95%
 # interval and quartiles, and how many dense/pruned pairs were timed.
-_LATENCY_METRICS = ("dense_ms", "pruned_ms", "speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3",
-                    "pairs")
+_LATENCY_METRICS = ("dense_ms", "pruned_ms", "speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3", "pairs")
 
 
 def _record_end(tracker, e: BaseException) -> None:
@@ -163,14 +177,27 @@ def _sigterm_deferred():
 
 
 class _Phases:
-    def __init__(self, cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say,
-                 latency_target: bool = False):
+    def __init__(
+        self,
+        cfg,
+        task,
+        method,
+        regularizer,
+        pruner,
+        target,
+        device,
+        tracker,
+        checkpoint,
+        say,
+        latency_target: bool = False,
+    ):
         self.cfg, self.task, self.method, self.regularizer = cfg, task, method, regularizer
         self.pruner, self.target, self.device, self.latency_target = pruner, target, device, latency_target
         self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
         self.pruned_checksums = None  # a distributed run: each rank's parameter checksum after pruning (agree())
-        self.fit = partial(train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet,
-                           eval_every=int(cfg.measure.eval_every))
+        self.fit = partial(
+            train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet, eval_every=int(cfg.measure.eval_every)
+        )
 
     # --- helpers ---------------------------------------------------------------------------
     def loader(self, ds, batch_size, shuffle):
@@ -178,10 +205,16 @@ class _Phases:
         loaders give every rank the whole split."""
         gen = torch.Generator().manual_seed(self.cfg.seed)
         sampler = distributed.ShardSampler(ds, gen) if shuffle and distributed.is_distributed() else None
-        return DataLoader(ds, batch_size=int(batch_size), shuffle=shuffle and sampler is None, sampler=sampler,
-                          generator=gen,
-                          num_workers=int(self.cfg.data.get("num_workers", 0)),
-                          pin_memory=self.device.type == "cuda", drop_last=False)
+        return DataLoader(
+            ds,
+            batch_size=int(batch_size),
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            generator=gen,
+            num_workers=int(self.cfg.data.get("num_workers", 0)),
+            pin_memory=self.device.type == "cuda",
+            drop_last=False,
+        )
 
     def evaluate(self, m) -> dict:
         return self.task.evaluate(distributed.sync_buffers(m), self.test_loader, self.device)
@@ -192,8 +225,9 @@ class _Phases:
     def validate(self, m) -> float:
         """The metric on the validation split: what a method may select or search on (never the test set)."""
         if self.val_loader is None:
-            raise ConfigError(f"method {self.cfg.method.name} needs a validation split; set data.val_fraction "
-                              "(e.g. 0.1)")
+            raise ConfigError(
+                f"method {self.cfg.method.name} needs a validation split; set data.val_fraction (e.g. 0.1)"
+            )
         return self.task.evaluate(distributed.sync_buffers(m), self.val_loader, self.device)[self.task.metric]
 
     def quick_score(self, m) -> float:
@@ -225,8 +259,13 @@ class _Phases:
         self.test_loader = self.loader(test_set, max(cfg.train.batch_size, 256), False)
         self.val_loader = self.loader(val_set, max(cfg.train.batch_size, 256), False) if val_set else None
         if state is None:  # logged once per run, not again on resume
-            self.tracker.log_metrics({"data/train_samples": len(self.train_set), "data/test_samples": len(test_set),
-                                      "data/val_samples": len(val_set) if val_set else 0})
+            self.tracker.log_metrics(
+                {
+                    "data/train_samples": len(self.train_set),
+                    "data/test_samples": len(test_set),
+                    "data/val_samples": len(val_set) if val_set else 0,
+                }
+            )
         self.held_out = next(iter(self.test_loader))
         if self.latency_target and (state is None or state["stage"] == "pruning"):
             self.prepare_latency_target(model)
@@ -246,15 +285,30 @@ class _Phases:
         (harness.latency.target). A target the table says the per-layer minimums cannot reach fails here."""
         cfg, pruner, m = self.cfg, self.pruner, self.cfg.measure
         table, self.latency_cost = latency_target.prepare(
-            pruner, model, self.task.example_input(1).to(self.device),
-            self.task.example_input(int(m.target_batch)).to(self.device), self.target, cfg.results_dir,
-            warmup=int(m.warmup), min_pairs=int(m.repeats), interval=float(m.interval),
-            max_seconds=float(m.max_seconds), round_to=cfg.prune.get("round_to"), say=self.say)
+            pruner,
+            model,
+            self.task.example_input(1).to(self.device),
+            self.task.example_input(int(m.target_batch)).to(self.device),
+            self.target,
+            cfg.results_dir,
+            warmup=int(m.warmup),
+            min_pairs=int(m.repeats),
+            interval=float(m.interval),
+            max_seconds=float(m.max_seconds),
+            round_to=cfg.prune.get("round_to"),
+            say=self.say,
+        )
         line = table.line
-        self.say(f"[latency] table {table.path}: dense {pruner.base_cost:.2f} ms per batch of {table.batch} predicted "
-                 f"(calibration: {line['models']} models, worst error {line['max_rel_error']:.1%})")
-        self.tracker.log_metrics({"latency_table/dense_ms_predicted": pruner.base_cost,
-                                  "latency_table/calibration_max_rel_error": line["max_rel_error"]})
+        self.say(
+            f"[latency] table {table.path}: dense {pruner.base_cost:.2f} ms per batch of {table.batch} predicted "
+            f"(calibration: {line['models']} models, worst error {line['max_rel_error']:.1%})"
+        )
+        self.tracker.log_metrics(
+            {
+                "latency_table/dense_ms_predicted": pruner.base_cost,
+                "latency_table/calibration_max_rel_error": line["max_rel_error"],
+            }
+        )
         self.tracker.set_tags({"latency_table": table.path.name})
         if pruner.max_reduction(model) < self.target:
             raise ConfigError(pruner.unreachable_message(model, self.target))
@@ -269,10 +323,15 @@ class _Phases:
             say(f"[baseline] training {cfg.model.name} on {task.name} for {cfg.train.epochs} epochs")
             history = list(resume["history"]) if resume else []
             self.train_with_regularizer(
-                m, loader=self.loader(self.train_set, cfg.train.batch_size, True), recipe=cfg.train,
-                evaluate=self.evaluate, desc="train", resume=resume["train"] if resume else None,
+                m,
+                loader=self.loader(self.train_set, cfg.train.batch_size, True),
+                recipe=cfg.train,
+                evaluate=self.evaluate,
+                desc="train",
+                resume=resume["train"] if resume else None,
                 on_epoch=lambda e, mt: (history.append(mt), self.log_epochs("baseline")(e, mt)),
-                checkpoint=lambda st: save_partial({"train": st, "history": history}))
+                checkpoint=lambda st: save_partial({"train": st, "history": history}),
+            )
             return {"history": history, task.metric: history[-1][task.metric] if history else None}
 
         model, meta, reused = baseline_cache.get_or_train(cfg, model, train_baseline, log=say)
@@ -296,36 +355,64 @@ class _Phases:
         seed_everything(cfg.seed)
         pruner.example_inputs = self.task.example_input(1).to(self.device)
         # Counts the method's own training (ticks, tocks, sparse epochs) to report every epoch it spends.
-        train_loader = CountingLoader(self.loader(self.train_set, cfg.train.batch_size, True),
-                                      state.get("train_samples", 0) if state else 0)
-        ctx = PruneContext(pruner=pruner, target=self.target, device=self.device, train_loader=train_loader,
-                           loss_fn=self.task.loss_fn(), evaluate=self.score, quick_evaluate=self.quick_score,
-                           log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
-                           log_metrics=tracker.log_metrics, train=self.fit, finetune_recipe=cfg.finetune,
-                           val_loader=self.val_loader, validate=self.validate, quiet=bool(cfg.quiet),
-                           save_state=lambda st: self.checkpoint.save({"stage": "pruning", "method": st,
-                                                                      "train_samples": train_loader.samples,
-                                                                      "mlflow_run_id": tracker.run_id or ""}),
-                           resume_state=method_state)
+        train_loader = CountingLoader(
+            self.loader(self.train_set, cfg.train.batch_size, True), state.get("train_samples", 0) if state else 0
+        )
+        ctx = PruneContext(
+            pruner=pruner,
+            target=self.target,
+            device=self.device,
+            train_loader=train_loader,
+            loss_fn=self.task.loss_fn(),
+            evaluate=self.score,
+            quick_evaluate=self.quick_score,
+            log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
+            log_metrics=tracker.log_metrics,
+            train=self.fit,
+            finetune_recipe=cfg.finetune,
+            val_loader=self.val_loader,
+            validate=self.validate,
+            quiet=bool(cfg.quiet),
+            save_state=lambda st: self.checkpoint.save(
+                {
+                    "stage": "pruning",
+                    "method": st,
+                    "train_samples": train_loader.samples,
+                    "mlflow_run_id": tracker.run_id or "",
+                }
+            ),
+            resume_state=method_state,
+        )
         if method_state is not None:
             self.say(f"[resume] {method.name}: continuing its pruning schedule from the checkpoint")
         if method.prunes and self.latency_target:
-            self.say(f"[prune] {method.name}: removing {self.target:.0%} of the latency at batch "
-                     f"{cfg.measure.target_batch} ({pruner.base_cost:.2f} ms predicted)")
+            self.say(
+                f"[prune] {method.name}: removing {self.target:.0%} of the latency at batch "
+                f"{cfg.measure.target_batch} ({pruner.base_cost:.2f} ms predicted)"
+            )
         elif method.prunes:
             self.say(f"[prune] {method.name}: removing {self.target:.0%} of {base_macs / 1e6:.2f} M MACs")
         model = self.agree(method.prune(model, ctx).to(self.device))
         pruned_macs, pruned_params = self.macs_params(model)
-        measures = {"base_acc": base_acc, "base_macs": base_macs, "base_params": base_params,
-                    "pruned_acc": self.score(model), "pruned_macs": pruned_macs, "baseline_reused": reused,
-                    "prune_epochs": train_loader.epochs}
+        measures = {
+            "base_acc": base_acc,
+            "base_macs": base_macs,
+            "base_params": base_params,
+            "pruned_acc": self.score(model),
+            "pruned_macs": pruned_macs,
+            "baseline_reused": reused,
+            "prune_epochs": train_loader.epochs,
+        }
         if self.latency_target:
             measures["latency_reduction_predicted"] = pruner.reduction(model)
             measures["latency_corrections"] = list(self.latency_cost.corrections)
             for i, c in enumerate(self.latency_cost.corrections):
-                tracker.log_metrics({"prune/latency_measured": c["measured"], "prune/latency_predicted": c["predicted"]}, i)
-        tracker.log_metrics({"pruned_acc": measures["pruned_acc"], "pruned_macs": pruned_macs,
-                             "prune_epochs": train_loader.epochs})
+                tracker.log_metrics(
+                    {"prune/latency_measured": c["measured"], "prune/latency_predicted": c["predicted"]}, i
+                )
+        tracker.log_metrics(
+            {"pruned_acc": measures["pruned_acc"], "pruned_macs": pruned_macs, "prune_epochs": train_loader.epochs}
+        )
         self.save_checkpoint("pruned", model, measures)
         return model, measures
 
@@ -339,7 +426,9 @@ class _Phases:
         agreed = len(set(own)) == 1
         if not agreed:
             self.say(f"[ddp] ranks pruned differently (parameter checksums {own}); using rank 0's model")
-        payload = distributed.broadcast(pruned_payload(model, self.task.model_spec()) if distributed.is_main() else None)
+        payload = distributed.broadcast(
+            pruned_payload(model, self.task.model_spec()) if distributed.is_main() else None
+        )
         if not distributed.is_main():
             model = model_from_payload(payload).to(self.device)
         final = distributed.gather(distributed.state_checksum(model))
@@ -351,8 +440,12 @@ class _Phases:
         return model
 
     def save_checkpoint(self, stage: str, model, measures: dict, train_state: dict | None = None) -> None:
-        state = {"stage": stage, "mlflow_run_id": self.tracker.run_id or "", "measures": measures,
-                 "model": pruned_payload(model, self.task.model_spec())}
+        state = {
+            "stage": stage,
+            "mlflow_run_id": self.tracker.run_id or "",
+            "measures": measures,
+            "model": pruned_payload(model, self.task.model_spec()),
+        }
         if train_state is not None:
             state["train"] = train_state
         self.checkpoint.save(state)
@@ -369,10 +462,16 @@ class _Phases:
         self.say(f"[finetune] {self.finetune_epochs()} epochs" + (f", resuming after epoch {done}" if resume else ""))
         seed_everything(cfg.seed)
         self.train_with_regularizer(
-            model, loader=self.loader(self.train_set, cfg.finetune.batch_size, True), recipe=cfg.finetune,
-            evaluate=self.evaluate, hooks=self.method.finetune_hooks(), on_epoch=self.log_epochs("finetune"),
-            desc="finetune", resume=resume,
-            checkpoint=lambda st: self.save_checkpoint("finetune", model, measures, st))
+            model,
+            loader=self.loader(self.train_set, cfg.finetune.batch_size, True),
+            recipe=cfg.finetune,
+            evaluate=self.evaluate,
+            hooks=self.method.finetune_hooks(),
+            on_epoch=self.log_epochs("finetune"),
+            desc="finetune",
+            resume=resume,
+            checkpoint=lambda st: self.save_checkpoint("finetune", model, measures, st),
+        )
         return model
 
     def measure(self, model, dense, measures: dict, started: float) -> dict:
@@ -386,19 +485,39 @@ class _Phases:
             sizes = list(cfg.measure.batch_sizes)
             if self.latency_target and int(cfg.measure.target_batch) not in sizes:
                 sizes.append(int(cfg.measure.target_batch))
-            latency = compare_latency(dense, model, task.example_input, sizes, self.device,
-                                      warmup=cfg.measure.warmup, repeats=cfg.measure.repeats,
-                                      max_seconds=float(cfg.measure.max_seconds), interval=float(cfg.measure.interval))
+            latency = compare_latency(
+                dense,
+                model,
+                task.example_input,
+                sizes,
+                self.device,
+                warmup=cfg.measure.warmup,
+                repeats=cfg.measure.repeats,
+                max_seconds=float(cfg.measure.max_seconds),
+                interval=float(cfg.measure.interval),
+            )
         summary = {
-            "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), "target_reduction": self.target,
-            "metric": metric, "base_acc": measures["base_acc"], "pruned_acc": measures["pruned_acc"],
-            "final_acc": final[metric], "base_macs": measures["base_macs"], "pruned_macs": measures["pruned_macs"],
-            "final_macs": final_macs, "flops_reduction": 1 - final_macs / measures["base_macs"],
-            "base_params": measures["base_params"], "final_params": final_params,
+            "task": task.name,
+            "method": cfg.method.name,
+            "seed": int(cfg.seed),
+            "target_reduction": self.target,
+            "metric": metric,
+            "base_acc": measures["base_acc"],
+            "pruned_acc": measures["pruned_acc"],
+            "final_acc": final[metric],
+            "base_macs": measures["base_macs"],
+            "pruned_macs": measures["pruned_macs"],
+            "final_macs": final_macs,
+            "flops_reduction": 1 - final_macs / measures["base_macs"],
+            "base_params": measures["base_params"],
+            "final_params": final_params,
             "params_reduction": 1 - final_params / measures["base_params"],
-            "macs_unit": "MACs (multiply-accumulates), batch 1", "latency": latency,
-            "latency_unit": "ms per batch (median)", "baseline_reused": measures["baseline_reused"],
-            "channels": channel_widths(model), "wall_s": time.time() - started,
+            "macs_unit": "MACs (multiply-accumulates), batch 1",
+            "latency": latency,
+            "latency_unit": "ms per batch (median)",
+            "baseline_reused": measures["baseline_reused"],
+            "channels": channel_widths(model),
+            "wall_s": time.time() - started,
             # Training after the baseline, in passes over the training set: the method's own (ticks,
             # tocks, sparse training) plus the fine-tune. Methods are compared at equal budgets with it.
             "prune_epochs": measures.get("prune_epochs", 0.0),
@@ -408,15 +527,24 @@ class _Phases:
         if self.latency_target:
             summary.update(self.latency_outcome(latency, measures))
         logged_at_pruning = ("pruned_acc", "pruned_macs", "prune_epochs")  # each metric is logged once
-        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                and k not in logged_at_pruning}
+        flat = {
+            k: v
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in logged_at_pruning
+        }
         for key, lat in latency.items():
-            flat.update({f"latency/{key}/{k}": v for k, v in lat.items()
-                         if k in _LATENCY_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)})
+            flat.update(
+                {
+                    f"latency/{key}/{k}": v
+                    for k, v in lat.items()
+                    if k in _LATENCY_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
+            )
         tracker.log_metrics(flat)
         if latency:
-            tracker.set_tags({"latency_device": next(iter(latency.values()))["device"],
-                              "latency_threads": torch.get_num_threads()})
+            tracker.set_tags(
+                {"latency_device": next(iter(latency.values()))["device"], "latency_threads": torch.get_num_threads()}
+            )
         summary.update(distributed.describe())
         if distributed.is_distributed():
             # Per rank: the model each pruned on its own (before rank 0's was taken), and the final model.
@@ -432,20 +560,24 @@ class _Phases:
         reduction at measure.target_batch. Other ranks of a distributed run do not time: None there."""
         lat = latency.get(f"b{int(self.cfg.measure.target_batch)}")
         cut = latency_target.reduction_from_speedup
-        return {"latency_target_batch": int(self.cfg.measure.target_batch),
-                "latency_reduction_requested": self.target,
-                "latency_reduction_predicted": measures.get("latency_reduction_predicted"),
-                # Each time the pruning measured a candidate to correct the table's choice (one-shot rankings)
-                "latency_corrections": measures.get("latency_corrections", []),
-                "latency_reduction_measured": cut(lat["speedup"]) if lat else None,
-                "latency_reduction_measured_lo": cut(lat["speedup_lo"]) if lat else None,
-                "latency_reduction_measured_hi": cut(lat["speedup_hi"]) if lat else None}
+        return {
+            "latency_target_batch": int(self.cfg.measure.target_batch),
+            "latency_reduction_requested": self.target,
+            "latency_reduction_predicted": measures.get("latency_reduction_predicted"),
+            # Each time the pruning measured a candidate to correct the table's choice (one-shot rankings)
+            "latency_corrections": measures.get("latency_corrections", []),
+            "latency_reduction_measured": cut(lat["speedup"]) if lat else None,
+            "latency_reduction_measured_lo": cut(lat["speedup_lo"]) if lat else None,
+            "latency_reduction_measured_hi": cut(lat["speedup_hi"]) if lat else None,
+        }
 
     def record(self, model, summary: dict) -> str:
         """Save the pruned model (widths + weights; reload with harness.artifacts.load_pruned)."""
         cfg, task, tracker = self.cfg, self.task, self.tracker
         with tempfile.TemporaryDirectory() as tmp:
-            unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{task.name}-{cfg.method.name}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+            unique = (
+                f"{time.strftime('%Y%m%d-%H%M%S')}-{task.name}-{cfg.method.name}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+            )
             out_dir = Path(tmp) if tracker.run_id else Path(cfg.results_dir) / "runs" / unique
             path = out_dir / "pruned_model.pt"
             save_pruned(model.cpu(), task.model_spec(), path)

@@ -7,6 +7,7 @@ The default store is an embedded sqlite database, ``sqlite:///<results_dir>/mlfl
 artifacts under ``<results_dir>/mlruns``; ``tracking.uri=`` or ``$MLFLOW_TRACKING_URI`` points
 elsewhere (another file, or a tracking server).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,7 @@ class TrackingError(HarnessError):
 
 class NullTracker:
     """Records nothing; used with ``tracking=none``."""
+
     run_id: str | None = None
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
@@ -68,8 +70,11 @@ class MlflowTracker(NullTracker):
         if uri.startswith(("http://", "https://")):
             # MLflow's own HTTP retries back off for minutes and would stall training; this tracker retries
             # briefly and then buffers, so fail fast unless the user chose otherwise.
-            for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                                ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+            for name, value in (
+                ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+                ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+            ):
                 os.environ.setdefault(name, value)
         self.uri = uri
         self.buffer_dir = buffer_dir or artifact_root.parent / "tracking_buffer"
@@ -79,7 +84,8 @@ class MlflowTracker(NullTracker):
             exp = self._retry(self.client.get_experiment_by_name, experiment)
             if exp is None:
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None)
+                    experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None
+                )
             else:
                 self.experiment_id = exp.experiment_id
         self.run_id = None
@@ -102,8 +108,11 @@ class MlflowTracker(NullTracker):
             self._retry(getattr(self.client, name), *args)
         except Exception as e:
             if not self.pending:
-                print(f"warning: tracking store {self.uri} failed ({type(e).__name__}: {e}); training goes on, "
-                      f"records are kept in {self._buffer_file()} until it answers", file=sys.stderr)
+                print(
+                    f"warning: tracking store {self.uri} failed ({type(e).__name__}: {e}); training goes on, "
+                    f"records are kept in {self._buffer_file()} until it answers",
+                    file=sys.stderr,
+                )
             self._keep(name, args)
 
     def _keep(self, name: str, args: tuple) -> None:
@@ -132,13 +141,16 @@ class MlflowTracker(NullTracker):
         self.run_id = run.info.run_id
         items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self._call("log_batch", self.run_id, (), items[i:i + 100])
+            self._call("log_batch", self.run_id, (), items[i : i + 100])
         self._call("log_batch", self.run_id, (), (), [RunTag(k, str(v)) for k, v in tags.items()])
 
     def find_finished(self, run_key: str) -> dict | None:
         """The metrics (and run id) of a FINISHED run of this experiment tagged with ``run_key``, or None."""
-        runs = self._retry(self.client.search_runs, [self.experiment_id],
-                           f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'")
+        runs = self._retry(
+            self.client.search_runs,
+            [self.experiment_id],
+            f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'",
+        )
         if not runs:
             return None
         run = runs[0]
@@ -161,7 +173,7 @@ class MlflowTracker(NullTracker):
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         for i in range(0, len(items), 1000):
-            self._call("log_batch", self.run_id, items[i:i + 1000])
+            self._call("log_batch", self.run_id, items[i : i + 1000])
 
     def log_artifact(self, path, artifact_path=None) -> None:
         if self.pending:  # keep a copy: the file may be temporary
@@ -180,9 +192,11 @@ class MlflowTracker(NullTracker):
     def flush(self) -> None:
         self._drain()
         if self.pending:
-            raise TrackingError(f"the tracking store {self.uri} did not take {len(self.pending)} records "
-                                f"(kept in {self._buffer_file()}); the run is not reported as done. Fix the store "
-                                "and run the same command again: it resumes from its last checkpoint")
+            raise TrackingError(
+                f"the tracking store {self.uri} did not take {len(self.pending)} records "
+                f"(kept in {self._buffer_file()}); the run is not reported as done. Fix the store "
+                "and run the same command again: it resumes from its last checkpoint"
+            )
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if self.run_id is None:
@@ -302,8 +316,9 @@ class StoreReader:
         try:
             return Path(self._client().download_artifacts(run_id, path, str(dst)))
         except MlflowException as e:
-            raise TrackingError(f"MLflow run {run_id} at {self.uri} has no {path} "
-                                f"({str(e).strip().splitlines()[0][:120]})") from None
+            raise TrackingError(
+                f"MLflow run {run_id} at {self.uri} has no {path} ({str(e).strip().splitlines()[0][:120]})"
+            ) from None
 
     def log_to_run(self, run_id: str, artifacts: dict[str, str | os.PathLike], metrics: dict[str, float]) -> None:
         """Add files ({artifact folder: path}) and metrics to an existing run (an export of its model)."""

@@ -1,6 +1,7 @@
 """Methods: each registers itself with ``@register_method`` (methods/base.py) and is found by discovery
 (every module here, then the ``harness.methods`` entry points). ``create_method(cfg)`` builds the one
 ``cfg.method`` names (a preset names its implementation with ``impl``)."""
+
 from __future__ import annotations
 
 from methods.anl import create_regularizer  # noqa: F401

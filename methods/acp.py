@@ -18,6 +18,7 @@ authors' particle_cifar.py (JingfeiChang/ACP-Automatic-Channel-Pruning).
    code scores on the test set). Fitness is cached by width vector; the best candidate's trained
    weights are what the common fine-tune starts from, as in the authors' code.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,9 @@ def cluster_width(maps: torch.Tensor, eps: float, min_samples: int) -> int:
 
 
 @torch.no_grad()
-def average_feature_maps(model: nn.Module, sites: dict[str, str], loader, samples: int,
-                         device: torch.device) -> dict[str, torch.Tensor]:
+def average_feature_maps(
+    model: nn.Module, sites: dict[str, str], loader, samples: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """{group: (channels, H*W)}: each site's output averaged over the first ``samples`` images (in a
     distributed run, ``samples`` split over the ranks' shards and the sums added up)."""
     sums: dict[str, torch.Tensor] = {}
@@ -57,6 +59,7 @@ def average_feature_maps(model: nn.Module, sites: dict[str, str], loader, sample
         def hook(module, inputs, output):  # returns None: keeps the output unchanged
             batch = output.detach().flatten(2).sum(0) if output.dim() > 2 else output.detach().sum(0)[:, None]
             sums[key] = sums.get(key, 0) + batch.cpu()
+
         return hook
 
     hooks = HookSet(model, [(site, keep(key)) for key, site in sites.items()])
@@ -147,13 +150,28 @@ class CandidateFitness:
 
 @dataclass
 class AcpSettings:
-    needs_validation: bool = setting(True, "bool", help="candidates are scored on data.val_fraction (the authors' code scores on the test set)")
-    eps: float | None = setting(None, "real", "(0, 2]", nullable=True, help="DBSCAN epsilon (cosine); null: bisected to meet prune.flops_reduction. Paper: ResNet-56 0.035/0.075, VGG-16 0.010, ResNet-50 0.040")
+    needs_validation: bool = setting(
+        True, "bool", help="candidates are scored on data.val_fraction (the authors' code scores on the test set)"
+    )
+    eps: float | None = setting(
+        None,
+        "real",
+        "(0, 2]",
+        nullable=True,
+        help="DBSCAN epsilon (cosine); null: bisected to meet prune.flops_reduction. Paper: ResNet-56 0.035/0.075, VGG-16 0.010, ResNet-50 0.040",
+    )
     min_samples: int = setting(5, "int", "[1, 100000]", help="DBSCAN min_samples")
-    samples: int = setting(200, "int", "[1, 1000000]", help="training images whose feature maps are averaged for the clustering")
+    samples: int = setting(
+        200, "int", "[1, 1000000]", help="training images whose feature maps are averaged for the clustering"
+    )
     particles: int = setting(10, "int", "[1, 10000]", help="swarm size")
     cycles: int = setting(8, "int", "[0, 10000]", help="swarm iterations")
-    fitness_epochs: int = setting(3, "int", "[0, 100000]", help="training of each candidate (fine-tune recipe's lr, momentum, wd) before it is scored")
+    fitness_epochs: int = setting(
+        3,
+        "int",
+        "[0, 100000]",
+        help="training of each candidate (fine-tune recipe's lr, momentum, wd) before it is scored",
+    )
     inertia_start: float = setting(0.6, "real", "[0, 10]", help="w decreases linearly to inertia_end over the cycles")
     inertia_end: float = setting(0.425, "real", "[0, 10]", help="the inertia weight at the last cycle")
     c1: float = setting(2.0, "real", "[0, 100]", help="cognitive coefficient (towards a particle's best)")
@@ -161,13 +179,15 @@ class AcpSettings:
     constriction: float = setting(0.729, "real", "(0, 10]", help="Clerc's constriction factor on the velocity")
     max_velocity: float = setting(2.0, "real", "(0, 100000]", help="channels")
     step_scale: float = setting(2.0, "real", "(0, 100]", help="position += step_scale x velocity (the authors' r = 2)")
-    exact_target: bool = setting(True, "bool", help="every candidate scaled to the target's cost (false: any cost at or beyond the target)")
+    exact_target: bool = setting(
+        True, "bool", help="every candidate scaled to the target's cost (false: any cost at or beyond the target)"
+    )
 
 
 @register_method
 class ACP(Method):
     name = "acp"
-    description = 'ACP: per-layer DBSCAN clustering of feature maps for preliminary widths, then a particle swarm search of the widths scored on the validation split'
+    description = "ACP: per-layer DBSCAN clustering of feature maps for preliminary widths, then a particle swarm search of the widths scored on the validation split"
     settings = AcpSettings
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
@@ -179,8 +199,7 @@ class ACP(Method):
             prelim = self.preliminary_widths(model, space, ctx)
         best_widths, best_model = self.search(space, prelim, ctx)
         reduction = ctx.pruner.reduction(best_model)
-        ctx.log_step(1, {**ctx.pruner.cost_metrics(reduction),
-                         "acc": ctx.quick_evaluate(best_model)})
+        ctx.log_step(1, {**ctx.pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(best_model)})
         return best_model
 
     # --- 1. clustering -----------------------------------------------------------------------
@@ -215,12 +234,19 @@ class ACP(Method):
             swarm = self._restore(ctx.resume_state, space, fitness, rng, ctx)
         else:
             dims = len(space.keys)
-            position = [space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target, cfg.exact_target)
-                        for i in range(int(cfg.particles))]
+            position = [
+                space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target, cfg.exact_target)
+                for i in range(int(cfg.particles))
+            ]
             velocity = [[rng.uniform(-cfg.max_velocity, cfg.max_velocity) for _ in range(dims)] for _ in position]
             score = [fitness(p) for p in position]
-            swarm = {"cycle": 0, "position": position, "velocity": velocity, "score": score,
-                     "personal": list(zip(score, position))}
+            swarm = {
+                "cycle": 0,
+                "position": position,
+                "velocity": velocity,
+                "score": score,
+                "personal": list(zip(score, position)),
+            }
             self._log_cycle(swarm, best, space, ctx)
             self._save(swarm, prelim, fitness, rng, ctx)
         position, velocity, score, personal = (swarm[k] for k in ("position", "velocity", "score", "personal"))
@@ -228,9 +254,15 @@ class ACP(Method):
             w = cfg.inertia_start - (cfg.inertia_start - cfg.inertia_end) * cycle / max(1, int(cfg.cycles) - 1)
             for i in range(len(position)):
                 r = rng.random()
-                velocity[i] = [max(-cfg.max_velocity, min(cfg.max_velocity, cfg.constriction * (
-                    w * v + cfg.c1 * r * (pb - x) + cfg.c2 * r * (gb - x))))
-                    for v, x, pb, gb in zip(velocity[i], position[i], personal[i][1], best["widths"])]
+                velocity[i] = [
+                    max(
+                        -cfg.max_velocity,
+                        min(
+                            cfg.max_velocity, cfg.constriction * (w * v + cfg.c1 * r * (pb - x) + cfg.c2 * r * (gb - x))
+                        ),
+                    )
+                    for v, x, pb, gb in zip(velocity[i], position[i], personal[i][1], best["widths"])
+                ]
                 moved = space.clip([x + cfg.step_scale * v for x, v in zip(position[i], velocity[i])])
                 position[i] = space.repair(moved, ctx.target, cfg.exact_target)
                 score[i] = fitness(position[i])
@@ -247,13 +279,25 @@ class ACP(Method):
     @staticmethod
     def _save(swarm, prelim, fitness: CandidateFitness, rng: random.Random, ctx: PruneContext) -> None:
         best = fitness.best
-        ctx.save_state({
-            "prelim": list(prelim), "swarm": {**swarm, "position": [list(p) for p in swarm["position"]],
-                                              "personal": [[s, list(p)] for s, p in swarm["personal"]]},
-            "cache": [[list(w), s] for w, s in fitness.cache.items()], "trained": fitness.trained,
-            "best": {"fitness": best["fitness"], "widths": list(best["widths"]),
-                     "model": copy.deepcopy(best["model"].state_dict())},
-            "py_rng": list(rng.getstate()[1]), **ctx.rng_state()})
+        ctx.save_state(
+            {
+                "prelim": list(prelim),
+                "swarm": {
+                    **swarm,
+                    "position": [list(p) for p in swarm["position"]],
+                    "personal": [[s, list(p)] for s, p in swarm["personal"]],
+                },
+                "cache": [[list(w), s] for w, s in fitness.cache.items()],
+                "trained": fitness.trained,
+                "best": {
+                    "fitness": best["fitness"],
+                    "widths": list(best["widths"]),
+                    "model": copy.deepcopy(best["model"].state_dict()),
+                },
+                "py_rng": list(rng.getstate()[1]),
+                **ctx.rng_state(),
+            }
+        )
 
     @staticmethod
     def _restore(state, space: WidthSpace, fitness: CandidateFitness, rng: random.Random, ctx: PruneContext) -> dict:
@@ -274,6 +318,10 @@ class ACP(Method):
     def _log_cycle(swarm, best, space, ctx) -> None:
         score = swarm["score"]
         metrics = {"acp/best_fitness": best["fitness"], "acp/mean_fitness": sum(score) / len(score)}
-        metrics.update({f"acp/particle{i}_{space.pruner.cost_name}": space.pruner.base_cost * (1 - space.reduction(p))
-                        for i, p in enumerate(swarm["position"])})
+        metrics.update(
+            {
+                f"acp/particle{i}_{space.pruner.cost_name}": space.pruner.base_cost * (1 - space.reduction(p))
+                for i, p in enumerate(swarm["position"])
+            }
+        )
         ctx.log_metrics(metrics, swarm["cycle"])

@@ -15,6 +15,7 @@ here, and which choices are ours:
   and the adversarial loss against GAL's MLP discriminator on logits (``adv_weight``). Cross-entropy
   on labels is off by default (``ce_weight: 0``): the abstract lists transfer terms only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,22 +34,35 @@ from methods.teacher import TeacherStudent, attention_loss, distill_epoch, kd_lo
 
 @dataclass
 class AipSettings:
-    steps: int = setting(5, "int", "[1, 100000]", help="pruning rounds, each to the next of 5 evenly spaced MACs targets")
-    recover_epochs: int = setting(1, "int", "[0, 100000]", help="recovery epochs after each round (so steps x recover_epochs before the common fine-tune)")
-    lr: float = setting(0.01, "real", "(0, 100]", help="SGD for the student and the discriminator, constant during recovery")
+    steps: int = setting(
+        5, "int", "[1, 100000]", help="pruning rounds, each to the next of 5 evenly spaced MACs targets"
+    )
+    recover_epochs: int = setting(
+        1,
+        "int",
+        "[0, 100000]",
+        help="recovery epochs after each round (so steps x recover_epochs before the common fine-tune)",
+    )
+    lr: float = setting(
+        0.01, "real", "(0, 100]", help="SGD for the student and the discriminator, constant during recovery"
+    )
     momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the student and the discriminator")
     weight_decay: float = setting(0.0005, "real", "[0, 1]", help="weight decay of the student and the discriminator")
-    at_weight: float = setting(1000.0, "real", "[0, 1000000]", help="attention transfer at every stage output (Zagoruyko & Komodakis use 1e3)")
+    at_weight: float = setting(
+        1000.0, "real", "[0, 1000000]", help="attention transfer at every stage output (Zagoruyko & Komodakis use 1e3)"
+    )
     kd_weight: float = setting(1.0, "real", "[0, 1000]", help="KD on logits")
     temperature: float = setting(4.0, "real", "(0, 1000]", help="softmax temperature of the KD term")
     adv_weight: float = setting(1.0, "real", "[0, 1000]", help="fool the discriminator (GAL's MLP on logits)")
-    ce_weight: float = setting(0.0, "real", "[0, 1000]", help="cross-entropy on labels; off: the abstract names transfer terms only")
+    ce_weight: float = setting(
+        0.0, "real", "[0, 1000]", help="cross-entropy on labels; off: the abstract names transfer terms only"
+    )
 
 
 @register_method
 class AIP(Method):
     name = "aip"
-    description = 'AIP, RECONSTRUCTED from the abstract (no public code): iterative L1 pruning, each round recovered by attention transfer + KD + a discriminator against the dense teacher'
+    description = "AIP, RECONSTRUCTED from the abstract (no public code): iterative L1 pruning, each round recovered by attention transfer + KD + a discriminator against the dense teacher"
     settings = AipSettings
 
     def importance(self):
@@ -66,9 +80,11 @@ class AIP(Method):
         loss_fn = ctx.loss_fn
 
         def student_loss(labels, student, teacher):
-            terms = {"at": cfg.at_weight * attention_loss(tap.features(), ts.teacher_tap.features()),
-                     "kd": cfg.kd_weight * kd_loss(student, teacher, cfg.temperature),
-                     "adv": cfg.adv_weight * ts.adversarial_loss(student)}
+            terms = {
+                "at": cfg.at_weight * attention_loss(tap.features(), ts.teacher_tap.features()),
+                "kd": cfg.kd_weight * kd_loss(student, teacher, cfg.temperature),
+                "adv": cfg.adv_weight * ts.adversarial_loss(student),
+            }
             if cfg.ce_weight:
                 terms["ce"] = cfg.ce_weight * loss_fn(student, labels)
             return terms
@@ -89,24 +105,44 @@ class AIP(Method):
                 reduction = pruner.reduction(model)
                 after_prune = ctx.quick_evaluate(model)
                 # A fresh optimiser each round: the pruned weights are new tensors.
-                opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay)
+                opt = torch.optim.SGD(
+                    model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+                )
                 metrics = {}
                 for e in range(int(cfg.recover_epochs)):
-                    metrics = distill_epoch(model, ts, ctx.train_loader, opt, student_loss, device=ctx.device,
-                                            desc=f"aip round {step}/{cfg.steps} epoch {e + 1}/{cfg.recover_epochs}",
-                                            quiet=ctx.quiet)
+                    metrics = distill_epoch(
+                        model,
+                        ts,
+                        ctx.train_loader,
+                        opt,
+                        student_loss,
+                        device=ctx.device,
+                        desc=f"aip round {step}/{cfg.steps} epoch {e + 1}/{cfg.recover_epochs}",
+                        quiet=ctx.quiet,
+                    )
                     ctx.log_metrics({f"aip/{k}": v for k, v in metrics.items()}, epoch)
                     epoch += 1
-                ctx.log_step(step, {**pruner.cost_metrics(reduction),
-                                    "acc_after_prune": after_prune, "acc": ctx.quick_evaluate(model),
-                                    **({"d_acc": metrics["d_acc"]} if metrics else {})})
-                ctx.save_state({"round": step, "epoch": epoch, "widths": pruner.group_widths(model),
-                                "model": copy.deepcopy(model.state_dict()),
-                                "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
-                                "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()), **ctx.rng_state()})
+                ctx.log_step(
+                    step,
+                    {
+                        **pruner.cost_metrics(reduction),
+                        "acc_after_prune": after_prune,
+                        "acc": ctx.quick_evaluate(model),
+                        **({"d_acc": metrics["d_acc"]} if metrics else {}),
+                    },
+                )
+                ctx.save_state(
+                    {
+                        "round": step,
+                        "epoch": epoch,
+                        "widths": pruner.group_widths(model),
+                        "model": copy.deepcopy(model.state_dict()),
+                        "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
+                        "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()),
+                        **ctx.rng_state(),
+                    }
+                )
         finally:
             tap.remove()
             ts.close()
         return model
-

@@ -7,6 +7,7 @@ per sample, the gradient scaled to unit RMS. In eval mode, and in any exported m
 are inert: they are forward hooks that return nothing unless the module is training, and
 ``detach()`` removes them.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,14 +26,19 @@ from methods.random import NoPruning
 
 @dataclass
 class AnlSettings:
-    eps: float = setting(0.1, "real", "[0, 100]", help="noise size, as the RMS of the per-sample noise on each feature map")
+    eps: float = setting(
+        0.1, "real", "[0, 100]", help="noise size, as the RMS of the per-sample noise on each feature map"
+    )
     prob: float = setting(0.5, "real", "[0, 1]", help="chance per training step that a noise layer is active")
-    layers: str = setting("BatchNorm2d", "str", help="regex on module type names or full module names: where noise layers sit")
+    layers: str = setting(
+        "BatchNorm2d", "str", help="regex on module type names or full module names: where noise layers sit"
+    )
 
 
 @register_regularizer
 class AdversarialNoise(TrainingHook):
     """ANL's noise layers, as a regulariser of every training phase (``regularizer=anl``)."""
+
     name = "anl"
     description = "Adversarial noise layers (arXiv 1805.08000) on feature maps during training"
     settings = AnlSettings
@@ -46,8 +52,11 @@ class AdversarialNoise(TrainingHook):
     def targets(self, model: nn.Module) -> list[str]:
         """Names of the modules whose outputs get noise: ``layers`` matched against the module's
         type name (e.g. BatchNorm2d) or its full name (e.g. layer2.0.bn1)."""
-        return [n for n, m in model.named_modules()
-                if n and (self.pattern.fullmatch(type(m).__name__) or self.pattern.fullmatch(n))]
+        return [
+            n
+            for n, m in model.named_modules()
+            if n and (self.pattern.fullmatch(type(m).__name__) or self.pattern.fullmatch(n))
+        ]
 
     def attach(self, model: nn.Module) -> AdversarialNoise:
         self.detach()
@@ -69,6 +78,7 @@ class AdversarialNoise(TrainingHook):
                 return None
             rms = g.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
             return output + self.eps * g / rms.view(-1, *([1] * (g.dim() - 1)))
+
         return noise_layer
 
 
@@ -84,6 +94,7 @@ def create_regularizer(cfg) -> AdversarialNoise | None:
 @register_method
 class AnlOnly(NoPruning):
     """Trains the baseline and fine-tunes it with ANL, without pruning (method=anl)."""
+
     name = "anl"
-    description = 'ANL (arXiv 1805.08000) only: baseline and fine-tuning with adversarial noise layers, no pruning'
+    description = "ANL (arXiv 1805.08000) only: baseline and fine-tuning with adversarial noise layers, no pruning"
     finetunes = True

@@ -2,6 +2,7 @@
 schedule towards ``prune.flops_reduction``. It never knows which task or dataset it runs on: all it
 sees is a model and a ``PruneContext``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,16 +22,17 @@ from harness.core.train import TrainingHook
 @dataclass
 class PruneContext:
     """What the harness gives a method for its pruning phase."""
+
     pruner: ChannelPruner
-    target: float                            # the MACs reduction to reach
+    target: float  # the MACs reduction to reach
     device: torch.device
-    train_loader: Any                        # the task's training data
+    train_loader: Any  # the task's training data
     loss_fn: nn.Module
-    evaluate: Callable[[nn.Module], float]   # the task metric on the test split: for reports only, never to choose
+    evaluate: Callable[[nn.Module], float]  # the task metric on the test split: for reports only, never to choose
     quick_evaluate: Callable[[nn.Module], float]  # the same on one fixed held-out batch, for per-step logs
-    log_step: Callable[[int, dict], None]    # one pruning step's metrics, logged as prune/<name>
+    log_step: Callable[[int, dict], None]  # one pruning step's metrics, logged as prune/<name>
     log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
-    train: Callable[..., dict]               # harness.core.train.train with device, loss and quiet bound
+    train: Callable[..., dict]  # harness.core.train.train with device, loss and quiet bound
     finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe (for methods that train)
     # A split carved from the training data (data.val_fraction): what a method may select or search on.
     # Both are None/raise when the run has no split; a method that needs one sets needs_validation: true.
@@ -38,7 +40,7 @@ class PruneContext:
     validate: Callable[[nn.Module], float] | None = None
     # Iterative methods checkpoint their schedule with save_state(dict of tensors/plain values) and,
     # after a kill or a requeue, find it again in resume_state.
-    quiet: bool = False                      # no progress bars
+    quiet: bool = False  # no progress bars
     save_state: Callable[[dict], None] = lambda state: None
     resume_state: dict | None = None
 
@@ -83,6 +85,7 @@ class Method:
     """A method: its ``name`` (what ``method=`` selects), a one-line ``description``, and its own
     ``settings`` (a dataclass of ``harness.core.settings.setting`` fields: the ``method.*`` keys, with
     defaults, ranges and help). Named presets of those settings live in harness/conf/method/*.yaml."""
+
     name: ClassVar[str]
     description: ClassVar[str] = ""
     settings: ClassVar[type | None] = None
@@ -103,8 +106,7 @@ class Method:
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         """Default schedule: one shot, global ranking, straight to the target."""
         model = ctx.pruner.prune_to_target(model, self.importance(), ctx.target)
-        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(model)),
-                         "acc": ctx.quick_evaluate(model)})
+        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(model)), "acc": ctx.quick_evaluate(model)})
         return model
 
     def finetune_hooks(self) -> list[TrainingHook]:

@@ -16,6 +16,7 @@ target: if the zero masks are not enough, the smallest positive masks go next; i
 enough, those pushed furthest below zero by the last proximal step go first. Both the natural
 reduction (all masks <= 0) and the final one are logged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,6 +56,7 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[Block]:
     def keep_input(name):
         def hook(module, args):  # returns None: a pre-hook's return value would replace the input
             inputs.setdefault(name, args[0] if args else None)
+
         return hook
 
     probe(model, example, lambda name, m: m.register_forward_pre_hook(keep_input(name)))
@@ -83,7 +85,11 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[Block]:
                 with eval_mode(replacement):
                     same = replacement(x)
                 scale = float(x.abs().max()) if x.numel() else 0.0
-                if scale > 0 and same.shape == zeroed.shape and torch.allclose(same, zeroed, rtol=1e-4, atol=1e-6 * scale):
+                if (
+                    scale > 0
+                    and same.shape == zeroed.shape
+                    and torch.allclose(same, zeroed, rtol=1e-4, atol=1e-6 * scale)
+                ):
                     blocks.append(Block(name, f"{name}.{branch_end}", shortcut_name, relu))
                     break
     # A stage (a container of blocks) can pass too when its blocks are identities (zero-initialised last
@@ -95,8 +101,15 @@ class SoftMasks:
     """One learnable mask per structure, applied by forward hooks: per block a scalar on the branch's
     last norm; per channel group a vector on its norms (or, without BN, on its convs' outputs)."""
 
-    def __init__(self, model: nn.Module, structure: str, blocks: list[Block], pruner: ChannelPruner,
-                 init: str, generator: torch.Generator):
+    def __init__(
+        self,
+        model: nn.Module,
+        structure: str,
+        blocks: list[Block],
+        pruner: ChannelPruner,
+        init: str,
+        generator: torch.Generator,
+    ):
         self.model, self.structure = model, structure
         device = next(model.parameters()).device
         draw = lambda n: (torch.randn(n, generator=generator) if init == "normal" else torch.ones(n)).to(device)  # noqa: E731
@@ -108,8 +121,14 @@ class SoftMasks:
             groups = pruner.groups(model)
             self.sites = {k: g.norms or g.members for k, g in groups.items()}
             self.masks = {k: nn.Parameter(draw(g.channels)) for k, g in groups.items()}
-        self.hooks = HookSet(model, [(site, channel_scaler(lambda key=key: self.masks[key]))
-                                     for key, sites in self.sites.items() for site in sites])
+        self.hooks = HookSet(
+            model,
+            [
+                (site, channel_scaler(lambda key=key: self.masks[key]))
+                for key, sites in self.sites.items()
+                for site in sites
+            ],
+        )
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.masks.values())
@@ -155,7 +174,7 @@ class Fista(torch.optim.Optimizer):
                     state["alpha"], y = torch.ones_like(p), p.clone()
                 else:
                     alpha = state["alpha"]
-                    state["alpha"] = (1 + (1 + 4 * alpha ** 2).sqrt()) / 2
+                    state["alpha"] = (1 + (1 + 4 * alpha**2).sqrt()) / 2
                     y = p + ((alpha - 1) / state["alpha"]) * (p - state["previous"])
                 state["previous"] = p.clone()
                 moved = y - group["lr"] * p.grad
@@ -186,28 +205,54 @@ def choose_structure(cfg_structure: str, blocks: list[Block], block_shares: dict
     MACs (so block granularity can meet a target closely), channels otherwise."""
     if cfg_structure != "auto":
         if cfg_structure == "block" and not blocks:
-            raise ConfigError("method.structure=block but this model has no residual blocks GAL can remove; "
-                              "use method.structure=channel")
+            raise ConfigError(
+                "method.structure=block but this model has no residual blocks GAL can remove; "
+                "use method.structure=channel"
+            )
         return cfg_structure
     return "block" if blocks and max(block_shares.values()) <= max_share else "channel"
 
 
 @dataclass
 class GalSettings:
-    needs_validation: bool = setting(True, "bool", help="the best mask epoch is chosen on data.val_fraction (the authors chose on the test set)")
-    structure: str = setting('auto', choices=('auto', 'block', 'channel'), help="block | channel | auto: blocks when the net has residual blocks none of which holds")
-    max_block_share: float = setting(0.1, "real", "(0, 1]", help="auto picks channels when removing one block would cut more than this share of the MACs")
-    sparsity: float = setting(0.6, "real", "[0, 100]", help="lambda of the mask L1 (GAL-0.6); gal_0.8 and VGG's gal_0.05 are presets")
+    needs_validation: bool = setting(
+        True, "bool", help="the best mask epoch is chosen on data.val_fraction (the authors chose on the test set)"
+    )
+    structure: str = setting(
+        "auto",
+        choices=("auto", "block", "channel"),
+        help="block | channel | auto: blocks when the net has residual blocks none of which holds",
+    )
+    max_block_share: float = setting(
+        0.1,
+        "real",
+        "(0, 1]",
+        help="auto picks channels when removing one block would cut more than this share of the MACs",
+    )
+    sparsity: float = setting(
+        0.6, "real", "[0, 100]", help="lambda of the mask L1 (GAL-0.6); gal_0.8 and VGG's gal_0.05 are presets"
+    )
     mu: float = setting(1.0, "real", "[0, 1000]", help="weight of the MSE to the teacher's logits")
-    mask_init: str = setting('normal', choices=('normal', 'one'), help="normal: N(0, 1) as the authors' code; one: all masks start at 1")
-    mask_step: int = setting(200, "int", "[1, 10000000]", help="a FISTA step every this many batches, scaled for epochs shorter than 391 batches")
+    mask_init: str = setting(
+        "normal", choices=("normal", "one"), help="normal: N(0, 1) as the authors' code; one: all masks start at 1"
+    )
+    mask_step: int = setting(
+        200,
+        "int",
+        "[1, 10000000]",
+        help="a FISTA step every this many batches, scaled for epochs shorter than 391 batches",
+    )
     epochs: int = setting(100, "int", "[0, 100000]", help="mask learning, before the common fine-tune")
     lr: float = setting(0.01, "real", "(0, 100]", help="SGD for weights and discriminator, FISTA for the masks")
     lr_step: int = setting(30, "int", "[1, 100000]", help="lr x lr_gamma every lr_step epochs")
     lr_gamma: float = setting(0.1, "real", "(0, 1]", help="lr multiplier every lr_step epochs")
     momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the weights and the discriminator")
     weight_decay: float = setting(0.0002, "real", "[0, 1]", help="weight decay of the weights and the discriminator")
-    select: str = setting('val', choices=('val', 'last'), help="val: keep the epoch with the best validation accuracy; last: the last epoch")
+    select: str = setting(
+        "val",
+        choices=("val", "last"),
+        help="val: keep the epoch with the best validation accuracy; last: the last epoch",
+    )
 
 
 @register_method
@@ -225,13 +270,21 @@ class GAL(Method):
         if structure == "block":
             reachable = self._removed_share(model, blocks, pruner)
             if reachable < ctx.target:
-                raise ConfigError(f"GAL with method.structure=block removes at most {reachable:.3f} of the "
-                                  f"{pruner.cost_name} (every residual block); lower {pruner.target_key} or use method.structure=channel")
-        ctx.log_metrics({"gal/structures": len(blocks) if structure == "block" else
-                         sum(g.channels for g in pruner.groups(model).values()),
-                         "gal/lambda": float(cfg.sparsity)}, 0)
+                raise ConfigError(
+                    f"GAL with method.structure=block removes at most {reachable:.3f} of the "
+                    f"{pruner.cost_name} (every residual block); lower {pruner.target_key} or use method.structure=channel"
+                )
+        ctx.log_metrics(
+            {
+                "gal/structures": len(blocks)
+                if structure == "block"
+                else sum(g.channels for g in pruner.groups(model).values()),
+                "gal/lambda": float(cfg.sparsity),
+            },
+            0,
+        )
         teacher = copy.deepcopy(model)
-        generator = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63)
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         masks = SoftMasks(model, structure, blocks, pruner, cfg.mask_init, generator)
         try:
             scores = self.learn_masks(model, teacher, masks, ctx)
@@ -260,8 +313,11 @@ class GAL(Method):
             start, best = _load_state(ctx.resume_state, model, masks, ts, opt, fista, ctx)
 
         def student_loss(labels, student, teacher):  # label-free: ``labels`` is never read
-            return {"mse": cfg.mu * F.mse_loss(student, teacher), "adv": ts.adversarial_loss(student),
-                    "sparse": cfg.sparsity * masks.l1()}
+            return {
+                "mse": cfg.mu * F.mse_loss(student, teacher),
+                "adv": ts.adversarial_loss(student),
+                "sparse": cfg.sparsity * masks.l1(),
+            }
 
         for epoch in range(start, int(cfg.epochs)):
             lr = cfg.lr * cfg.lr_gamma ** (epoch // int(cfg.lr_step))
@@ -273,9 +329,17 @@ class GAL(Method):
                 if i % step == 0:  # the authors restart FISTA's momentum on an lr decay's first batch
                     fista.step(restart=epoch % int(cfg.lr_step) == 0 and i == 1)
 
-            metrics = distill_epoch(model, ts, ctx.train_loader, _Both(opt, fista), student_loss,
-                                    device=ctx.device, desc=f"gal {epoch + 1}/{cfg.epochs}", quiet=ctx.quiet,
-                                    after_step=mask_update)
+            metrics = distill_epoch(
+                model,
+                ts,
+                ctx.train_loader,
+                _Both(opt, fista),
+                student_loss,
+                device=ctx.device,
+                desc=f"gal {epoch + 1}/{cfg.epochs}",
+                quiet=ctx.quiet,
+                after_step=mask_update,
+            )
             values = masks.flat()
             metrics.update(mask_zero=(values <= 0).float().mean().item(), mask_l1=values.abs().sum().item(), lr=lr)
             if cfg.select == "val":
@@ -292,7 +356,9 @@ class GAL(Method):
         return fista.scores(masks.masks)
 
     # --- removing what the masks say ------------------------------------------------------------
-    def remove(self, model: nn.Module, masks: SoftMasks, scores: dict[str, torch.Tensor], ctx: PruneContext) -> nn.Module:
+    def remove(
+        self, model: nn.Module, masks: SoftMasks, scores: dict[str, torch.Tensor], ctx: PruneContext
+    ) -> nn.Module:
         """Remove structures in ascending ``scores`` until the MACs target is met. The masks alone would
         remove every structure at <= 0 (logged as the natural reduction); when that overshoots the
         target, the most negative before the clamp go first; when it falls short, the smallest masks next."""
@@ -315,14 +381,18 @@ class GAL(Method):
             natural_reduction = pruner.reduction(pruner.remove(copy.deepcopy(model), natural))
             pruner.prune_to_target(model, importance, ctx.target)
         final = pruner.reduction(model)
-        ctx.log_metrics({"gal/natural_reduction": natural_reduction, "gal/final_reduction": final,
-                         "gal/zero_masks": len(natural)}, 0)
+        ctx.log_metrics(
+            {"gal/natural_reduction": natural_reduction, "gal/final_reduction": final, "gal/zero_masks": len(natural)},
+            0,
+        )
         ctx.log_step(1, {**pruner.cost_metrics(final), "acc": ctx.quick_evaluate(model)})
         return model
 
     @staticmethod
     def _remove_block(model: nn.Module, block: Block) -> None:
-        replace_module(model, block.name, ShortcutOnly(model.get_submodule(block.name), block.shortcut_name, block.relu))
+        replace_module(
+            model, block.name, ShortcutOnly(model.get_submodule(block.name), block.shortcut_name, block.relu)
+        )
 
     def _removed_share(self, model: nn.Module, blocks: list[Block], pruner: ChannelPruner) -> float:
         trial = copy.deepcopy(model)
@@ -351,15 +421,19 @@ class _MaskImportance:
     """A channel group's learned mask as its importance (lower goes first); keyed by the group's root."""
 
     def __init__(self, scores: dict[str, torch.Tensor], pruner: ChannelPruner, model: nn.Module):
-        self.by_root = {id(g.group[0].dep.target.module): scores[k] for k, g in pruner.groups(model).items()
-                        if k in scores}
+        self.by_root = {
+            id(g.group[0].dep.target.module): scores[k] for k, g in pruner.groups(model).items() if k in scores
+        }
 
     def __call__(self, group):
         return self.by_root.get(id(group[0].dep.target.module))
 
 
 def _snapshot(model: nn.Module, masks: SoftMasks) -> dict:
-    return {"model": copy.deepcopy(model.state_dict()), "masks": {k: m.detach().clone() for k, m in masks.masks.items()}}
+    return {
+        "model": copy.deepcopy(model.state_dict()),
+        "masks": {k: m.detach().clone() for k, m in masks.masks.items()},
+    }
 
 
 @torch.no_grad()
@@ -371,10 +445,17 @@ def _restore(model: nn.Module, masks: SoftMasks, snapshot: dict) -> None:
 
 # --- checkpoints: after every mask epoch, so a killed or requeued run continues where it stopped ----------
 def _state(epoch, model, masks, ts, opt, fista, best, ctx) -> dict:
-    return {"epoch": epoch, **_snapshot(model, masks), "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
-            "optimizer": copy.deepcopy(opt.state_dict()), "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()),
-            "fista": copy.deepcopy(fista.state_dict()), "best_score": best[0], "best": best[1],
-            **ctx.rng_state()}
+    return {
+        "epoch": epoch,
+        **_snapshot(model, masks),
+        "discriminator": copy.deepcopy(ts.discriminator.state_dict()),
+        "optimizer": copy.deepcopy(opt.state_dict()),
+        "d_optimizer": copy.deepcopy(ts.optimizer.state_dict()),
+        "fista": copy.deepcopy(fista.state_dict()),
+        "best_score": best[0],
+        "best": best[1],
+        **ctx.rng_state(),
+    }
 
 
 def _load_state(state, model, masks, ts, opt, fista, ctx) -> tuple[int, tuple]:

@@ -11,6 +11,7 @@ ranked globally, each layer keeping its minimum. Tock: every T ticks, everything
 epochs with loss + λ·Σ|φ| and a triangular lr. At the MACs target the gates are melted into the BN
 affine and the masked channels removed physically, leaving only vanilla layers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -124,20 +125,36 @@ class GateSparsity(TrainingHook):
 
 @dataclass
 class GbnSettings:
-    tick_p: float = setting(0.002, "real", "(0, 1]", help="each tick masks p x (live channels), ranked globally; VGG-16: 0.005")
-    tick_lr: float = setting(0.001, "real", "(0, 100]", help="constant lr of the tick (gates, BN shift and classifier; convs frozen)")
+    tick_p: float = setting(
+        0.002, "real", "(0, 1]", help="each tick masks p x (live channels), ranked globally; VGG-16: 0.005"
+    )
+    tick_lr: float = setting(
+        0.001, "real", "(0, 100]", help="constant lr of the tick (gates, BN shift and classifier; convs frozen)"
+    )
     tick_momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the tick")
-    tick_samples: int | None = setting(None, "int", "[1, inf)", nullable=True, help="samples per tick pass; null = the whole training set, as in the authors' code")
+    tick_samples: int | None = setting(
+        None,
+        "int",
+        "[1, inf)",
+        nullable=True,
+        help="samples per tick pass; null = the whole training set, as in the authors' code",
+    )
     tock_first: bool = setting(True, "bool", help="the authors' schedule opens with a tock before the first tick")
     tock_every: int = setting(10, "int", "[0, 100000]", help="T: a tock after every T ticks (0 = never)")
     tock_epochs: int = setting(10, "int", "[0, 100000]", help="epochs of each tock")
     sparsity: float = setting(0.001, "real", "[0, 100]", help="lambda of lambda * sum|phi| during tocks")
-    tock_min_lr: float = setting(0.001, "real", "(0, 100]", help="triangular lr per iteration: min -> max at mid-tock -> min")
+    tock_min_lr: float = setting(
+        0.001, "real", "(0, 100]", help="triangular lr per iteration: min -> max at mid-tock -> min"
+    )
     tock_max_lr: float = setting(0.01, "real", "(0, 100]", help="the triangular lr's peak, at mid-tock")
     tock_momentum: float = setting(0.9, "real", "[0, 1)", help="SGD momentum of the tocks")
     tock_weight_decay: float = setting(0.0005, "real", "[0, 1]", help="weight decay of the tocks")
-    group_score: str = setting('sum', choices=('sum', 'mean'), help="a residual group's score: the sum over its gates (the authors'), or mean")
-    beta_clamp: float = setting(10.0, "real", "(0, 1000000]", help="beta/gamma is clamped to +-this when the gates take over gamma")
+    group_score: str = setting(
+        "sum", choices=("sum", "mean"), help="a residual group's score: the sum over its gates (the authors'), or mean"
+    )
+    beta_clamp: float = setting(
+        10.0, "real", "(0, 1000000]", help="beta/gamma is clamped to +-this when the gates take over gamma"
+    )
     max_ticks: int = setting(5000, "int", "[1, 10000000]", help="a safety stop")
 
 
@@ -160,21 +177,31 @@ class GateDecorator(Method):
         reduction = self._reduction(model, gates, pruner)
         while reduction < ctx.target:
             if tick >= cfg.max_ticks:
-                raise RuntimeError(f"gbn: reached method.max_ticks={cfg.max_ticks} at {reduction:.3f} MACs "
-                                   f"reduction, short of {ctx.target}; raise method.max_ticks or method.tick_p")
+                raise RuntimeError(
+                    f"gbn: reached method.max_ticks={cfg.max_ticks} at {reduction:.3f} MACs "
+                    f"reduction, short of {ctx.target}; raise method.max_ticks or method.tick_p"
+                )
             scores = self.tick(model, gates, ctx)
             live = {k: gates.live(k) for k in gates.groups}
-            order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live},
-                                  {k: g.units for k, g in groups.items() if g.units})
+            order = rank_channels(
+                scores,
+                {k: live[k] - removable_floor[k] for k in live},
+                {k: g.units for k, g in groups.items() if g.units},
+            )
             if not order:
                 break
             n = min(len(order), max(1, int(cfg.tick_p * sum(live.values()))))
             reduction = self._mask(model, gates, pruner, order, n, ctx.target)
             tick += 1
             widths = self._widths(model, gates, pruner)
-            ctx.log_step(tick, {**pruner.cost_metrics(reduction),
-                                "acc": ctx.quick_evaluate(model),
-                                **{f"channels/{k}": v for k, v in widths.items()}})
+            ctx.log_step(
+                tick,
+                {
+                    **pruner.cost_metrics(reduction),
+                    "acc": ctx.quick_evaluate(model),
+                    **{f"channels/{k}": v for k, v in widths.items()},
+                },
+            )
             if cfg.tock_every and tick % cfg.tock_every == 0 and reduction < ctx.target:
                 self.tock(model, gates, ctx, tick // cfg.tock_every)
             self._save(model, gates, ctx, tick)
@@ -223,22 +250,42 @@ class GateDecorator(Method):
 
     def tock(self, model: nn.Module, gates: Gates, ctx: PruneContext, index: int) -> None:
         cfg = self.cfg
-        recipe = OmegaConf.create({"epochs": cfg.tock_epochs, "lr": cfg.tock_max_lr, "min_lr": cfg.tock_min_lr,
-                                   "schedule": "triangular", "momentum": cfg.tock_momentum,
-                                   "weight_decay": cfg.tock_weight_decay, "nesterov": False,
-                                   "milestones": [], "gamma": 0.1})
+        recipe = OmegaConf.create(
+            {
+                "epochs": cfg.tock_epochs,
+                "lr": cfg.tock_max_lr,
+                "min_lr": cfg.tock_min_lr,
+                "schedule": "triangular",
+                "momentum": cfg.tock_momentum,
+                "weight_decay": cfg.tock_weight_decay,
+                "nesterov": False,
+                "milestones": [],
+                "gamma": 0.1,
+            }
+        )
         offset = index * cfg.tock_epochs
-        ctx.train(model, ctx.train_loader, recipe, hooks=[GateSparsity(gates, cfg.sparsity)],
-                  params=list(model.parameters()) + gates.parameters(), desc=f"tock {index}",
-                  on_epoch=lambda e, m: ctx.log_metrics({f"tock/{k}": v for k, v in m.items()}, offset + e),
-                  evaluate=lambda m: {"acc": ctx.quick_evaluate(m)})
+        ctx.train(
+            model,
+            ctx.train_loader,
+            recipe,
+            hooks=[GateSparsity(gates, cfg.sparsity)],
+            params=list(model.parameters()) + gates.parameters(),
+            desc=f"tock {index}",
+            on_epoch=lambda e, m: ctx.log_metrics({f"tock/{k}": v for k, v in m.items()}, offset + e),
+            evaluate=lambda m: {"acc": ctx.quick_evaluate(m)},
+        )
 
     # --- checkpoints: after every tick (and its tock) --------------------------------------
     def _save(self, model: nn.Module, gates: Gates, ctx: PruneContext, tick: int) -> None:
-        ctx.save_state({"tick": tick, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                        "phi": {n: p.detach().cpu().clone() for n, p in gates.phi.items()},
-                        "masks": {k: m.cpu().clone() for k, m in gates.masks.items()},
-                        **ctx.rng_state()})
+        ctx.save_state(
+            {
+                "tick": tick,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "phi": {n: p.detach().cpu().clone() for n, p in gates.phi.items()},
+                "masks": {k: m.cpu().clone() for k, m in gates.masks.items()},
+                **ctx.rng_state(),
+            }
+        )
 
     def _restore(self, model: nn.Module, gates: Gates, ctx: PruneContext) -> int:
         state = ctx.resume_state

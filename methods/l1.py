@@ -1,4 +1,5 @@
 """L1-norm filter pruning (Li et al., ICLR'17), global variant."""
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,9 @@ class L1Method(Method):
 
 @dataclass
 class L1LayerwiseSettings:
-    layer_ratios: list = setting([], "list", help="[{pattern: <regex on group root names>, ratio: <share of its filters to remove>}, ...]")
+    layer_ratios: list = setting(
+        [], "list", help="[{pattern: <regex on group root names>, ratio: <share of its filters to remove>}, ...]"
+    )
     skip: list = setting([], "list", help="layer names left whole (sensitive layers)")
 
 
@@ -54,8 +57,11 @@ class L1LayerwiseMethod(L1Method):
     fraction (the first match wins); ``method.skip`` names layers left whole. The fractions, not
     ``prune.flops_reduction``, decide how much goes: the achieved reduction is what gets reported.
     """
+
     name = "l1_layerwise"
-    description = "Li et al.'s layer-wise L1 pruning: a fixed share of each matching layer's filters (presets l1_resnet56_a/b)"
+    description = (
+        "Li et al.'s layer-wise L1 pruning: a fixed share of each matching layer's filters (presets l1_resnet56_a/b)"
+    )
     settings = L1LayerwiseSettings
     presets_only = True  # no useful default: the presets l1_resnet56_a and l1_resnet56_b set the ratios
 
@@ -72,6 +78,5 @@ class L1LayerwiseMethod(L1Method):
             order = torch.argsort(importance(group.group), stable=True)[:n]
             plan += [(key, int(i)) for i in order]
         ctx.pruner.remove(model, plan)
-        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(model)),
-                         "acc": ctx.quick_evaluate(model)})
+        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(model)), "acc": ctx.quick_evaluate(model)})
         return model

@@ -1,4 +1,5 @@
 """Random channel selection: the control that every pruning comparison needs."""
+
 from __future__ import annotations
 
 import torch_pruning as tp
@@ -9,7 +10,7 @@ from methods.base import Method, register_method
 @register_method
 class RandomMethod(Method):
     name = "random"
-    description = 'Random channels, ranked globally (the control every comparison needs)'
+    description = "Random channels, ranked globally (the control every comparison needs)"
 
     def importance(self):
         return tp.importance.RandomImportance()  # draws from torch's seeded global RNG
@@ -18,8 +19,9 @@ class RandomMethod(Method):
 @register_method
 class NoPruning(Method):
     """Trains and measures the shared baseline; prunes nothing."""
+
     name = "none"
-    description = 'No pruning; trains and measures the shared baseline only'
+    description = "No pruning; trains and measures the shared baseline only"
     prunes = False
     finetunes = False
 

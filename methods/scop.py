@@ -18,6 +18,7 @@ Knockoffs: the authors draw X̃ from a pre-trained generator whose weights are n
 deviation, since a permuted image follows X's distribution but is not label-free with respect to its
 own label, only with respect to the real image it is mixed with.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,11 @@ class KnockoffControl:
         self.model = model
         self.sites = {key: g.norms or g.members for key, g in groups.items()}
         device = next(model.parameters()).device
-        self.beta = {site: nn.Parameter(torch.full((groups[key].channels,), 0.5, device=device))
-                     for key, sites in self.sites.items() for site in sites}
+        self.beta = {
+            site: nn.Parameter(torch.full((groups[key].channels,), 0.5, device=device))
+            for key, sites in self.sites.items()
+            for site in sites
+        }
         self.hooks = HookSet(model, {site: self._mix(site) for site in self.beta})
 
     def _mix(self, site: str):
@@ -54,6 +58,7 @@ class KnockoffControl:
             b = per_channel(self.beta[site], output)
             real, knock = output[:half], output[half:]
             return torch.cat([b * real + (1 - b) * knock, knock])
+
         return hook
 
     def parameters(self) -> list[nn.Parameter]:
@@ -70,7 +75,11 @@ class KnockoffControl:
             total = 0
             for site in sites:
                 layer = self.model.get_submodule(site)
-                gamma = layer.weight.abs() if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.weight is not None else 1.0
+                gamma = (
+                    layer.weight.abs()
+                    if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.weight is not None
+                    else 1.0
+                )
                 total = total + gamma * (2 * self.beta[site] - 1)
             out[key] = total.detach().cpu().double()
         return out
@@ -82,8 +91,9 @@ def make_knockoff(kind: str, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown knockoff kind {kind!r}")
 
 
-def uniform_rate_plan(pruner: ChannelPruner, model: nn.Module, scores: dict[str, torch.Tensor],
-                      target: float) -> tuple[list[tuple[str, int]], float]:
+def uniform_rate_plan(
+    pruner: ChannelPruner, model: nn.Module, scores: dict[str, torch.Tensor], target: float
+) -> tuple[list[tuple[str, int]], float]:
     """The channels to remove at the smallest uniform rate p that cuts MACs by ``target``, and p."""
     groups = pruner.groups(model)
     order = {k: torch.argsort(scores[k], stable=True).tolist() for k in groups if k in scores}
@@ -93,7 +103,7 @@ def uniform_rate_plan(pruner: ChannelPruner, model: nn.Module, scores: dict[str,
         for k, idxs in order.items():
             g = groups[k]
             n = min(math.floor(p * g.channels + 1e-9), g.channels - g.min_keep)
-            out += [(k, i) for i in idxs[:max(0, n)]]
+            out += [(k, i) for i in idxs[: max(0, n)]]
         return out
 
     rates = sorted({i / groups[k].channels for k in order for i in range(groups[k].channels + 1)})
@@ -136,12 +146,22 @@ def recalibrate_bn(model: nn.Module, loader, device: torch.device, samples: int 
 
 @dataclass
 class ScopSettings:
-    knockoff: str = setting('shuffle', choices=('shuffle',), help="knockoffs by permuting the batch (MindSpore port); the authors' generator is not available offline")
+    knockoff: str = setting(
+        "shuffle",
+        choices=("shuffle",),
+        help="knockoffs by permuting the batch (MindSpore port); the authors' generator is not available offline",
+    )
     epochs: int = setting(20, "int", "[0, 100000]", help="beta training epochs, every network weight frozen")
     lr: float = setting(0.004, "real", "(0, 100]", help="Adam")
     beta1: float = setting(0.5, "real", "[0, 1)", help="Adam beta1")
     beta2: float = setting(0.9, "real", "[0, 1)", help="Adam beta2")
-    recalibrate_samples: int | None = setting(None, "int", "[1, inf)", nullable=True, help="BN statistics re-estimated after surgery over this many training samples (null: one pass)")
+    recalibrate_samples: int | None = setting(
+        None,
+        "int",
+        "[1, inf)",
+        nullable=True,
+        help="BN statistics re-estimated after surgery over this many training samples (null: one pass)",
+    )
 
 
 @register_method
@@ -163,11 +183,17 @@ class SCOP(Method):
         pruner.remove(model, plan)
         recalibrated = recalibrate_bn(model, ctx.train_loader, ctx.device, cfg.recalibrate_samples)
         reduction = pruner.reduction(model)
-        ctx.log_metrics({"scop/rate": rate, "scop/recalibration_samples": recalibrated,
-                         "scop/beta_below_half": float(torch.cat([b.detach().flatten() for b in control.parameters()])
-                                                       .lt(0.5).float().mean())}, 0)
-        ctx.log_step(1, {**pruner.cost_metrics(reduction),
-                         "acc": ctx.quick_evaluate(model)})
+        ctx.log_metrics(
+            {
+                "scop/rate": rate,
+                "scop/recalibration_samples": recalibrated,
+                "scop/beta_below_half": float(
+                    torch.cat([b.detach().flatten() for b in control.parameters()]).lt(0.5).float().mean()
+                ),
+            },
+            0,
+        )
+        ctx.log_step(1, {**pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(model)})
         return model
 
     def learn_controls(self, model: nn.Module, control: KnockoffControl, ctx: PruneContext) -> None:
@@ -201,8 +227,20 @@ class SCOP(Method):
                 correct += (out.argmax(1) == y).sum().item() if out.dim() == 2 else 0
                 n += len(x)
             betas = torch.cat([b.detach().flatten() for b in control.parameters()])
-            ctx.log_metrics({"scop/loss": loss_sum / max(n, 1), "scop/train_acc": correct / max(n, 1),
-                             "scop/beta_mean": betas.mean().item(), "scop/beta_below_half": betas.lt(0.5).float().mean().item()},
-                            epoch)
-            ctx.save_state({"epoch": epoch + 1, "beta": {k: b.detach().clone() for k, b in control.beta.items()},
-                            "optimizer": copy.deepcopy(opt.state_dict()), **ctx.rng_state()})
+            ctx.log_metrics(
+                {
+                    "scop/loss": loss_sum / max(n, 1),
+                    "scop/train_acc": correct / max(n, 1),
+                    "scop/beta_mean": betas.mean().item(),
+                    "scop/beta_below_half": betas.lt(0.5).float().mean().item(),
+                },
+                epoch,
+            )
+            ctx.save_state(
+                {
+                    "epoch": epoch + 1,
+                    "beta": {k: b.detach().clone() for k, b in control.beta.items()},
+                    "optimizer": copy.deepcopy(opt.state_dict()),
+                    **ctx.rng_state(),
+                }
+            )

@@ -6,6 +6,7 @@ starts from the shared baseline and trains for ``method.sparse_epochs`` with the
 schedule fitted to those epochs.
 Channels tied by a residual add are scored by the mean |γ| of their BNs and removed together.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,12 @@ class BNSparsity(TrainingHook):
 
 @dataclass
 class SlimmingSettings:
-    sparsity: float = setting(1e-05, "real", "[0, 100]", help="lambda: the paper's 1e-5 for ResNets/DenseNets; use 1.0e-4 for VGG")
-    sparse_epochs: int = setting(10, "int", "[0, 100000]", help="sparse training from the shared baseline, with the task's fine-tuning recipe")
+    sparsity: float = setting(
+        1e-05, "real", "[0, 100]", help="lambda: the paper's 1e-5 for ResNets/DenseNets; use 1.0e-4 for VGG"
+    )
+    sparse_epochs: int = setting(
+        10, "int", "[0, 100000]", help="sparse training from the shared baseline, with the task's fine-tuning recipe"
+    )
 
 
 @register_method
@@ -47,8 +52,10 @@ class NetworkSlimming(Method):
 
     def check_model(self, model: nn.Module) -> None:
         if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            raise ConfigError(f"Network Slimming scores channels by their BatchNorm scale and {type(model).__name__} "
-                              "has no BatchNorm layer (LayerNorm or none); choose another method")
+            raise ConfigError(
+                f"Network Slimming scores channels by their BatchNorm scale and {type(model).__name__} "
+                "has no BatchNorm layer (LayerNorm or none); choose another method"
+            )
 
     def importance(self):
         # Raw |γ| (no per-group normalisation): the paper's threshold is global over all scales.
@@ -59,13 +66,21 @@ class NetworkSlimming(Method):
         if cfg.sparse_epochs:
             # The fine-tuning recipe's schedule, fitted to the sparse epochs (no tail stage).
             recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": cfg.sparse_epochs, "tail_epochs": 0})
-            ctx.train(model, ctx.train_loader, recipe,
-                      hooks=[BNSparsity(cfg.sparsity)], desc="sparse",
-                      on_epoch=lambda e, m: ctx.log_metrics({f"sparse/{k}": v for k, v in m.items()}, e),
-                      evaluate=lambda m: {"acc": ctx.quick_evaluate(m), "gamma_l1": _gamma_l1(m)})
+            ctx.train(
+                model,
+                ctx.train_loader,
+                recipe,
+                hooks=[BNSparsity(cfg.sparsity)],
+                desc="sparse",
+                on_epoch=lambda e, m: ctx.log_metrics({f"sparse/{k}": v for k, v in m.items()}, e),
+                evaluate=lambda m: {"acc": ctx.quick_evaluate(m), "gamma_l1": _gamma_l1(m)},
+            )
         return super().prune(model, ctx)
 
 
 def _gamma_l1(model: nn.Module) -> float:
-    return sum(m.weight.detach().abs().sum().item() for m in model.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None)
+    return sum(
+        m.weight.detach().abs().sum().item()
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+    )

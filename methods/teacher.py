@@ -6,6 +6,7 @@ logit MSE, KD (Hinton), attention transfer (Zagoruyko & Komodakis: the channel m
 activations, flattened and L2-normalised, compared at stage outputs) and the adversarial pair.
 ``distill_epoch`` is the one training loop both methods run; each method says what its student loss is.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,10 @@ def attention_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's KD: KL(teacher || student) on temperature-softened outputs, times T²."""
     s, t = pooled(student), pooled(teacher)
-    return F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1),
-                    reduction="batchmean") * temperature ** 2
+    return (
+        F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean")
+        * temperature**2
+    )
 
 
 def probe(model: nn.Module, example: torch.Tensor, attach: Callable[[str, nn.Module], object]) -> None:
@@ -94,21 +97,30 @@ def _noter(seen: dict, name: str):
         if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
             producers = seen.setdefault(tuple(output.shape[-2:]), [])
             producers.append((name.count("."), sum(len(v) for v in seen.values()), name))
+
     return hook
 
 
 class TeacherStudent:
     """The frozen teacher, the discriminator and its optimiser (SGD, stepped once per batch)."""
 
-    def __init__(self, teacher: nn.Module, num_outputs: int, lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0, attention_layers: list[str] = ()):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        num_outputs: int,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        attention_layers: list[str] = (),
+    ):
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         device = next(self.teacher.parameters()).device
         self.discriminator = Discriminator(num_outputs).to(device)
-        self.optimizer = torch.optim.SGD(self.discriminator.parameters(), lr=lr, momentum=momentum,
-                                         weight_decay=weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.discriminator.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
         self.attention_layers = list(attention_layers)
         self.teacher_tap = FeatureTap(self.teacher, self.attention_layers)
 
@@ -120,8 +132,9 @@ class TeacherStudent:
         """One update of D on teacher (label 1) vs student (label 0) logits; returns its loss and accuracy."""
         d = self.discriminator
         real, fake = d(pooled(teacher_logits).detach()), d(pooled(student_logits).detach())
-        loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+            fake, torch.zeros_like(fake)
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.discriminator.parameters())
@@ -143,9 +156,18 @@ class TeacherStudent:
 StudentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def distill_epoch(student: nn.Module, ts: TeacherStudent, loader, optimizer: torch.optim.Optimizer,
-                  student_loss: StudentLoss, *, device: torch.device, desc: str, quiet: bool,
-                  after_step: Callable[[int], None] | None = None) -> dict[str, float]:
+def distill_epoch(
+    student: nn.Module,
+    ts: TeacherStudent,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    student_loss: StudentLoss,
+    *,
+    device: torch.device,
+    desc: str,
+    quiet: bool,
+    after_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     """One pass over ``loader``: per batch, the teacher's logits, one discriminator step, then one student
     step on the sum of the terms ``student_loss(labels, student_logits, teacher_logits)`` returns.
     ``after_step(i)`` runs after each student step (GAL's FISTA mask step). Returns each term's mean,

@@ -6,6 +6,7 @@ Each (regulariser, seed) trains the task's baseline (method=none) and evaluates 
 the test split, clean and under FGSM (x + eps * sign(dL/dx), clamped to the input range seen in the
 test data). eps is in the task's normalised input units.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,17 @@ def main() -> int:
     results: dict[str, list[dict]] = {"none": [], "anl": []}
     for seed in args.seeds:
         for reg in results:
-            cfg = compose([f"task={args.task}", "method=none", f"regularizer={reg}", f"seed={seed}",
-                           "tracking=none", "quiet=true", *args.overrides])
+            cfg = compose(
+                [
+                    f"task={args.task}",
+                    "method=none",
+                    f"regularizer={reg}",
+                    f"seed={seed}",
+                    "tracking=none",
+                    "quiet=true",
+                    *args.overrides,
+                ]
+            )
             summary = run(cfg)
             model = load_pruned(summary["model_artifact"])
             _, test = create_task(cfg).datasets()
@@ -66,13 +76,18 @@ def main() -> int:
         return mean_std([r[key] for r in rows], ".4f")
 
     anl_cfg = compose(["regularizer=anl"]).regularizer
-    lines = [f"# ANL vs no regulariser on {args.task}: clean and FGSM test accuracy", "",
-             f"Command: `python scripts/anl_study.py {' '.join(sys.argv[1:])}`", "",
-             f"Baseline training only (method=none), seeds {args.seeds}, mean ± sample std (n = {len(args.seeds)}). "
-             f"ANL: eps={anl_cfg.eps}, prob={anl_cfg.prob}, layers={anl_cfg.layers}. FGSM eps in normalised "
-             "input units (digits inputs span [-1, 1]); white-box, one step, against each model itself.", "",
-             "| regulariser | clean | " + " | ".join(f"FGSM eps={e}" for e in args.fgsm_eps) + " |",
-             "|---|---|" + "---|" * len(args.fgsm_eps)]
+    lines = [
+        f"# ANL vs no regulariser on {args.task}: clean and FGSM test accuracy",
+        "",
+        f"Command: `python scripts/anl_study.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Baseline training only (method=none), seeds {args.seeds}, mean ± sample std (n = {len(args.seeds)}). "
+        f"ANL: eps={anl_cfg.eps}, prob={anl_cfg.prob}, layers={anl_cfg.layers}. FGSM eps in normalised "
+        "input units (digits inputs span [-1, 1]); white-box, one step, against each model itself.",
+        "",
+        "| regulariser | clean | " + " | ".join(f"FGSM eps={e}" for e in args.fgsm_eps) + " |",
+        "|---|---|" + "---|" * len(args.fgsm_eps),
+    ]
     for reg, rows in results.items():
         lines.append(f"| {reg} | {cell(rows, 'clean')} | " + " | ".join(cell(rows, e) for e in args.fgsm_eps) + " |")
     write_report(args.out, lines)

@@ -17,6 +17,7 @@ pruned run reproduce the record, then runs (same baselines, same seeds, experime
 Every number is final-epoch accuracy on the validation file (the study's test split); nothing here was
 tuned on it: the variants were fixed before they ran, one change each.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,11 @@ FINETUNE = 8  # budget=cifar10_dev's fine-tune epochs
 def gbn_epochs(target: float, seed: int) -> float:
     """The study's gbn_cpu (default settings) total epochs after the baseline at this cell, from the record:
     the store also holds this script's gbn_cpu variants at 50%, which must not set the controls' budgets."""
-    return next(r["epochs_after_baseline"] for r in recorded()
-                if r["method"] == "gbn_cpu" and r["target"] == target and r["seed"] == seed)
+    return next(
+        r["epochs_after_baseline"]
+        for r in recorded()
+        if r["method"] == "gbn_cpu" and r["target"] == target and r["seed"] == seed
+    )
 
 
 def gbn_prune_epochs(seed: int) -> float:
@@ -47,10 +51,14 @@ def items() -> list[tuple[str, float | None, int, list[str]]]:
     out = [("none", None, s, ["method=none"]) for s in (2, 0, 1)]
     out.append(("l1 (reproduction)", 0.5, 0, ["method=l1"]))
     for seed in SEEDS:
-        out += [("l1+ft", 0.7, seed, ["method=l1", f"finetune.epochs={round(gbn_epochs(0.7, seed))}"]),
-                ("random+ft", 0.7, seed, ["method=random", f"finetune.epochs={round(gbn_epochs(0.7, seed))}"])]
-    out += [("l1+ft", 0.3, 1, ["method=l1", f"finetune.epochs={round(gbn_epochs(0.3, 1))}"]),
-            ("random+ft", 0.3, 1, ["method=random", f"finetune.epochs={round(gbn_epochs(0.3, 1))}"])]
+        out += [
+            ("l1+ft", 0.7, seed, ["method=l1", f"finetune.epochs={round(gbn_epochs(0.7, seed))}"]),
+            ("random+ft", 0.7, seed, ["method=random", f"finetune.epochs={round(gbn_epochs(0.7, seed))}"]),
+        ]
+    out += [
+        ("l1+ft", 0.3, 1, ["method=l1", f"finetune.epochs={round(gbn_epochs(0.3, 1))}"]),
+        ("random+ft", 0.3, 1, ["method=random", f"finetune.epochs={round(gbn_epochs(0.3, 1))}"]),
+    ]
     for seed in SEEDS:
         out += [
             ("gbn_cpu, 4x tick data (tick_samples 2048)", 0.5, seed, ["method=gbn_cpu", "method.tick_samples=2048"]),
@@ -59,13 +67,19 @@ def items() -> list[tuple[str, float | None, int, list[str]]]:
             ("gbn_cpu, floor 0.3 (min_channels_ratio)", 0.5, seed, ["method=gbn_cpu", "prune.min_channels_ratio=0.3"]),
             ("gbn_cpu, 2-epoch fine-tune", 0.5, seed, ["method=gbn_cpu", "finetune.epochs=2"]),
             ("l1, 2-epoch fine-tune", 0.5, seed, ["method=l1", "finetune.epochs=2"]),
-            ("l1, fine-tuned for gbn_cpu's total with a 2-epoch fine-tune", 0.5, seed,
-             ["method=l1", f"finetune.epochs={round(gbn_prune_epochs(seed)) + 2}"]),
+            (
+                "l1, fine-tuned for gbn_cpu's total with a 2-epoch fine-tune",
+                0.5,
+                seed,
+                ["method=l1", f"finetune.epochs={round(gbn_prune_epochs(seed)) + 2}"],
+            ),
         ]
     # Issue 15's width rounding: what prune.round_to costs in accuracy (its latency is in results/bench/round_to/)
     for seed in SEEDS:
-        out += [("l1, round_to 8", 0.5, seed, ["method=l1", "prune.round_to=8"]),
-                ("l1, round_to 16", 0.5, seed, ["method=l1", "prune.round_to=16"])]
+        out += [
+            ("l1, round_to 8", 0.5, seed, ["method=l1", "prune.round_to=8"]),
+            ("l1, round_to 16", 0.5, seed, ["method=l1", "prune.round_to=16"]),
+        ]
     return out
 
 
@@ -95,8 +109,14 @@ def matching(runs, target, seed, overrides):
     if target is None:
         return runs.loc[keep]
     keep &= runs["params.prune.flops_reduction"].astype(float) == target
-    defaults = {"method.tick_samples": "512", "method.tock_epochs": "1", "method.group_score": "sum",
-                "prune.min_channels_ratio": "0.1", "finetune.epochs": str(FINETUNE), "prune.round_to": "None"}
+    defaults = {
+        "method.tick_samples": "512",
+        "method.tock_epochs": "1",
+        "method.group_score": "sum",
+        "prune.min_channels_ratio": "0.1",
+        "finetune.epochs": str(FINETUNE),
+        "prune.round_to": "None",
+    }
     for key, value in defaults.items():  # an item that does not change a key runs at its default
         if key not in {o.partition("=")[0] for o in overrides} and f"params.{key}" in runs:
             keep &= _param(runs, key).map(lambda v, d=value: _same(v, d) or v == "None").astype(bool)
@@ -133,14 +153,21 @@ def report() -> int:
         print("no finished runs in experiment cifar10_dev yet", file=sys.stderr)
         return 1
     record = recorded()
-    rec = lambda method, target: {r["seed"]: r["final_acc"] for r in record  # noqa: E731
-                                  if r["method"] == method and r["target"] == target}
-    lines = ["# cifar10-dev study: follow-up (reproduction, missing controls, why Gate Decorator does not lead)", "",
-             "ResNet-20 on shared/data/cifar10-dev, budget=cifar10_dev, the study's seeds and baselines; final-epoch "
-             "accuracy on the 1,020-image validation file (the study's test split; nothing was selected on it). "
-             "'recorded' = results/cifar10_dev/runs.json, the study's committed runs. Paired differences: mean over "
-             "seeds in points with the 95% Student-t interval. Made by `python scripts/cifar10_dev_followup.py run` "
-             "then `report` (see the script's docstring).", ""]
+    rec = lambda method, target: {
+        r["seed"]: r["final_acc"]
+        for r in record  # noqa: E731
+        if r["method"] == method and r["target"] == target
+    }
+    lines = [
+        "# cifar10-dev study: follow-up (reproduction, missing controls, why Gate Decorator does not lead)",
+        "",
+        "ResNet-20 on shared/data/cifar10-dev, budget=cifar10_dev, the study's seeds and baselines; final-epoch "
+        "accuracy on the 1,020-image validation file (the study's test split; nothing was selected on it). "
+        "'recorded' = results/cifar10_dev/runs.json, the study's committed runs. Paired differences: mean over "
+        "seeds in points with the 95% Student-t interval. Made by `python scripts/cifar10_dev_followup.py run` "
+        "then `report` (see the script's docstring).",
+        "",
+    ]
 
     # 1. reproduction
     lines += ["## 1. Re-trained baselines and one pruned run against the record", ""]
@@ -149,13 +176,29 @@ def report() -> int:
         base = matching(runs, None, seed, ["method=none"])
         was = next((r["base_acc"] for r in record if r["seed"] == seed and r["method"] == "l1"), None)
         now = float(base["metrics.base_acc"].iloc[0]) if not base.empty else None
-        rows.append({"run": f"baseline, seed {seed}", "recorded acc %": _pct(was), "re-run acc %": _pct(now),
-                     "identical": "–" if now is None or was is None else "yes" if now == was else f"no ({100 * (now - was):+.2f})"})
+        rows.append(
+            {
+                "run": f"baseline, seed {seed}",
+                "recorded acc %": _pct(was),
+                "re-run acc %": _pct(now),
+                "identical": "–"
+                if now is None or was is None
+                else "yes"
+                if now == was
+                else f"no ({100 * (now - was):+.2f})",
+            }
+        )
     hit = matching(runs, 0.5, 0, ["method=l1"])
     was = rec("l1", 0.5).get(0)
     now = float(hit["metrics.final_acc"].iloc[0]) if not hit.empty else None
-    rows.append({"run": "l1 at 50% MACs, seed 0 (final acc)", "recorded acc %": _pct(was), "re-run acc %": _pct(now),
-                 "identical": "–" if now is None else "yes" if now == was else f"no ({100 * (now - was):+.2f})"})
+    rows.append(
+        {
+            "run": "l1 at 50% MACs, seed 0 (final acc)",
+            "recorded acc %": _pct(was),
+            "re-run acc %": _pct(now),
+            "identical": "–" if now is None else "yes" if now == was else f"no ({100 * (now - was):+.2f})",
+        }
+    )
     lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
 
     # 2. controls and unpruned rows
@@ -166,24 +209,49 @@ def report() -> int:
             got = {}
             for seed in SEEDS:
                 ep = gbn_epochs(target, seed)
-                hit = matching(runs, target, seed, [f"method={method}", f"finetune.epochs={round(ep)}"]) if ep else runs.iloc[0:0]
+                hit = (
+                    matching(runs, target, seed, [f"method={method}", f"finetune.epochs={round(ep)}"])
+                    if ep
+                    else runs.iloc[0:0]
+                )
                 if not hit.empty:
                     got[seed] = float(hit["metrics.final_acc"].iloc[0])
             for seed, acc in rec(label, target).items():
                 got.setdefault(seed, acc)  # the study's own control runs at this cell
-            rows.append({"target": f"{target:.0%}", "run": label, "seeds": ",".join(map(str, sorted(got))),
-                         "final acc %": cell([100 * v for v in got.values()]),
-                         "gbn_cpu − this (points)": paired(rec("gbn_cpu", target), got)})
-    nones = [float(matching(runs, None, s, ["method=none"])["metrics.final_acc"].iloc[0]) * 100
-             for s in SEEDS if not matching(runs, None, s, ["method=none"]).empty]
-    lines += [pd.DataFrame(rows).to_markdown(index=False), "",
-              f"Unpruned (method=none, the baselines themselves): {cell(nones)} % over {len(nones)} seeds.", ""]
+            rows.append(
+                {
+                    "target": f"{target:.0%}",
+                    "run": label,
+                    "seeds": ",".join(map(str, sorted(got))),
+                    "final acc %": cell([100 * v for v in got.values()]),
+                    "gbn_cpu − this (points)": paired(rec("gbn_cpu", target), got),
+                }
+            )
+    nones = [
+        float(matching(runs, None, s, ["method=none"])["metrics.final_acc"].iloc[0]) * 100
+        for s in SEEDS
+        if not matching(runs, None, s, ["method=none"]).empty
+    ]
+    lines += [
+        pd.DataFrame(rows).to_markdown(index=False),
+        "",
+        f"Unpruned (method=none, the baselines themselves): {cell(nones)} % over {len(nones)} seeds.",
+        "",
+    ]
 
     # 3. the investigation
-    lines += ["## 3. Why gbn_cpu does not lead L1 at 50% MACs: one change at a time", "",
-              "Recorded at 50%: gbn_cpu " + cell([100 * v for v in rec("gbn_cpu", 0.5).values()]) + " %, l1 "
-              + cell([100 * v for v in rec("l1", 0.5).values()]) + " %, l1+ft (16 epochs) "
-              + cell([100 * v for v in rec("l1+ft", 0.5).values()]) + " %.", ""]
+    lines += [
+        "## 3. Why gbn_cpu does not lead L1 at 50% MACs: one change at a time",
+        "",
+        "Recorded at 50%: gbn_cpu "
+        + cell([100 * v for v in rec("gbn_cpu", 0.5).values()])
+        + " %, l1 "
+        + cell([100 * v for v in rec("l1", 0.5).values()])
+        + " %, l1+ft (16 epochs) "
+        + cell([100 * v for v in rec("l1+ft", 0.5).values()])
+        + " %.",
+        "",
+    ]
     rows = []
     for label in dict.fromkeys(i[0] for i in items() if i[1] == 0.5 and "reproduction" not in i[0]):
         found = {}
@@ -194,19 +262,27 @@ def report() -> int:
         if not found:
             continue
         final = {s: float(r["metrics.final_acc"]) for s, r in found.items()}
-        rows.append({
-            "variant (one change)": label, "seeds": ",".join(map(str, sorted(found))),
-            "acc after pruning %": cell([100 * float(r["metrics.pruned_acc"]) for r in found.values()]),
-            "final acc %": cell([100 * v for v in final.values()]),
-            "params ↓ %": cell([100 * float(r["metrics.params_reduction"]) for r in found.values()], ".1f"),
-            "epochs after baseline": cell([float(r["metrics.epochs_after_baseline"]) for r in found.values()], ".1f"),
-            "− gbn_cpu (recorded)": paired(final, rec("gbn_cpu", 0.5)),
-            "− l1 (recorded, 8 epochs)": paired(final, rec("l1", 0.5)),
-        })
+        rows.append(
+            {
+                "variant (one change)": label,
+                "seeds": ",".join(map(str, sorted(found))),
+                "acc after pruning %": cell([100 * float(r["metrics.pruned_acc"]) for r in found.values()]),
+                "final acc %": cell([100 * v for v in final.values()]),
+                "params ↓ %": cell([100 * float(r["metrics.params_reduction"]) for r in found.values()], ".1f"),
+                "epochs after baseline": cell(
+                    [float(r["metrics.epochs_after_baseline"]) for r in found.values()], ".1f"
+                ),
+                "− gbn_cpu (recorded)": paired(final, rec("gbn_cpu", 0.5)),
+                "− l1 (recorded, 8 epochs)": paired(final, rec("l1", 0.5)),
+            }
+        )
     lines += [pd.DataFrame(rows).to_markdown(index=False) if rows else "(no variant has finished yet)", ""]
-    pairs = [("gbn_cpu, 2-epoch fine-tune", "l1, 2-epoch fine-tune"),
-             ("gbn_cpu, 2-epoch fine-tune", "l1, fine-tuned for gbn_cpu's total with a 2-epoch fine-tune"),
-             ("l1, round_to 8", "l1"), ("l1, round_to 16", "l1")]
+    pairs = [
+        ("gbn_cpu, 2-epoch fine-tune", "l1, 2-epoch fine-tune"),
+        ("gbn_cpu, 2-epoch fine-tune", "l1, fine-tuned for gbn_cpu's total with a 2-epoch fine-tune"),
+        ("l1, round_to 8", "l1"),
+        ("l1, round_to 16", "l1"),
+    ]
     finals = {label: final for label, final in variant_finals(runs).items()}
     finals["l1"] = rec("l1", 0.5)
     lines += ["Pairs within the variants (same seeds):", ""]

@@ -13,6 +13,7 @@ controls fine-tune L1 and random for as many epochs as Gate Decorator spent in t
 ``report`` reads the runs back from MLflow and writes results/cifar10_dev/: the table (mean ± std over
 seeds), the paired differences with 95% t intervals, and the trade-off plots.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "cifar10_dev"
-COMMON = ["task=resnet56", "model=resnet20", "budget=cifar10_dev", f"data.root={ROOT.parent / 'shared/data/cifar10-dev'}",
-          "skip_finished=true", "threads=1", "quiet=true", "tracking.experiment=cifar10_dev"]
-TARGETS = (0.5, 0.3, 0.7)          # 0.5 first: the cell every comparison needs
+COMMON = [
+    "task=resnet56",
+    "model=resnet20",
+    "budget=cifar10_dev",
+    f"data.root={ROOT.parent / 'shared/data/cifar10-dev'}",
+    "skip_finished=true",
+    "threads=1",
+    "quiet=true",
+    "tracking.experiment=cifar10_dev",
+]
+TARGETS = (0.5, 0.3, 0.7)  # 0.5 first: the cell every comparison needs
 SEEDS = (0, 1, 2)
-METHODS = "random,l1,gbn_cpu"       # slimming runs apart: its sparse_epochs is a method key
+METHODS = "random,l1,gbn_cpu"  # slimming runs apart: its sparse_epochs is a method key
 SLIMMING = ["method=slimming", "method.sparse_epochs=4"]
-CONTROLS = ("l1", "random")         # fine-tuned for GBN's total epochs after the baseline
-FINETUNE_EPOCHS = 8                 # budget=cifar10_dev's fine-tune
+CONTROLS = ("l1", "random")  # fine-tuned for GBN's total epochs after the baseline
+FINETUNE_EPOCHS = 8  # budget=cifar10_dev's fine-tune
 # Baseline recipes set beside budget=cifar10_dev's (one-cycle, Nesterov), seed 0, method=none:
-RECIPES = (["train.schedule=cosine", "train.nesterov=false"],            # the plain cosine recipe
-           ["+model.kwargs.zero_init_residual=true"])                    # one-cycle + zero-init last BN
+RECIPES = (
+    ["train.schedule=cosine", "train.nesterov=false"],  # the plain cosine recipe
+    ["+model.kwargs.zero_init_residual=true"],
+)  # one-cycle + zero-init last BN
 
 
 def sweep(args: list[str], log) -> int:
@@ -68,8 +79,18 @@ def worker(index: int, workers: int) -> int:
             gbn = gbn_epochs(target, seed)
             if gbn is None:
                 continue
-            failures += sweep([f"method={','.join(CONTROLS)}", f"prune.flops_reduction={target}", f"seed={seed}",
-                               f"finetune.epochs={round(gbn)}"], log) != 0
+            failures += (
+                sweep(
+                    [
+                        f"method={','.join(CONTROLS)}",
+                        f"prune.flops_reduction={target}",
+                        f"seed={seed}",
+                        f"finetune.epochs={round(gbn)}",
+                    ],
+                    log,
+                )
+                != 0
+            )
         for seed in SEEDS[index::workers]:
             failures += sweep(["method=none", f"seed={seed}"], log) != 0
     return failures
@@ -88,12 +109,21 @@ def gbn_epochs(target: float, seed: int) -> float | None:
     record results/cifar10_dev/runs.json), or None while it has not finished."""
     runs = load_runs()
     if not runs.empty:
-        hit = runs[(runs["tags.method"] == "gbn_cpu") & (runs["params.prune.flops_reduction"].astype(float) == target)
-                   & (runs["tags.seed"].astype(int) == seed)]
+        hit = runs[
+            (runs["tags.method"] == "gbn_cpu")
+            & (runs["params.prune.flops_reduction"].astype(float) == target)
+            & (runs["tags.seed"].astype(int) == seed)
+        ]
         if not hit.empty:
             return float(hit["metrics.epochs_after_baseline"].iloc[0])
-    return next((r["epochs_after_baseline"] for r in recorded() if r["method"] == "gbn_cpu"
-                 and r["target"] == target and r["seed"] == seed), None)
+    return next(
+        (
+            r["epochs_after_baseline"]
+            for r in recorded()
+            if r["method"] == "gbn_cpu" and r["target"] == target and r["seed"] == seed
+        ),
+        None,
+    )
 
 
 def recorded() -> list[dict]:
@@ -110,12 +140,15 @@ def run_workers(script: str, workers: int, wall_log: Path) -> int:
     """Start ``script _worker i workers`` for each i, wait, and append the wall time to ``wall_log``."""
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
     started = time.time()
-    procs = [subprocess.Popen([sys.executable, script, "_worker", str(i), str(workers)], cwd=ROOT)
-             for i in range(workers)]
+    procs = [
+        subprocess.Popen([sys.executable, script, "_worker", str(i), str(workers)], cwd=ROOT) for i in range(workers)
+    ]
     codes = [p.wait() for p in procs]
     with open(wall_log, "a") as fh:
-        fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} run --workers {workers}: {time.time() - started:.0f} s "
-                 f"wall, worker exit codes {codes}\n")
+        fh.write(
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} run --workers {workers}: {time.time() - started:.0f} s "
+            f"wall, worker exit codes {codes}\n"
+        )
     return max(codes)
 
 
@@ -167,10 +200,22 @@ def paired_verdict(runs, a: str, b: str) -> dict | None:
     if not seeds:
         return None
     mean, lo, hi = t_interval([100 * (fa[s] - fb[s]) for s in seeds])
-    verdict = ("one seed: no interval" if math.isnan(lo) else f"{a} ahead" if lo > 0
-               else f"{b} ahead" if hi < 0 else "no difference shown")
-    return {"pair": f"{a} − {b}", "n seeds": len(seeds), "mean Δ final acc (points)": f"{mean:+.2f}",
-            "95% t interval": "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]", "verdict": verdict}
+    verdict = (
+        "one seed: no interval"
+        if math.isnan(lo)
+        else f"{a} ahead"
+        if lo > 0
+        else f"{b} ahead"
+        if hi < 0
+        else "no difference shown"
+    )
+    return {
+        "pair": f"{a} − {b}",
+        "n seeds": len(seeds),
+        "mean Δ final acc (points)": f"{mean:+.2f}",
+        "95% t interval": "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]",
+        "verdict": verdict,
+    }
 
 
 def cell(values: list[float], fmt: str = ".2f") -> str:
@@ -189,8 +234,11 @@ def report() -> int:
         print("no finished runs in experiment cifar10_dev yet", file=sys.stderr)
         return 1
     if len(runs) < len(recorded()):  # a fresh store (it is not in git): keep the committed record
-        print(f"the MLflow store holds {len(runs)} finished runs but results/cifar10_dev/runs.json records "
-              f"{len(recorded())}; not overwriting the record (see scripts/cifar10_dev_followup.py)", file=sys.stderr)
+        print(
+            f"the MLflow store holds {len(runs)} finished runs but results/cifar10_dev/runs.json records "
+            f"{len(recorded())}; not overwriting the record (see scripts/cifar10_dev_followup.py)",
+            file=sys.stderr,
+        )
         return 1
     runs = runs.copy()
     runs["label"] = runs.apply(label, axis=1)
@@ -199,27 +247,44 @@ def report() -> int:
     runs["recipe"] = runs.apply(recipe_of, axis=1)
     pruned = runs[(runs["tags.method"] != "none") & (runs["recipe"] == DEFAULT_RECIPE)]
     base = runs[(runs["tags.method"] == "none") & (runs["recipe"] == DEFAULT_RECIPE)]
-    recipes = [{"baseline recipe (ResNet-20, 30 epochs, batch 128, wd 5e-4)": name, "seeds": len(g),
-                "final-epoch accuracy %": cell(list(g["metrics.base_acc"] * 100))}
-               for name, g in runs.drop_duplicates(["recipe", "seed"]).groupby("recipe", sort=False)]
-    batch = max(int(c.split("/")[1][1:]) for c in runs.columns
-                if c.startswith("metrics.latency/") and c.endswith("/speedup"))
+    recipes = [
+        {
+            "baseline recipe (ResNet-20, 30 epochs, batch 128, wd 5e-4)": name,
+            "seeds": len(g),
+            "final-epoch accuracy %": cell(list(g["metrics.base_acc"] * 100)),
+        }
+        for name, g in runs.drop_duplicates(["recipe", "seed"]).groupby("recipe", sort=False)
+    ]
+    batch = max(
+        int(c.split("/")[1][1:]) for c in runs.columns if c.startswith("metrics.latency/") and c.endswith("/speedup")
+    )
     rows = []
     for (target, name), g in pruned.groupby(["target", "label"]):
-        rows.append({
-            "target": f"{target:.0%}", "method": name, "seeds": ",".join(map(str, sorted(g["seed"]))),
-            "baseline acc %": cell(list(g["metrics.base_acc"] * 100)),
-            "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
-            "final acc %": cell(list(g["metrics.final_acc"] * 100)),
-            "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
-            "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
-            f"speed-up b{batch}": cell(list(g[f"metrics.latency/b{batch}/speedup"]), ".2f"),
-            "speed-up b1": cell(list(g["metrics.latency/b1/speedup"]), ".2f"),
-            "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
-        })
+        rows.append(
+            {
+                "target": f"{target:.0%}",
+                "method": name,
+                "seeds": ",".join(map(str, sorted(g["seed"]))),
+                "baseline acc %": cell(list(g["metrics.base_acc"] * 100)),
+                "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
+                "final acc %": cell(list(g["metrics.final_acc"] * 100)),
+                "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
+                "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
+                f"speed-up b{batch}": cell(list(g[f"metrics.latency/b{batch}/speedup"]), ".2f"),
+                "speed-up b1": cell(list(g["metrics.latency/b1/speedup"]), ".2f"),
+                "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
+            }
+        )
     table = pd.DataFrame(rows)
-    pairs = [("gbn_cpu", "l1"), ("gbn_cpu", "random"), ("l1", "random"), ("slimming", "l1"),
-             ("gbn_cpu", "l1+ft"), ("gbn_cpu", "random+ft"), ("l1+ft", "random+ft")]
+    pairs = [
+        ("gbn_cpu", "l1"),
+        ("gbn_cpu", "random"),
+        ("l1", "random"),
+        ("slimming", "l1"),
+        ("gbn_cpu", "l1+ft"),
+        ("gbn_cpu", "random+ft"),
+        ("l1+ft", "random+ft"),
+    ]
     verdicts = []
     for target in sorted(pruned["target"].unique()):
         at = pruned[pruned["target"] == target]
@@ -290,10 +355,17 @@ def report() -> int:
 
 
 def _run_rows(runs) -> list[dict]:
-    cols = {"label": "method", "target": "target", "seed": "seed", "metrics.base_acc": "base_acc",
-            "metrics.pruned_acc": "pruned_acc", "metrics.final_acc": "final_acc",
-            "metrics.flops_reduction": "macs_reduction", "metrics.epochs_after_baseline": "epochs_after_baseline",
-            "run_id": "mlflow_run_id"}
+    cols = {
+        "label": "method",
+        "target": "target",
+        "seed": "seed",
+        "metrics.base_acc": "base_acc",
+        "metrics.pruned_acc": "pruned_acc",
+        "metrics.final_acc": "final_acc",
+        "metrics.flops_reduction": "macs_reduction",
+        "metrics.epochs_after_baseline": "epochs_after_baseline",
+        "run_id": "mlflow_run_id",
+    }
     return runs[list(cols)].rename(columns=cols).sort_values(["target", "method", "seed"]).to_dict("records")
 
 
@@ -303,16 +375,32 @@ def _plots(pruned, batch: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for x_col, x_label, name in (("metrics.flops_reduction", "MACs reduction (%)", "acc_vs_macs.png"),
-                                 (f"metrics.latency/b{batch}/speedup", f"measured speed-up, batch {batch} (×)",
-                                  "acc_vs_latency.png")):
+    for x_col, x_label, name in (
+        ("metrics.flops_reduction", "MACs reduction (%)", "acc_vs_macs.png"),
+        (f"metrics.latency/b{batch}/speedup", f"measured speed-up, batch {batch} (×)", "acc_vs_latency.png"),
+    ):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for name_, g in pruned.groupby("label"):
-            stats_ = g.groupby("target").agg(x=(x_col, "mean"), y=("metrics.final_acc", "mean"),
-                                             ye=("metrics.final_acc", "std"), xe=(x_col, "std")).reset_index()
+            stats_ = (
+                g.groupby("target")
+                .agg(
+                    x=(x_col, "mean"),
+                    y=("metrics.final_acc", "mean"),
+                    ye=("metrics.final_acc", "std"),
+                    xe=(x_col, "std"),
+                )
+                .reset_index()
+            )
             scale = 100 if x_col == "metrics.flops_reduction" else 1
-            ax.errorbar(stats_["x"] * scale, stats_["y"] * 100, yerr=stats_["ye"].fillna(0) * 100,
-                        xerr=stats_["xe"].fillna(0) * scale, marker="o", capsize=3, label=name_)
+            ax.errorbar(
+                stats_["x"] * scale,
+                stats_["y"] * 100,
+                yerr=stats_["ye"].fillna(0) * 100,
+                xerr=stats_["xe"].fillna(0) * scale,
+                marker="o",
+                capsize=3,
+                label=name_,
+            )
         ax.axhline(pruned["metrics.base_acc"].mean() * 100, color="grey", ls="--", lw=1, label="baselines (mean)")
         ax.set_xlabel(x_label)
         ax.set_ylabel("final accuracy on the validation file (%)")

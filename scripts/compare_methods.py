@@ -6,6 +6,7 @@ budget. Runs go to the configured MLflow store like any other run.
     python scripts/compare_methods.py --task digits --methods l1 random --targets 0.5 0.7 --seeds 0 1 2 \
         --out results/digits_l1_vs_random.md [key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,23 @@ def main() -> int:
     for seed in args.seeds:
         for target in args.targets:
             for method in args.methods:
-                cfg = compose([f"task={args.task}", f"method={method}", f"seed={seed}",
-                               f"prune.flops_reduction={target}", "quiet=true", *args.overrides])
+                cfg = compose(
+                    [
+                        f"task={args.task}",
+                        f"method={method}",
+                        f"seed={seed}",
+                        f"prune.flops_reduction={target}",
+                        "quiet=true",
+                        *args.overrides,
+                    ]
+                )
                 s = run(cfg)
-                print(f"{method:>8} target={target} seed={seed}: final_acc={s['final_acc']:.4f} "
-                      f"reduction={s['flops_reduction']:.3f}", file=sys.stderr, flush=True)
+                print(
+                    f"{method:>8} target={target} seed={seed}: final_acc={s['final_acc']:.4f} "
+                    f"reduction={s['flops_reduction']:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 rows.setdefault((method, target), []).append(s)
 
     any_run = next(iter(rows.values()))[0]
@@ -52,17 +65,20 @@ def main() -> int:
         f"Latency: median ms per batch, {lat0['threads']} threads, {lat0['device']}.",
         "",
         "| method | target | baseline acc | acc after pruning | final acc | Δ acc | MACs ↓ | params ↓ | "
-        + " | ".join(f"speed-up b{b}" for b in batches) + " |",
+        + " | ".join(f"speed-up b{b}" for b in batches)
+        + " |",
         "|---|---|---|---|---|---|---|---|" + "---|" * len(batches),
     ]
     for (method, target), runs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         col = lambda key: [r[key] for r in runs]  # noqa: E731
         delta = [r["final_acc"] - r["base_acc"] for r in runs]
         speed = [mean_std([r["latency"][f"b{b}"]["speedup"] for r in runs], ".2f") + "×" for b in batches]
-        lines.append(f"| {method} | {target:.0%} | {mean_std(col('base_acc'), '.4f')} | "
-                     f"{mean_std(col('pruned_acc'), '.4f')} | {mean_std(col('final_acc'), '.4f')} | "
-                     f"{mean_std(delta, '+.4f').replace('± +', '± ')} | {mean_std(col('flops_reduction'), '.3f')} | "
-                     f"{mean_std(col('params_reduction'), '.3f')} | " + " | ".join(speed) + " |")
+        lines.append(
+            f"| {method} | {target:.0%} | {mean_std(col('base_acc'), '.4f')} | "
+            f"{mean_std(col('pruned_acc'), '.4f')} | {mean_std(col('final_acc'), '.4f')} | "
+            f"{mean_std(delta, '+.4f').replace('± +', '± ')} | {mean_std(col('flops_reduction'), '.3f')} | "
+            f"{mean_std(col('params_reduction'), '.3f')} | " + " | ".join(speed) + " |"
+        )
     write_report(args.out, lines)
     return 0
 

@@ -9,6 +9,7 @@ fitness), each at a token budget: this checks that each method's scoring and sch
 family's structure (grouped and depthwise convolutions, LayerNorm, squeeze-excite, dense concatenation),
 not accuracy. Methods that need a teacher (GAL, AIP) train a student against it for one epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,15 +32,28 @@ from harness.core.train import train  # noqa: E402
 from methods import PruneContext, create_method  # noqa: E402
 from tasks.models import create_model  # noqa: E402
 
-FAMILIES = ["resnet20", "vgg16_cifar", "tv:resnet18", "tv:mobilenet_v2", "tv:mobilenet_v3_small", "tv:efficientnet_b0",
-            "tv:mnasnet0_5", "timm:convnext_atto", "timm:regnetx_002", "timm:resnext26ts"]
+FAMILIES = [
+    "resnet20",
+    "vgg16_cifar",
+    "tv:resnet18",
+    "tv:mobilenet_v2",
+    "tv:mobilenet_v3_small",
+    "tv:efficientnet_b0",
+    "tv:mnasnet0_5",
+    "timm:convnext_atto",
+    "timm:regnetx_002",
+    "timm:resnext26ts",
+]
 # Each method at a token budget (the keys are the methods' own; see harness/conf/method/).
 METHODS = {
-    "l1": [], "random": [], "slimming": ["method.sparse_epochs=1"],
+    "l1": [],
+    "random": [],
+    "slimming": ["method.sparse_epochs=1"],
     "gbn": ["method.tick_samples=64", "method.tock_epochs=0", "method.tick_p=0.05"],
     "scop": ["method.epochs=1", "method.recalibrate_samples=64"],
     "acp": ["method.particles=2", "method.cycles=1", "method.fitness_epochs=0", "method.samples=64"],
-    "gal": ["method.epochs=1"], "aip": ["method.steps=1", "method.recover_epochs=1"],
+    "gal": ["method.epochs=1"],
+    "aip": ["method.steps=1", "method.recover_epochs=1"],
 }
 
 
@@ -56,11 +70,22 @@ def context(pruner: ChannelPruner, method_cfg, target: float) -> PruneContext:
             x, y = next(iter(held_out))
             return (m(x).argmax(1) == y).float().mean().item()
 
-    return PruneContext(pruner=pruner, target=target, device=torch.device("cpu"), train_loader=loader,
-                        loss_fn=nn.CrossEntropyLoss(), evaluate=accuracy, quick_evaluate=accuracy,
-                        log_step=lambda step, m: None, log_metrics=lambda m, step=None: None,
-                        train=partial(train, loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), quiet=True),
-                        finetune_recipe=cfg.finetune, val_loader=held_out, validate=accuracy, quiet=True)
+    return PruneContext(
+        pruner=pruner,
+        target=target,
+        device=torch.device("cpu"),
+        train_loader=loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        evaluate=accuracy,
+        quick_evaluate=accuracy,
+        log_step=lambda step, m: None,
+        log_metrics=lambda m, step=None: None,
+        train=partial(train, loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), quiet=True),
+        finetune_recipe=cfg.finetune,
+        val_loader=held_out,
+        validate=accuracy,
+        quiet=True,
+    )
 
 
 def one(family: str, method: str, target: float = 0.3) -> dict:
@@ -85,10 +110,18 @@ def one(family: str, method: str, target: float = 0.3) -> dict:
     except ConfigError as e:
         outcome, detail = "refused (exit 2)", str(e)
     except Exception as e:  # a defect: it would be a traceback in a run
-        outcome, detail = "DEFECT", f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+        outcome, detail = (
+            "DEFECT",
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}",
+        )
         traceback.print_exc()
-    return {"family": family, "method": method, "outcome": outcome, "detail": detail,
-            "seconds": time.perf_counter() - started}
+    return {
+        "family": family,
+        "method": method,
+        "outcome": outcome,
+        "detail": detail,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> int:
@@ -111,16 +144,26 @@ def main() -> int:
     table = pd.DataFrame(rows)
     grid = table.pivot(index="family", columns="method", values="outcome").reindex(args.families)[args.methods]
     budgets = "; ".join(f"{m} {' '.join(o) or 'defaults'}" for m, o in METHODS.items())
-    text = "\n".join([
-        "# Every family x every method: prune to 30% fewer MACs and run a forward pass", "",
-        f"`python scripts/family_matrix.py {' '.join(sys.argv[1:])}`".replace(" `", "`"), "",
-        "Untrained weights, 32x32 inputs, 10 classes, 64 synthetic samples for the methods that train while "
-        f"they prune (token budgets: {budgets}). "
-        f"{sum(table['outcome'] == 'pruned')} of {len(table)} pruned, "
-        f"{sum(table['outcome'].str.startswith('refused'))} refused with one line, "
-        f"{sum(table['outcome'] == 'DEFECT')} defects. Wall time {(time.time() - started) / 60:.1f} min.", "",
-        grid.to_markdown(), "", "## Every cell", "",
-        table.assign(seconds=table["seconds"].map(lambda s: f"{s:.1f}")).to_markdown(index=False), ""])
+    text = "\n".join(
+        [
+            "# Every family x every method: prune to 30% fewer MACs and run a forward pass",
+            "",
+            f"`python scripts/family_matrix.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+            "",
+            "Untrained weights, 32x32 inputs, 10 classes, 64 synthetic samples for the methods that train while "
+            f"they prune (token budgets: {budgets}). "
+            f"{sum(table['outcome'] == 'pruned')} of {len(table)} pruned, "
+            f"{sum(table['outcome'].str.startswith('refused'))} refused with one line, "
+            f"{sum(table['outcome'] == 'DEFECT')} defects. Wall time {(time.time() - started) / 60:.1f} min.",
+            "",
+            grid.to_markdown(),
+            "",
+            "## Every cell",
+            "",
+            table.assign(seconds=table["seconds"].map(lambda s: f"{s:.1f}")).to_markdown(index=False),
+            "",
+        ]
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

@@ -1,4 +1,5 @@
 """Shared by the study scripts: mean ± std cells and writing a markdown report."""
+
 from __future__ import annotations
 
 import statistics

@@ -13,6 +13,7 @@ epochs (the authors' 100 do not fit), AIP its defaults (5 rounds of 1 recovery e
 ACP 4 particles x 2 cycles with 1 fitness epoch (12 candidates instead of 80 x 3 epochs); each then gets
 the common 8-epoch fine-tune.
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,12 +28,14 @@ SETTING = [*COMMON, "data.val_fraction=0.1", f"tracking.experiment={EXPERIMENT}"
 SEEDS = (0, 1, 2)
 GAL_EPOCHS = 8
 ACP_CPU = ["method.particles=4", "method.cycles=2", "method.fitness_epochs=1"]
-SWEEPS = (["method=random,l1,gbn_cpu,aip"],
-          ["method=gal", f"method.epochs={GAL_EPOCHS}"],
-          ["method=gal", f"method.epochs={GAL_EPOCHS}", "method.structure=block"],
-          ["method=scop", "method.epochs=4"],
-          ["method=acp", *ACP_CPU],
-          ["method=gal", f"method.epochs={GAL_EPOCHS}", "method.mask_init=one"])
+SWEEPS = (
+    ["method=random,l1,gbn_cpu,aip"],
+    ["method=gal", f"method.epochs={GAL_EPOCHS}"],
+    ["method=gal", f"method.epochs={GAL_EPOCHS}", "method.structure=block"],
+    ["method=scop", "method.epochs=4"],
+    ["method=acp", *ACP_CPU],
+    ["method=gal", f"method.epochs={GAL_EPOCHS}", "method.mask_init=one"],
+)
 
 
 def cells() -> list[tuple[int, list[str]]]:
@@ -43,7 +46,7 @@ def worker(index: int, workers: int) -> int:
     failures = 0
     with open(OUT / "logs" / f"val_split_worker{index}.log", "a") as log:
         for seed, args in cells()[index::workers]:
-            failures += sweep([*SETTING[len(COMMON):], *args, f"seed={seed}"], log) != 0
+            failures += sweep([*SETTING[len(COMMON) :], *args, f"seed={seed}"], log) != 0
     return failures
 
 
@@ -73,15 +76,18 @@ def report() -> int:
     runs["seed"] = runs["tags.seed"].astype(int)
     rows = []
     for name, g in runs.groupby("label"):
-        row = {"method": name, "seeds": ",".join(map(str, sorted(g["seed"]))),
-               "baseline acc %": cell(list(g["metrics.base_acc"] * 100)),
-               "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
-               "final acc %": cell(list(g["metrics.final_acc"] * 100)),
-               "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
-               "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
-               "speed-up b128": cell(list(g["metrics.latency/b128/speedup"]), ".2f"),
-               "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
-               "run wall min": cell(list(g["metrics.wall_s"] / 60), ".1f")}
+        row = {
+            "method": name,
+            "seeds": ",".join(map(str, sorted(g["seed"]))),
+            "baseline acc %": cell(list(g["metrics.base_acc"] * 100)),
+            "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
+            "final acc %": cell(list(g["metrics.final_acc"] * 100)),
+            "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
+            "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
+            "speed-up b128": cell(list(g["metrics.latency/b128/speedup"]), ".2f"),
+            "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
+            "run wall min": cell(list(g["metrics.wall_s"] / 60), ".1f"),
+        }
         if "metrics.acp/candidates_trained" in g and g["metrics.acp/candidates_trained"].notna().any():
             row["ACP candidates trained"] = cell(list(g["metrics.acp/candidates_trained"].dropna()), ".0f")
         if "metrics.gal/natural_reduction" in g and g["metrics.gal/natural_reduction"].notna().any():
@@ -90,7 +96,10 @@ def report() -> int:
     names = sorted(runs["label"].unique())
     controls = ("gbn_cpu", "l1", "random")
     pairs = [(a, b) for a in names if a not in controls for b in controls] + [
-        ("gbn_cpu", "l1"), ("gbn_cpu", "random"), ("l1", "random")]
+        ("gbn_cpu", "l1"),
+        ("gbn_cpu", "random"),
+        ("l1", "random"),
+    ]
     verdicts = [v for a, b in pairs if (v := paired_verdict(runs, a, b))]
     lines = [
         "# GAL, AIP, SCOP and ACP on real CIFAR-10 images (shared/data/cifar10-dev), 50% MACs, CPU budget",

@@ -1,4 +1,5 @@
 """The Task interface: data, model, metric and example input. A task knows nothing of methods."""
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,12 @@ class Task:
     def model_spec(self) -> dict:
         """What rebuilds the dense architecture: registry name, class count and kwargs."""
         kwargs = dict(self.cfg.model.get("kwargs") or {})
-        return {"name": self.cfg.model.name, "num_classes": self.num_classes, "kwargs": kwargs,
-                "input_shape": list(self.input_shape)}
+        return {
+            "name": self.cfg.model.name,
+            "num_classes": self.num_classes,
+            "kwargs": kwargs,
+            "input_shape": list(self.input_shape),
+        }
 
     def build_model(self) -> nn.Module:
         from pathlib import Path

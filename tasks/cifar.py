@@ -1,4 +1,5 @@
 """CIFAR-10 / CIFAR-100 from the ``cifar-*-python`` pickles, through torchvision."""
+
 from __future__ import annotations
 
 import pickle
@@ -7,8 +8,10 @@ from pathlib import Path
 from harness.core.errors import DataError
 from tasks.base import Task, register_task
 
-_MEAN_STD = {10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-             100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+_MEAN_STD = {
+    10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 
 
 def _dataset_class(num_classes: int):
@@ -78,21 +81,28 @@ class _CifarTask(Task):
             raise DataError(
                 f"{self.name}: no {self.folder}/ with all its batch files under {root}. "
                 f"Fix: extract the dataset there or set data.root=<dir holding {self.folder}/>, "
-                "or add data.download=true on a machine with internet access") from None
+                "or add data.download=true on a machine with internet access"
+            ) from None
         except Exception as e:  # a truncated or corrupted pickle
             bad = cls.unreadable_file(root)
-            raise DataError(f"{self.name}: cannot read {bad or root / self.folder} ({type(e).__name__}: {e}). "
-                            "Fix: re-extract the archive, or data.download=true") from None
+            raise DataError(
+                f"{self.name}: cannot read {bad or root / self.folder} ({type(e).__name__}: {e}). "
+                "Fix: re-extract the archive, or data.download=true"
+            ) from None
         if self.cfg.data.get("check_integrity", True):
             bad = cls.md5_mismatch(root)
             if bad is not None:
-                raise DataError(f"{self.name}: {bad} does not match the official archive's md5. Fix: re-extract "
-                                "the archive, or, for a deliberate subset or re-encoded copy (e.g. "
-                                "shared/data/cifar10-dev), set data.check_integrity=false")
+                raise DataError(
+                    f"{self.name}: {bad} does not match the official archive's md5. Fix: re-extract "
+                    "the archive, or, for a deliberate subset or re-encoded copy (e.g. "
+                    "shared/data/cifar10-dev), set data.check_integrity=false"
+                )
         labels = set(train.targets) | set(test.targets)
         if labels and (min(labels) < 0 or max(labels) >= self.num_classes):
-            raise DataError(f"{self.name}: labels under {root / self.folder} span {min(labels)}..{max(labels)}, "
-                            f"expected 0..{self.num_classes - 1}; is this the right dataset?")
+            raise DataError(
+                f"{self.name}: labels under {root / self.folder} span {min(labels)}..{max(labels)}, "
+                f"expected 0..{self.num_classes - 1}; is this the right dataset?"
+            )
         return train, test
 
 

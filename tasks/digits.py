@@ -1,4 +1,5 @@
 """sklearn's bundled 8x8 digits: a real, offline dataset for the quick start and for CI."""
+
 from __future__ import annotations
 
 import torch
@@ -23,6 +24,7 @@ class DigitsTask(Task):
         x = (x - 0.5) / 0.5
         y = torch.tensor(digits.target, dtype=torch.long)
         # A fixed split, independent of the run's seed, so every run is scored on the same test set.
-        idx_train, idx_test = train_test_split(range(len(y)), test_size=self.cfg.data.test_fraction,
-                                               random_state=0, stratify=digits.target)
+        idx_train, idx_test = train_test_split(
+            range(len(y)), test_size=self.cfg.data.test_fraction, random_state=0, stratify=digits.target
+        )
         return TensorDataset(x[idx_train], y[idx_train]), TensorDataset(x[idx_test], y[idx_test])

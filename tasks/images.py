@@ -1,6 +1,7 @@
 """Image-file datasets shared by the ImageNet, CUB-200 and VOC tasks: checked loading (an unreadable
 image stops the run with its path, unless ``data.skip_bad=true``), standard transforms, top-5, and
 loading pretrained weights from ``model.weights``."""
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ def open_rgb(path: str | Path):
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}). Fix: replace the file, "
-                        "or add data.skip_bad=true to skip unreadable images (they are counted and logged)") from None
+        raise DataError(
+            f"cannot read image {path} ({type(e).__name__}: {e}). Fix: replace the file, "
+            "or add data.skip_bad=true to skip unreadable images (they are counted and logged)"
+        ) from None
 
 
 def drop_unreadable(samples: list[tuple[str, int]], skip_bad: bool) -> tuple[list[tuple[str, int]], int]:
@@ -70,6 +73,7 @@ class ImageList(Dataset):
 
 class ImageClassificationTask(Task):
     """Shared by ImageNet and CUB: top-1 (``acc``) and top-5 (``acc5``), weights from ``model.weights``."""
+
     skipped_images = 0
 
     @property
@@ -79,8 +83,9 @@ class ImageClassificationTask(Task):
     def check_labels(self, samples, where: Path) -> None:
         labels = [label for _, label in samples]
         if labels and (min(labels) < 0 or max(labels) >= self.num_classes):
-            raise DataError(f"{self.name}: labels in {where} span {min(labels)}..{max(labels)}, "
-                            f"expected 0..{self.num_classes - 1}")
+            raise DataError(
+                f"{self.name}: labels in {where} span {min(labels)}..{max(labels)}, expected 0..{self.num_classes - 1}"
+            )
 
     @torch.no_grad()
     def evaluate(self, model, loader, device):
@@ -114,8 +119,10 @@ class ImageNetTask(ImageClassificationTask):
         for split, train in (("train", True), ("val", False)):
             folder = root / split
             if not folder.is_dir():
-                raise DataError(f"{self.name}: no {folder}/. Fix: set data.root=<dir holding train/ and val/ "
-                                "class folders> (ImageFolder layout; val/ sorted into class folders too)")
+                raise DataError(
+                    f"{self.name}: no {folder}/. Fix: set data.root=<dir holding train/ and val/ "
+                    "class folders> (ImageFolder layout; val/ sorted into class folders too)"
+                )
             try:
                 samples = ImageFolder(str(folder)).samples
             except (FileNotFoundError, RuntimeError) as e:
@@ -140,24 +147,32 @@ class Cub200Task(ImageClassificationTask):
         files = {name: root / f"{name}.txt" for name in ("images", "image_class_labels", "train_test_split", "classes")}
         for path in files.values():
             if not path.is_file():
-                raise DataError(f"{self.name}: missing {path}. Fix: set data.root=<the extracted CUB_200_2011/ "
-                                "folder or its parent>; it holds images/, images.txt, image_class_labels.txt, "
-                                "train_test_split.txt and classes.txt")
+                raise DataError(
+                    f"{self.name}: missing {path}. Fix: set data.root=<the extracted CUB_200_2011/ "
+                    "folder or its parent>; it holds images/, images.txt, image_class_labels.txt, "
+                    "train_test_split.txt and classes.txt"
+                )
         images = _id_table(files["images"])
         labels = _id_table(files["image_class_labels"])
         is_train = _id_table(files["train_test_split"])
         splits = {True: [], False: []}
         for image_id, rel in images.items():
             if image_id not in labels or image_id not in is_train:
-                raise DataError(f"{self.name}: image id {image_id} of {files['images']} has no entry in "
-                                f"{files['image_class_labels'].name} or {files['train_test_split'].name}")
+                raise DataError(
+                    f"{self.name}: image id {image_id} of {files['images']} has no entry in "
+                    f"{files['image_class_labels'].name} or {files['train_test_split'].name}"
+                )
             try:
                 label = int(labels[image_id]) - 1  # the files count classes from 1
             except ValueError:
-                raise DataError(f"{self.name}: bad label {labels[image_id]!r} in {files['image_class_labels']}") from None
+                raise DataError(
+                    f"{self.name}: bad label {labels[image_id]!r} in {files['image_class_labels']}"
+                ) from None
             if not 0 <= label < self.num_classes:
-                raise DataError(f"{self.name}: label {label + 1} of image {image_id} in "
-                                f"{files['image_class_labels']} is outside 1..{self.num_classes}")
+                raise DataError(
+                    f"{self.name}: label {label + 1} of image {image_id} in "
+                    f"{files['image_class_labels']} is outside 1..{self.num_classes}"
+                )
             splits[is_train[image_id] == "1"].append((str(root / "images" / rel), label))
         out = []
         for train in (True, False):

@@ -1,5 +1,6 @@
 """Semantic segmentation on PASCAL VOC 2011 (VOCdevkit layout) with an FCN; the metric is mIoU over
 21 classes, ignoring the 255 border label."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,10 @@ class SegmentationPairs(Dataset):
             raise DataError(f"cannot read mask {mask_path} ({type(e).__name__}: {e})") from None
         bad = (mask >= self.num_classes) & (mask != IGNORE)
         if bad.any():
-            raise DataError(f"mask {mask_path} has labels {sorted(set(mask[bad].tolist()))[:5]}, "
-                            f"expected 0..{self.num_classes - 1} or {IGNORE}")
+            raise DataError(
+                f"mask {mask_path} has labels {sorted(set(mask[bad].tolist()))[:5]}, "
+                f"expected 0..{self.num_classes - 1} or {IGNORE}"
+            )
         x = TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
         if self.train and torch.rand(()) < 0.5:
             x, mask = x.flip(-1), mask.flip(-1)
@@ -65,15 +68,19 @@ class VocSegmentationTask(Task):
         # torchvision's VOCSegmentation expects the 2011 archive's TrainVal/VOCdevkit/VOC2011 prefix;
         # the layout itself is simple, so both roots are read here directly.
         root = Path(self.cfg.data.root).expanduser()
-        voc = next((c for c in (root / "VOCdevkit" / "VOC2011", root / "TrainVal" / "VOCdevkit" / "VOC2011")
-                    if c.is_dir()), root / "VOCdevkit" / "VOC2011")
+        voc = next(
+            (c for c in (root / "VOCdevkit" / "VOC2011", root / "TrainVal" / "VOCdevkit" / "VOC2011") if c.is_dir()),
+            root / "VOCdevkit" / "VOC2011",
+        )
         splits = []
         for split, train in (("train", True), ("val", False)):
             split_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
             if not split_file.is_file():
-                raise DataError(f"{self.name}: missing {split_file if voc.is_dir() else voc}. Fix: set data.root="
-                                "<dir holding VOCdevkit/VOC2011/> with JPEGImages/, SegmentationClass/ and "
-                                "ImageSets/Segmentation/{train,val}.txt")
+                raise DataError(
+                    f"{self.name}: missing {split_file if voc.is_dir() else voc}. Fix: set data.root="
+                    "<dir holding VOCdevkit/VOC2011/> with JPEGImages/, SegmentationClass/ and "
+                    "ImageSets/Segmentation/{train,val}.txt"
+                )
             ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
             pairs = [(str(voc / "JPEGImages" / f"{i}.jpg"), str(voc / "SegmentationClass" / f"{i}.png")) for i in ids]
             for image, mask in pairs:
@@ -98,8 +105,11 @@ class VocSegmentationTask(Task):
             pred = out.argmax(1)[valid].cpu()
             confusion += torch.bincount(y[valid].cpu() * n + pred, minlength=n * n).view(n, n)
             pixels += valid.sum().item()
-        return {"miou": miou(confusion), "pixel_acc": (confusion.diag().sum() / confusion.sum().clamp_min(1)).item(),
-                "loss": loss_sum / max(pixels, 1)}
+        return {
+            "miou": miou(confusion),
+            "pixel_acc": (confusion.diag().sum() / confusion.sum().clamp_min(1)).item(),
+            "loss": loss_sum / max(pixels, 1),
+        }
 
 
 def miou(confusion: torch.Tensor) -> float:

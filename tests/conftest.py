@@ -22,8 +22,16 @@ def run_cli(capsys):
 @pytest.fixture
 def tiny_digits(tmp_path):
     """Overrides for a seconds-long digits run with everything under tmp_path."""
-    return ["task=digits", "train.epochs=2", "finetune.epochs=1", "measure.repeats=2", "measure.warmup=1", "measure.max_seconds=0",
-            "quiet=true", f"results_dir={tmp_path / 'results'}"]
+    return [
+        "task=digits",
+        "train.epochs=2",
+        "finetune.epochs=1",
+        "measure.repeats=2",
+        "measure.warmup=1",
+        "measure.max_seconds=0",
+        "quiet=true",
+        f"results_dir={tmp_path / 'results'}",
+    ]
 
 
 def last_json(stdout: str) -> dict:

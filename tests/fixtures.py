@@ -1,4 +1,5 @@
 """Tiny datasets generated in the real on-disk formats."""
+
 from __future__ import annotations
 
 import pickle
@@ -19,8 +20,12 @@ def make_cifar10(root: Path, per_batch: int = 10, n_test: int = 20, seed: int = 
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         # Make the classes learnable: brighten the red plane in proportion to the label.
         data[:, :1024] = np.clip(np.array(labels)[:, None] * 25 + rng.integers(0, 20, (n, 1024)), 0, 255)
-        entry = {"batch_label": name, "labels": labels, "data": data,
-                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        entry = {
+            "batch_label": name,
+            "labels": labels,
+            "data": data,
+            "filenames": [f"{name}_{i}.png" for i in range(n)],
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(entry, fh, protocol=2)
 
@@ -28,8 +33,11 @@ def make_cifar10(root: Path, per_batch: int = 10, n_test: int = 20, seed: int = 
         batch(f"data_batch_{i}", per_batch)
     batch("test_batch", n_test)
     with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch,
-                     "num_vis": 3072}, fh, protocol=2)
+        pickle.dump(
+            {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch, "num_vis": 3072},
+            fh,
+            protocol=2,
+        )
     return folder
 
 
@@ -40,13 +48,21 @@ def make_cifar100(root: Path, n_train: int = 40, n_test: int = 20, seed: int = 0
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", n_train), ("test", n_test)):
         fine = [int(i % 100) for i in range(n)]
-        entry = {"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": name, "fine_labels": fine,
-                 "coarse_labels": [f // 5 for f in fine], "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        entry = {
+            "filenames": [f"{name}_{i}.png" for i in range(n)],
+            "batch_label": name,
+            "fine_labels": fine,
+            "coarse_labels": [f // 5 for f in fine],
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(entry, fh, protocol=2)
     with open(folder / "meta", "wb") as fh:
-        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)],
-                     "coarse_label_names": [f"c{i}" for i in range(20)]}, fh, protocol=2)
+        pickle.dump(
+            {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]},
+            fh,
+            protocol=2,
+        )
     return folder
 
 
@@ -86,8 +102,12 @@ def make_cub200(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0)
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {c}")
             split.append(f"{image_id} {int(i % 2 == 0)}")
-    for name, lines in (("images", images), ("image_class_labels", labels), ("train_test_split", split),
-                        ("classes", names)):
+    for name, lines in (
+        ("images", images),
+        ("image_class_labels", labels),
+        ("train_test_split", split),
+        ("classes", names),
+    ):
         (base / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return base
 

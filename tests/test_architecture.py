@@ -1,5 +1,6 @@
 """The shape of the code: arrows only downward (plug-ins stand on harness.core and harness.latency), MLflow
 only behind the tracker, and a new method is one file that registers itself with its own settings."""
+
 import ast
 import sys
 import textwrap
@@ -29,31 +30,43 @@ def files(*folders: str) -> list[Path]:
 
 def test_methods_and_tasks_import_only_the_core_and_latency_packages_of_harness():
     allowed = ("harness.core", "harness.latency")
-    bad = {str(p.relative_to(ROOT)): sorted(m for m in imports(p) if m.split(".")[0] == "harness"
-                                            and m != "harness" and not m.startswith(allowed))
-           for p in files("methods", "tasks")}
+    bad = {
+        str(p.relative_to(ROOT)): sorted(
+            m for m in imports(p) if m.split(".")[0] == "harness" and m != "harness" and not m.startswith(allowed)
+        )
+        for p in files("methods", "tasks")
+    }
     assert not {k: v for k, v in bad.items() if v}
 
 
 def test_the_core_and_latency_packages_import_neither_the_application_nor_a_plugin():
     allowed = ("harness.core", "harness.latency")
-    bad = {str(p.relative_to(ROOT)): sorted(m for m in imports(p) if m.split(".")[0] in ("methods", "tasks")
-                                            or (m.startswith("harness.") and not m.startswith(allowed)))
-           for p in files("harness/core", "harness/latency")}
+    bad = {
+        str(p.relative_to(ROOT)): sorted(
+            m
+            for m in imports(p)
+            if m.split(".")[0] in ("methods", "tasks") or (m.startswith("harness.") and not m.startswith(allowed))
+        )
+        for p in files("harness/core", "harness/latency")
+    }
     assert not {k: v for k, v in bad.items() if v}
     used = {m for p in files("methods", "tasks") for m in imports(p)}
     assert any(m.startswith("harness.core") for m in used)  # the plug-ins do stand on it
 
 
 def test_no_module_but_the_tracker_imports_mlflow():
-    offenders = [str(p.relative_to(ROOT)) for p in files("harness", "methods", "tasks", "scripts", "benchmarks")
-                 if p != ROOT / "harness" / "tracking.py" and any(m.split(".")[0] == "mlflow" for m in imports(p))]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in files("harness", "methods", "tasks", "scripts", "benchmarks")
+        if p != ROOT / "harness" / "tracking.py" and any(m.split(".")[0] == "mlflow" for m in imports(p))
+    ]
     assert offenders == []
     assert any(m.split(".")[0] == "mlflow" for m in imports(ROOT / "harness" / "tracking.py"))
 
 
 def test_a_method_in_a_module_of_its_own_registers_lists_and_checks_its_settings(run_cli, tmp_path, monkeypatch):
-    (tmp_path / "my_method.py").write_text(textwrap.dedent('''
+    (tmp_path / "my_method.py").write_text(
+        textwrap.dedent("""
         from dataclasses import dataclass
 
         from harness.core.settings import setting
@@ -71,7 +84,8 @@ def test_a_method_in_a_module_of_its_own_registers_lists_and_checks_its_settings
             name = "half_test"
             description = "a method defined outside methods/"
             settings = HalfSettings
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import my_method  # noqa: F401  (registers itself)
 

@@ -1,4 +1,5 @@
 """The comparison table, on a small synthetic MLflow store."""
+
 import math
 import os
 
@@ -14,13 +15,30 @@ def store(tmp_path):
 
     def log(method, target, seed, final, base=0.931, status="FINISHED", finetune_epochs=40, reason=None):
         t = MlflowTracker(uri, "harness", tmp_path / "mlruns")
-        params = {"task.name": "resnet56", "method.name": method, "prune.flops_reduction": target, "seed": seed,
-                  "train.epochs": 160, "finetune.epochs": finetune_epochs, "model.name": "resnet56",
-                  "data.root": f"/data/{seed}", "regularizer.name": "none", "prune.min_channels_ratio": 0.1}
+        params = {
+            "task.name": "resnet56",
+            "method.name": method,
+            "prune.flops_reduction": target,
+            "seed": seed,
+            "train.epochs": 160,
+            "finetune.epochs": finetune_epochs,
+            "model.name": "resnet56",
+            "data.root": f"/data/{seed}",
+            "regularizer.name": "none",
+            "prune.min_channels_ratio": 0.1,
+        }
         t.start(params, {"task": "resnet56", "method": method, "seed": seed, "latency_device": "cpu:x86_64"})
         if status == "FINISHED":
-            t.log_metrics({"final_acc": final, "base_acc": base, "flops_reduction": target + 0.004,
-                           "params_reduction": target - 0.05, "latency/b1/speedup": 1.5, "latency/b128/speedup": 2.5})
+            t.log_metrics(
+                {
+                    "final_acc": final,
+                    "base_acc": base,
+                    "flops_reduction": target + 0.004,
+                    "params_reduction": target - 0.05,
+                    "latency/b1/speedup": 1.5,
+                    "latency/b128/speedup": 2.5,
+                }
+            )
         t.end(status, reason)
 
     for seed, acc in enumerate([0.930, 0.932, 0.928]):
@@ -91,9 +109,13 @@ def test_a_param_missing_from_some_runs_reads_as_null_and_pools(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for seed, extra in ((0, {}), (1, {"method.new_knob": None}), (2, {"method.new_knob": 0.5})):
         t = MlflowTracker(uri, "harness", tmp_path / "mlruns")
-        t.start({"task.name": "digits", "method.name": "l1", "prune.flops_reduction": 0.5, "seed": seed, **extra},
-                {"task": "digits", "method": "l1", "seed": seed})
-        t.log_metrics({"final_acc": 0.9 + seed / 100, "base_acc": 0.95, "flops_reduction": 0.5, "params_reduction": 0.5})
+        t.start(
+            {"task.name": "digits", "method.name": "l1", "prune.flops_reduction": 0.5, "seed": seed, **extra},
+            {"task": "digits", "method": "l1", "seed": seed},
+        )
+        t.log_metrics(
+            {"final_acc": 0.9 + seed / 100, "base_acc": 0.95, "flops_reduction": 0.5, "params_reduction": 0.5}
+        )
         t.end()
     table = aggregate(load_runs(uri, "harness"), tolerance=0.5)[0]["digits"]
     assert sorted(table["n"].tolist()) == [1, 2]
@@ -103,8 +125,10 @@ def test_one_seed_has_no_spread_and_a_running_run_says_so(store, tmp_path):
     from harness.compare import failed_table, render
 
     t = MlflowTracker(store, "harness", tmp_path / "mlruns")
-    t.start({"task.name": "resnet56", "method.name": "gbn", "prune.flops_reduction": 0.5, "seed": 9},
-            {"task": "resnet56", "method": "gbn", "seed": 9})  # never ended: still RUNNING
+    t.start(
+        {"task.name": "resnet56", "method.name": "gbn", "prune.flops_reduction": 0.5, "seed": 9},
+        {"task": "resnet56", "method": "gbn", "seed": 9},
+    )  # never ended: still RUNNING
     tables, failed, _ = aggregate(load_runs(store, "harness"))
     table = tables["resnet56"]
     single = table[table["n"] == 1].index[0]

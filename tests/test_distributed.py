@@ -3,6 +3,7 @@
 Every run here is a real multi-process job (real collectives, real process deaths); the models and
 budgets are tiny so that the whole file stays within a minute or two on 2 cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,36 @@ import torch
 
 from tests.test_launch import slurm
 
-BASE = ["task=digits", "train.epochs=3", "finetune.epochs=2", "measure.repeats=2", "measure.warmup=1", "measure.max_seconds=0",
-        "measure.batch_sizes=[1]", "prune.flops_reduction=0.5"]
+BASE = [
+    "task=digits",
+    "train.epochs=3",
+    "finetune.epochs=2",
+    "measure.repeats=2",
+    "measure.warmup=1",
+    "measure.max_seconds=0",
+    "measure.batch_sizes=[1]",
+    "prune.flops_reduction=0.5",
+]
 GBN = ["method=gbn", "method.tick_p=0.05", "method.tock_every=2", "method.tock_epochs=1"]
 OVERSHOOT = 0.012  # the documented overshoot on digits (README: one channel of its 64-wide residual group)
 
 
 def torchrun(results: Path, *overrides: str, marker: str = "", wait: bool = True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "harness", "run", *BASE, *overrides, f"results_dir={results}", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "harness",
+        "run",
+        *BASE,
+        *overrides,
+        f"results_dir={results}",
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TEST_MARKER": marker}
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,4 +1,5 @@
 """``harness export``: a run's pruned model to ONNX, TorchScript and the harness's .pt, checked against eager."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,15 +21,29 @@ def finished_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("export") / "results"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["run", "task=digits", "train.epochs=2", "finetune.epochs=1", "measure.repeats=2", "measure.max_seconds=0",
-                     "measure.warmup=1", "quiet=true", "method=l1", "prune.flops_reduction=0.5",
-                     f"results_dir={results}", "--json"])
+        code = main(
+            [
+                "run",
+                "task=digits",
+                "train.epochs=2",
+                "finetune.epochs=1",
+                "measure.repeats=2",
+                "measure.max_seconds=0",
+                "measure.warmup=1",
+                "quiet=true",
+                "method=l1",
+                "prune.flops_reduction=0.5",
+                f"results_dir={results}",
+                "--json",
+            ]
+        )
     assert code == 0
     run_id = last_json(out.getvalue())["mlflow_run_id"]
     from mlflow.tracking import MlflowClient
 
     local = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").download_artifacts(
-        run_id, "model/pruned_model.pt", str(results))
+        run_id, "model/pruned_model.pt", str(results)
+    )
     return results, run_id, local
 
 
@@ -68,7 +83,9 @@ def test_export_from_a_run_id_round_trips_and_is_logged_to_the_run(run_cli, fini
     np.testing.assert_allclose(got.detach().numpy(), expected.numpy(), atol=1e-4)
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     assert f"export/{path.name}" in [a.path for a in client.list_artifacts(run_id, "export")]
-    assert client.get_run(run_id).data.metrics[f"export/{fmt}_max_abs_diff"] == pytest.approx(_reported_difference(out), rel=1e-2)
+    assert client.get_run(run_id).data.metrics[f"export/{fmt}_max_abs_diff"] == pytest.approx(
+        _reported_difference(out), rel=1e-2
+    )
 
 
 def test_an_export_beyond_tolerance_fails_loudly_and_keeps_no_file(run_cli, finished_run, tmp_path):
@@ -79,11 +96,14 @@ def test_an_export_beyond_tolerance_fails_loudly_and_keeps_no_file(run_cli, fini
     assert not out_file.exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["format=tflite"], "format=onnx, format=torchscript or format=pt"),
-    (["format=onnx", "tolerance=abc"], "tolerance must be a number"),
-    (["format=onnx", "colour=red"], "export takes"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["format=tflite"], "format=onnx, format=torchscript or format=pt"),
+        (["format=onnx", "tolerance=abc"], "tolerance must be a number"),
+        (["format=onnx", "colour=red"], "export takes"),
+    ],
+)
 def test_bad_export_options_are_one_line_exit_2(run_cli, finished_run, args, message):
     code, out, err = run_cli("export", finished_run[2], *args)
     assert code == 2 and message in err and err.count("\n") == 1, err

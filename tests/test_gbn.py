@@ -64,10 +64,19 @@ def test_taylor_score_ranks_channels_like_the_true_loss_increase():
     _, gates = _gated(model)
     model.eval()  # fixed BN statistics: the score and the loss change see the same function
     loss_fn = nn.CrossEntropyLoss()
-    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(y), 64)]
-    ctx = PruneContext(pruner=type("P", (), {"ignored_names": ["fc"]})(), target=0.0, device=torch.device("cpu"),
-                       train_loader=batches, loss_fn=loss_fn, evaluate=None, quick_evaluate=None, log_step=None,
-                       log_metrics=None, train=None)
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)]
+    ctx = PruneContext(
+        pruner=type("P", (), {"ignored_names": ["fc"]})(),
+        target=0.0,
+        device=torch.device("cpu"),
+        train_loader=batches,
+        loss_fn=loss_fn,
+        evaluate=None,
+        quick_evaluate=None,
+        log_step=None,
+        log_metrics=None,
+        train=None,
+    )
     method = GateDecorator(OmegaConf.create({"tick_lr": 0.0, "tick_momentum": 0.0, "tick_samples": None}))
     model.train = lambda mode=True: model  # keep eval-mode BN during the tick pass
     taylor = method.tick(model, gates, ctx)  # per group: the sum over its BNs
@@ -90,8 +99,17 @@ def test_taylor_score_ranks_channels_like_the_true_loss_increase():
 
 
 def test_gbn_run_on_digits_logs_each_tick(run_cli, tiny_digits, tmp_path):
-    code, out, err = run_cli("run", *tiny_digits, "method=gbn", "prune.flops_reduction=0.3", "method.tick_p=0.05",
-                             "method.tock_every=2", "method.tock_epochs=1", "method.tick_samples=256", "--json")
+    code, out, err = run_cli(
+        "run",
+        *tiny_digits,
+        "method=gbn",
+        "prune.flops_reduction=0.3",
+        "method.tick_p=0.05",
+        "method.tock_every=2",
+        "method.tock_epochs=1",
+        "method.tick_samples=256",
+        "--json",
+    )
     assert code == 0, err
     s = last_json(out)
     assert 0.3 <= s["flops_reduction"] <= 0.33, s["flops_reduction"]
@@ -107,10 +125,25 @@ def test_gbn_run_on_digits_logs_each_tick(run_cli, tiny_digits, tmp_path):
 
 def test_paper_scale_gbn_config_runs_a_few_ticks_on_resnet56(run_cli, tmp_path):
     make_cifar10(tmp_path / "data", per_batch=10, n_test=20)
-    code, out, err = run_cli("run", "task=resnet56", "method=gbn", f"data.root={tmp_path / 'data'}", "data.check_integrity=false",
-                             "data.num_workers=0", "train.epochs=1", "finetune.epochs=1", "method.tock_epochs=1",
-                             "prune.flops_reduction=0.01", "measure.batch_sizes=[1]", "measure.repeats=1", "measure.max_seconds=0",
-                             "tracking=none", "quiet=true", f"results_dir={tmp_path / 'r'}", "--json")
+    code, out, err = run_cli(
+        "run",
+        "task=resnet56",
+        "method=gbn",
+        f"data.root={tmp_path / 'data'}",
+        "data.check_integrity=false",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "finetune.epochs=1",
+        "method.tock_epochs=1",
+        "prune.flops_reduction=0.01",
+        "measure.batch_sizes=[1]",
+        "measure.repeats=1",
+        "measure.max_seconds=0",
+        "tracking=none",
+        "quiet=true",
+        f"results_dir={tmp_path / 'r'}",
+        "--json",
+    )
     assert code == 0, err
     s = last_json(out)
     assert 0.01 <= s["flops_reduction"] <= 0.02
@@ -119,8 +152,15 @@ def test_paper_scale_gbn_config_runs_a_few_ticks_on_resnet56(run_cli, tmp_path):
 
 def test_gated_convs_melt_exactly_in_a_network_without_bn():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
     pruner = ChannelPruner(model, torch.randn(1, 3, 8, 8), [model[6]], 0.1)
     gates = Gates(model, pruner.groups(model))
     assert sorted(gates.phi) == ["0", "2"]  # gates on the convs' outputs

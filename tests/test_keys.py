@@ -1,6 +1,7 @@
 """The run key and baseline key of every shipped task x method (presets included), pinned: a change to how
 configs are composed must keep existing baseline caches, checkpoints and skip_finished matching.
 tests/data/run_keys.json was written before the settings moved into the plug-ins (scripts/run_keys.py)."""
+
 import json
 from pathlib import Path
 
@@ -14,8 +15,15 @@ def test_every_shipped_config_keeps_its_run_and_baseline_key():
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    now = json.loads(subprocess.run([sys.executable, str(root / "scripts" / "run_keys.py")], cwd=root, check=True,
-                                    capture_output=True, text=True).stdout)
+    now = json.loads(
+        subprocess.run(
+            [sys.executable, str(root / "scripts" / "run_keys.py")],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert now.keys() == PINNED.keys()
     changed = {k: (PINNED[k], now[k]) for k in PINNED if PINNED[k] != now[k]}
     assert not changed, changed

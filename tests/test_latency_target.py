@@ -1,4 +1,5 @@
 """prune.target=latency: the per-layer latency table, the pruner's correction by measurement, the run."""
+
 import json
 
 import pytest
@@ -27,8 +28,12 @@ class Net(nn.Module):
 def test_layers_are_found_with_their_input_sizes_and_kinds():
     found = layers_of(Net(), torch.randn(1, 3, 16, 16))
     kinds = [(s.op, s.size, cin, cout) for s, cin, cout in found]
-    assert kinds == [("conv", (16, 16), 3, 64), ("depthwise", (16, 16), 64, 64), ("conv", (16, 16), 64, 96),
-                     ("linear", (1,), 96, 10)]
+    assert kinds == [
+        ("conv", (16, 16), 3, 64),
+        ("depthwise", (16, 16), 64, 64),
+        ("conv", (16, 16), 64, 96),
+        ("linear", (1,), 96, 10),
+    ]
 
 
 def test_grid_axes_hold_aligned_widths_the_dense_widths_and_group_multiples():
@@ -78,6 +83,7 @@ def test_the_table_choice_is_corrected_by_measurement():
     pruner = ChannelPruner(model, example, [model.fc])
     from harness.core.surgery import MacsCost, count_macs_params
     from harness.latency.target import Corrected
+
     true = lambda m: pruner.reduction(m) - 0.15  # noqa: E731  (the "measurement")
     correction = Corrected(MacsCost(), true, measured_from=0.3)
     pruner.use_cost(correction, model)
@@ -88,8 +94,17 @@ def test_the_table_choice_is_corrected_by_measurement():
 
 
 def test_latency_target_run_records_requested_predicted_and_measured(run_cli, tiny_digits, tmp_path, one_thread):
-    code, out, err = run_cli("run", *tiny_digits, "method=l1", "prune.target=latency", "prune.latency_reduction=0.1",
-                             "measure.target_batch=64", "measure.batch_sizes=[1]", "threads=1", "--json")
+    code, out, err = run_cli(
+        "run",
+        *tiny_digits,
+        "method=l1",
+        "prune.target=latency",
+        "prune.latency_reduction=0.1",
+        "measure.target_batch=64",
+        "measure.batch_sizes=[1]",
+        "threads=1",
+        "--json",
+    )
     assert code == 0, err
     s = last_json(out)
     assert s["target"] == "latency" and s["latency_reduction_requested"] == 0.1 and s["latency_target_batch"] == 64
@@ -100,9 +115,14 @@ def test_latency_target_run_records_requested_predicted_and_measured(run_cli, ti
     tables = list((tmp_path / "results" / "latency_tables").glob("*-b64-*.json"))
     assert len(tables) == 1 and json.loads(tables[0].read_text())["meta"]["batch"] == 64
     import mlflow
+
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}").get_run(s["mlflow_run_id"])
-    for key in ("latency_reduction_requested", "latency_reduction_predicted", "latency_reduction_measured",
-                "latency_table/calibration_max_rel_error"):
+    for key in (
+        "latency_reduction_requested",
+        "latency_reduction_predicted",
+        "latency_reduction_measured",
+        "latency_table/calibration_max_rel_error",
+    ):
         assert key in run.data.metrics, key
     assert run.data.params["prune.target"] == "latency"
     # compare keeps a latency target apart from MACs targets and shows what was measured
@@ -111,13 +131,18 @@ def test_latency_target_run_records_requested_predicted_and_measured(run_cli, ti
     assert "latency b64" in out and "latency ↓ % measured" in out
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    (["prune.target=latency"], "prune.target=latency needs prune.latency_reduction"),
-    (["prune.target=speed"], "prune.target must be one of macs, latency"),
-    (["prune.target=latency", "prune.latency_reduction=1.5"], "prune.latency_reduction must be a number in (0, 1)"),
-    (["prune.target=latency", "prune.latency_reduction=0.99", "measure.target_batch=2"],
-     "prune.latency_reduction=0.99 is unreachable"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["prune.target=latency"], "prune.target=latency needs prune.latency_reduction"),
+        (["prune.target=speed"], "prune.target must be one of macs, latency"),
+        (["prune.target=latency", "prune.latency_reduction=1.5"], "prune.latency_reduction must be a number in (0, 1)"),
+        (
+            ["prune.target=latency", "prune.latency_reduction=0.99", "measure.target_batch=2"],
+            "prune.latency_reduction=0.99 is unreachable",
+        ),
+    ],
+)
 def test_bad_latency_targets_are_one_line_errors(run_cli, tiny_digits, overrides, needle):
     code, _, err = run_cli("run", *tiny_digits, "method=l1", *overrides)
     assert code == 2 and needle in err and "Traceback" not in err

@@ -1,4 +1,5 @@
 """Sweeps and launchers: grid expansion, in-process and local-subprocess sweeps, and a real SLURM."""
+
 import subprocess
 import time
 
@@ -7,8 +8,16 @@ import torch
 
 from harness.launch import expand_grid, split_values, submit, wait
 
-TINY = ["task=digits", "train.epochs=1", "finetune.epochs=1", "measure.repeats=1", "measure.warmup=0", "measure.max_seconds=0",
-        "measure.batch_sizes=[1]", "quiet=true"]
+TINY = [
+    "task=digits",
+    "train.epochs=1",
+    "finetune.epochs=1",
+    "measure.repeats=1",
+    "measure.warmup=0",
+    "measure.max_seconds=0",
+    "measure.batch_sizes=[1]",
+    "quiet=true",
+]
 
 
 def test_comma_lists_expand_to_the_cartesian_grid():
@@ -27,8 +36,9 @@ def test_a_bad_grid_point_fails_before_anything_is_submitted(run_cli, tmp_path):
 
 
 def test_inline_sweep_runs_the_grid_in_process(run_cli, tmp_path):
-    code, out, err = run_cli("sweep", *TINY, "method=l1,random", "prune.flops_reduction=0.3,0.5", "tracking=none",
-                             f"results_dir={tmp_path}")
+    code, out, err = run_cli(
+        "sweep", *TINY, "method=l1,random", "prune.flops_reduction=0.3,0.5", "tracking=none", f"results_dir={tmp_path}"
+    )
     assert code == 0, err
     assert out.count("| DONE") == 4 and "method=random prune.flops_reduction=0.5" in out
 
@@ -36,7 +46,9 @@ def test_inline_sweep_runs_the_grid_in_process(run_cli, tmp_path):
 def test_eight_concurrent_local_jobs_lose_nothing_in_one_store(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    cfg, grid, jobs = submit([*TINY, "method=random", "seed=0,1,2,3,4,5,6,7", "launcher=local", f"results_dir={tmp_path}"])
+    cfg, grid, jobs = submit(
+        [*TINY, "method=random", "seed=0,1,2,3,4,5,6,7", "launcher=local", f"results_dir={tmp_path}"]
+    )
     rows = wait(jobs)
     assert [r["status"] for r in rows] == ["DONE"] * 8, rows
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -83,8 +95,9 @@ def _store(results):
 
 
 def test_local_max_parallel_runs_one_at_a_time(tmp_path):
-    cfg, grid, jobs = submit([*TINY, "method=random", "seed=0,1,2", "launcher=local", "launcher.max_parallel=1",
-                              f"results_dir={tmp_path}"])
+    cfg, grid, jobs = submit(
+        [*TINY, "method=random", "seed=0,1,2", "launcher=local", "launcher.max_parallel=1", f"results_dir={tmp_path}"]
+    )
     assert [r["status"] for r in wait(jobs)] == ["DONE"] * 3
     runs = sorted(_store(tmp_path).search_runs(["1"]), key=lambda r: r.info.start_time)
     assert len(runs) == 3
@@ -96,9 +109,25 @@ def test_sigint_on_the_waiting_parent_cancels_its_jobs_and_marks_them_killed(tmp
     import signal
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", *TINY, "train.epochs=400", "method=random",
-                             "seed=0,1", "launcher=local", f"results_dir={tmp_path}", "--wait"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "sweep",
+            *TINY,
+            "train.epochs=400",
+            "method=random",
+            "seed=0,1",
+            "launcher=local",
+            f"results_dir={tmp_path}",
+            "--wait",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
     def statuses():  # read the store with sqlite itself: an MLflow client could race the jobs creating it
         import sqlite3
 
@@ -129,16 +158,26 @@ def _slurm_up() -> bool:
         return False
 
 
-slurm = pytest.mark.skipif(not _slurm_up(), reason="no SLURM controller answers `scontrol ping`; "
-                                                   "start one with `bash scripts/slurm_local.sh start`")
+slurm = pytest.mark.skipif(
+    not _slurm_up(),
+    reason="no SLURM controller answers `scontrol ping`; start one with `bash scripts/slurm_local.sh start`",
+)
 
 
 @slurm
 def test_slurm_sweep_2x2_lands_in_mlflow(run_cli, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    code, out, err = run_cli("sweep", *TINY, "method=l1,random", "seed=0,1", "launcher=slurm", "threads=1",
-                             f"results_dir={tmp_path}", "--wait")
+    code, out, err = run_cli(
+        "sweep",
+        *TINY,
+        "method=l1,random",
+        "seed=0,1",
+        "launcher=slurm",
+        "threads=1",
+        f"results_dir={tmp_path}",
+        "--wait",
+    )
     assert code == 0, out + err
     assert "submitted 4 job(s) with launcher=slurm" in out and out.count("| DONE") == 4
     runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])

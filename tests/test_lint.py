@@ -1,5 +1,6 @@
 """ruff (lint and format, configured in pyproject.toml) as part of the README's test command, so that CI
 and a contributor's pre-commit see the same."""
+
 import shutil
 import subprocess
 import sys

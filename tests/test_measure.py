@@ -1,5 +1,6 @@
 """The paired latency measurement: its interval comes from real repeated timings, and runs record it.
 (Speed itself is never asserted here: speed claims live in benchmarks/.)"""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ from tests.conftest import last_json
 
 
 def _binomial_cdf(k: int, n: int) -> float:
-    return sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n
+    return sum(math.comb(n, j) for j in range(k + 1)) / 2**n
 
 
 @pytest.mark.parametrize("n", [6, 7, 10, 20, 51, 200])
@@ -46,8 +47,16 @@ def test_paired_latency_reports_an_interval_from_the_pairs_it_timed():
 
 def test_compare_latency_keeps_units_and_context():
     model = create_model("resnet8", 10).eval()
-    out = compare_latency(model, model, lambda b: torch.randn(b, 3, 32, 32), [1, 3], torch.device("cpu"),
-                          warmup=0, repeats=6, max_seconds=0)
+    out = compare_latency(
+        model,
+        model,
+        lambda b: torch.randn(b, 3, 32, 32),
+        [1, 3],
+        torch.device("cpu"),
+        warmup=0,
+        repeats=6,
+        max_seconds=0,
+    )
     assert set(out) == {"b1", "b3"}
     assert all(r["threads"] == torch.get_num_threads() and r["device"].startswith("cpu:") for r in out.values())
 
@@ -56,8 +65,9 @@ def test_a_run_records_the_speedup_interval_in_json_and_mlflow(run_cli, tiny_dig
     from mlflow.tracking import MlflowClient
 
     overrides = [o for o in tiny_digits if not o.startswith("measure.")]
-    code, out, err = run_cli("run", *overrides, "measure.repeats=6", "measure.max_seconds=1",
-                             "measure.batch_sizes=[1]", "--json")
+    code, out, err = run_cli(
+        "run", *overrides, "measure.repeats=6", "measure.max_seconds=1", "measure.batch_sizes=[1]", "--json"
+    )
     assert code == 0, err
     lat = last_json(out)["latency"]["b1"]
     assert lat["pairs"] >= 6 and lat["speedup_lo"] <= lat["speedup"] <= lat["speedup_hi"]

@@ -1,4 +1,5 @@
 """Network Slimming, the L1 paper presets and ANL."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -32,15 +33,27 @@ def test_slimming_penalty_drives_bn_scales_toward_zero():
 
 def _ctx(model, shape):
     pruner = ChannelPruner(model, torch.randn(1, *shape), [model.fc], 0.0)
-    return PruneContext(pruner=pruner, target=0.0, device=torch.device("cpu"), train_loader=None, loss_fn=None,
-                        evaluate=lambda m: 0.0, quick_evaluate=lambda m: 0.0, log_step=lambda *a: None,
-                        log_metrics=None, train=None)
+    return PruneContext(
+        pruner=pruner,
+        target=0.0,
+        device=torch.device("cpu"),
+        train_loader=None,
+        loss_fn=None,
+        evaluate=lambda m: 0.0,
+        quick_evaluate=lambda m: 0.0,
+        log_step=lambda *a: None,
+        log_metrics=None,
+        train=None,
+    )
 
 
-@pytest.mark.parametrize("preset, ratios, skipped", [
-    ("l1_resnet56_a", (0.1, 0.1, 0.1), {"layer1.7", "layer2.0", "layer3.0", "layer3.8"}),
-    ("l1_resnet56_b", (0.6, 0.3, 0.1), {"layer1.7", "layer1.8", "layer2.0", "layer2.7", "layer3.0", "layer3.8"}),
-])
+@pytest.mark.parametrize(
+    "preset, ratios, skipped",
+    [
+        ("l1_resnet56_a", (0.1, 0.1, 0.1), {"layer1.7", "layer2.0", "layer3.0", "layer3.8"}),
+        ("l1_resnet56_b", (0.6, 0.3, 0.1), {"layer1.7", "layer1.8", "layer2.0", "layer2.7", "layer3.0", "layer3.8"}),
+    ],
+)
 def test_l1_presets_prune_the_exact_per_stage_fractions(preset, ratios, skipped):
     cfg = compose(["task=resnet56", f"method={preset}"])
     method = create_method(cfg)
@@ -82,10 +95,21 @@ def test_anl_changes_training_activations_but_not_eval_outputs():
     assert not any(m._forward_hooks for m in model.modules())  # nothing left in an exported model
 
 
-@pytest.mark.parametrize("extra", [["method=slimming", "method.sparse_epochs=1"],
-                                   ["method=anl"],
-                                   ["method=gbn", "regularizer=anl", "method.tick_p=0.1", "method.tock_every=0",
-                                    "method.tock_first=false", "method.tick_samples=128"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["method=slimming", "method.sparse_epochs=1"],
+        ["method=anl"],
+        [
+            "method=gbn",
+            "regularizer=anl",
+            "method.tick_p=0.1",
+            "method.tock_every=0",
+            "method.tock_first=false",
+            "method.tick_samples=128",
+        ],
+    ],
+)
 def test_methods_run_end_to_end_with_json(run_cli, tiny_digits, tmp_path, extra):
     code, out, err = run_cli("run", *tiny_digits, "prune.flops_reduction=0.3", *extra, "--json")
     assert code == 0, err

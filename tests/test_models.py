@@ -21,9 +21,14 @@ def test_library_models_build_offline():
 
 
 @pytest.mark.quick
-@pytest.mark.parametrize("name, expect", [("timm:resnet18x", "unknown timm model 'resnet18x'; did you mean 'resnet18'"),
-                                          ("tv:resnet_18", "unknown torchvision model 'resnet_18'; did you mean"),
-                                          ("resnet_56", "unknown model 'resnet_56'; did you mean 'resnet56'")])
+@pytest.mark.parametrize(
+    "name, expect",
+    [
+        ("timm:resnet18x", "unknown timm model 'resnet18x'; did you mean 'resnet18'"),
+        ("tv:resnet_18", "unknown torchvision model 'resnet_18'; did you mean"),
+        ("resnet_56", "unknown model 'resnet_56'; did you mean 'resnet56'"),
+    ],
+)
 def test_an_unknown_model_is_one_line_exit_2_with_the_closest_names(run_cli, tmp_path, name, expect):
     code, out, err = run_cli("run", "task=digits", f"model={name}", "quiet=true", f"results_dir={tmp_path}")
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err

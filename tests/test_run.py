@@ -1,12 +1,26 @@
 """Full runs through the CLI, on tiny budgets, into temporary MLflow stores."""
+
 import torch
 
 from harness.artifacts import load_pruned
 from tests.conftest import last_json
 from tests.fixtures import make_cifar10
 
-REQUIRED = {"task", "method", "seed", "base_acc", "pruned_acc", "final_acc", "base_macs", "final_macs",
-            "flops_reduction", "base_params", "final_params", "latency", "mlflow_run_id"}
+REQUIRED = {
+    "task",
+    "method",
+    "seed",
+    "base_acc",
+    "pruned_acc",
+    "final_acc",
+    "base_macs",
+    "final_macs",
+    "flops_reduction",
+    "base_params",
+    "final_params",
+    "latency",
+    "mlflow_run_id",
+}
 
 
 def _client(results):
@@ -61,10 +75,24 @@ def test_baseline_is_shared_and_runs_are_deterministic(run_cli, tiny_digits):
 
 def test_resnet_on_the_cifar_fixture(run_cli, tmp_path):
     make_cifar10(tmp_path / "data", per_batch=8, n_test=16)
-    code, out, err = run_cli("run", "task=resnet56", "model.name=resnet8", f"data.root={tmp_path / 'data'}",
-                             "data.check_integrity=false", "data.num_workers=0", "train.epochs=1", "finetune.epochs=1", "measure.batch_sizes=[1,4]",
-                             "measure.repeats=2", "measure.max_seconds=0", "tracking=none", "quiet=true", f"results_dir={tmp_path / 'r'}",
-                             "prune.flops_reduction=0.4", "--json")
+    code, out, err = run_cli(
+        "run",
+        "task=resnet56",
+        "model.name=resnet8",
+        f"data.root={tmp_path / 'data'}",
+        "data.check_integrity=false",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "finetune.epochs=1",
+        "measure.batch_sizes=[1,4]",
+        "measure.repeats=2",
+        "measure.max_seconds=0",
+        "tracking=none",
+        "quiet=true",
+        f"results_dir={tmp_path / 'r'}",
+        "prune.flops_reduction=0.4",
+        "--json",
+    )
     assert code == 0, err
     s = last_json(out)
     assert s["task"] == "resnet56" and 0.4 <= s["flops_reduction"] <= 0.43
@@ -72,8 +100,9 @@ def test_resnet_on_the_cifar_fixture(run_cli, tmp_path):
 
 def test_failed_run_is_marked_failed_with_the_reason(run_cli, tmp_path):
     results = tmp_path / "results"
-    code, _, err = run_cli("run", "task=resnet56", f"data.root={tmp_path / 'missing'}", "quiet=true",
-                           f"results_dir={results}")
+    code, _, err = run_cli(
+        "run", "task=resnet56", f"data.root={tmp_path / 'missing'}", "quiet=true", f"results_dir={results}"
+    )
     assert code == 3 and "data.download=true" in err and len(err.strip().splitlines()) == 1
     runs = _client(results).search_runs(["0", "1"], filter_string="")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
@@ -82,8 +111,16 @@ def test_failed_run_is_marked_failed_with_the_reason(run_cli, tmp_path):
 
 def test_every_epoch_after_the_baseline_is_counted(run_cli, tiny_digits):
     args = [*tiny_digits, "tracking=none", "measure.batch_sizes=[1]", "--json"]
-    slim = last_json(run_cli("run", *args, "method=slimming", "method.sparse_epochs=2", "finetune.tail_epochs=1",
-                             "finetune.tail_lr=0.001")[1])
+    slim = last_json(
+        run_cli(
+            "run",
+            *args,
+            "method=slimming",
+            "method.sparse_epochs=2",
+            "finetune.tail_epochs=1",
+            "finetune.tail_lr=0.001",
+        )[1]
+    )
     assert slim["prune_epochs"] == 2.0 and slim["epochs_after_baseline"] == 2.0 + 1 + 1  # sparse + fine-tune + tail
     l1 = last_json(run_cli("run", *args, "method=l1")[1])
     assert l1["prune_epochs"] == 0.0 and l1["epochs_after_baseline"] == 1.0
@@ -103,8 +140,10 @@ def test_skip_finished_reuses_a_finished_run_of_the_same_config(run_cli, tiny_di
     other = last_json(run_cli("run", *args, "skip_finished=true", "seed=1")[1])  # another config runs
     assert not other.get("skipped") and other["mlflow_run_id"] != first["mlflow_run_id"]
     client = _client(tmp_path / "results")
-    assert client.get_run(first["mlflow_run_id"]).data.tags["run_key"] != client.get_run(
-        other["mlflow_run_id"]).data.tags["run_key"]
+    assert (
+        client.get_run(first["mlflow_run_id"]).data.tags["run_key"]
+        != client.get_run(other["mlflow_run_id"]).data.tags["run_key"]
+    )
 
 
 def test_budget_preset_overrides_the_task_recipe():

@@ -1,4 +1,5 @@
 """SCOP and ACP."""
+
 import copy
 
 import pytest
@@ -22,12 +23,22 @@ def _loader(x, y, batch=64):
 
 def _ctx(model, target, loader, metrics=None, validate=None, train=None):
     log = metrics if metrics is not None else {}
-    return PruneContext(pruner=ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.1), target=target,
-                        device=torch.device("cpu"), train_loader=loader, loss_fn=nn.CrossEntropyLoss(),
-                        evaluate=lambda m: 0.0, quick_evaluate=lambda m: 0.0, log_step=lambda s, m: None,
-                        log_metrics=lambda m, step=None: log.setdefault("history", []).append((step, dict(m))),
-                        train=train, validate=validate, val_loader=[] if validate else None, quiet=True,
-                        finetune_recipe=compose(["task=digits"]).finetune)
+    return PruneContext(
+        pruner=ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.1),
+        target=target,
+        device=torch.device("cpu"),
+        train_loader=loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        evaluate=lambda m: 0.0,
+        quick_evaluate=lambda m: 0.0,
+        log_step=lambda s, m: None,
+        log_metrics=lambda m, step=None: log.setdefault("history", []).append((step, dict(m))),
+        train=train,
+        validate=validate,
+        val_loader=[] if validate else None,
+        quiet=True,
+        finetune_recipe=compose(["task=digits"]).finetune,
+    )
 
 
 # --- SCOP ------------------------------------------------------------------------------------------
@@ -85,10 +96,13 @@ def test_scop_uniform_rate_is_the_smallest_that_meets_the_target():
     counts = {k: sum(1 for key, _ in plan if key == k) for k in groups}
     for k, g in groups.items():  # every group loses floor(rate x width), lowest scores first
         assert counts[k] == min(int(rate * g.channels + 1e-9), g.channels - g.min_keep)
-        assert sorted(i for key, i in plan if key == k) == sorted(torch.argsort(scores[k])[:counts[k]].tolist())
+        assert sorted(i for key, i in plan if key == k) == sorted(torch.argsort(scores[k])[: counts[k]].tolist())
     smaller = [r for r in sorted({i / g.channels for g in groups.values() for i in range(g.channels + 1)}) if r < rate]
-    at_smaller = [(k, i) for k, g in groups.items()
-                  for i in torch.argsort(scores[k])[:min(int(smaller[-1] * g.channels + 1e-9), g.channels - g.min_keep)].tolist()]
+    at_smaller = [
+        (k, i)
+        for k, g in groups.items()
+        for i in torch.argsort(scores[k])[: min(int(smaller[-1] * g.channels + 1e-9), g.channels - g.min_keep)].tolist()
+    ]
     assert pruner.reduction(pruner.remove(copy.deepcopy(model), at_smaller)) < 0.4  # the next smaller rate misses it
 
 
@@ -114,8 +128,16 @@ def test_acp_swarm_respects_bounds_and_coupling_caches_fitness_and_best_never_de
         return {}
 
     def validate(m):  # a deterministic fitness that prefers wider second stages
-        return float(sum(c for n, c in [(n, mod.out_channels) for n, mod in m.named_modules()
-                                        if isinstance(mod, nn.Conv2d)] if "block2" in n)) / 1000
+        return (
+            float(
+                sum(
+                    c
+                    for n, c in [(n, mod.out_channels) for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)]
+                    if "block2" in n
+                )
+            )
+            / 1000
+        )
 
     metrics = {}
     ctx = _ctx(model, 0.5, _loader(x[:256], y[:256]), metrics=metrics, validate=validate, train=train)
@@ -154,12 +176,27 @@ def test_acp_refuses_to_run_without_a_validation_split():
         ACP(_acp_cfg()).prune(model, ctx)
 
 
-@pytest.mark.parametrize("extra", [["method=scop", "method.epochs=2"],
-                                   ["method=acp", "method.particles=3", "method.cycles=1", "method.fitness_epochs=1"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["method=scop", "method.epochs=2"],
+        ["method=acp", "method.particles=3", "method.cycles=1", "method.fitness_epochs=1"],
+    ],
+)
 def test_scop_and_acp_hit_the_target_on_digits(run_cli, tmp_path, extra):
     results = tmp_path / "results"
-    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2", "measure.max_seconds=0",
-                             "quiet=true", f"results_dir={results}", *extra, "--json")
+    code, out, err = run_cli(
+        "run",
+        "task=digits",
+        "train.epochs=10",
+        "finetune.epochs=5",
+        "measure.repeats=2",
+        "measure.max_seconds=0",
+        "quiet=true",
+        f"results_dir={results}",
+        *extra,
+        "--json",
+    )
     assert code == 0, err
     s = last_json(out)
     assert 0.5 <= s["flops_reduction"] <= 0.53 and s["final_acc"] >= 0.9
@@ -167,20 +204,38 @@ def test_scop_and_acp_hit_the_target_on_digits(run_cli, tmp_path, extra):
 
     keys = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_run(s["mlflow_run_id"]).data.metrics.keys()
     name = extra[0].split("=")[1]
-    expected = {"scop/beta_mean", "scop/rate"} if name == "scop" else {"acp/best_fitness", "acp/eps", "acp/candidates_trained"}
+    expected = (
+        {"scop/beta_mean", "scop/rate"} if name == "scop" else {"acp/best_fitness", "acp/eps", "acp/candidates_trained"}
+    )
     assert expected <= keys
 
 
-@pytest.mark.parametrize("method", [["method=aip", "method.steps=3"],
-                                    ["method=scop", "method.epochs=3"],
-                                    ["method=acp", "method.particles=2", "method.cycles=2", "method.fitness_epochs=1"]])
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=aip", "method.steps=3"],
+        ["method=scop", "method.epochs=3"],
+        ["method=acp", "method.particles=2", "method.cycles=2", "method.fitness_epochs=1"],
+    ],
+)
 def test_killed_during_pruning_the_same_command_resumes_to_the_same_result(run_cli, tmp_path, monkeypatch, method):
     """Killed right after the method's 2nd checkpoint (AIP's round, SCOP's β epoch, ACP's swarm cycle),
     the same command continues from it and ends where an uninterrupted run ends."""
     from harness.checkpoint import RunCheckpoint
 
-    base = ["task=digits", "train.epochs=3", "finetune.epochs=1", "measure.repeats=1", "measure.max_seconds=0", "measure.batch_sizes=[1]",
-            "quiet=true", "tracking=none", "data.val_fraction=0.1", *method, "--json"]
+    base = [
+        "task=digits",
+        "train.epochs=3",
+        "finetune.epochs=1",
+        "measure.repeats=1",
+        "measure.max_seconds=0",
+        "measure.batch_sizes=[1]",
+        "quiet=true",
+        "tracking=none",
+        "data.val_fraction=0.1",
+        *method,
+        "--json",
+    ]
     base.append(f"results_dir={tmp_path}")  # one baseline for the three runs; a finished run leaves no checkpoint
     code, out, err = run_cli("run", *base)
     assert code == 0, err

@@ -1,4 +1,5 @@
 """The cifar10-dev study's statistics: spreads, paired intervals, labels."""
+
 import importlib.util
 import math
 from pathlib import Path

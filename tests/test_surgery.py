@@ -11,9 +11,10 @@ def _pruner(model, shape, ratio=0.1):
     return ChannelPruner(model, torch.randn(1, *shape), [model.fc], ratio)
 
 
-@pytest.mark.parametrize("name, shape, target", [("digits_resnet", (1, 8, 8), 0.5),
-                                                 ("resnet8", (3, 32, 32), 0.5),
-                                                 ("resnet8", (3, 32, 32), 0.7)])
+@pytest.mark.parametrize(
+    "name, shape, target",
+    [("digits_resnet", (1, 8, 8), 0.5), ("resnet8", (3, 32, 32), 0.5), ("resnet8", (3, 32, 32), 0.7)],
+)
 def test_prunes_a_residual_model_to_the_target(name, shape, target):
     torch.manual_seed(0)
     model = create_model(name, 10)
@@ -120,8 +121,9 @@ def test_grouped_convolutions_rank_units_by_their_mean_and_reach_the_target():
     order = pruner.removal_order(model, FilterL1Importance())
     for key in ("conv1", "conv2"):  # each group's channels come unit by unit, and at least one unit is left
         picked = [i for k, i in order if k == key]
-        assert len(picked) == 9 and all(sorted(picked[j:j + 3]) in ([0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11])
-                                        for j in range(0, 9, 3))
+        assert len(picked) == 9 and all(
+            sorted(picked[j : j + 3]) in ([0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]) for j in range(0, 9, 3)
+        )
     pruner.prune_to_target(model, FilterL1Importance(), 0.4)
     assert pruner.reduction(model) >= 0.4
     assert model.conv2.in_channels % 3 == 0 and model.conv2.out_channels % 3 == 0 and model.conv2.groups == 3

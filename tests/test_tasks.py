@@ -1,4 +1,5 @@
 """The paper tasks on tiny fixtures in their real on-disk layouts."""
+
 import pytest
 import torch
 
@@ -11,8 +12,18 @@ from tasks.models import create_model
 from tests.conftest import last_json
 from tests.fixtures import make_cifar100, make_cub200, make_imagefolder, make_voc2011
 
-QUICK = ["train.epochs=1", "finetune.epochs=1", "measure.repeats=1", "measure.warmup=1", "measure.max_seconds=0", "data.num_workers=0",
-         "tracking=none", "quiet=true", "prune.flops_reduction=0.3", "--json"]
+QUICK = [
+    "train.epochs=1",
+    "finetune.epochs=1",
+    "measure.repeats=1",
+    "measure.warmup=1",
+    "measure.max_seconds=0",
+    "data.num_workers=0",
+    "tracking=none",
+    "quiet=true",
+    "prune.flops_reduction=0.3",
+    "--json",
+]
 
 
 def test_list_shows_all_six_tasks(run_cli):
@@ -23,8 +34,16 @@ def test_list_shows_all_six_tasks(run_cli):
 
 def test_vgg16_cifar100_end_to_end(run_cli, tmp_path):
     make_cifar100(tmp_path / "data")
-    code, out, err = run_cli("run", "task=vgg16_cifar100", "method=l1", f"data.root={tmp_path / 'data'}", "data.check_integrity=false",
-                             "measure.batch_sizes=[1,4]", f"results_dir={tmp_path / 'r'}", *QUICK)
+    code, out, err = run_cli(
+        "run",
+        "task=vgg16_cifar100",
+        "method=l1",
+        f"data.root={tmp_path / 'data'}",
+        "data.check_integrity=false",
+        "measure.batch_sizes=[1,4]",
+        f"results_dir={tmp_path / 'r'}",
+        *QUICK,
+    )
     assert code == 0, err
     s = last_json(out)
     assert s["task"] == "vgg16_cifar100" and 0.3 <= s["flops_reduction"] <= 0.33
@@ -36,9 +55,17 @@ def test_resnet50_imagenet_from_given_weights(run_cli, tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "resnet50.pth"
     torch.save(create_model("tv:resnet50", 1000).state_dict(), weights)
-    code, out, err = run_cli("run", "task=resnet50_imagenet", "method=l1", f"data.root={tmp_path / 'imagenet'}",
-                             f"model.weights={weights}", "data.size=32", "measure.batch_sizes=[1]",
-                             f"results_dir={tmp_path / 'r'}", *QUICK)
+    code, out, err = run_cli(
+        "run",
+        "task=resnet50_imagenet",
+        "method=l1",
+        f"data.root={tmp_path / 'imagenet'}",
+        f"model.weights={weights}",
+        "data.size=32",
+        "measure.batch_sizes=[1]",
+        f"results_dir={tmp_path / 'r'}",
+        *QUICK,
+    )
     assert code == 0, err
     s = last_json(out)
     assert s["baseline_reused"] and not (tmp_path / "r" / "baselines").exists()  # the weights are the baseline
@@ -49,9 +76,18 @@ def test_cub200_transfer_with_a_model_override(run_cli, tmp_path):
     make_cub200(tmp_path / "cub")
     weights = tmp_path / "resnet18_imagenet.pth"
     torch.save({"state_dict": create_model("tv:resnet18", 1000).state_dict()}, weights)  # 1000-way head
-    code, out, err = run_cli("run", "task=cub200", "model=tv:resnet18", "method=l1", f"data.root={tmp_path / 'cub'}",
-                             f"model.weights={weights}", "data.size=32", "measure.batch_sizes=[1]",
-                             f"results_dir={tmp_path / 'r'}", *QUICK)
+    code, out, err = run_cli(
+        "run",
+        "task=cub200",
+        "model=tv:resnet18",
+        "method=l1",
+        f"data.root={tmp_path / 'cub'}",
+        f"model.weights={weights}",
+        "data.size=32",
+        "measure.batch_sizes=[1]",
+        f"results_dir={tmp_path / 'r'}",
+        *QUICK,
+    )
     assert code == 0, err
     s = last_json(out)
     assert not s["baseline_reused"]  # weights only initialise; the transfer is trained
@@ -60,9 +96,18 @@ def test_cub200_transfer_with_a_model_override(run_cli, tmp_path):
 
 def test_fcn_voc2011_end_to_end_with_miou(run_cli, tmp_path):
     make_voc2011(tmp_path / "voc")
-    code, out, err = run_cli("run", "task=fcn_voc2011", "method=l1", f"data.root={tmp_path / 'voc'}", "data.size=32",
-                             "train.batch_size=2", "finetune.batch_size=2", "measure.batch_sizes=[1]",
-                             f"results_dir={tmp_path / 'r'}", *QUICK)
+    code, out, err = run_cli(
+        "run",
+        "task=fcn_voc2011",
+        "method=l1",
+        f"data.root={tmp_path / 'voc'}",
+        "data.size=32",
+        "train.batch_size=2",
+        "finetune.batch_size=2",
+        "measure.batch_sizes=[1]",
+        f"results_dir={tmp_path / 'r'}",
+        *QUICK,
+    )
     assert code == 0, err
     s = last_json(out)
     assert s["metric"] == "miou" and 0 <= s["final_acc"] <= 1

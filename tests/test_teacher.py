@@ -1,4 +1,5 @@
 """GAL, AIP, the teacher-student module and the validation split."""
+
 import copy
 
 import pytest
@@ -21,10 +22,20 @@ from tests.fixtures import make_cifar10
 def _ctx(model, example, target=0.0, loader=None, validate=None, metrics=None):
     pruner = ChannelPruner(model, example, [model.fc], 0.1)
     log = metrics if metrics is not None else {}
-    return PruneContext(pruner=pruner, target=target, device=torch.device("cpu"), train_loader=loader,
-                        loss_fn=nn.CrossEntropyLoss(), evaluate=lambda m: 0.0, quick_evaluate=lambda m: 0.0,
-                        log_step=lambda step, m: log.update(m),
-                        log_metrics=lambda m, step=None: log.update(m), train=None, validate=validate, quiet=True)
+    return PruneContext(
+        pruner=pruner,
+        target=target,
+        device=torch.device("cpu"),
+        train_loader=loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        evaluate=lambda m: 0.0,
+        quick_evaluate=lambda m: 0.0,
+        log_step=lambda step, m: log.update(m),
+        log_metrics=lambda m, step=None: log.update(m),
+        train=None,
+        validate=validate,
+        quiet=True,
+    )
 
 
 def _gal_cfg(**over):
@@ -188,10 +199,22 @@ def test_validation_split_is_disjoint_stratified_and_unaugmented(tmp_path):
     test_images = {bytes(img.tobytes()) for img in test.data}
     assert not any(bytes(train.dataset.data[i].tobytes()) in test_images for i in val.indices)
     # the same split for every run seed, another one for another val_seed
-    again = create_task(compose(["task=resnet56", f"data.root={tmp_path}", "data.check_integrity=false",
-                                 "data.val_fraction=0.2", "seed=5"])).splits()[1]
-    other = create_task(compose(["task=resnet56", f"data.root={tmp_path}", "data.check_integrity=false",
-                                 "data.val_fraction=0.2", "data.val_seed=1"])).splits()[1]
+    again = create_task(
+        compose(
+            ["task=resnet56", f"data.root={tmp_path}", "data.check_integrity=false", "data.val_fraction=0.2", "seed=5"]
+        )
+    ).splits()[1]
+    other = create_task(
+        compose(
+            [
+                "task=resnet56",
+                f"data.root={tmp_path}",
+                "data.check_integrity=false",
+                "data.val_fraction=0.2",
+                "data.val_seed=1",
+            ]
+        )
+    ).splits()[1]
     assert again.indices == val.indices and other.indices != val.indices
 
 
@@ -204,8 +227,18 @@ def test_val_fraction_defaults_to_a_tenth_only_for_methods_that_ask():
 @pytest.mark.parametrize("extra", [["method=gal", "method.epochs=6"], ["method=aip", "method.steps=3"]])
 def test_gal_and_aip_hit_the_target_on_digits_and_log_their_curves(run_cli, tmp_path, extra):
     results = tmp_path / "results"
-    code, out, err = run_cli("run", "task=digits", "train.epochs=10", "finetune.epochs=5", "measure.repeats=2", "measure.max_seconds=0",
-                             "quiet=true", f"results_dir={results}", *extra, "--json")
+    code, out, err = run_cli(
+        "run",
+        "task=digits",
+        "train.epochs=10",
+        "finetune.epochs=5",
+        "measure.repeats=2",
+        "measure.max_seconds=0",
+        "quiet=true",
+        f"results_dir={results}",
+        *extra,
+        "--json",
+    )
     assert code == 0, err
     s = last_json(out)
     assert 0.5 <= s["flops_reduction"] <= 0.512 and s["final_acc"] >= 0.9
@@ -274,16 +307,23 @@ def test_paper_rows_for_gal_aip_match_on_model_and_compare_drops():
     assert "-0.66 vs base" in text and delta == pytest.approx(-0.34)  # we lost 0.34 points more than AIP did
 
 
-@pytest.mark.parametrize("task, make, extra", [
-    ("resnet50_imagenet", "make_imagefolder", ["data.size=32"]),
-    ("cub200", "make_cub200", ["data.size=32"]),
-    ("fcn_voc2011", "make_voc2011", ["data.size=32"]),
-])
+@pytest.mark.parametrize(
+    "task, make, extra",
+    [
+        ("resnet50_imagenet", "make_imagefolder", ["data.size=32"]),
+        ("cub200", "make_cub200", ["data.size=32"]),
+        ("fcn_voc2011", "make_voc2011", ["data.size=32"]),
+    ],
+)
 def test_validation_split_in_every_on_disk_layout_is_carved_from_train_and_unaugmented(tmp_path, task, make, extra):
     import tests.fixtures as fixtures
 
-    getattr(fixtures, make)(tmp_path, **({"classes": 2, "per_class": 10} if make != "make_voc2011" else {"n_train": 10}))
-    train, val, test = create_task(compose([f"task={task}", f"data.root={tmp_path}", "data.val_fraction=0.2", *extra])).splits()
+    getattr(fixtures, make)(
+        tmp_path, **({"classes": 2, "per_class": 10} if make != "make_voc2011" else {"n_train": 10})
+    )
+    train, val, test = create_task(
+        compose([f"task={task}", f"data.root={tmp_path}", "data.val_fraction=0.2", *extra])
+    ).splits()
     assert len(val) >= 2 and len(train) + len(val) == len(train.dataset)
     assert not set(train.indices) & set(val.indices)
     for i in range(len(val)):  # served with the test split's transform: no random crop or flip

@@ -13,6 +13,7 @@ The rules the run loop keeps:
 - evaluation runs on the full validation/test split on every rank, so every rank sees the same numbers;
 - rank 0 owns every side effect: MLflow, checkpoints, the baseline cache, artifacts, printed output.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -70,9 +71,11 @@ def setup(device: torch.device, timeout_min: float = 30.0) -> torch.device:
         from harness.core.errors import ConfigError
 
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"WORLD_SIZE={env_world_size()} asks for a distributed run, but its process group did not "
-                          f"start ({detail}); start it with torchrun, or with launcher=slurm "
-                          "launcher.tasks_per_node=N") from None
+        raise ConfigError(
+            f"WORLD_SIZE={env_world_size()} asks for a distributed run, but its process group did not "
+            f"start ({detail}); start it with torchrun, or with launcher=slurm "
+            "launcher.tasks_per_node=N"
+        ) from None
     atexit.register(_shutdown)
     return device
 
@@ -101,7 +104,7 @@ class ShardSampler(DistributedSampler):
 
     def __iter__(self):
         if self.shuffle:
-            self.epoch = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+            self.epoch = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         return super().__iter__()
 
 
@@ -202,7 +205,10 @@ def gather(obj: Any) -> list[Any]:
 def failure_reason(e: BaseException) -> str:
     """What to record as a failed run's reason; a collective that broke names the likely cause."""
     text = f"{type(e).__name__}: {e}"
-    if is_distributed() and isinstance(e, (dist.DistError, RuntimeError)) and any(
-            s in str(e) for s in ("Connection closed", "Connection reset", "Broken pipe", "Gloo", "NCCL")):
+    if (
+        is_distributed()
+        and isinstance(e, (dist.DistError, RuntimeError))
+        and any(s in str(e) for s in ("Connection closed", "Connection reset", "Broken pipe", "Gloo", "NCCL"))
+    ):
         return f"rank {rank()} of {world_size()}: another rank stopped (died, was killed or failed first): {text}"
     return text

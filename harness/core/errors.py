@@ -7,14 +7,17 @@ class HarnessError(Exception):
 
 class ConfigError(HarnessError):
     """Bad command line or configuration: an unknown name or key, a value out of range."""
+
     exit_code = 2
 
 
 class DataError(HarnessError):
     """A dataset that is missing or malformed."""
+
     exit_code = 3
 
 
 class NumericalError(HarnessError):
     """The loss became NaN or infinite."""
+
     exit_code = 4

@@ -1,5 +1,6 @@
 """Forward hooks that several methods share: per-channel scaling (gates, masks, knock-off mixing), a
 feature tap (keep named outputs), a set of hooks removed together, and freezing parameters for a while."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,10 @@ def per_channel(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def channel_scaler(scale: Callable[[], torch.Tensor]) -> Hook:
     """A forward hook multiplying a layer's output by ``scale()``, one factor per channel. ``scale`` is
     called at every forward pass, so gates and masks can change between passes."""
+
     def hook(module, inputs, output):
         return output * per_channel(scale(), output)
+
     return hook
 
 
@@ -51,6 +54,7 @@ class FeatureTap:
     def _keep(self, name: str) -> Hook:
         def hook(module, inputs, output):
             self.outputs[name] = output
+
         return hook
 
     def features(self) -> list[torch.Tensor]:

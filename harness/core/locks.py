@@ -6,6 +6,7 @@ token). While held, a thread refreshes its mtime every ``heartbeat`` seconds. A 
 whose owner is gone: on the same host when the pid no longer exists, from any host when the file has
 not been refreshed for ``stale_after`` seconds (a SIGKILLed or preempted holder).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ class LockTimeout(TimeoutError):
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, poll: float = 0.25, heartbeat: float = 10.0, stale_after: float = 60.0,
-              timeout: float | None = None):
+def file_lock(
+    path: Path, *, poll: float = 0.25, heartbeat: float = 10.0, stale_after: float = 60.0, timeout: float | None = None
+):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex}"

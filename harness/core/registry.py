@@ -1,6 +1,7 @@
 """One registry decorator per kind of plug-in, and discovery without hand-kept lists: every module of the
 plug-ins' package is imported, then every entry point of the group ``harness.<kind>s`` (so that a user's
 own package can add a method or a task by declaring an entry point)."""
+
 from __future__ import annotations
 
 import difflib

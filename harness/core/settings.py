@@ -4,6 +4,7 @@ that validates a config node against them before anything runs.
 A plug-in's settings are a dataclass whose fields are made with ``setting``: a default, a kind (``int``,
 ``real``, ``bool``, ``str``, ``list``, or the words of ``choices``), a documented range and a one-line help.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,15 +16,27 @@ from harness.core.errors import ConfigError
 KINDS = ("int", "real", "bool", "str", "list", "choice")
 
 
-def setting(default: Any, kind: str | None = None, interval: str | None = None, *, choices: tuple[str, ...] = (),
-            nullable: bool = False, help: str = "") -> Any:
+def setting(
+    default: Any,
+    kind: str | None = None,
+    interval: str | None = None,
+    *,
+    choices: tuple[str, ...] = (),
+    nullable: bool = False,
+    help: str = "",
+) -> Any:
     """A dataclass field with what the checker and the docs need. ``interval`` as "[a, b]", "(a, b)",
     "[a, inf)"; ``nullable`` lets the value be null (the default may then be None)."""
     kind = kind or ("choice" if choices else None)
     if kind not in KINDS:
         raise ValueError(f"setting kind must be one of {KINDS}, got {kind!r}")
-    meta = {"kind": kind, "interval": interval, "choices": tuple(choices), "nullable": nullable or default is None,
-            "help": help}
+    meta = {
+        "kind": kind,
+        "interval": interval,
+        "choices": tuple(choices),
+        "nullable": nullable or default is None,
+        "help": help,
+    }
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -41,8 +54,14 @@ class SettingInfo:
 
     def accepted(self) -> str:
         """What the docs and `list` print: "integer in [1, 100]", "one of sum, mean", "true or false"."""
-        text = {"int": f"integer in {self.interval}", "real": f"number in {self.interval}", "bool": "true or false",
-                "str": "text", "list": "list", "choice": f"one of {', '.join(self.choices)}"}[self.kind]
+        text = {
+            "int": f"integer in {self.interval}",
+            "real": f"number in {self.interval}",
+            "bool": "true or false",
+            "str": "text",
+            "list": "list",
+            "choice": f"one of {', '.join(self.choices)}",
+        }[self.kind]
         return text + (" or null" if self.nullable else "")
 
 
@@ -75,7 +94,8 @@ def check_range(key: str, value, kind: str, interval: str, nullable: bool = Fals
         lo, hi = (part.strip() for part in interval[1:-1].split(","))
         lo_v, hi_v = float(lo), float(hi)
         ok = (value >= lo_v if interval[0] == "[" else value > lo_v) and (
-            value <= hi_v if interval[-1] == "]" else value < hi_v)
+            value <= hi_v if interval[-1] == "]" else value < hi_v
+        )
     if not ok:
         raise ConfigError(f"{key} must be {what} in {interval}{null}, got {value!r}")
 

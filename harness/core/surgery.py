@@ -4,6 +4,7 @@ A *group* is a set of coupled channels that must be removed together (a conv's f
 next layer's input channels, and every layer tied to them by a residual add). Groups are keyed by
 the name of their root module, so a key stays valid on a deep copy of the model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,12 +25,12 @@ _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 
 @dataclass
 class ChannelGroup:
-    key: str                   # name of the root module
+    key: str  # name of the root module
     group: tp.dependency.Group
-    channels: int              # current number of channels
-    min_keep: int              # the per-layer minimum (from the dense model's widths)
-    members: list[str]         # names of the conv/linear layers whose outputs are in the group
-    norms: list[str]           # names of the BatchNorm layers in the group (same channel indices)
+    channels: int  # current number of channels
+    min_keep: int  # the per-layer minimum (from the dense model's widths)
+    members: list[str]  # names of the conv/linear layers whose outputs are in the group
+    norms: list[str]  # names of the BatchNorm layers in the group (same channel indices)
     # Channels that can only go together, or None: a grouped convolution on the group's channels keeps
     # the same positions in each of its groups, so position p of every group is one unit.
     units: list[tuple[int, ...]] | None = None
@@ -56,13 +57,15 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 class MacsCost:
     """What a pruner cuts by default: the MACs of one forward pass of the example input. Another cost
     (predicted latency, ``harness.latency.target``) has the same four members."""
+
     name, target_key, what = "macs", "prune.flops_reduction", "the MACs"
 
     def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
         return float(count_macs_params(model, example_inputs)[0])
 
-    def correct(self, prefix: int, target: float, build: Callable[[int], nn.Module],
-                predicted: Callable[[int], float], n: int) -> int:
+    def correct(
+        self, prefix: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float], n: int
+    ) -> int:
         """The prefix of the removal order to keep, given the one chosen on this cost (``prefix``): a
         cost that can be measured for real corrects its choice here; MACs are exact."""
         return prefix
@@ -76,14 +79,23 @@ class ChannelPruner:
     least ``max(1, int(min_channels_ratio * dense_channels))`` channels.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignored: list[nn.Module],
-                 min_channels_ratio: float = 0.1, round_to: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor,
+        ignored: list[nn.Module],
+        min_channels_ratio: float = 0.1,
+        round_to: int | None = None,
+    ):
         self.example_inputs = example_inputs
         self.round_to = round_to
         names = {m: n for n, m in model.named_modules()}
         self.ignored_names = [names[m] for m in ignored]
-        self.min_keep = {n: max(1, int(min_channels_ratio * _out_channels(m)))
-                         for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        self.min_keep = {
+            n: max(1, int(min_channels_ratio * _out_channels(m)))
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+        }
         self.base_macs, self.base_params = count_macs_params(model, example_inputs)
         self.cost_model, self.base_cost = MacsCost(), float(self.base_macs)
         self.unscored: list[str] = []
@@ -109,10 +121,16 @@ class ChannelPruner:
         ignored = [model.get_submodule(n) for n in self.ignored_names]
         out = {}
         for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
-            members = [names[item.dep.target.module] for item in g
-                       if item.dep.handler in _OUT_FNS and item.dep.target.module in names]
-            norms = [names[item.dep.target.module] for item in g
-                     if item.dep.handler == tp.prune_batchnorm_out_channels and item.dep.target.module in names]
+            members = [
+                names[item.dep.target.module]
+                for item in g
+                if item.dep.handler in _OUT_FNS and item.dep.target.module in names
+            ]
+            norms = [
+                names[item.dep.target.module]
+                for item in g
+                if item.dep.handler == tp.prune_batchnorm_out_channels and item.dep.target.module in names
+            ]
             root = g[0].dep.target.module
             units = grouped_conv_units(g, _out_channels(root))
             min_keep = max(self.min_keep.get(n, 1) for n in members)
@@ -145,11 +163,16 @@ class ChannelPruner:
                 continue
             group_scores = torch.as_tensor(group_scores, dtype=torch.float64).detach().cpu()
             if group_scores.numel() != cg.channels or not torch.isfinite(group_scores).all():
-                raise RuntimeError(f"importance for group {key!r} has shape {tuple(group_scores.shape)} or "
-                                   f"non-finite values; expected {cg.channels} finite scores")
+                raise RuntimeError(
+                    f"importance for group {key!r} has shape {tuple(group_scores.shape)} or "
+                    f"non-finite values; expected {cg.channels} finite scores"
+                )
             scores[key] = group_scores
-        return rank_channels(scores, {k: g.channels - g.min_keep for k, g in groups.items()},
-                             {k: g.units for k, g in groups.items() if g.units})
+        return rank_channels(
+            scores,
+            {k: g.channels - g.min_keep for k, g in groups.items()},
+            {k: g.units for k, g in groups.items() if g.units},
+        )
 
     def remove(self, model: nn.Module, channels: list[tuple[str, int]]) -> nn.Module:
         """Physically remove ``channels`` [(group key, channel index)] from ``model``, in place. In a group
@@ -183,13 +206,15 @@ class ChannelPruner:
                     f"{self.target_key}={target} is unreachable with this method's criterion: it scores "
                     f"{len(groups) - len(self.unscored)} of the {len(groups)} channel groups (not e.g. "
                     f"{self.unscored[0]}, which has no BatchNorm if the criterion is slimming's), and pruning only "
-                    f"those removes at most {trial(len(order)):.3f}; choose another method or lower the target")
+                    f"those removes at most {trial(len(order)):.3f}; choose another method or lower the target"
+                )
             raise ConfigError(self.unreachable_message(model, target))
         k = self.cost_model.correct(smallest_prefix(trial, target, len(order)), target, build, trial, len(order))
         return self.remove(model, chosen(k))
 
-    def rounded(self, selection: list[tuple[str, int]], order: list[tuple[str, int]],
-                groups: dict[str, ChannelGroup]) -> list[tuple[str, int]]:
+    def rounded(
+        self, selection: list[tuple[str, int]], order: list[tuple[str, int]], groups: dict[str, ChannelGroup]
+    ) -> list[tuple[str, int]]:
         """With ``round_to``, remove more of each touched group's least important channels so that
         what is left is a multiple of ``round_to`` (fast kernels like aligned widths), never fewer
         than the group's minimum."""
@@ -237,14 +262,18 @@ class ChannelPruner:
             return self.reduction(pruned)
         except (RuntimeError, ZeroDivisionError, IndexError, ValueError) as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"{type(model).__name__} cannot be pruned by the channel surgery: removing channels "
-                              f"breaks a layer ({type(e).__name__}: {detail}); choose another model") from None
+            raise ConfigError(
+                f"{type(model).__name__} cannot be pruned by the channel surgery: removing channels "
+                f"breaks a layer ({type(e).__name__}: {detail}); choose another model"
+            ) from None
 
     def unreachable_message(self, model: nn.Module, target: float) -> str:
         what = self.cost_model.what
-        return (f"{self.target_key}={target} is unreachable: keeping every layer at its minimum "
-                f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of {what}; "
-                "lower the target or prune.min_channels_ratio")
+        return (
+            f"{self.target_key}={target} is unreachable: keeping every layer at its minimum "
+            f"(prune.min_channels_ratio) removes at most {self.max_reduction(model):.3f} of {what}; "
+            "lower the target or prune.min_channels_ratio"
+        )
 
 
 def smallest_prefix(reduction_at: Callable[[int], float], goal: float, n: int, lo: int = 0) -> int:
@@ -265,14 +294,19 @@ def check_supported(model: nn.Module) -> None:
     (ResNeXt, RegNet) are pruned by whole units (``grouped_conv_units``); depthwise ones channel by channel."""
     for name, m in model.named_modules():
         if isinstance(m, nn.ConvTranspose2d) and m.groups > 1:
-            raise ConfigError(f"layer {name} is a grouped transposed convolution, which the channel surgery does "
-                              "not prune; choose another model")
+            raise ConfigError(
+                f"layer {name} is a grouped transposed convolution, which the channel surgery does "
+                "not prune; choose another model"
+            )
 
 
 def _is_grouped(layer: nn.Module) -> bool:
     """A grouped convolution that is not depthwise (depthwise ones prune channel by channel)."""
-    return (isinstance(layer, nn.Conv2d) and layer.groups > 1
-            and not (layer.groups == layer.in_channels == layer.out_channels))
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.groups > 1
+        and not (layer.groups == layer.in_channels == layer.out_channels)
+    )
 
 
 def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[int, ...]] | None:
@@ -322,8 +356,9 @@ def complete_units(idxs: list[int], units: list[tuple[int, ...]], channels: int)
     return sorted(c for u in chosen for c in u)
 
 
-def rank_channels(scores: dict[str, torch.Tensor], removable: dict[str, int],
-                  units: dict[str, list[tuple[int, ...]]] | None = None) -> list[tuple[str, int]]:
+def rank_channels(
+    scores: dict[str, torch.Tensor], removable: dict[str, int], units: dict[str, list[tuple[int, ...]]] | None = None
+) -> list[tuple[str, int]]:
     """Global ranking: (group, channel) pairs by ascending score, taking at most ``removable[group]``
     from each group. Channels scored +inf (already gone) are never listed. In a group with ``units``
     (grouped convolutions), a unit is ranked by its channels' mean score and listed whole, consecutively."""

@@ -3,6 +3,7 @@
 Methods and regularisers plug in through ``TrainingHook``: an extra loss term, and a call after
 ``backward()`` (for sub-gradient updates). The loop stops at the first non-finite loss.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ class TrainingHook:
 
 
 def make_optimizer(params: Iterable[nn.Parameter], recipe: DictConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                           weight_decay=recipe.weight_decay, nesterov=bool(recipe.nesterov))
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=bool(recipe.nesterov)
+    )
 
 
 def total_epochs(recipe: DictConfig) -> int:
@@ -109,15 +111,30 @@ class CountingLoader:
 def progress(iterable, *, desc: str, quiet: bool, total: int | None = None):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty())
+    return tqdm(
+        iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=quiet or not sys.stderr.isatty()
+    )
 
 
-def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, device: torch.device,
-          hooks: list[TrainingHook] = (), evaluate: Callable[[nn.Module], dict] | None = None,
-          on_epoch: Callable[[int, dict], None] | None = None, params: Iterable[nn.Parameter] | None = None,
-          desc: str = "train", quiet: bool = False, epochs: int | None = None, seed: int | None = None,
-          resume: dict | None = None, checkpoint: Callable[[dict], None] | None = None, eval_every: int = 1) -> dict:
+def train(
+    model: nn.Module,
+    loader,
+    recipe: DictConfig,
+    *,
+    loss_fn: nn.Module,
+    device: torch.device,
+    hooks: list[TrainingHook] = (),
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    params: Iterable[nn.Parameter] | None = None,
+    desc: str = "train",
+    quiet: bool = False,
+    epochs: int | None = None,
+    seed: int | None = None,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    eval_every: int = 1,
+) -> dict:
     """Train ``model`` for ``recipe.epochs`` plus its tail (or ``epochs``). After every ``eval_every``-th
     epoch and the last, ``evaluate(model)`` adds to the epoch's metrics; after each epoch
     ``on_epoch(epoch, metrics)`` is called, then ``checkpoint(state)`` with what ``resume=``
@@ -156,8 +173,10 @@ def train(model: nn.Module, loader, recipe: DictConfig, *, loss_fn: nn.Module, d
                     loss = loss + extra
             value = distributed.mean_scalar(loss.item())  # a NaN on any rank stops every rank
             if not math.isfinite(value):
-                raise NumericalError(f"{desc}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                                     f"lower the learning rate ({desc.split()[0]}.lr) or check the data")
+                raise NumericalError(
+                    f"{desc}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower the learning rate ({desc.split()[0]}.lr) or check the data"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(outside)

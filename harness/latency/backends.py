@@ -4,6 +4,7 @@ Each backend gives a callable taking the input batch, timed by ``harness.latency
 eager model: the median wall time of one forward pass of a whole batch (ms per batch) after warm-up,
 at a fixed torch (or ORT intra-op) thread count; on CUDA, eager and compile are timed with events.
 """
+
 from __future__ import annotations
 
 import platform
@@ -34,7 +35,9 @@ def runner(model: nn.Module, example: torch.Tensor, backend: str):
                 compiled(example)
             return compiled
         except Exception as e:  # no compiler toolchain, unsupported op, ...
-            raise BackendUnavailable(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+            raise BackendUnavailable(
+                f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            ) from None
     if backend == "onnx":
         return _onnx_runner(model, example)
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -73,8 +76,13 @@ def time_backend(model: nn.Module, example: torch.Tensor, backend: str, warmup: 
 def environment() -> dict:
     import torchvision
 
-    env = {"machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
-           "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+    env = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import onnxruntime
 

@@ -9,6 +9,7 @@ the other on the same batch, in alternating order, so a change of machine load h
 pair. Pairs are added until the 95% interval of the median per-pair speed-up (distribution-free, from
 order statistics) is within ±``measure.interval`` of it, or ``measure.max_seconds`` have passed.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     n, tail = len(values), (1 - confidence) / 2
     k, cdf = 0, 0.0
     for j in range(n + 1):
-        cdf += math.comb(n, j) / 2 ** n
+        cdf += math.comb(n, j) / 2**n
         if cdf > tail:
             break
         k = j + 1
@@ -47,8 +48,9 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 
 
 @torch.inference_mode()
-def paired_latency(dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: int,
-                   max_seconds: float, interval: float = 0.03) -> dict:
+def paired_latency(
+    dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: int, max_seconds: float, interval: float = 0.03
+) -> dict:
     """Time ``dense`` and ``pruned`` on ``x`` in alternating pairs until the speed-up's 95% interval is
     within ±``interval`` of its median (relative), or ``max_seconds`` have passed; at least ``min_pairs``.
 
@@ -79,11 +81,19 @@ def paired_latency(dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: in
         if time.perf_counter() - started >= max_seconds:
             break
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"dense_ms": statistics.median(dense_ms), "pruned_ms": statistics.median(pruned_ms),
-            "speedup": statistics.median(ratios), "speedup_lo": ci[0] if ci else None,
-            "speedup_hi": ci[1] if ci else None, "speedup_q1": quartiles[0], "speedup_q3": quartiles[2],
-            "pairs": len(ratios), "passes_per_timing": passes, "converged": converged,
-            "seconds": time.perf_counter() - started}
+    return {
+        "dense_ms": statistics.median(dense_ms),
+        "pruned_ms": statistics.median(pruned_ms),
+        "speedup": statistics.median(ratios),
+        "speedup_lo": ci[0] if ci else None,
+        "speedup_hi": ci[1] if ci else None,
+        "speedup_q1": quartiles[0],
+        "speedup_q3": quartiles[2],
+        "pairs": len(ratios),
+        "passes_per_timing": passes,
+        "converged": converged,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def passes_for(model, x: torch.Tensor) -> int:
@@ -109,16 +119,31 @@ def timed(model, x: torch.Tensor, passes: int) -> float:
     return (time.perf_counter() - t0) * 1e3 / passes
 
 
-def compare_latency(dense: nn.Module, pruned: nn.Module, make_input, batch_sizes, device: torch.device,
-                    *, warmup: int, repeats: int, max_seconds: float = 10.0, interval: float = 0.03) -> dict[str, dict]:
+def compare_latency(
+    dense: nn.Module,
+    pruned: nn.Module,
+    make_input,
+    batch_sizes,
+    device: torch.device,
+    *,
+    warmup: int,
+    repeats: int,
+    max_seconds: float = 10.0,
+    interval: float = 0.03,
+) -> dict[str, dict]:
     """Dense vs pruned latency at each batch size, in alternating pairs (``paired_latency``)."""
     out = {}
     for b in batch_sizes:
         x = make_input(int(b)).to(device)
-        measured = paired_latency(dense, pruned, x, warmup=warmup, min_pairs=repeats, max_seconds=max_seconds,
-                                  interval=interval)
-        out[f"b{b}"] = {"batch_size": int(b), **measured, "threads": torch.get_num_threads(),
-                        "device": device_name(device)}
+        measured = paired_latency(
+            dense, pruned, x, warmup=warmup, min_pairs=repeats, max_seconds=max_seconds, interval=interval
+        )
+        out[f"b{b}"] = {
+            "batch_size": int(b),
+            **measured,
+            "threads": torch.get_num_threads(),
+            "device": device_name(device),
+        }
     return out
 
 

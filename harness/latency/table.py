@@ -12,6 +12,7 @@ batch size and torch version; a layer shape is timed once and reused by every mo
 prediction only has to rank candidate widths and find where a target is crossed: every run that
 prunes to a latency target reports the real, measured reduction beside it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,22 +37,23 @@ from harness.latency.measure import device_name, passes_for, timed
 # dense model has; with prune.round_to the multiples of round_to instead.
 ALIGN, MAX_POINTS = 8, 16
 FRACTIONS = (1.0, 0.8, 0.6, 0.45, 0.3)  # uniform widths the calibration line is fitted on
-TIMINGS = 5       # median of this many timings per grid point
+TIMINGS = 5  # median of this many timings per grid point
 CALIBRATION_ROUNDS = 9
 
 
 @dataclass(frozen=True)
 class LayerShape:
     """What one layer's time depends on, besides its widths."""
-    op: str                         # conv | depthwise | linear
+
+    op: str  # conv | depthwise | linear
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
-    groups: int = 1                 # a grouped (not depthwise) conv keeps its group count when pruned
-    size: tuple[int, ...] = ()      # input spatial size (conv) or leading token count (linear)
+    groups: int = 1  # a grouped (not depthwise) conv keeps its group count when pruned
+    size: tuple[int, ...] = ()  # input spatial size (conv) or leading token count (linear)
     bias: bool = False
-    multiplier: int = 1             # depthwise: output channels per input channel
+    multiplier: int = 1  # depthwise: output channels per input channel
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -66,16 +68,27 @@ def layers_of(model: nn.Module, example: torch.Tensor) -> list[tuple[LayerShape,
         x = inputs[0]
         if isinstance(module, nn.Conv2d):
             depthwise = module.groups > 1 and module.groups == module.in_channels
-            shape = LayerShape("depthwise" if depthwise else "conv", tuple(module.kernel_size), tuple(module.stride),
-                               tuple(module.padding) if not isinstance(module.padding, str) else (module.padding,),
-                               tuple(module.dilation), 1 if depthwise else module.groups, tuple(x.shape[-2:]),
-                               module.bias is not None,
-                               module.out_channels // module.in_channels if depthwise else 1)
+            shape = LayerShape(
+                "depthwise" if depthwise else "conv",
+                tuple(module.kernel_size),
+                tuple(module.stride),
+                tuple(module.padding) if not isinstance(module.padding, str) else (module.padding,),
+                tuple(module.dilation),
+                1 if depthwise else module.groups,
+                tuple(x.shape[-2:]),
+                module.bias is not None,
+                module.out_channels // module.in_channels if depthwise else 1,
+            )
             found.append((shape, module.in_channels, module.out_channels))
         else:
             tokens = math.prod(x.shape[1:-1]) if x.dim() > 2 else 1
-            found.append((LayerShape("linear", size=(tokens,), bias=module.bias is not None),
-                          module.in_features, module.out_features))
+            found.append(
+                (
+                    LayerShape("linear", size=(tokens,), bias=module.bias is not None),
+                    module.in_features,
+                    module.out_features,
+                )
+            )
 
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -124,16 +137,29 @@ def _input(shape: LayerShape, cin: int, batch: int, device: torch.device) -> tor
 class LatencyTable:
     """Predicts the latency (ms per batch of ``batch``) of a model and of any narrower copy of it."""
 
-    def __init__(self, batch: int, device: torch.device, results_dir: str | Path, say=lambda msg: None,
-                 align: int | None = None):
+    def __init__(
+        self, batch: int, device: torch.device, results_dir: str | Path, say=lambda msg: None, align: int | None = None
+    ):
         self.batch, self.device, self.say, self.align = int(batch), device, say, int(align or ALIGN)
         self.threads = torch.get_num_threads()
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device_name(device)}-t{self.threads}-b{self.batch}-"
-                                                   f"a{self.align}-torch{torch.__version__.split('+')[0]}")
+        slug = re.sub(
+            r"[^A-Za-z0-9_.-]+",
+            "_",
+            f"{device_name(device)}-t{self.threads}-b{self.batch}-a{self.align}-torch{torch.__version__.split('+')[0]}",
+        )
         self.path = Path(results_dir) / "latency_tables" / f"{slug}.json"
-        self.data = {"meta": {"device": device_name(device), "threads": self.threads, "batch": self.batch,
-                              "torch": torch.__version__, "host": platform.node(), "unit": "ms per batch"},
-                     "layers": {}, "calibration": {}}
+        self.data = {
+            "meta": {
+                "device": device_name(device),
+                "threads": self.threads,
+                "batch": self.batch,
+                "torch": torch.__version__,
+                "host": platform.node(),
+                "unit": "ms per batch",
+            },
+            "layers": {},
+            "calibration": {},
+        }
         self.line: dict | None = None  # the calibration of the model being pruned
 
     # --- building ------------------------------------------------------------------------------
@@ -169,14 +195,16 @@ class LatencyTable:
         if not todo:
             return 0
         points = 0
-        self.say(f"[latency] timing {len(todo)} layer shapes at batch {self.batch} for the lookup table "
-                 f"({self.path.name}; once per device, threads and batch)")
+        self.say(
+            f"[latency] timing {len(todo)} layer shapes at batch {self.batch} for the lookup table "
+            f"({self.path.name}; once per device, threads and batch)"
+        )
         for shape, widths in todo.items():
             step = shape.groups
             ins = _axis([w[0] for w in widths], step, self.align)
             outs = [0] if shape.op == "depthwise" else _axis([w[1] for w in widths], step, self.align)
             ms = self._time_grid(shape, [(i, o) for i in ins for o in outs])
-            grid = [ms[k * len(outs):(k + 1) * len(outs)] for k in range(len(ins))]
+            grid = [ms[k * len(outs) : (k + 1) * len(outs)] for k in range(len(ins))]
             points += len(ins) * len(outs)
             self.data["layers"][shape.key()] = {"in": ins, "out": outs, "ms": grid}
         return points
@@ -185,7 +213,11 @@ class LatencyTable:
         """Median ms per pass of the layer at each (input, output) width, timed in interleaved rounds (every
         point of a chunk once per round) so that a burst of load on the machine hits many points a little,
         not one a lot. Chunks bound the memory of the layers built at once (VGG's 512-wide grids)."""
-        return [ms for start in range(0, len(widths), chunk) for ms in self._time_points(shape, widths[start:start + chunk])]
+        return [
+            ms
+            for start in range(0, len(widths), chunk)
+            for ms in self._time_points(shape, widths[start : start + chunk])
+        ]
 
     @torch.inference_mode()
     def _time_points(self, shape: LayerShape, widths: list[tuple[int, int]]) -> list[float]:
@@ -216,8 +248,14 @@ class LatencyTable:
         if a <= 0:  # the measurements did not resolve a slope: proportional to the table instead
             a, b = real[0] / table[0], 0.0
         fitted = [a * t + b for t in table]
-        return {"a": a, "b": b, "table_ms": table, "real_ms": real,
-                "max_rel_error": max(abs(f - r) / r for f, r in zip(fitted, real)), "models": n}
+        return {
+            "a": a,
+            "b": b,
+            "table_ms": table,
+            "real_ms": real,
+            "max_rel_error": max(abs(f - r) / r for f, r in zip(fitted, real)),
+            "models": n,
+        }
 
     # --- predicting ----------------------------------------------------------------------------
     def table_ms(self, model: nn.Module, example: torch.Tensor) -> float:

@@ -1,6 +1,7 @@
 """Pruning to a measured latency target: the pruner's cost becomes the lookup table's predicted latency
 (``PredictedLatency``), and a one-shot choice made on it is corrected by real paired measurements
 (``Corrected``). ``prepare`` builds both for a run, before any training."""
+
 from __future__ import annotations
 
 import copy
@@ -23,6 +24,7 @@ def reduction_from_speedup(speedup: float | None) -> float | None:
 
 class PredictedLatency:
     """A pruner cost: the lookup table's ms per batch for a model (``LatencyTable.predict``)."""
+
     name, target_key, what = "latency_ms", "prune.latency_reduction", "the predicted latency"
 
     def __init__(self, table: LatencyTable):
@@ -39,6 +41,7 @@ class PredictedLatency:
 class Corrected:
     """A cost whose one-shot choice is corrected by measuring candidates for real: ``measured_reduction``
     times one, from ``measured_from`` on (the run's final target; intermediate steps trust the cost)."""
+
     cost: object
     measured_reduction: Callable[[nn.Module], float]
     measured_from: float = 0.0
@@ -60,8 +63,9 @@ class Corrected:
     def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
         return self.cost(model, example_inputs)
 
-    def correct(self, k: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float],
-                n: int) -> int:
+    def correct(
+        self, k: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float], n: int
+    ) -> int:
         """The cost's prefix length ``k`` corrected by real measurements, at most 5 of them, until one is
         within ``tolerance`` of ``target``. The next prefix comes from the cost (its prediction aimed by the
         last miss) until one measurement lies below the target and one above; from then on from the
@@ -89,9 +93,21 @@ class Corrected:
         return min(measured, key=lambda j: abs(target - measured[j]))
 
 
-def prepare(pruner: ChannelPruner, model: nn.Module, example: torch.Tensor, batch: torch.Tensor, target: float,
-            results_dir, *, warmup: int, min_pairs: int, interval: float, max_seconds: float,
-            round_to: int | None = None, say=lambda msg: None) -> tuple[LatencyTable, Corrected]:
+def prepare(
+    pruner: ChannelPruner,
+    model: nn.Module,
+    example: torch.Tensor,
+    batch: torch.Tensor,
+    target: float,
+    results_dir,
+    *,
+    warmup: int,
+    min_pairs: int,
+    interval: float,
+    max_seconds: float,
+    round_to: int | None = None,
+    say=lambda msg: None,
+) -> tuple[LatencyTable, Corrected]:
     """Before any training: the per-layer latency table for this device, threads and ``batch`` size (built
     once, cached) and its calibration on ``model``; from then on ``pruner``'s cost is the predicted latency,
     corrected by paired measurements on ``batch`` for prunings that reach for ``target``."""
@@ -109,8 +125,15 @@ def prepare(pruner: ChannelPruner, model: nn.Module, example: torch.Tensor, batc
     def measured_reduction(candidate) -> float:  # rank 0 times, every rank gets its number
         value = None
         if distributed.is_main():
-            timing = paired_latency(dense, candidate.eval(), batch, warmup=warmup, min_pairs=min_pairs,
-                                    interval=interval, max_seconds=max_seconds)
+            timing = paired_latency(
+                dense,
+                candidate.eval(),
+                batch,
+                warmup=warmup,
+                min_pairs=min_pairs,
+                interval=interval,
+                max_seconds=max_seconds,
+            )
             value = reduction_from_speedup(timing["speedup"])
         return float(distributed.broadcast(value))
 

@@ -4,6 +4,7 @@ Names are either registered here (``resnet56``, ``digits_resnet``, ``vgg16_cifar
 library prefix: ``tv:<name>`` builds a torchvision model and ``timm:<name>`` a timm model, both
 without downloading weights. Models never import training code.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -53,8 +54,10 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise ConfigError(f"unknown model {name!r}; {hint}choose one of {', '.join(sorted(_REGISTRY))}, "
-                          "or tv:<torchvision name> or timm:<timm name>")
+        raise ConfigError(
+            f"unknown model {name!r}; {hint}choose one of {', '.join(sorted(_REGISTRY))}, "
+            "or tv:<torchvision name> or timm:<timm name>"
+        )
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 

@@ -3,6 +3,7 @@
 It is small enough to train in seconds on a CPU, and it has BatchNorm and two residual adds,
 so every run exercises the coupled-channel (residual group) path of the pruner.
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -29,8 +30,9 @@ class DigitsResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.block1 = _Residual(width)
-        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False),
-                                  nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU()
+        )
         self.block2 = _Residual(2 * width)
         self.fc = nn.Linear(2 * width, num_classes)
 

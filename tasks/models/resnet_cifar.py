@@ -1,5 +1,6 @@
 """CIFAR ResNets (He et al. 2016) with the 1x1-conv+BN ("option B") shortcut used by the
 Gate Decorator code: ResNet-56 has 0.856 M params and 126.8 M MACs on 32x32 inputs."""
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -17,8 +18,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -27,8 +27,13 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64),
-                 zero_init_residual: bool = False):
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        zero_init_residual: bool = False,
+    ):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")

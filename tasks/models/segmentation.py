@@ -8,6 +8,7 @@ losses, the dependency graph and latency timing treat them like any other model.
   convolutions, one 1x1 score layer, x32 bilinear upsampling). With no BN, Gate Decorator gates the
   convolutions' outputs instead ("gated conv").
 """
+
 from __future__ import annotations
 
 import torch.nn as nn

@@ -1,5 +1,6 @@
 """The CIFAR VGG-16 with BatchNorm used by the pruning papers (Network Slimming, Gate Decorator):
 13 conv+BN+ReLU layers, four max-pools, then a 2x2 average pool and one linear layer."""
+
 from __future__ import annotations
 
 import torch.nn as nn

@@ -1,4 +1,5 @@
 """A full disk and corrupt checkpoints: what was already recorded is kept, and the run says what to do."""
+
 import errno
 
 import pytest
@@ -17,8 +18,7 @@ def _runs(results):
 
 
 @pytest.mark.parametrize("target, nth", [("checkpoints", 4), ("baselines", 1), ("pruned_model.pt", 1)])
-def test_disk_full_fails_the_run_and_keeps_the_previous_files(run_cli, tiny_digits, tmp_path, monkeypatch,
-                                                              target, nth):
+def test_disk_full_fails_the_run_and_keeps_the_previous_files(run_cli, tiny_digits, tmp_path, monkeypatch, target, nth):
     real_save, calls = torch.save, []
 
     def save(obj, f, *a, **k):
@@ -45,7 +45,9 @@ def test_disk_full_fails_the_run_and_keeps_the_previous_files(run_cli, tiny_digi
     monkeypatch.setattr(torch, "save", real_save)
     code, out, err = run_cli("run", *tiny_digits, *ARGS, "--json")  # space freed: the same command finishes
     assert code == 0, err
-    assert last_json(out)["mlflow_run_id"] == (run.info.run_id if target != "baselines" else last_json(out)["mlflow_run_id"])
+    assert last_json(out)["mlflow_run_id"] == (
+        run.info.run_id if target != "baselines" else last_json(out)["mlflow_run_id"]
+    )
 
 
 def _kill_after_pruning(run_cli, tiny_digits, monkeypatch):
@@ -73,8 +75,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(run_cli, tiny_digit
     assert 0.5 <= last_json(out)["flops_reduction"] <= 0.53
 
 
-def test_no_good_checkpoint_is_a_clear_error_naming_the_file_and_the_fix(run_cli, tiny_digits, tmp_path,
-                                                                         monkeypatch):
+def test_no_good_checkpoint_is_a_clear_error_naming_the_file_and_the_fix(run_cli, tiny_digits, tmp_path, monkeypatch):
     _kill_after_pruning(run_cli, tiny_digits, monkeypatch)
     folder = tmp_path / "results" / "checkpoints"
     for path in folder.iterdir():

@@ -1,4 +1,5 @@
 """Faults and bad input: a clear error every time, nothing lost, nothing faked (README: Failure and recovery)."""
+
 import json
 import re
 import signal
@@ -27,16 +28,19 @@ def _runs(results):
 
 
 # --- configuration errors: exit 2, before any training, one line ----------------------------
-@pytest.mark.parametrize("args, message", [
-    (["task=nope"], "unknown task"),
-    (["method=nope"], "unknown method"),
-    (["train.nope=1"], "unknown key 'train.nope'"),
-    (["train.epochs=abc"], "train.epochs must be an integer"),
-    (["prune.flops_reduction=1.5"], "must be a number in [0, 1)"),
-    (["prune.flops_reduction=-0.1"], "must be a number in [0, 1)"),
-    (["train.epochs=0"], "train.epochs must be an integer in [1, 100000]"),
-    (["prune.flops_reduction=0.99"], "is unreachable"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["task=nope"], "unknown task"),
+        (["method=nope"], "unknown method"),
+        (["train.nope=1"], "unknown key 'train.nope'"),
+        (["train.epochs=abc"], "train.epochs must be an integer"),
+        (["prune.flops_reduction=1.5"], "must be a number in [0, 1)"),
+        (["prune.flops_reduction=-0.1"], "must be a number in [0, 1)"),
+        (["train.epochs=0"], "train.epochs must be an integer in [1, 100000]"),
+        (["prune.flops_reduction=0.99"], "is unreachable"),
+    ],
+)
 def test_config_errors_stop_before_training(run_cli, tmp_path, args, message):
     code, _, err = run_cli("run", "task=digits", f"results_dir={tmp_path}", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -69,7 +73,9 @@ def _bad_image(root):
 
 def _label_out_of_range(root):
     base = make_cub200(root)
-    (base / "image_class_labels.txt").write_text((base / "image_class_labels.txt").read_text().replace("1 1\n", "1 999\n", 1))
+    (base / "image_class_labels.txt").write_text(
+        (base / "image_class_labels.txt").read_text().replace("1 1\n", "1 999\n", 1)
+    )
     return ["task=cub200", "model=tv:resnet18", f"data.root={root}", "data.size=32"], "image_class_labels.txt"
 
 
@@ -77,8 +83,9 @@ def _label_out_of_range(root):
 def test_data_errors_name_the_file(run_cli, tmp_path, make):
     args, name = make(tmp_path / "data")
     results = tmp_path / "results"
-    code, _, err = run_cli("run", *args, "method=l1", "data.num_workers=0", "train.epochs=1", "quiet=true",
-                           f"results_dir={results}")
+    code, _, err = run_cli(
+        "run", *args, "method=l1", "data.num_workers=0", "train.epochs=1", "quiet=true", f"results_dir={results}"
+    )
     assert code == 3, err
     assert name in err and len(err.strip().splitlines()) == 1
     (run,) = _runs(results)
@@ -89,6 +96,7 @@ def test_data_errors_name_the_file(run_cli, tmp_path, make):
 class NanAfter(torch.nn.CrossEntropyLoss):
     """A loss that turns NaN after ``n`` training steps: the injected fault. (Evaluation also calls
     the task's loss, under no_grad; those calls are not counted.)"""
+
     calls = 0
 
     def __init__(self, n):
@@ -123,9 +131,22 @@ def test_nan_loss_stops_within_one_step_and_keeps_the_checkpoint(run_cli, tiny_d
 
 
 # --- kill and resume ---------------------------------------------------------------------------
-RUN = ["task=digits", "method=gbn", "train.epochs=6", "finetune.epochs=4", "prune.flops_reduction=0.3",
-       "method.tick_p=0.05", "method.tock_every=2", "method.tock_epochs=1", "method.tick_samples=256",
-       "measure.repeats=1", "measure.max_seconds=0", "measure.warmup=0", "measure.batch_sizes=[1]", "threads=1"]
+RUN = [
+    "task=digits",
+    "method=gbn",
+    "train.epochs=6",
+    "finetune.epochs=4",
+    "prune.flops_reduction=0.3",
+    "method.tick_p=0.05",
+    "method.tock_every=2",
+    "method.tock_epochs=1",
+    "method.tick_samples=256",
+    "measure.repeats=1",
+    "measure.max_seconds=0",
+    "measure.warmup=0",
+    "measure.batch_sizes=[1]",
+    "threads=1",
+]
 
 
 def _cli(results, *extra):
@@ -175,8 +196,9 @@ PHASES = {
 
 
 # Each phase once, both signals covered (all six pairs passed when written; each costs ~40 s).
-@pytest.mark.parametrize("phase, sig", [("baseline", signal.SIGKILL), ("pruning", signal.SIGTERM),
-                                        ("finetune", signal.SIGKILL)])
+@pytest.mark.parametrize(
+    "phase, sig", [("baseline", signal.SIGKILL), ("pruning", signal.SIGTERM), ("finetune", signal.SIGKILL)]
+)
 def test_kill_then_the_same_command_resumes_to_the_same_result(tmp_path, uninterrupted, phase, sig):
     results = tmp_path / "results"
     code, err = _kill_when(results, PHASES[phase], sig)
@@ -217,10 +239,32 @@ def test_every_checkpoint_load_is_weights_only():
 # --- concurrency ---------------------------------------------------------------------------------
 def test_two_runs_needing_one_baseline_train_it_once(tmp_path):
     results = tmp_path / "shared"
-    procs = [subprocess.Popen([sys.executable, "-m", "harness", "run", "task=digits", f"method={m}", "train.epochs=4",
-                               "finetune.epochs=1", "measure.repeats=1", "measure.max_seconds=0", "threads=1", "tracking=none", "quiet=true",
-                               f"results_dir={results}", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=ROOT) for m in ("l1", "random")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harness",
+                "run",
+                "task=digits",
+                f"method={m}",
+                "train.epochs=4",
+                "finetune.epochs=1",
+                "measure.repeats=1",
+                "measure.max_seconds=0",
+                "threads=1",
+                "tracking=none",
+                "quiet=true",
+                f"results_dir={results}",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for m in ("l1", "random")
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     summaries = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]

@@ -1,4 +1,5 @@
 """The cross-process lock without flock: mutual exclusion, and recovery from a holder that died."""
+
 import multiprocessing as mp
 import os
 import socket

@@ -1,5 +1,6 @@
 """Servers bind to this machine only unless told otherwise, and names from configs or the store never
 pick a path outside their folder."""
+
 import os
 import stat
 import subprocess
@@ -12,8 +13,13 @@ def _server_args(tmp_path, **env):
     fake = tmp_path / "fake_python"
     fake.write_text('#!/bin/sh\necho "$@"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(tmp_path / "results")],
-                          env={**os.environ, "PYTHON": str(fake), **env}, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(tmp_path / "results")],
+        env={**os.environ, "PYTHON": str(fake), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
 
@@ -47,8 +53,10 @@ def test_compare_writes_only_inside_out_whatever_the_task_is_called(run_cli, tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for seed in (0, 1):
         t = MlflowTracker(uri, "harness", tmp_path / "mlruns")
-        t.start({"method.name": "l1", "prune.flops_reduction": 0.5, "seed": seed},
-                {"task": "../../escaped", "method": "l1", "seed": seed})
+        t.start(
+            {"method.name": "l1", "prune.flops_reduction": 0.5, "seed": seed},
+            {"task": "../../escaped", "method": "l1", "seed": seed},
+        )
         t.log_metrics({"final_acc": 0.9, "base_acc": 0.95, "flops_reduction": 0.5, "params_reduction": 0.5})
         t.end()
     out = tmp_path / "deep" / "report"

@@ -1,4 +1,5 @@
 """The MLflow server killed in the middle of a run and started again: every metric arrives once, in order."""
+
 import os
 import signal
 import socket
@@ -20,9 +21,13 @@ def _free_port() -> int:
 
 
 def _start_server(store: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(store)],
-                            env={**os.environ, "PYTHON": sys.executable, "PORT": str(port), "WORKERS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(store)],
+        env={**os.environ, "PYTHON": sys.executable, "PORT": str(port), "WORKERS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
@@ -46,10 +51,29 @@ def test_server_restart_mid_run_loses_and_repeats_nothing(tmp_path):
     store, port = tmp_path / "server", _free_port()
     server = _start_server(store, port)
     run = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", "task=digits", "method=l1", f"train.epochs={EPOCHS}",
-         "finetune.epochs=3", "measure.repeats=1", "measure.warmup=0", "measure.max_seconds=0", "measure.batch_sizes=[1]", "threads=1",
-         f"tracking.uri=http://127.0.0.1:{port}", f"results_dir={tmp_path / 'results'}", "quiet=true", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "task=digits",
+            "method=l1",
+            f"train.epochs={EPOCHS}",
+            "finetune.epochs=3",
+            "measure.repeats=1",
+            "measure.warmup=0",
+            "measure.max_seconds=0",
+            "measure.batch_sizes=[1]",
+            "threads=1",
+            f"tracking.uri=http://127.0.0.1:{port}",
+            f"results_dir={tmp_path / 'results'}",
+            "quiet=true",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         db = store / "mlflow.db"
         deadline = time.time() + 120
