@@ -5,7 +5,7 @@
 For each model, batch size and requested latency reduction, the harness's own pieces prune the model
 with L1-norm's channel ranking (untrained weights: latency does not depend on the values):
 
-- *table only*: the per-layer lookup table (harness/latency_table.py) predicts the latency of every
+- *table only*: the per-layer lookup table (harness/latency/table.py) predicts the latency of every
   candidate and the pruner takes the shortest prefix of the ranking predicted to meet the request;
 - *table + measured* (what `prune.target=latency` runs do): the same, corrected by real paired
   measurements of the candidate (at most 5, 10 s each) while the measured reduction misses by more than 2 points.

@@ -7,7 +7,7 @@ Every job runs ``harness.run.run`` on its own overrides. Jobs are submitit ``Che
 SLURM preempts or times a job out (USR2), submitit requeues it and the job resumes from the run's
 own checkpoint into the same MLflow run. Concurrent jobs share one baseline per task + seed through
 the baseline cache's file lock. With ``launcher.tasks_per_node`` or ``launcher.nodes`` above 1, each
-job is one data-parallel run over all its tasks (harness/distributed.py): submitit exports the
+job is one data-parallel run over all its tasks (harness/core/distributed.py): submitit exports the
 rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE), rank 0 records, and rank 0 alone requeues on USR2.
 """
 
