@@ -13,17 +13,20 @@ from harness.latency.backends import BackendUnavailable, time_backend
 def bench_command(args) -> int:
     """``python -m harness bench model=<path> [batch=1,64] [backend=eager,onnx] [threads=N] [device=cpu]``."""
     from harness.artifacts import input_shape, model_from_payload
+    from harness.config import parse_options
     from harness.core.errors import ConfigError
 
-    opts = {"batch": "1,64", "backend": "eager", "threads": None, "device": "cpu", "warmup": "5", "repeats": "20"}
-    for item in args.overrides:
-        key, eq, value = item.partition("=")
-        if not eq or key not in {"model", *opts}:
-            raise ConfigError(
-                f"bench takes model=<pruned_model.pt> and {', '.join(k + '=' for k in opts)}; got {item!r}"
-            )
-        opts[key] = value
-    if "model" not in opts:
+    defaults = {
+        "model": None,
+        "batch": "1,64",
+        "backend": "eager",
+        "threads": None,
+        "device": "cpu",
+        "warmup": "5",
+        "repeats": "20",
+    }
+    opts = parse_options("bench", defaults, args.overrides)
+    if not opts["model"]:
         raise ConfigError("bench needs model=<path to a pruned_model.pt saved by a run>")
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))

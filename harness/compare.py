@@ -95,8 +95,9 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
     notes = []
     tables = {}
     lat_cols = sorted(c for c in done.columns if c.startswith("metrics.latency/") and c.endswith("/speedup"))
-    done = _with_goal(done)
-    for task, t_runs in done.groupby("tags.task"):
+    done = _with_goal(with_study(done))
+    for study, t_runs in done.groupby("study"):
+        task = t_runs["tags.task"].iloc[0]
         rows = []
         keys = ["tags.method", "goal", "goal_value", "setup"]
         n_setups = t_runs.groupby(keys[:3])["setup"].nunique()
@@ -133,7 +134,7 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
             rows.append(row)
             if n_setups[(method, goal, target)] > 1:
                 notes.append(
-                    f"{task}/{method}@{target}: {n_setups[(method, goal, target)]} different setups "
+                    f"{study}/{method}@{target}: {n_setups[(method, goal, target)]} different setups "
                     "(baseline recipe, fine-tuning budget or method settings) are kept apart, not pooled"
                 )
         table = pd.DataFrame(rows).sort_values(["target of", "target", "method", "setup"]).reset_index(drop=True)
@@ -141,8 +142,33 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
             table = table.drop(columns="setup")
         if (table["target of"] == "MACs").all():  # the usual table: every target is a MACs reduction
             table = table.drop(columns="target of")
-        tables[task] = table
+        tables[study] = table
     return tables, failed, sorted(set(notes))
+
+
+def with_study(runs: pd.DataFrame) -> pd.DataFrame:
+    """``study``: what a table is titled, the task, and the model beside it when the runs used another model
+    than the task's default (``task=resnet56 model=resnet20`` is "resnet56 (model resnet20)")."""
+    runs = runs.copy()
+    if runs.empty:
+        runs["study"] = pd.Series(dtype=str)
+        return runs
+    model = runs["params.model.name"] if "params.model.name" in runs else pd.Series(None, index=runs.index)
+
+    def title(task, name) -> str:
+        default = _default_model(str(task))
+        return str(task) if pd.isna(name) or default is None or name == default else f"{task} (model {name})"
+
+    runs["study"] = [title(t, m) for t, m in zip(runs["tags.task"], model)]
+    return runs
+
+
+def _default_model(task: str) -> str | None:
+    """The model a task's config file builds unless model= says otherwise (None for an unknown task)."""
+    path = CONF_DIR / "task" / f"{task}.yaml"
+    if not path.is_file():
+        return None
+    return OmegaConf.load(path).get("model", {}).get("name")
 
 
 def _with_goal(runs: pd.DataFrame) -> pd.DataFrame:

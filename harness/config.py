@@ -136,6 +136,26 @@ def resolve_defaults(cfg: DictConfig) -> None:
         cfg.data.val_fraction = 0.1 if cfg.method.get("needs_validation") else 0.0
 
 
+def parse_options(command: str, options: dict[str, str | None], overrides: list[str]) -> dict[str, str | None]:
+    """The key=value options of ``bench``, ``export`` and ``compare`` (``run`` and ``sweep`` compose through
+    Hydra): ``options`` are the keys with their defaults; a key given twice takes its last value, as in run;
+    an unknown key is one line with the closest keys. Values stay text (paths with ~ or ?, comma lists)."""
+    import difflib
+
+    taken = ", ".join(f"{k}=" for k in options)
+    out = dict(options)
+    for item in _last_wins(list(overrides)):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"{command} takes key=value options ({taken}); got {item!r}")
+        if key not in options:
+            close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise ConfigError(f"unknown {command} option {key!r}; {hint}{command} takes {taken}")
+        out[key] = value
+    return out
+
+
 def _last_wins(overrides: list[str]) -> list[str]:
     """A key given twice takes its last value (base settings, then overrides), for groups too."""
     last = {item.partition("=")[0].lstrip("+~"): i for i, item in enumerate(overrides)}

@@ -129,14 +129,9 @@ def max_abs_difference(reference: nn.Module, exported, x: torch.Tensor) -> float
 
 
 def export_command(args) -> int:
-    opts = dict(OPTIONS)
-    for item in args.overrides:
-        key, eq, value = item.partition("=")
-        if not eq or key not in OPTIONS:
-            raise ConfigError(
-                f"export takes <run id or pruned_model.pt> and {', '.join(k + '=' for k in OPTIONS)}; got {item!r}"
-            )
-        opts[key] = value
+    from harness.config import parse_options
+
+    opts = parse_options("export", OPTIONS, args.overrides)
     fmt = opts["format"]
     if fmt not in FORMATS:
         raise ConfigError(f"export needs format=onnx, format=torchscript or format=pt, got {fmt!r}")

@@ -66,16 +66,13 @@ def compare_command(args) -> int:
     from pathlib import Path
 
     from harness import compare, plots
-    from harness.config import PLAIN_NAME
+    from harness.config import PLAIN_NAME, parse_options
     from harness.core.errors import ConfigError
     from harness.tracking import MlflowTracker, store_uri
 
-    opts = {}
-    for item in args.overrides:
-        key, eq, value = item.partition("=")
-        if not eq or key not in _COMPARE_KEYS:
-            raise ConfigError(f"compare takes {', '.join(k + '=' for k in _COMPARE_KEYS)}; got {item!r}")
-        opts[key] = value
+    opts = {
+        k: v for k, v in parse_options("compare", dict.fromkeys(_COMPARE_KEYS), args.overrides).items() if v is not None
+    }
     uri = store_uri(opts.get("tracking.uri"), opts.get("results_dir", "results"))
     experiment = opts.get("experiment", "harness")
     if not re.fullmatch(PLAIN_NAME, experiment):
@@ -89,6 +86,7 @@ def compare_command(args) -> int:
             f"no runs in experiment {experiment!r} at {uri} match {opts or 'anything'}; "
             "run some first (python -m harness run ...) or point tracking.uri= at the store"
         )
+    runs = compare.with_study(runs)
     tables, failed, notes = compare.aggregate(runs, tolerance=args.tolerance)
     out = Path(args.out) if args.out else None
     if out:
@@ -130,13 +128,14 @@ def compare_command(args) -> int:
 
 
 def _histories(uri: str, runs, task: str) -> dict:
-    """prune/macs and prune/acc per step, for the first seed of each (method, target) of a task."""
+    """prune/macs and prune/acc per step, for the first seed of each (method, target) of a study (a task, and
+    its model when not the task's default: compare.with_study)."""
     import pandas as pd
 
     from harness.tracking import open_store
 
     store = open_store(uri)
-    done = runs[(runs["status"] == "FINISHED") & (runs["tags.task"] == task)]
+    done = runs[(runs["status"] == "FINISHED") & (runs["study"] == task)]
     out = {}
     for (method, target), g in done.groupby(["tags.method", "params.prune.flops_reduction"]):
         run_id = g.sort_values("tags.seed")["run_id"].iloc[0]

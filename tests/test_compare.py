@@ -137,3 +137,14 @@ def test_one_seed_has_no_spread_and_a_running_run_says_so(store, tmp_path):
     assert "| –" in row and "0.00 |" not in row.split("|")[table.columns.get_loc("± std") + 1]
     reasons = failed_table(failed).set_index("seed")["reason"]
     assert reasons["9"].startswith("still running") and reasons["3"].startswith("NumericalError")
+
+
+def test_a_study_on_another_model_than_the_tasks_default_is_titled_with_it():
+    import pandas as pd
+
+    from harness.compare import with_study
+
+    runs = pd.DataFrame(
+        {"tags.task": ["resnet56", "resnet56", "digits"], "params.model.name": ["resnet56", "resnet20", None]}
+    )
+    assert list(with_study(runs)["study"]) == ["resnet56", "resnet56 (model resnet20)", "digits"]
