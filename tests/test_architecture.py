@@ -105,3 +105,18 @@ def test_a_method_in_a_module_of_its_own_registers_lists_and_checks_its_settings
     finally:
         METHODS.entries.pop("half_test", None)
         sys.modules.pop("my_method", None)
+
+
+def test_every_public_function_of_the_core_and_latency_packages_has_type_hints():
+    missing = []
+    for path in files("harness/core", "harness/latency"):
+        tree = ast.parse(path.read_text())
+        scopes = [tree] + [n for n in tree.body if isinstance(n, ast.ClassDef)]  # module level and methods
+        for scope in scopes:
+            for fn in (n for n in scope.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+                if fn.name.startswith("_"):
+                    continue
+                args = [a for a in fn.args.args + fn.args.kwonlyargs if a.arg not in ("self", "cls")]
+                if fn.returns is None or any(a.annotation is None for a in args):
+                    missing.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}")
+    assert missing == []

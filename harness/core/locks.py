@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -25,7 +26,7 @@ class LockTimeout(TimeoutError):
 @contextlib.contextmanager
 def file_lock(
     path: Path, *, poll: float = 0.25, heartbeat: float = 10.0, stale_after: float = 60.0, timeout: float | None = None
-):
+) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex}"

@@ -65,7 +65,7 @@ class SettingInfo:
         return text + (" or null" if self.nullable else "")
 
 
-def describe(settings_cls) -> list[SettingInfo]:
+def describe(settings_cls: type | None) -> list[SettingInfo]:
     """Every declared setting of a settings dataclass (or none for ``None``), in declaration order."""
     if settings_cls is None:
         return []
@@ -77,12 +77,12 @@ def describe(settings_cls) -> list[SettingInfo]:
     return out
 
 
-def defaults(settings_cls) -> dict[str, Any]:
+def defaults(settings_cls: type | None) -> dict[str, Any]:
     """{name: default} of every declared setting: the plug-in's config node before presets and overrides."""
     return {s.name: s.default for s in describe(settings_cls)}
 
 
-def check_range(key: str, value, kind: str, interval: str, nullable: bool = False) -> None:
+def check_range(key: str, value: Any, kind: str, interval: str, nullable: bool = False) -> None:
     """Raise ConfigError unless ``value`` is a finite ``kind`` ("int" or "real") inside ``interval``."""
     if value is None and nullable:
         return
@@ -100,7 +100,7 @@ def check_range(key: str, value, kind: str, interval: str, nullable: bool = Fals
         raise ConfigError(f"{key} must be {what} in {interval}{null}, got {value!r}")
 
 
-def check(prefix: str, settings_cls, node) -> None:
+def check(prefix: str, settings_cls: type | None, node: Any) -> None:
     """Validate ``node`` (a config mapping) against the declared settings; integral floats of integer
     settings become ints in ``node`` (``epochs=3.0`` is 3 everywhere after). One-line ConfigError."""
     for s in describe(settings_cls):

@@ -100,7 +100,7 @@ class ChannelPruner:
         self.cost_model, self.base_cost = MacsCost(), float(self.base_macs)
         self.unscored: list[str] = []
 
-    def use_cost(self, cost, dense: nn.Module) -> None:
+    def use_cost(self, cost: MacsCost, dense: nn.Module) -> None:
         """Prune to a target on ``cost`` (see ``MacsCost``): ``reduction`` becomes 1 - cost(model) / cost(dense)."""
         self.cost_model = cost
         self.base_cost = float(cost(dense, self.example_inputs))
@@ -395,7 +395,7 @@ class ShortcutOnly(nn.Module):
         """What rebuilds it from the dense block (saved with a pruned model; see harness/artifacts.py)."""
         return {"kind": "shortcut_only", "shortcut": self.shortcut_name, "relu": self.relu}
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = getattr(self, self.shortcut_name)(x) if self.shortcut_name else x
         return F.relu(out) if self.relu else out
 

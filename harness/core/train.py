@@ -80,7 +80,9 @@ def lr_factor(recipe: DictConfig, steps_per_epoch: int) -> Callable[[int], float
     return factor
 
 
-def make_scheduler(opt: torch.optim.Optimizer, recipe: DictConfig, steps_per_epoch: int):
+def make_scheduler(
+    opt: torch.optim.Optimizer, recipe: DictConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration schedule (``lr_factor``) through torch's LambdaLR."""
     return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe, steps_per_epoch))
 
@@ -108,7 +110,7 @@ class CountingLoader:
         return self.samples / max(1, len(self.loader.dataset))
 
 
-def progress(iterable, *, desc: str, quiet: bool, total: int | None = None):
+def progress(iterable: Iterable, *, desc: str, quiet: bool, total: int | None = None) -> Iterable:
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -118,7 +120,7 @@ def progress(iterable, *, desc: str, quiet: bool, total: int | None = None):
 
 def train(
     model: nn.Module,
-    loader,
+    loader: Iterable,
     recipe: DictConfig,
     *,
     loss_fn: nn.Module,

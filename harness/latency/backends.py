@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ class BackendUnavailable(RuntimeError):
     pass
 
 
-def runner(model: nn.Module, example: torch.Tensor, backend: str):
+def runner(model: nn.Module, example: torch.Tensor, backend: str) -> Callable[[torch.Tensor], object]:
     """A callable that runs one forward pass of ``example`` on ``backend``."""
     model = model.eval()
     if backend == "eager":

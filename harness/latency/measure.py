@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
+
+Forward = Callable[[torch.Tensor], object]  # a module, a compiled model, an ONNX Runtime runner
 
 
 @torch.inference_mode()
@@ -49,7 +52,14 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 
 @torch.inference_mode()
 def paired_latency(
-    dense, pruned, x: torch.Tensor, *, warmup: int, min_pairs: int, max_seconds: float, interval: float = 0.03
+    dense: Forward,
+    pruned: Forward,
+    x: torch.Tensor,
+    *,
+    warmup: int,
+    min_pairs: int,
+    max_seconds: float,
+    interval: float = 0.03,
 ) -> dict:
     """Time ``dense`` and ``pruned`` on ``x`` in alternating pairs until the speed-up's 95% interval is
     within ±``interval`` of its median (relative), or ``max_seconds`` have passed; at least ``min_pairs``.
@@ -96,13 +106,13 @@ def paired_latency(
     }
 
 
-def passes_for(model, x: torch.Tensor) -> int:
+def passes_for(model: Forward, x: torch.Tensor) -> int:
     """Forward passes per timing so that one timing lasts ~2 ms (1 to 1000): sub-millisecond timings are
     dominated by timer and scheduler noise."""
     return max(1, min(1000, math.ceil(2.0 / max(timed(model, x, 1), 1e-3))))
 
 
-def timed(model, x: torch.Tensor, passes: int) -> float:
+def timed(model: Forward, x: torch.Tensor, passes: int) -> float:
     """Milliseconds per forward pass, over ``passes`` passes."""
     if x.is_cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -122,8 +132,8 @@ def timed(model, x: torch.Tensor, passes: int) -> float:
 def compare_latency(
     dense: nn.Module,
     pruned: nn.Module,
-    make_input,
-    batch_sizes,
+    make_input: Callable[[int], torch.Tensor],
+    batch_sizes: Iterable[int],
     device: torch.device,
     *,
     warmup: int,

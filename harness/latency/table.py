@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.locks import file_lock
+from harness.core.surgery import ChannelPruner
 from harness.latency.measure import device_name, passes_for, timed
 
 # Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
@@ -295,7 +296,7 @@ def _lerp(a: float, b: float, f: float) -> float:
     return max(0.0, a + (b - a) * f)
 
 
-def narrowed_copies(model: nn.Module, pruner) -> list[nn.Module]:
+def narrowed_copies(model: nn.Module, pruner: ChannelPruner) -> list[nn.Module]:
     """Copies of ``model`` with every prunable group cut uniformly to each of FRACTIONS (less the dense
     1.0), each group kept at its minimum or above: the calibration line's other points."""
     copies = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -33,7 +34,9 @@ class PredictedLatency:
     def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
         return float(self.table.predict(model, example_inputs))
 
-    def correct(self, prefix, target, build, predicted, n) -> int:
+    def correct(
+        self, prefix: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float], n: int
+    ) -> int:
         return prefix
 
 
@@ -99,14 +102,14 @@ def prepare(
     example: torch.Tensor,
     batch: torch.Tensor,
     target: float,
-    results_dir,
+    results_dir: str | Path,
     *,
     warmup: int,
     min_pairs: int,
     interval: float,
     max_seconds: float,
     round_to: int | None = None,
-    say=lambda msg: None,
+    say: Callable[[str], None] = lambda msg: None,
 ) -> tuple[LatencyTable, Corrected]:
     """Before any training: the per-layer latency table for this device, threads and ``batch`` size (built
     once, cached) and its calibration on ``model``; from then on ``pruner``'s cost is the predicted latency,
