@@ -1,9 +1,12 @@
+import pytest
 import torch
 
 from harness.artifacts import load_pruned, save_pruned
 from harness.core.surgery import ChannelPruner
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
+
+pytestmark = pytest.mark.quick  # the inner loop: pytest -m quick
 
 
 def test_pruned_model_reloads_with_same_outputs(tmp_path):

@@ -1,5 +1,9 @@
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.quick  # the inner loop: pytest -m quick
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,6 +12,8 @@ from harness.latency.measure import compare_latency, median_interval, paired_lat
 from tasks.models import create_model
 from tests.conftest import last_json
 
+pytestmark = pytest.mark.quick  # the inner loop: pytest -m quick
+
 
 def _binomial_cdf(k: int, n: int) -> float:
     return sum(math.comb(n, j) for j in range(k + 1)) / 2**n

@@ -4,6 +4,8 @@ import torch
 from harness.core.surgery import count_macs_params
 from tasks.models import create_model
 
+pytestmark = pytest.mark.quick  # the inner loop: pytest -m quick
+
 
 def test_resnet56_size_matches_the_papers():
     model = create_model("resnet56", 10)

@@ -6,6 +6,8 @@ from harness.core.surgery import ChannelPruner, channel_widths
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 
+pytestmark = pytest.mark.quick  # the inner loop: pytest -m quick
+
 
 def _pruner(model, shape, ratio=0.1):
     return ChannelPruner(model, torch.randn(1, *shape), [model.fc], ratio)

@@ -12,6 +12,8 @@ from tasks.models import create_model
 from tests.conftest import last_json
 from tests.fixtures import make_cifar100, make_cub200, make_imagefolder, make_voc2011
 
+pytestmark = pytest.mark.quick  # the inner loop: pytest -m quick
+
 QUICK = [
     "train.epochs=1",
     "finetune.epochs=1",

@@ -7,6 +7,8 @@ from omegaconf import OmegaConf
 from harness.config import compose
 from harness.core.train import lr_factor, make_scheduler, total_epochs
 
+pytestmark = pytest.mark.quick  # the inner loop: pytest -m quick
+
 STEPS = 7  # iterations per epoch
 
 
