@@ -11,19 +11,9 @@ PINNED = json.loads((Path(__file__).parent / "data" / "run_keys.json").read_text
 
 
 def test_every_shipped_config_keeps_its_run_and_baseline_key():
-    import subprocess
-    import sys
+    import runpy
 
-    root = Path(__file__).resolve().parents[1]
-    now = json.loads(
-        subprocess.run(
-            [sys.executable, str(root / "scripts" / "run_keys.py")],
-            cwd=root,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    now = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "run_keys.py"))["keys"]()
     assert now.keys() == PINNED.keys()
     changed = {k: (PINNED[k], now[k]) for k in PINNED if PINNED[k] != now[k]}
     assert not changed, changed
