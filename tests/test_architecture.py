@@ -120,3 +120,30 @@ def test_every_public_function_of_the_core_and_latency_packages_has_type_hints()
                 if fn.returns is None or any(a.annotation is None for a in args):
                     missing.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}")
     assert missing == []
+
+
+def test_a_package_of_ones_own_adds_a_method_through_the_entry_point_group(run_cli, tmp_path, monkeypatch):
+    """What `pip install` of a package declaring [project.entry-points."harness.methods"] leaves on the path."""
+    (tmp_path / "their_pruning.py").write_text(textwrap.dedent('''
+        from methods.base import Method, register_method
+
+
+        @register_method
+        class Theirs(Method):
+            name = "theirs_test"
+            description = "a method from another package"
+    '''))
+    info = tmp_path / "their_pruning-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: their-pruning\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[harness.methods]\ntheirs = their_pruning\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from methods import METHODS
+
+    monkeypatch.setattr(METHODS, "_discovered", False)
+    try:
+        code, out, err = run_cli("list")
+        assert code == 0 and "theirs_test" in out and "a method from another package" in out
+    finally:
+        METHODS.entries.pop("theirs_test", None)
+        sys.modules.pop("their_pruning", None)
