@@ -124,7 +124,8 @@ def test_every_public_function_of_the_core_and_latency_packages_has_type_hints()
 
 def test_a_package_of_ones_own_adds_a_method_through_the_entry_point_group(run_cli, tmp_path, monkeypatch):
     """What `pip install` of a package declaring [project.entry-points."harness.methods"] leaves on the path."""
-    (tmp_path / "their_pruning.py").write_text(textwrap.dedent('''
+    (tmp_path / "their_pruning.py").write_text(
+        textwrap.dedent("""
         from methods.base import Method, register_method
 
 
@@ -132,7 +133,8 @@ def test_a_package_of_ones_own_adds_a_method_through_the_entry_point_group(run_c
         class Theirs(Method):
             name = "theirs_test"
             description = "a method from another package"
-    '''))
+    """)
+    )
     info = tmp_path / "their_pruning-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: their-pruning\nVersion: 0.1\n")
