@@ -34,19 +34,23 @@ SECTIONS = (
 )
 
 
+def _registry(group: str):
+    """The registry of a plug-in group (method, regularizer), its plug-ins discovered; None for other groups."""
+    if group not in ("method", "regularizer"):
+        return None
+    from methods.base import METHODS, REGULARIZERS
+
+    registry = METHODS if group == "method" else REGULARIZERS
+    registry.discover()
+    return registry
+
+
 def _plugins(group: str) -> dict[str, type]:
     """The plug-in classes that give ``group`` options of their own (method, regularizer): {name: class}."""
-    if group == "method":
-        from methods import METHODS
-
-        METHODS.discover()
-        return {n: c for n, c in METHODS.entries.items() if not c.presets_only}
-    if group == "regularizer":
-        from methods.base import REGULARIZERS
-
-        REGULARIZERS.discover()
-        return dict(REGULARIZERS.entries)
-    return {}
+    registry = _registry(group)
+    if registry is None:
+        return {}
+    return {n: c for n, c in registry.entries.items() if not getattr(c, "presets_only", False)}
 
 
 def register_plugin_configs() -> None:
@@ -84,29 +88,19 @@ def plugin_class(cfg: DictConfig, group: str) -> type | None:
     """The class of the method or regulariser a composed config selects (None for regularizer=none)."""
     node = cfg.get(group)
     name = node.get("impl") or node.get("name") if node is not None else None
-    if group == "method":
-        from methods import METHODS
-
-        return METHODS.get(name)
-    from methods.base import REGULARIZERS
-
-    return REGULARIZERS.entries.get(name)
+    registry = _registry(group)
+    return registry.get(name) if group == "method" else registry.entries.get(name)
 
 
 def all_ranges() -> dict[str, tuple]:
-    """Every checked numeric key: the harness's own (RANGES) and every plug-in's declared settings."""
+    """Every checked numeric key: the harness's own (RANGES) and every plug-in's declared settings (those of
+    methods that only presets select included)."""
     out = dict(RANGES)
     for group in ("method", "regularizer"):
-        for cls in _plugins(group).values():
+        for cls in _registry(group).entries.values():
             for s in plugin_settings.describe(cls.settings):
                 if s.kind in ("int", "real"):
                     out[f"{group}.{s.name}"] = (s.kind, s.interval, s.nullable)
-    from methods import METHODS
-
-    for cls in METHODS.entries.values():  # presets-only methods too
-        for s in plugin_settings.describe(cls.settings):
-            if s.kind in ("int", "real"):
-                out[f"method.{s.name}"] = (s.kind, s.interval, s.nullable)
     return out
 
 
