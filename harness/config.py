@@ -285,6 +285,7 @@ RANGES: dict[str, tuple] = {
 # Keys that take one of a few words.
 CHOICES: dict[str, tuple[str, ...]] = {
     "prune.target": ("macs", "latency"),
+    "prune.normalize": ("none", "macs", "memory"),
 }
 
 

@@ -80,7 +80,12 @@ def run(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     model = task.build_model()
     pruner = ChannelPruner(
-        model, task.example_input(1), task.output_layers(model), cfg.prune.min_channels_ratio, cfg.prune.get("round_to")
+        model,
+        task.example_input(1),
+        task.output_layers(model),
+        cfg.prune.min_channels_ratio,
+        cfg.prune.get("round_to"),
+        normalize=cfg.prune.get("normalize") or method.default_normalize,
     )
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
     # reachability is checked on its latency table (prepare_latency_target).
@@ -118,6 +123,7 @@ def run(cfg: DictConfig) -> dict:
                 "seed": cfg.seed,
                 "run_key": key,
                 "regularizer": cfg.regularizer.name,
+                "normalize": pruner.normalize,
                 **{f"ddp_{k}": v for k, v in distributed.describe().items()},
                 "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",
             },

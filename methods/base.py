@@ -92,6 +92,8 @@ class Method:
     presets_only: ClassVar[bool] = False  # True: only presets select it (its settings have no useful default)
     prunes: ClassVar[bool] = True
     finetunes: ClassVar[bool] = True  # fine-tune after prune(); NoPruning turns it off
+    # prune.normalize when the run leaves it null: what the channel scores are divided by (harness.core.costs)
+    default_normalize: ClassVar[str] = "none"
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg  # the method's own config node

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from harness.core.costs import NORMALIZE, ChannelCosts, normalized
 from harness.core.errors import ConfigError
 
 Importance = Callable[[tp.dependency.Group], torch.Tensor]
@@ -76,7 +77,8 @@ class ChannelPruner:
     ``use_cost`` another one, e.g. predicted latency (harness.latency.target). Methods see only ``reduction``.
 
     ``ignored`` names layers whose output channels are fixed (the classifier). Every layer keeps at
-    least ``max(1, int(min_channels_ratio * dense_channels))`` channels.
+    least ``max(1, int(min_channels_ratio * dense_channels))`` channels. ``normalize`` (``prune.normalize``)
+    divides every score by what removing that channel saves (``harness.core.costs``) before ranking.
     """
 
     def __init__(
@@ -86,9 +88,13 @@ class ChannelPruner:
         ignored: list[nn.Module],
         min_channels_ratio: float = 0.1,
         round_to: int | None = None,
+        normalize: str = "none",
     ):
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"prune.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
         self.example_inputs = example_inputs
         self.round_to = round_to
+        self.normalize = normalize
         names = {m: n for n, m in model.named_modules()}
         self.ignored_names = [names[m] for m in ignored]
         self.min_keep = {
@@ -139,6 +145,10 @@ class ChannelPruner:
             out[names[root]] = ChannelGroup(names[root], g, _out_channels(root), min_keep, members, norms, units)
         return out
 
+    def channel_costs(self, model: nn.Module, groups: dict[str, ChannelGroup] | None = None) -> ChannelCosts:
+        """What removing one channel of each group of ``model`` saves (MACs, memory), see ``harness.core.costs``."""
+        return ChannelCosts(model, self.example_inputs, groups if groups is not None else self.groups(model))
+
     def cost(self, model: nn.Module) -> float:
         return self.cost_model(model, self.example_inputs)
 
@@ -168,6 +178,8 @@ class ChannelPruner:
                     f"non-finite values; expected {cg.channels} finite scores"
                 )
             scores[key] = group_scores
+        if self.normalize != "none":
+            scores = normalized(scores, self.channel_costs(model, groups).per_channel(self.normalize))
         return rank_channels(
             scores,
             {k: g.channels - g.min_keep for k, g in groups.items()},
