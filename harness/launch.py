@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -137,6 +139,40 @@ def run_slot(folder: Path | None, slots: int | None, poll: float = 0.5):
         yield
 
 
+def check_slurm() -> None:
+    """Refuse ``launcher=slurm`` in one line, before anything is submitted, where no SLURM controller answers."""
+    fix = "start one (bash scripts/slurm_local.sh start on one machine) or use launcher=local"
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise ConfigError(f"launcher=slurm: SLURM is not installed here (no sbatch/scontrol on PATH); {fix}")
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(f"launcher=slurm: `scontrol ping` failed ({type(e).__name__}); {fix}") from None
+    if "is UP" not in ping.stdout:
+        raise ConfigError(f"launcher=slurm: no SLURM controller answers `scontrol ping`; {fix}")
+
+
+SQLITE_WRITERS = 16  # concurrent SLURM jobs above which a sweep on the sqlite store is warned (docs/sweeps.md)
+
+
+def warn_sqlite_writers(cfg: DictConfig, jobs: int) -> None:
+    """One line when more than ``SQLITE_WRITERS`` SLURM jobs at once would share the sqlite file."""
+    from harness.tracking import store_uri
+
+    at_once = min(jobs, int(cfg.launcher.array_parallelism))
+    if (
+        cfg.tracking.enabled
+        and at_once > SQLITE_WRITERS
+        and store_uri(cfg.tracking.uri, cfg.results_dir).startswith("sqlite")
+    ):
+        print(
+            f"warning: {at_once} SLURM jobs at once would write to one sqlite file (more than {SQLITE_WRITERS}); "
+            "start a tracking server (scripts/mlflow_server.sh) and add tracking.uri=http://<host>:5000",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def make_executor(cfg: DictConfig):
     launcher = cfg.launcher
     folder = Path(str(launcher.folder))
@@ -145,6 +181,7 @@ def make_executor(cfg: DictConfig):
         executor.update_parameters(timeout_min=int(launcher.timeout_min))
         return executor
     if launcher.name == "slurm":
+        check_slurm()
         # cluster= explicitly: AutoExecutor would pick SLURM whenever srun is on PATH.
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         extra = {k: v for k, v in {"account": launcher.account, "qos": launcher.qos}.items() if v}
@@ -184,6 +221,8 @@ def submit(overrides: list[str]) -> tuple[DictConfig, list[list[str]], list]:
 
         return cfg, grid, [run(c) for c in cfgs]
     executor = make_executor(cfg)
+    if cfg.launcher.name == "slurm":
+        warn_sqlite_writers(cfg, len(grid))
     max_parallel = cfg.launcher.get("max_parallel")
     jobs = executor.map_array(HarnessJob(max_parallel, Path(cfg.results_dir).resolve() / "jobs" / "slots"), grid)
     return cfg, grid, jobs

@@ -235,3 +235,48 @@ def test_slurm_requeue_mid_run_resumes_and_finishes(tmp_path):
 
     plain = run_inline(compose([*overrides[:-1], f"results_dir={tmp_path / 'plain'}", "tracking=none"]))
     assert (result["final_acc"], result["channels"]) == (plain["final_acc"], plain["channels"])
+
+
+# --- launcher=slurm where SLURM is missing or down, and the sqlite store at scale ------------------------
+def _fake_slurm(tmp_path, ping: str | None):
+    """A PATH holding a fake sbatch (leaves a mark if anything is submitted) and, unless None, a
+    fake scontrol whose ping prints ``ping``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path / 'submitted'}\nexit 1\n")
+    if ping is not None:
+        (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho '{ping}'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return str(bin_dir)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(
+    "ping, says",
+    [(None, "SLURM is not installed here"), ("Slurmctld(primary) at vm is DOWN", "no SLURM controller answers")],
+)
+def test_slurm_launcher_without_a_controller_stops_in_one_line_before_submitting(
+    run_cli, tmp_path, monkeypatch, ping, says
+):
+    monkeypatch.setenv("PATH", _fake_slurm(tmp_path, ping))
+    code, out, err = run_cli("sweep", *TINY, "method=l1,random", "launcher=slurm", f"results_dir={tmp_path}")
+    assert code == 2
+    assert says in err and "launcher=local" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "submitted").exists()
+
+
+@pytest.mark.quick
+def test_a_large_slurm_array_on_the_sqlite_store_is_warned_once(tmp_path, capsys):
+    from harness.config import compose
+    from harness.launch import SQLITE_WRITERS, warn_sqlite_writers
+
+    cfg = compose(["launcher=slurm", f"results_dir={tmp_path}"])
+    warn_sqlite_writers(cfg, SQLITE_WRITERS + 1)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "scripts/mlflow_server.sh" in err and "tracking.uri=" in err
+    slurm = ["launcher=slurm", f"results_dir={tmp_path}"]
+    warn_sqlite_writers(compose(slurm), SQLITE_WRITERS)  # not more than the limit
+    warn_sqlite_writers(compose([*slurm, "tracking.uri=http://127.0.0.1:5000"]), 100)  # a server
+    warn_sqlite_writers(compose([*slurm, "launcher.array_parallelism=8"]), 100)  # 8 at once
+    assert capsys.readouterr().err == ""
