@@ -103,8 +103,9 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
         n_setups = t_runs.groupby(keys[:3])["setup"].nunique()
         for (method, goal, target, setup), g in t_runs.groupby(keys):
             acc = g["metrics.final_acc"] * 100
+            rebuilt = "tags.reconstruction" in g and (g["tags.reconstruction"] == "true").any()
             row = {
-                "method": method,
+                "method": f"{method} (reconstruction)" if rebuilt else method,
                 "target": float(target),
                 "target of": goal,
                 "setup": setup,

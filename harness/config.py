@@ -81,6 +81,9 @@ def describe_group(group: str) -> dict[str, str]:
             out[name] = str(node.get(group, node).get("description", ""))
         else:
             out[name] = plugins[name].description
+        cls = plugins.get(str(node.get(group, node).get("impl", name))) if path.exists() else plugins.get(name)
+        if getattr(cls, "reconstruction", False):
+            out[name] = f"[reconstruction] {out[name]}"
     return out
 
 

@@ -124,6 +124,7 @@ def run(cfg: DictConfig) -> dict:
                 "run_key": key,
                 "regularizer": cfg.regularizer.name,
                 "normalize": pruner.normalize,
+                "reconstruction": str(bool(getattr(method, "reconstruction", False))).lower(),
                 **{f"ddp_{k}": v for k, v in distributed.describe().items()},
                 "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",
             },

@@ -62,6 +62,7 @@ class AipSettings:
 @register_method
 class AIP(Method):
     name = "aip"
+    reconstruction = True
     description = "AIP, RECONSTRUCTED from the abstract (no public code): iterative L1 pruning, each round recovered by attention transfer + KD + a discriminator against the dense teacher"
     settings = AipSettings
 

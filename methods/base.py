@@ -92,6 +92,9 @@ class Method:
     presets_only: ClassVar[bool] = False  # True: only presets select it (its settings have no useful default)
     prunes: ClassVar[bool] = True
     finetunes: ClassVar[bool] = True  # fine-tune after prune(); NoPruning turns it off
+    # True for a method rebuilt from a paper's text without public code: tagged reconstruction=true in MLflow,
+    # marked in `list` and in every `compare` table
+    reconstruction: ClassVar[bool] = False
     # prune.normalize when the run leaves it null: what the channel scores are divided by (harness.core.costs)
     default_normalize: ClassVar[str] = "none"
 

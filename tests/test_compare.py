@@ -148,3 +148,21 @@ def test_a_study_on_another_model_than_the_tasks_default_is_titled_with_it():
         {"tags.task": ["resnet56", "resnet56", "digits"], "params.model.name": ["resnet56", "resnet20", None]}
     )
     assert list(with_study(runs)["study"]) == ["resnet56", "resnet56 (model resnet20)", "digits"]
+
+
+def test_a_reconstructed_method_is_marked_in_the_table_and_in_list(tmp_path, run_cli):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for method, rebuilt in (("aip", "true"), ("l1", "false")):
+        t = MlflowTracker(uri, "harness", tmp_path / "mlruns")
+        t.start(
+            {"task.name": "resnet56", "method.name": method, "prune.flops_reduction": 0.5, "seed": 0},
+            {"task": "resnet56", "method": method, "seed": 0, "reconstruction": rebuilt},
+        )
+        t.log_metrics({"final_acc": 0.9, "base_acc": 0.93, "flops_reduction": 0.5, "params_reduction": 0.4})
+        t.end("FINISHED", None)
+    table = aggregate(load_runs(uri, "harness"))[0]["resnet56"]
+    assert sorted(table["method"]) == ["aip (reconstruction)", "l1"]
+    code, out, _ = run_cli("list")
+    assert code == 0
+    listed = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "[reconstruction]" in listed["aip"] and "[reconstruction]" not in listed["l1"]

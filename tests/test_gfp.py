@@ -203,6 +203,7 @@ def test_gfp_cpu_halves_the_macs_on_digits_and_keeps_the_accuracy(run_cli, tmp_p
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     run = client.get_run(s["mlflow_run_id"])
     assert run.data.tags["normalize"] == "memory"  # the method's own, recorded
+    assert run.data.tags["reconstruction"] == "false"  # from the authors' code
     steps = client.get_metric_history(s["mlflow_run_id"], "prune/macs")
     assert len(steps) >= 3
     assert [m.value for m in sorted(steps, key=lambda m: m.step)] == sorted((m.value for m in steps), reverse=True)
