@@ -90,6 +90,8 @@ def run(cfg: DictConfig) -> dict:
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
     # reachability is checked on its latency table (prepare_latency_target).
     method.check_model(model)
+    if target > 0 and not latency_target:
+        method.check_target(model, pruner, target)
     if target > 0 and pruner.max_reduction(model) < target and not latency_target:
         raise ConfigError(pruner.unreachable_message(model, target))
 
@@ -377,6 +379,8 @@ class _Phases:
             log_metrics=tracker.log_metrics,
             train=self.fit,
             finetune_recipe=cfg.finetune,
+            train_recipe=cfg.train,
+            transfer=bool(getattr(self.task, "transfer", False)),
             val_loader=self.val_loader,
             validate=self.validate,
             quiet=bool(cfg.quiet),

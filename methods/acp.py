@@ -30,11 +30,11 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from harness.core import distributed
-from harness.core.errors import ConfigError
 from harness.core.hooks import HookSet
 from harness.core.settings import setting
-from harness.core.surgery import ChannelPruner, eval_mode
+from harness.core.surgery import eval_mode
 from harness.core.train import progress
+from harness.core.widths import WidthSpace
 from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
 
@@ -76,51 +76,6 @@ def average_feature_maps(
         hooks.remove()
     total = int(distributed.all_reduce_sum(torch.tensor([seen])).item())
     return {k: distributed.all_reduce_sum(sums[k]) / max(total, 1) for k in sorted(sums)}
-
-
-class WidthSpace:
-    """Width vectors over the model's channel groups: bounds, MACs and the L1-inheriting build."""
-
-    def __init__(self, model: nn.Module, pruner: ChannelPruner):
-        self.model, self.pruner = model, pruner
-        groups = pruner.groups(model)
-        self.keys = list(groups)
-        self.low = [groups[k].min_keep for k in self.keys]
-        self.high = [groups[k].channels for k in self.keys]
-        importance = FilterL1Importance()
-        self.order = {k: torch.argsort(importance(groups[k].group).cpu(), stable=True).tolist() for k in self.keys}
-        self._reduction: dict[tuple[int, ...], float] = {}
-
-    def clip(self, widths) -> tuple[int, ...]:
-        return tuple(int(min(max(round(w), lo), hi)) for w, lo, hi in zip(widths, self.low, self.high))
-
-    def build(self, widths: tuple[int, ...]) -> nn.Module:
-        """The baseline with each group cut to its width, keeping its largest-L1 filters."""
-        plan = [(k, i) for k, w, hi in zip(self.keys, widths, self.high) for i in self.order[k][: hi - w]]
-        return self.pruner.remove(copy.deepcopy(self.model), plan)
-
-    def reduction(self, widths: tuple[int, ...]) -> float:
-        if widths not in self._reduction:
-            self._reduction[widths] = self.pruner.reduction(self.build(widths))
-        return self._reduction[widths]
-
-    def repair(self, widths: tuple[int, ...], target: float, exact: bool = True) -> tuple[int, ...]:
-        """Scale every width by one factor so the vector meets the MACs target: the largest factor that
-        still meets it. With ``exact`` a vector beyond the target is widened back to it too, so every
-        candidate costs what the target allows and the search compares shapes at one budget."""
-        scaled = lambda f: self.clip([w * f for w in widths])  # noqa: E731
-        if self.reduction(widths) >= target:
-            if not exact:
-                return widths
-            lo, hi = 1.0, max(h / max(w, 1) for w, h in zip(widths, self.high))
-        else:
-            lo, hi = 0.0, 1.0
-            if self.reduction(scaled(lo)) < target:
-                raise ConfigError(self.pruner.unreachable_message(self.model, target))
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.reduction(scaled(mid)) >= target else (lo, mid)
-        return scaled(lo)
 
 
 class CandidateFitness:
@@ -192,7 +147,7 @@ class ACP(Method):
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         ctx.require_validation("method acp (it scores candidates on validation data)")
-        space = WidthSpace(model, ctx.pruner)
+        space = WidthSpace(model, ctx.pruner, FilterL1Importance())  # a width keeps its largest-L1 filters
         if ctx.resume_state is not None and "prelim" in ctx.resume_state:
             prelim = tuple(ctx.resume_state["prelim"])
         else:

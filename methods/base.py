@@ -34,6 +34,8 @@ class PruneContext:
     log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
     train: Callable[..., dict]  # harness.core.train.train with device, loss and quiet bound
     finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe (for methods that train)
+    train_recipe: DictConfig | None = None  # the task's baseline recipe (a method that trains from scratch)
+    transfer: bool = False  # the task starts from pretrained weights (CUB): training from scratch makes no sense
     # A split carved from the training data (data.val_fraction): what a method may select or search on.
     # Both are None/raise when the run has no split; a method that needs one sets needs_validation: true.
     val_loader: Any = None
@@ -103,6 +105,9 @@ class Method:
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse (ConfigError, one line) before any training a model this method's criterion cannot score."""
+
+    def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
+        """Refuse (ConfigError, one line) before any training a target or settings this method cannot meet."""
 
     def importance(self) -> Importance:
         """The channel criterion: a callable group -> one score per channel (lower goes first)."""

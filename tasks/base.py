@@ -26,6 +26,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 class Task:
     name: ClassVar[str]
     description: ClassVar[str]
+    transfer: ClassVar[bool] = False  # True: the baseline starts from pretrained weights (CUB)
     num_classes: ClassVar[int]
     input_shape: ClassVar[tuple[int, ...]]  # one sample, channels first
     metric: ClassVar[str] = "acc"  # the key of evaluate() that counts as "accuracy" in reports

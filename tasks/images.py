@@ -137,6 +137,7 @@ class ImageNetTask(ImageClassificationTask):
 @register_task
 class Cub200Task(ImageClassificationTask):
     name = "cub200"
+    transfer = True  # starts from pretrained weights (model.weights): methods do not train it from scratch
     description = "ResNet-50 transfer to CUB-200-2011 (official layout under data.root); init from model.weights"
     num_classes = 200
 

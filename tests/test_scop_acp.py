@@ -10,8 +10,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from harness.config import compose
 from harness.core.surgery import ChannelPruner
-from methods.acp import ACP, CandidateFitness, WidthSpace, cluster_width
+from harness.core.widths import WidthSpace
+from methods.acp import ACP, CandidateFitness, cluster_width
 from methods.base import PruneContext
+from methods.l1 import FilterL1Importance
 from methods.scop import SCOP, KnockoffControl, uniform_rate_plan
 from tests.conftest import last_json
 from tests.fixtures import train_digits_net
@@ -142,7 +144,7 @@ def test_acp_swarm_respects_bounds_and_coupling_caches_fitness_and_best_never_de
     metrics = {}
     ctx = _ctx(model, 0.5, _loader(x[:256], y[:256]), metrics=metrics, validate=validate, train=train)
     acp = ACP(_acp_cfg(particles=4, cycles=3, fitness_epochs=1, samples=64))
-    space = WidthSpace(model, ctx.pruner)
+    space = WidthSpace(model, ctx.pruner, FilterL1Importance())
     prelim = acp.preliminary_widths(model, space, ctx)
     assert space.reduction(prelim) >= 0.5
     widths, best = acp.search(space, prelim, ctx)

@@ -86,6 +86,17 @@ class ChannelCosts:
                 out[key] = self._macs_saved(key, live)
         return {k: max(v, 1.0) for k, v in out.items()}  # a cost of 0 would make a score infinite
 
+    def total_macs(self, live: dict[str, int] | None = None) -> float:
+        """MACs of the conv and linear layers at the ``live`` widths (no BN or activations): a fast estimate
+        of the cost of a width vector, without building the network."""
+        live = {**self.channels, **(live or {})}
+        total = 0.0
+        for name, layer in self.layers.items():
+            out = self._live_out(name, live)
+            fan_in = 1 if layer.depthwise else self._live_in(name, live) / layer.groups
+            total += layer.kernel * layer.spatial * out * fan_in
+        return total
+
     def _live_out(self, name: str, live: dict[str, int]) -> int:
         key = self.out_group.get(name)
         return live[key] if key is not None else self.layers[name].out_channels

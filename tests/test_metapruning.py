@@ -1,0 +1,173 @@
+"""MetaPruning: the PruningNet's masked widths equal the cropped network, the search stays in the cost
+window, never reads the test split, never loses its best, resumes identically; bad values stop early."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from harness.config import compose
+from harness.core.surgery import ChannelPruner
+from harness.core.widths import WidthSpace
+from methods import create_method
+from methods.base import PruneContext
+from methods.metapruning import Encoding, _cropped, _dense_state, build_pruningnet
+from tasks.digits import DigitsTask
+from tasks.models import create_model
+from tests.conftest import last_json
+
+SMALL = [
+    "method=metapruning",
+    "method.pruningnet_epochs=1",
+    "method.population=4",
+    "method.generations=3",
+    "method.parents=2",
+    "method.mutations=1",
+    "method.crossovers=1",
+    "method.recalibration_batches=2",
+    "method.grid=[0.25,0.4,0.55,0.7,0.85,1.0]",
+    "method.window=0.05",
+]
+
+
+def _model(width=8):
+    torch.manual_seed(0)
+    return create_model("digits_resnet", 10, width=width)
+
+
+@pytest.mark.quick
+def test_the_inherited_network_computes_what_the_pruningnet_does_at_its_encoding():
+    model = _model()
+    pruner = ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.0)
+    space = WidthSpace(model, pruner)
+    encoding = Encoding(space, 4)
+    net = build_pruningnet(model, pruner, encoding, hidden=8)
+    for m in net.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    genes = tuple(i % 4 for i in range(len(space.keys)))
+    widths = space.clip([w * (0.4 + 0.2 * g) for w, g in zip(space.high, genes)])
+    encoding.set(genes, widths)
+    x = torch.randn(6, 1, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+    final = space.build(widths)
+    final.load_state_dict(_cropped(_dense_state(net), final.state_dict()))
+    assert [final.get_submodule(k).out_channels for k in space.keys if k != "fc"] == [
+        w for k, w in zip(space.keys, widths) if k != "fc"
+    ]
+    with torch.no_grad():
+        assert torch.allclose(final.eval()(x), expected, atol=1e-5)
+
+
+def _ctx(model, saved, resume=None, target=0.5):
+    x, y = DigitsTask(compose(["task=digits"])).datasets()[0].tensors
+    train, val = TensorDataset(x[:1200], y[:1200]), TensorDataset(x[1200:], y[1200:])
+    loader = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    val_loader = DataLoader(val, batch_size=256)
+
+    def validate(m):
+        m.eval()
+        with torch.no_grad():
+            return sum((m(a).argmax(1) == b).sum().item() for a, b in val_loader) / len(val)
+
+    def poisoned(m):
+        raise AssertionError("the search read the test split")
+
+    metrics = []
+    recipe = OmegaConf.create(
+        {"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "cosine"}
+    )
+    ctx = PruneContext(
+        pruner=ChannelPruner(model, x[:1], [model.fc], 0.1),
+        target=target,
+        device=torch.device("cpu"),
+        train_loader=loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        evaluate=poisoned,
+        quick_evaluate=lambda m: 0.0,
+        log_step=lambda *a: None,
+        log_metrics=lambda m, step: metrics.append((step, m)),
+        train=lambda m, loader, recipe, desc="": {},
+        finetune_recipe=recipe,
+        train_recipe=recipe,
+        val_loader=val_loader,
+        validate=validate,
+        quiet=True,
+        save_state=lambda state: saved.append(copy.deepcopy(state)),
+        resume_state=resume,
+    )
+    return ctx, metrics
+
+
+@pytest.mark.quick
+def test_search_stays_in_the_window_keeps_its_best_and_never_reads_the_test_split():
+    method = create_method(compose([*SMALL, "method.final=inherit"]))
+    model, saved = _model(), []
+    ctx, metrics = _ctx(copy.deepcopy(model), saved)
+    pruned = method.prune(copy.deepcopy(model), ctx)  # ctx.evaluate (the test split) raises if called
+    assert 0.5 <= ctx.pruner.reduction(pruned) <= 0.55
+    evaluated = saved[-1]["evaluated"]
+    assert len(evaluated) >= 8 and len({tuple(g) for g, _ in evaluated}) == len(evaluated)  # no duplicate
+    space = WidthSpace(model, ctx.pruner)
+    grid = sorted(method.cfg.grid)
+    for genes, _ in evaluated:  # every candidate lies in [target, target + window]
+        widths = space.clip([grid[g] * hi for g, hi in zip(genes, space.high)])
+        assert 0.5 <= space.reduction(widths) <= 0.55
+    best = [m["metapruning/best_fitness"] for _, m in metrics if "metapruning/best_fitness" in m]
+    assert len(best) == 3 and best == sorted(best)  # per generation, never decreasing
+    assert any("metapruning/pruningnet_loss" in m for _, m in metrics)
+
+    # A search killed after its first generation resumes to the same candidates and the same network.
+    resumed_saved = []
+    resumed = method.prune(copy.deepcopy(model), _ctx(copy.deepcopy(model), resumed_saved, resume=saved[1])[0])
+    assert resumed_saved[-1]["evaluated"] == evaluated
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), pruned.state_dict().values()))
+
+
+def test_metapruning_halves_the_macs_on_digits_from_scratch(run_cli, tmp_path):
+    code, out, err = run_cli(
+        "run",
+        "task=digits",
+        *SMALL,
+        "prune.flops_reduction=0.5",
+        "train.epochs=5",
+        "finetune.epochs=2",
+        "measure.repeats=2",
+        "measure.warmup=1",
+        "measure.max_seconds=0",
+        "quiet=true",
+        f"results_dir={tmp_path / 'results'}",
+        "--json",
+    )
+    assert code == 0, err
+    s = last_json(out)
+    assert 0.5 <= s["flops_reduction"] <= 0.55, s["flops_reduction"]
+    assert s["final_acc"] >= 0.9, s
+    assert s["prune_epochs"] >= 5 + 1  # the from-scratch training and the PruningNet's epoch are counted
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    assert client.get_metric_history(s["mlflow_run_id"], "metapruning/from_scratch")[0].value == 1.0
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("method.grid=[]", "method.grid"),
+        ("method.population=1", "method.population"),
+        ("method.grid=[0.5,1.0]", "window"),  # widths 1/2 or whole: no vector lands in [0.5, 0.525]
+        ("method.mutations=40", "method.population"),
+    ],
+)
+def test_bad_metapruning_values_exit_2_with_one_line(run_cli, tmp_path, override, expected):
+    code, out, err = run_cli("run", "method=metapruning", override, f"results_dir={tmp_path}", "tracking=none")
+    assert code == 2, err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "baselines").exists()  # refused before any training
