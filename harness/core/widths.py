@@ -6,7 +6,7 @@ swarm and MetaPruning's evolution both search, so that the two can be compared c
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,7 @@ class WidthSpace:
             self.order = {k: list(range(groups[k].channels - 1, -1, -1)) for k in self.keys}
         self._reduction: dict[tuple[int, ...], float] = {}
 
-    def clip(self, widths) -> tuple[int, ...]:
+    def clip(self, widths: Iterable[float]) -> tuple[int, ...]:
         return tuple(int(min(max(round(w), lo), hi)) for w, lo, hi in zip(widths, self.low, self.high))
 
     def build(self, widths: tuple[int, ...]) -> nn.Module:
