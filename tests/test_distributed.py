@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.test_launch import slurm
@@ -173,3 +174,45 @@ def test_a_world_size_without_a_rendezvous_is_one_line_exit_2(run_cli, tmp_path,
     code, out, err = run_cli("run", *BASE, "method=l1", f"results_dir={tmp_path}")
     assert code == 2 and err.count("\n") == 1 and "start it with torchrun" in err, err
     assert not (tmp_path / "mlflow.db").exists()  # stopped before anything was recorded
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=gfp_cpu"],
+        [
+            "method=metapruning",
+            "method.pruningnet_epochs=1",
+            "method.population=3",
+            "method.generations=2",
+            "method.parents=2",
+            "method.mutations=1",
+            "method.crossovers=1",
+            "method.recalibration_batches=2",
+            "method.grid=[0.25,0.4,0.55,0.7,0.85,1.0]",
+            "method.window=0.05",
+        ],
+    ],
+    ids=["gfp", "metapruning"],
+)
+def test_torchrun_gfp_and_metapruning_decide_once_for_both_ranks(tmp_path, method):
+    """Also the end-to-end check of both methods on digits (the single-process paths are tested in-process
+    in tests/test_gfp.py and tests/test_metapruning.py)."""
+    proc = torchrun(tmp_path, *method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = json_lines(proc.stdout)
+    assert summary["world_size"] == 2
+    assert 0.5 <= summary["flops_reduction"] <= 0.53, summary["flops_reduction"]
+    assert summary["final_acc"] >= 0.9, summary
+    # Each rank decided on its own from statistics summed (or broadcast) over the ranks: the same network.
+    assert len(set(summary["ddp_pruned_checksums"])) == 1, summary["ddp_pruned_checksums"]
+    client, (run,) = mlflow_runs(tmp_path)
+    assert run.data.tags["reconstruction"] == "false"  # both follow the authors' code
+    if "method=gfp_cpu" in method:
+        assert summary["prune_epochs"] > 0  # the pruning phase trains, and that is counted
+        assert run.data.tags["normalize"] == "memory"  # the method's own, recorded
+        steps = sorted(client.get_metric_history(run.info.run_id, "prune/macs"), key=lambda m: m.step)
+        assert len(steps) >= 3 and [m.value for m in steps] == sorted((m.value for m in steps), reverse=True)
+    else:  # trained from scratch with the task's recipe (3 epochs here), the PruningNet's epoch counted too
+        assert summary["prune_epochs"] >= 3 + 1
+        assert client.get_metric_history(run.info.run_id, "metapruning/from_scratch")[0].value == 1.0
