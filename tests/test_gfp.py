@@ -191,3 +191,41 @@ def test_bad_gfp_values_exit_2_with_one_line(run_cli, tmp_path, override, expect
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "baselines").exists()  # refused before any training
+
+
+@pytest.mark.quick
+def test_a_nan_importance_skips_the_decision_with_a_warning(capsys):
+    torch.manual_seed(0)
+    model = create_model("digits_resnet", 10, width=8)
+    ctx = _digits_ctx(model, 0.5, [])
+    logged = []
+    ctx.log_metrics = lambda m, step: logged.append((step, m))
+    groups = ctx.pruner.groups(model)
+    masks = InputMasks(model, groups)
+    key = next(iter(groups))
+    masks.fisher[key][0] = float("nan")
+    method = create_method(compose(["method=gfp"]))
+    floor = {k: g.min_keep for k, g in groups.items()}
+    costs = ctx.pruner.channel_costs(model, groups)
+    assert method.decide(model, masks, groups, floor, costs, ctx, 3, 0.1) == 0.1  # nothing masked
+    assert masks.masked_channels() == [] and all(f.abs().sum() == 0 for f in masks.fisher.values())
+    assert "NaN importance at decision 3" in capsys.readouterr().err
+    assert logged == [(3, {"prune/nan_skipped": 1.0})]
+
+
+@pytest.mark.quick
+def test_no_layer_is_emptied_not_even_the_stem():
+    torch.manual_seed(0)
+    model = create_model("digits_resnet", 10, width=8)
+    ctx = _digits_ctx(model, 0.99, [])
+    ctx.pruner = ChannelPruner(model, ctx.pruner.example_inputs, [model.fc], 0.0)  # a minimum of 1 channel
+    groups = ctx.pruner.groups(model)
+    masks = InputMasks(model, groups)
+    method = create_method(compose(["method=gfp", "method.channels_per_step=1000"]))
+    floor = {k: g.min_keep for k, g in groups.items()}
+    costs = ctx.pruner.channel_costs(model, groups)
+    method.decide(model, masks, groups, floor, costs, ctx, 1, 0.0)  # all scores 0: as many as allowed go
+    assert masks.live() == {k: 1 for k in groups}
+    assert any("stem.0" in g.members for g in groups.values())  # the stem's group keeps one channel too
+    with pytest.raises(RuntimeError, match="every group is at its minimum"):
+        method.decide(model, masks, groups, floor, costs, ctx, 2, 0.9)
