@@ -31,6 +31,8 @@ def run_key(cfg: DictConfig) -> str:
         data["prune"].pop("target", None), data["prune"].pop("latency_reduction", None)
     else:  # a latency target depends on where and how it is timed
         data["latency_setup"] = {"target_batch": cfg.measure.target_batch, "threads": cfg.threads}
+    if data["prune"].get("allocation") == "global":  # the default: keys made before it existed stay
+        data["prune"].pop("allocation")
     if data["prune"].get("normalize") is None:  # the method's own normalisation: keys made before it existed stay
         data["prune"].pop("normalize", None)
     if distributed.world_size() > 1:  # N processes train with N times the batch: another run

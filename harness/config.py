@@ -289,6 +289,7 @@ RANGES: dict[str, tuple] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "prune.target": ("macs", "latency"),
     "prune.normalize": ("none", "macs", "memory"),
+    "prune.allocation": ("global", "knapsack"),
 }
 
 
@@ -348,6 +349,10 @@ def validate(cfg: DictConfig) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    need(
+        cfg.prune.get("allocation", "global") != "knapsack" or cfg.prune.get("target") != "latency",
+        "prune.allocation=knapsack meets MACs targets only for now; use prune.target=macs or prune.allocation=global",
+    )
     need(
         cfg.prune.get("target") != "latency" or cfg.prune.get("latency_reduction") is not None,
         "prune.target=latency needs prune.latency_reduction (e.g. 0.4: cut the measured latency by 40%)",

@@ -86,7 +86,13 @@ def run(cfg: DictConfig) -> dict:
         cfg.prune.min_channels_ratio,
         cfg.prune.get("round_to"),
         normalize=cfg.prune.get("normalize") or method.default_normalize,
+        allocation=cfg.prune.get("allocation") or "global",
     )
+    if pruner.allocation == "knapsack" and not method.uses_allocation:
+        raise ConfigError(
+            f"method {cfg.method.name} chooses its own widths, so prune.allocation=knapsack would be ignored; it "
+            "applies to one-shot rankings (l1, random, slimming, aip): drop it or choose one of those"
+        )
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
     # reachability is checked on its latency table (prepare_latency_target).
     method.check_model(model)
@@ -126,6 +132,7 @@ def run(cfg: DictConfig) -> dict:
                 "run_key": key,
                 "regularizer": cfg.regularizer.name,
                 "normalize": pruner.normalize,
+                "allocation": pruner.allocation,
                 "reconstruction": str(bool(getattr(method, "reconstruction", False))).lower(),
                 **{f"ddp_{k}": v for k, v in distributed.describe().items()},
                 "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",

@@ -97,6 +97,9 @@ class Method:
     # True for a method rebuilt from a paper's text without public code: tagged reconstruction=true in MLflow,
     # marked in `list` and in every `compare` table
     reconstruction: ClassVar[bool] = False
+    # False for a method that chooses widths by its own schedule (not through ChannelPruner.prune_to_target):
+    # prune.allocation=knapsack is refused for it rather than silently ignored
+    uses_allocation: ClassVar[bool] = True
     # prune.normalize when the run leaves it null: what the channel scores are divided by (harness.core.costs)
     default_normalize: ClassVar[str] = "none"
 

@@ -260,6 +260,7 @@ class GAL(Method):
     name = "gal"
     description = "GAL (CVPR'19): label-free soft masks on residual blocks or channels, learned against the dense teacher with a discriminator and FISTA"
     settings = GalSettings
+    uses_allocation = False  # its learned masks choose what goes
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner

@@ -163,6 +163,7 @@ class GateDecorator(Method):
     name = "gbn"
     description = "Gate Decorator (NeurIPS'19): gated BN, Taylor importance, Tick-Tock schedule, gates melted into BN"
     settings = GbnSettings
+    uses_allocation = False
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner

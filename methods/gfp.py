@@ -151,6 +151,7 @@ class GroupFisher(Method):
         "Group Fisher pruning (ICML'21): coupled-channel Fisher scores / memory saved, one channel per interval"
     )
     settings = GfpSettings
+    uses_allocation = False
     default_normalize = "memory"  # the paper's default; prune.normalize=macs|none override it
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:

@@ -211,6 +211,7 @@ class MetaPruning(Method):
         "MetaPruning (ICCV'19): a PruningNet generates weights for any width vector; evolutionary search on validation"
     )
     settings = MetaPruningSettings
+    uses_allocation = False
 
     # --- checks before any training ------------------------------------------------------------
     def check_model(self, model: nn.Module) -> None:

@@ -23,6 +23,7 @@ class NoPruning(Method):
     name = "none"
     description = "No pruning; trains and measures the shared baseline only"
     prunes = False
+    uses_allocation = False
     finetunes = False
 
     def prune(self, model, ctx):

@@ -169,6 +169,7 @@ class SCOP(Method):
     name = "scop"
     description = "SCOP (NeurIPS'20): knockoff scientific control; beta per channel learned with the network frozen, uniform per-layer rate to the target"
     settings = ScopSettings
+    uses_allocation = False  # one uniform rate per layer
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner

@@ -12,11 +12,13 @@ import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from harness.core.allocation import knapsack
 from harness.core.costs import NORMALIZE, ChannelCosts, normalized
 from harness.core.errors import ConfigError
 
@@ -89,9 +91,13 @@ class ChannelPruner:
         min_channels_ratio: float = 0.1,
         round_to: int | None = None,
         normalize: str = "none",
+        allocation: str = "global",
     ):
         if normalize not in NORMALIZE:
             raise ConfigError(f"prune.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+        if allocation not in ("global", "knapsack"):
+            raise ConfigError(f"prune.allocation must be global or knapsack, got {allocation!r}")
+        self.allocation = allocation
         self.example_inputs = example_inputs
         self.round_to = round_to
         self.normalize = normalize
@@ -164,6 +170,17 @@ class ChannelPruner:
     def removal_order(self, model: nn.Module, importance: Importance) -> list[tuple[str, int]]:
         """Every removable (group, channel), least important first, capped by each group's minimum."""
         groups = self.groups(model)
+        return rank_channels(
+            self.scores(model, importance, groups),
+            {k: g.channels - g.min_keep for k, g in groups.items()},
+            {k: g.units for k, g in groups.items() if g.units},
+        )
+
+    def scores(
+        self, model: nn.Module, importance: Importance, groups: dict[str, ChannelGroup]
+    ) -> dict[str, torch.Tensor]:
+        """{group: one score per channel}, divided by the channel's cost under ``normalize``. Groups the
+        criterion cannot score are left out and listed in ``unscored``."""
         scores = {}
         self.unscored = []  # groups the criterion cannot score (slimming: no BatchNorm): never pruned
         for key, cg in groups.items():
@@ -180,11 +197,7 @@ class ChannelPruner:
             scores[key] = group_scores
         if self.normalize != "none":
             scores = normalized(scores, self.channel_costs(model, groups).per_channel(self.normalize))
-        return rank_channels(
-            scores,
-            {k: g.channels - g.min_keep for k, g in groups.items()},
-            {k: g.units for k, g in groups.items() if g.units},
-        )
+        return scores
 
     def remove(self, model: nn.Module, channels: list[tuple[str, int]]) -> nn.Module:
         """Physically remove ``channels`` [(group key, channel index)] from ``model``, in place. In a group
@@ -207,6 +220,8 @@ class ChannelPruner:
         """
         if target <= 0:
             return model
+        if self.allocation == "knapsack":
+            return self.prune_by_knapsack(model, importance, target)
         order = self.removal_order(model, importance)
         groups = self.groups(model)
         chosen = lambda k: self.rounded(order[:k], order, groups)  # noqa: E731
@@ -223,6 +238,46 @@ class ChannelPruner:
             raise ConfigError(self.unreachable_message(model, target))
         k = self.cost_model.correct(smallest_prefix(trial, target, len(order)), target, build, trial, len(order))
         return self.remove(model, chosen(k))
+
+    def prune_by_knapsack(self, model: nn.Module, importance: Importance, target: float) -> nn.Module:
+        """HALP's allocation: per group, its channels by ascending score; how many each group keeps is a
+        knapsack maximising the kept score under a MACs budget (each group's MACs additive in its kept
+        channels, at the dense neighbours' widths: ``harness.core.costs``). The budget is bisected to the
+        largest one whose network, built and counted, still meets ``target``."""
+        groups = self.groups(model)
+        scores = self.scores(model, importance, groups)
+        per_channel = self.channel_costs(model, groups).per_channel("macs")
+        orders, values, costs = {}, {}, {}
+        for key, g in groups.items():
+            order = []
+            if key in scores:
+                removable = {key: g.channels - g.min_keep}
+                order = rank_channels({key: scores[key]}, removable, {key: g.units} if g.units else None)
+            unit = len(g.units[0]) if g.units else 1  # a grouped convolution's channels go in whole units
+            steps = list(range(0, len(order) + 1, unit))
+            removed = np.concatenate([[0.0], np.cumsum([float(scores[key][i]) for _, i in order])])
+            total = float(scores[key].sum()) if key in scores else 0.0
+            orders[key] = (order, steps)
+            values[key] = [total - removed[r] for r in steps]
+            costs[key] = [(g.channels - r) * per_channel[key] for r in steps]
+        floor = [c for order, _ in orders.values() for c in order]  # every group at its minimum: the cheapest
+
+        def chosen(budget: float) -> list[tuple[str, int]]:
+            try:
+                picks = knapsack(values, costs, budget)
+            except ValueError:  # below the cheapest choice once costs are rounded to the budget's bins
+                return floor
+            return [c for key, pick in picks.items() for c in orders[key][0][: orders[key][1][pick]]]
+
+        trial = lambda budget: self.reduction(self.remove(copy.deepcopy(model), chosen(budget)))  # noqa: E731
+        lo = sum(min(c) for c in costs.values())
+        hi = sum(max(c) for c in costs.values())
+        if trial(lo) < target:
+            raise ConfigError(self.unreachable_message(model, target))
+        for _ in range(20):  # the largest budget that still meets the target
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if trial(mid) >= target else (lo, mid)
+        return self.remove(model, chosen(lo))
 
     def rounded(
         self, selection: list[tuple[str, int]], order: list[tuple[str, int]], groups: dict[str, ChannelGroup]
