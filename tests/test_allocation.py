@@ -12,9 +12,8 @@ from harness.core.surgery import ChannelPruner, channel_widths
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 
-pytestmark = pytest.mark.quick
 
-
+@pytest.mark.quick
 @pytest.mark.parametrize("seed", range(6))
 def test_knapsack_is_optimal_under_its_additive_model(seed):
     rng = random.Random(seed)
@@ -44,6 +43,7 @@ def test_knapsack_allocation_meets_the_macs_target_and_differs_from_the_global_r
     assert widths["knapsack"] != widths["global"]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(
     "overrides, says",
     [

@@ -160,7 +160,6 @@ def _digits_ctx(model, target, saved, resume=None):
     )
 
 
-@pytest.mark.quick
 def test_a_resumed_schedule_ends_where_an_uninterrupted_one_does():
     method = create_method(compose(["method=gfp", "method.interval=15", "method.channels_per_step=3"]))
     torch.manual_seed(0)

@@ -105,7 +105,6 @@ def _ctx(model, saved, resume=None, target=0.5):
     return ctx, metrics
 
 
-@pytest.mark.quick
 def test_search_stays_in_the_window_keeps_its_best_and_never_reads_the_test_split():
     method = create_method(compose([*SMALL, "method.final=inherit"]))
     model, saved = _model(), []
