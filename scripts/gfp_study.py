@@ -97,7 +97,7 @@ def report() -> int:
         " as gfp_cpu spent after the baseline (equal budget). MACs at batch 1 (1 MAC = 2 FLOPs); speed-up = dense"
         " ms / pruned ms per batch of 128, 1 thread, CPU, median of paired timings.",
         "",
-        "Command: `python scripts/gfp_study.py run --workers 1` then `python scripts/gfp_study.py report`.",
+        "Command: `python scripts/gfp_study.py run --workers 2` then `python scripts/gfp_study.py report`.",
         "",
         pd.DataFrame(rows).to_markdown(index=False) if rows else "(no finished runs yet)",
         "",
