@@ -95,7 +95,9 @@ def report() -> int:
         " memory normalisation, 4 channels masked every 5 iterations while training at 0.04 x the fine-tune lr;"
         " its pruning phase counts in *epochs after baseline*. `l1+ft`, `random+ft`: fine-tuned for as many epochs"
         " as gfp_cpu spent after the baseline (equal budget). MACs at batch 1 (1 MAC = 2 FLOPs); speed-up = dense"
-        " ms / pruned ms per batch of 128, 1 thread, CPU, median of paired timings.",
+        " ms / pruned ms per batch of 128, 1 thread, CPU, median of paired timings, measured while another study"
+        " worker trained on the other core (treat as ±10%). The table is partial until every row has seeds 0,1,2"
+        " and the +ft controls exist; the paired intervals over 2 seeds are too wide to rank anything.",
         "",
         "Command: `python scripts/gfp_study.py run --workers 2` then `python scripts/gfp_study.py report`.",
         "",
