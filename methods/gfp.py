@@ -218,7 +218,8 @@ class GroupFisher(Method):
             ctx.log_metrics({"prune/nan_skipped": 1.0}, decision)
             masks.reset()
             return reduction
-        scores = normalized(scores, costs.per_channel(pruner.normalize, live))
+        saved = costs.per_channel(pruner.normalize, live)
+        scores = normalized(scores, saved)
         units = {k: g.units for k, g in groups.items() if g.units}
         order = rank_channels(scores, {k: live[k] - floor[k] for k in live}, units)
         masks.reset()
@@ -238,7 +239,7 @@ class GroupFisher(Method):
             masks.masks[key][idxs] = 0.0
         reduction = self._reduction(model, masks, pruner)
         metrics = {**pruner.cost_metrics(reduction), "removed": float(len(masks.masked_channels()))}
-        metrics[f"cost_{pruner.normalize}"] = sum(costs.per_channel(pruner.normalize, live)[k] for k, _ in chosen)
+        metrics[f"cost_{pruner.normalize}"] = sum(saved[k] for k, _ in chosen)
         if decision % 10 == 0 or reduction >= ctx.target:
             metrics["acc"] = ctx.quick_evaluate(model)
         ctx.log_step(decision, metrics)
