@@ -123,6 +123,10 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(_explain(e, overrides)) from None
     validate(cfg)
     resolve_defaults(cfg)
+    if cfg.get("tracking") is not None:
+        from harness.tracking import take_credentials
+
+        cfg.tracking.uri = take_credentials(cfg.tracking.uri)
     return cfg
 
 

@@ -207,6 +207,9 @@ def submit(overrides: list[str]) -> tuple[DictConfig, list[list[str]], list]:
     """Validate every grid point (so a typo fails before anything is submitted), then submit.
 
     Returns (config of the first point, the grid, the jobs or, for launcher=inline, the summaries)."""
+    # Credentials in tracking.uri move to the environment, which jobs inherit (SLURM exports it), so the
+    # job files under results/jobs never hold them.
+    overrides = [_without_credentials(o) for o in overrides]
     grid = expand_grid(overrides)
     launcher = [o for o in overrides if _is_launcher(o.partition("=")[0])]
     cfgs = [compose([*point, *launcher]) for point in grid]
@@ -226,6 +229,15 @@ def submit(overrides: list[str]) -> tuple[DictConfig, list[list[str]], list]:
     max_parallel = cfg.launcher.get("max_parallel")
     jobs = executor.map_array(HarnessJob(max_parallel, Path(cfg.results_dir).resolve() / "jobs" / "slots"), grid)
     return cfg, grid, jobs
+
+
+def _without_credentials(override: str) -> str:
+    from harness.tracking import take_credentials
+
+    key, sep, value = override.partition("=")
+    if key.lstrip("+~") != "tracking.uri" or not sep:
+        return override
+    return f"{key}={','.join(take_credentials(v) for v in split_values(value))}"
 
 
 def wait(jobs) -> list[dict]:

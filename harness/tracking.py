@@ -5,7 +5,9 @@ Reading: ``open_store(uri)`` finds runs with their params and metrics, metric hi
 
 The default store is an embedded sqlite database, ``sqlite:///<results_dir>/mlflow.db``, with
 artifacts under ``<results_dir>/mlruns``; ``tracking.uri=`` or ``$MLFLOW_TRACKING_URI`` points
-elsewhere (another file, or a tracking server).
+elsewhere (another file, or a tracking server). A server with authentication takes its credentials from
+``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD``; a URI written ``http://user:password@host``
+has them moved there (``take_credentials``), so no config, param, log or job file ever holds them.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.core.errors import HarnessError
+from harness.core.errors import ConfigError, HarnessError
 from harness.core.locks import file_lock
 
 _PARAM_LIMIT = 6000  # MLflow's longest param value
@@ -42,6 +47,38 @@ class NullTracker:
         return False
 
     def flush(self) -> None: ...
+    def _create_run(self, tags: dict[str, str]) -> str:
+        """A new run's id, created once. A create_run whose answer was lost (a server killed or timed out
+        after committing) is found again by a one-off token instead of being created twice; a twin made
+        by a lower layer's retry is deleted, so no orphan run is left in the store."""
+        token = uuid.uuid4().hex
+        tags = {**tags, "harness.start_token": token}
+        run_id = None
+        for delay in (*self.RETRIES, None):
+            try:
+                run_id = self.client.create_run(self.experiment_id, None, tags, tags.get("mlflow.runName")).info.run_id
+                break
+            except Exception:
+                run_id = self._runs_with_token(token)[:1]
+                if run_id:
+                    run_id = run_id[0]
+                    break
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        for twin in self._runs_with_token(token):
+            if twin != run_id:
+                with contextlib.suppress(Exception):
+                    self.client.delete_run(twin)
+        return run_id
+
+    def _runs_with_token(self, token: str) -> list[str]:
+        try:
+            found = self.client.search_runs([self.experiment_id], f"tags.`harness.start_token` = '{token}'")
+        except Exception:
+            return []
+        return [r.info.run_id for r in sorted(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))]
+
     def find_finished(self, run_key: str) -> dict | None:
         return None
 
@@ -137,8 +174,7 @@ class MlflowTracker(NullTracker):
         from mlflow.entities import Param, RunTag
 
         tags = {k: str(v) for k, v in tags.items()}  # a REST store (mlflow server) takes strings only
-        run = self._retry(self.client.create_run, self.experiment_id, None, tags, tags.get("mlflow.runName"))
-        self.run_id = run.info.run_id
+        self.run_id = self._create_run(tags)
         items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self._call("log_batch", self.run_id, (), items[i : i + 100])
@@ -230,6 +266,34 @@ def _jsonable(value):
         return repr(value)
 
 
+_CREDENTIALS = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:]*)(?::(?P<password>[^/@]*))?@")
+
+
+def take_credentials(uri: str | None) -> str | None:
+    """``uri`` without a ``user:password@`` part; an http(s) URI's credentials move to the environment
+    (``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD``, which MLflow's client reads and which
+    jobs inherit), so that configs, params, warnings and job files never hold them."""
+    if not uri:
+        return uri
+    match = _CREDENTIALS.match(str(uri))
+    if match is None or (match["password"] is None and not match["scheme"].startswith("http")):
+        return uri
+    if match["scheme"].startswith("http"):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(match["user"])
+        if match["password"] is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(match["password"])
+        return match["scheme"] + str(uri)[match.end() :]
+    raise ConfigError(
+        f"tracking.uri {redact(uri)} carries a password: drop it from the URI and give it to the database "
+        "driver another way (PGPASSWORD or ~/.pgpass for PostgreSQL)"
+    )
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@`` in it replaced by ***."""
+    return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*):[^/@\s]*@", r"\1:***@", str(text))
+
+
 def tracking_uri(cfg: DictConfig) -> str:
     return store_uri(cfg.tracking.uri, cfg.results_dir)
 
@@ -237,9 +301,9 @@ def tracking_uri(cfg: DictConfig) -> str:
 def store_uri(explicit: str | None, results_dir: str | os.PathLike) -> str:
     """``tracking.uri=`` if given, else $MLFLOW_TRACKING_URI, else the sqlite file under results_dir."""
     if explicit:
-        return str(explicit)
+        return take_credentials(str(explicit))
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return take_credentials(os.environ["MLFLOW_TRACKING_URI"])
     db = Path(results_dir).resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}?timeout=60"  # concurrent jobs wait for sqlite's write lock instead of failing
