@@ -53,19 +53,17 @@ class NullTracker:
         by a lower layer's retry is deleted, so no orphan run is left in the store."""
         token = uuid.uuid4().hex
         tags = {**tags, "harness.start_token": token}
-        run_id = None
-        for delay in (*self.RETRIES, None):
+        deadline = time.monotonic() + self.start_wait_s
+        while True:
             try:
                 run_id = self.client.create_run(self.experiment_id, None, tags, tags.get("mlflow.runName")).info.run_id
                 break
-            except Exception:
-                run_id = self._runs_with_token(token)[:1]
-                if run_id:
-                    run_id = run_id[0]
+            except Exception as e:
+                found = self._runs_with_token(token)
+                if found:
+                    run_id = found[0]
                     break
-                if delay is None:
-                    raise
-                time.sleep(delay)
+                self._wait_or_raise(e, deadline)
         for twin in self._runs_with_token(token):
             if twin != run_id:
                 with contextlib.suppress(Exception):
@@ -95,6 +93,10 @@ class MlflowTracker(NullTracker):
     store still cannot take it, so a run never reports a success the store does not hold."""
 
     RETRIES = (0.2, 0.5, 1.0, 2.0)
+    # How long a run waits at its start for a tracking server that does not answer (one restarting under
+    # an array of jobs); a file store waits only RETRIES. Later calls never wait: they are buffered.
+    SERVER_START_WAIT_S = float(os.environ.get("HARNESS_TRACKING_START_WAIT_S", 180))
+    _FINAL = ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED")
 
     def __init__(self, uri: str, experiment: str, artifact_root: Path, buffer_dir: Path | None = None):
         warnings.filterwarnings("ignore", module="sqlalchemy")
@@ -114,18 +116,57 @@ class MlflowTracker(NullTracker):
             ):
                 os.environ.setdefault(name, value)
         self.uri = uri
+        self.start_wait_s = self.SERVER_START_WAIT_S if uri.startswith(("http://", "https://")) else sum(self.RETRIES)
+        self._said_waiting = False
         self.buffer_dir = buffer_dir or artifact_root.parent / "tracking_buffer"
         self.pending: list[tuple[str, tuple]] = []
         with _store_creation_lock(uri):
             self.client = MlflowClient(tracking_uri=uri)  # creates a new store's tables
-            exp = self._retry(self.client.get_experiment_by_name, experiment)
-            if exp is None:
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None
-                )
-            else:
-                self.experiment_id = exp.experiment_id
+            self.experiment_id = self._experiment_id(experiment, artifact_root)
         self.run_id = None
+
+    def _experiment_id(self, experiment: str, artifact_root: Path) -> str:
+        """The experiment's id, created if missing. Jobs of an array that start together on a server race
+        to create it: the losers (RESOURCE_ALREADY_EXISTS) read the winner's."""
+        exp = self._patient(self.client.get_experiment_by_name, experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = artifact_root.resolve().as_uri() if self.uri.startswith("sqlite") else None
+        try:
+            return self._patient(self.client.create_experiment, experiment, location)
+        except Exception:
+            exp = self._patient(self.client.get_experiment_by_name, experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _patient(self, fn, *args):
+        """``fn(*args)``, retried for up to ``start_wait_s`` while the store does not answer."""
+        deadline = time.monotonic() + self.start_wait_s
+        while True:
+            try:
+                return fn(*args)
+            except Exception as e:
+                self._wait_or_raise(e, deadline)
+
+    def _wait_or_raise(self, error: Exception, deadline: float) -> None:
+        code = getattr(error, "error_code", None)
+        if code == "UNAUTHENTICATED":
+            raise TrackingError(
+                f"the tracking server {self.uri} refused the credentials (401): export MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD (or write tracking.uri=http://user:password@host:port)"
+            ) from None
+        if code in self._FINAL or time.monotonic() >= deadline:
+            raise error
+        if not self._said_waiting:
+            print(
+                f"warning: tracking store {self.uri} does not answer ({type(error).__name__}); "
+                f"waiting up to {self.start_wait_s:.0f} s before the run starts",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._said_waiting = True
+        time.sleep(min(2.0, max(0.2, deadline - time.monotonic())))
 
     def _retry(self, fn, *args):
         for delay in self.RETRIES:
@@ -163,7 +204,8 @@ class MlflowTracker(NullTracker):
             name, args = self.pending[0]
             try:
                 getattr(self.client, name)(*args)
-            except Exception:
+            except Exception as e:
+                self._last_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" if str(e) else repr(e)
                 return
             self.pending.pop(0)
 
@@ -182,7 +224,7 @@ class MlflowTracker(NullTracker):
 
     def find_finished(self, run_key: str) -> dict | None:
         """The metrics (and run id) of a FINISHED run of this experiment tagged with ``run_key``, or None."""
-        runs = self._retry(
+        runs = self._patient(
             self.client.search_runs,
             [self.experiment_id],
             f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'",
@@ -195,7 +237,9 @@ class MlflowTracker(NullTracker):
     def resume(self, run_id: str) -> bool:
         """Continue an existing run (after a kill or a requeue). False if the store does not have it."""
         try:
-            self._retry(self.client.get_run, run_id)
+            self._patient(self.client.get_run, run_id)
+        except TrackingError:
+            raise
         except Exception:
             return False
         self.run_id = run_id
@@ -226,11 +270,24 @@ class MlflowTracker(NullTracker):
             self._call("set_tag", self.run_id, k, str(v)[:5000])
 
     def flush(self) -> None:
+        """Send what is buffered; wait up to ``start_wait_s`` for a server that is down (restarting)."""
         self._drain()
+        deadline = time.monotonic() + self.start_wait_s
+        if self.pending and self.start_wait_s > sum(self.RETRIES):
+            print(
+                f"warning: tracking store {self.uri} has not taken {len(self.pending)} records yet; "
+                f"waiting up to {self.start_wait_s:.0f} s for it",
+                file=sys.stderr,
+                flush=True,
+            )
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            self._drain()
         if self.pending:
             raise TrackingError(
                 f"the tracking store {self.uri} did not take {len(self.pending)} records "
-                f"(kept in {self._buffer_file()}); the run is not reported as done. Fix the store "
+                f"(kept in {self._buffer_file()}; last error {getattr(self, '_last_error', '?')}); the run is not "
+                "reported as done. Fix the store "
                 "and run the same command again: it resumes from its last checkpoint"
             )
 

@@ -19,6 +19,8 @@
 #   ARTIFACTS=<dir|URI>     where artifacts go (default <results_dir>/mlruns); on a cluster, a shared directory
 #   AUTH=1                  MLflow's basic-auth on loopback too; it is always on for any other HOST
 #   MLFLOW_ADMIN_PASSWORD   the admin's password (required with auth; MLFLOW_ADMIN_USER, default admin)
+#   AUTH_CACHE_TTL=60       seconds a worker trusts a checked password (0: hash every request, ~3x slower;
+#                           a changed or deleted password still works for up to this long on other workers)
 #   ALLOW_INSECURE=1        serve a non-loopback HOST with AUTH=0 (warned; anyone who can reach it can delete runs)
 #   ALLOWED_HOSTS=...       Host headers the server accepts (MLflow's --allowed-hosts), e.g. node1:5000
 #   STATE_DIR               owner-only folder for the auth config, the database password and the Flask
@@ -145,6 +147,7 @@ ARGS=(--backend-store-uri "$STORE_URI" --artifacts-destination "$ARTIFACTS" --ho
 [ -n "${ALLOWED_HOSTS:-}" ] && ARGS+=(--allowed-hosts "$ALLOWED_HOSTS")
 if [ "$AUTH" = 1 ]; then
     [ -n "${MLFLOW_ADMIN_PASSWORD:-}" ] || die "auth is on (HOST=$HOST${AUTH:+, AUTH=$AUTH}): set MLFLOW_ADMIN_PASSWORD (the admin's password), e.g. read -rs MLFLOW_ADMIN_PASSWORD; export MLFLOW_ADMIN_PASSWORD"
+    [ "${#MLFLOW_ADMIN_PASSWORD}" -ge 12 ] || die "MLFLOW_ADMIN_PASSWORD must have at least 12 characters (MLflow's rule for every user)"
     "$PYTHON" -c "import flask_wtf" 2>/dev/null || die "auth needs mlflow[auth]: pip install -e '.[server]'"
     ARGS+=(--app-name basic-auth)
     if [ "${DRY_RUN:-0}" != 1 ]; then
@@ -159,6 +162,7 @@ database_uri = $AUTH_DB
 admin_username = ${MLFLOW_ADMIN_USER:-admin}
 admin_password = $MLFLOW_ADMIN_PASSWORD
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = ${AUTH_CACHE_TTL:-60}
 INI
         chmod 600 "$MLFLOW_AUTH_CONFIG_PATH"
     fi

@@ -2,6 +2,7 @@
 pick a path outside their folder."""
 
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -27,15 +28,22 @@ def _server_args(tmp_path, **env):
 def test_the_mlflow_server_binds_to_loopback_by_default(tmp_path):
     args = _server_args(tmp_path)
     assert args[args.index("--host") + 1] == "127.0.0.1"
-    args = _server_args(tmp_path, HOST="0.0.0.0")  # only when told
-    assert args[args.index("--host") + 1] == "0.0.0.0"
+    # only when told, and then with authentication (tests/test_tracking_server.py has the refusals)
+    args = _server_args(tmp_path, HOST="0.0.0.0", MLFLOW_ADMIN_PASSWORD="x" * 12, STATE_DIR=str(tmp_path / "state"))
+    assert args[args.index("--host") + 1] == "0.0.0.0" and "basic-auth" in args
 
 
-def test_the_readme_only_shows_loopback_servers():
+def test_the_readme_only_shows_loopback_or_authenticated_servers():
     readme = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    cluster_commands = 0
     for line in readme.splitlines():
         if "mlflow ui" in line or "mlflow server" in line:
             assert "127.0.0.1" in line, line
+        host = re.search(r"HOST=(\S+)", line)
+        if "mlflow_server.sh" in line and host and host[1] not in ("127.0.0.1", "localhost"):
+            assert "MLFLOW_ADMIN_PASSWORD" in line and "ALLOW_INSECURE" not in line, line
+            cluster_commands += 1
+    assert cluster_commands >= 1  # the docs give the authenticated cluster command
 
 
 def test_experiment_names_cannot_name_a_path(run_cli, tmp_path):

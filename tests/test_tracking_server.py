@@ -1,0 +1,195 @@
+"""The production tracking server (scripts/mlflow_server.sh): PostgreSQL behind MLflow's basic-auth, and
+credentials that never land in a config, a param, a job file or a log. Loopback only. The server tests
+skip, saying why, where PostgreSQL or mlflow[auth] is missing."""
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness.tracking import redact, take_credentials
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "mlflow_server.sh"
+
+
+def test_credentials_in_the_uri_move_to_the_environment(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert take_credentials("http://alice:p%40ss@127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    for uri in ("sqlite:////r/mlflow.db?timeout=60", "http://127.0.0.1:5000", "postgresql+psycopg2://u@h:5433/db"):
+        assert take_credentials(uri) == uri
+    from harness.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"postgresql://u:\*\*\*@h/db carries a password.*PGPASSWORD"):
+        take_credentials("postgresql://u:hunter2@h/db")
+    assert (
+        redact("at http://bob:hunter2@h:1 and postgresql://u:x@h") == "at http://bob:***@h:1 and postgresql://u:***@h"
+    )
+
+
+def test_no_config_param_or_job_file_holds_the_password(run_cli, monkeypatch, tmp_path):
+    from harness.config import compose
+    from harness.launch import _without_credentials
+    from harness.tracking import flatten
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    uri = "tracking.uri=http://carol:hunter2-secret@127.0.0.1:5999"
+    cfg = compose(["task=digits", uri])
+    assert cfg.tracking.uri == "http://127.0.0.1:5999" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "hunter2-secret"
+    assert "hunter2" not in json.dumps(flatten(cfg), default=str)
+    code, out, err = run_cli("run", "task=digits", uri, "--cfg")
+    assert code == 0 and "127.0.0.1:5999" in out and "hunter2" not in out + err
+    # A sweep rewrites its overrides before anything is pickled for a job (local or SLURM).
+    assert _without_credentials(uri + ",http://d:pw2@h:1") == "tracking.uri=http://127.0.0.1:5999,http://h:1"
+    assert _without_credentials("task=digits") == "task=digits"
+
+
+def _script(tmp_path, **env):
+    """The server script with a fake python that prints its arguments instead of serving."""
+    fake = tmp_path / "fake_python"
+    fake.write_text('#!/bin/sh\nif [ "$1" = -c ]; then echo fake-secret; else echo "$@"; fi\n')
+    fake.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_ADMIN_PASSWORD", "AUTH", "HOST")}
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "results")],
+        env={**base, "PYTHON": str(fake), "STATE_DIR": str(tmp_path / "state"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_server_refuses_the_network_without_auth(tmp_path):
+    proc = _script(tmp_path, HOST="0.0.0.0")  # auth is on for any non-loopback host: it needs a password
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set MLFLOW_ADMIN_PASSWORD" in proc.stderr
+    proc = _script(tmp_path, HOST="0.0.0.0", AUTH="0")
+    assert proc.returncode == 2 and "ALLOW_INSECURE=1" in proc.stderr and not proc.stdout
+    proc = _script(tmp_path, HOST="0.0.0.0", AUTH="0", ALLOW_INSECURE="1")
+    assert proc.returncode == 0 and "WITHOUT authentication" in proc.stderr and "--app-name" not in proc.stdout
+
+    proc = _script(tmp_path, HOST="0.0.0.0", MLFLOW_ADMIN_PASSWORD="pw-in-env-only")
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.split()
+    assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--app-name") + 1] == "basic-auth"
+    ini = tmp_path / "state" / "basic_auth.ini"
+    assert (ini.stat().st_mode & 0o777) == 0o600 and (ini.parent.stat().st_mode & 0o777) == 0o700
+    assert "admin_password = pw-in-env-only" in ini.read_text()
+    assert "pw-in-env-only" not in proc.stdout + proc.stderr
+    assert not any("pw-in-env-only" in p.read_text() for p in (tmp_path / "results").rglob("*") if p.is_file())
+
+    proc = _script(tmp_path, AUTH="1")  # loopback asks for it only with AUTH=1
+    assert proc.returncode == 2 and "set MLFLOW_ADMIN_PASSWORD" in proc.stderr
+    proc = _script(tmp_path, BACKEND_URI="postgresql://u:inline@h/db")
+    assert proc.returncode == 2 and "PGPASSWORD" in proc.stderr and "inline" not in proc.stderr
+    proc = _script(tmp_path, STORE="mysql")
+    assert proc.returncode == 2 and "STORE=postgres" in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url, body=None, auth=None, method="POST"):
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method=method)
+    req.add_header("Content-Type", "application/json")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+    except OSError:  # not listening yet
+        return 0, {}
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory):
+    """A PostgreSQL-backed, authenticated server on loopback, started by the script as a user would."""
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) and shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    pytest.importorskip("psycopg2", reason="pip install -e '.[server]' (psycopg2-binary)")
+    pytest.importorskip("flask_wtf", reason="pip install -e '.[server]' (mlflow[auth])")
+    tmp = tmp_path_factory.mktemp("pgserver")
+    port, password = _free_port(), "adm-" + secrets.token_hex(8)
+    # initdb refuses root: the cluster belongs to postgres, in a folder postgres can reach.
+    pgdata = f"/var/lib/postgresql/harness-test-{os.getpid()}" if os.getuid() == 0 else str(tmp / "pgdata")
+    env = {**os.environ, "STATE_DIR": str(tmp / "state"), "PGDATA": pgdata, "PGPORT": str(_free_port())}
+    env.update(PYTHON=str(Path(os.sys.executable)), PORT=str(port), STORE="postgres", AUTH="1", WORKERS="2")
+    log = open(tmp / "server.log", "w")
+    server = subprocess.Popen(
+        ["bash", str(SCRIPT), str(tmp / "results")],
+        env={**env, "MLFLOW_ADMIN_PASSWORD": password},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while _request(url + "/api/2.0/mlflow/experiments/search", {"max_results": 1})[0] != 401:
+            if server.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield {"url": url, "password": password, "tmp": tmp}
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=60)
+        subprocess.run(["bash", str(SCRIPT), "postgres", "stop"], env=env, timeout=60)
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def test_postgres_server_refuses_strangers_and_read_only_users(postgres_server):
+    url, admin = postgres_server["url"], ("admin", postgres_server["password"])
+    search = url + "/api/2.0/mlflow/experiments/search"
+    assert _request(search, {"max_results": 1})[0] == 401
+    assert _request(search, {"max_results": 1}, auth=("admin", "wrong"))[0] == 401
+    status, body = _request(url + "/api/2.0/mlflow/experiments/create", {"name": "owned-by-admin"}, auth=admin)
+    assert status == 200, body
+    experiment = body["experiment_id"]
+    assert (
+        _request(
+            url + "/api/2.0/mlflow/users/create", {"username": "reader", "password": "reader-pw-1234"}, auth=admin
+        )[0]
+        == 200
+    )
+    reader = ("reader", "reader-pw-1234")
+    assert _request(search, {"max_results": 5}, auth=reader)[0] == 200  # default_permission = READ
+    status, _ = _request(url + "/api/2.0/mlflow/runs/create", {"experiment_id": experiment}, auth=reader)
+    assert status == 403
+
+
+def test_a_run_logs_through_auth_and_leaves_no_password_behind(postgres_server, run_cli, tiny_digits, monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    url, password = postgres_server["url"], postgres_server["password"]
+    results = Path(next(o for o in tiny_digits if o.startswith("results_dir="))[12:])
+    secret_uri = url.replace("http://", f"http://admin:{password}@")
+    overrides = [*tiny_digits, f"tracking.uri={secret_uri}", "tracking.experiment=pg-auth", "method=l1", "--json"]
+    code, out, err = run_cli("run", *overrides)
+    assert code == 0, err
+    run_id = json.loads(out.strip().splitlines()[-1])["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=url).get_run(run_id)  # credentials from the environment
+    assert run.info.status == "FINISHED" and run.data.params["tracking.uri"] == url
+    assert password not in json.dumps([run.data.params, run.data.tags])
+    # compare reads the authenticated store as it reads the sqlite file
+    code, table, err = run_cli("compare", f"tracking.uri={secret_uri}", "experiment=pg-auth", "--no-log")
+    assert code == 0 and "l1" in table and password not in table + err, err
+    leaked = [p for p in results.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaked and password not in out + err
