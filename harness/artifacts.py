@@ -54,12 +54,17 @@ def pruned_payload(model: nn.Module, spec: dict) -> dict:
     }
 
 
+def dense_from_payload(payload: dict) -> nn.Module:
+    """The unpruned architecture a pruned-model payload came from (fresh weights)."""
+    spec = payload["spec"]
+    return create_model(spec["name"], spec["num_classes"], **spec.get("kwargs", {}))
+
+
 def model_from_payload(payload: dict) -> nn.Module:
     """Rebuild the dense architecture from the registry, shrink each layer to the saved widths, load."""
     if payload.get("format") != FORMAT:
         raise ValueError(f"not a pruned-model payload ({FORMAT})")
-    spec = payload["spec"]
-    model = create_model(spec["name"], spec["num_classes"], **spec.get("kwargs", {}))
+    model = dense_from_payload(payload)
     for name, r in payload.get("replaced", {}).items():  # whole blocks a method removed (GAL)
         if r.get("kind") != "shortcut_only":
             raise ValueError(f"unknown replacement {r.get('kind')!r} for {name} in a pruned-model payload")
@@ -89,6 +94,28 @@ def input_shape(payload: dict, path) -> tuple[int, ...]:
     if not shape:
         raise ConfigError(f"{path} does not record its input shape (saved by an older harness); re-save it")
     return tuple(shape)
+
+
+def fetch_pruned(
+    source: str, tracking_uri: str | None, results_dir: str | os.PathLike, tmp: Path
+) -> tuple[Path, str | None, str | None]:
+    """(the pruned-model file, the MLflow run id or None, the store's uri or None) for ``source``: a
+    ``pruned_model.pt`` path, or a run id whose ``model/pruned_model.pt`` is downloaded into ``tmp``."""
+    import re
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path, None, None
+    if not re.fullmatch(r"[0-9a-f]{32}", source):
+        raise ConfigError(f"{source!r} is neither a file nor an MLflow run id (32 hex digits)")
+    from harness.tracking import TrackingError, open_store, store_uri
+
+    uri = store_uri(tracking_uri, results_dir)
+    try:
+        local = open_store(uri).download_artifact(source, "model/pruned_model.pt", tmp)
+    except TrackingError as e:
+        raise ConfigError(f"{e}; check the run id, tracking.uri= or results_dir=") from None
+    return local, source, uri
 
 
 def load_pruned(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:

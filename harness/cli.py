@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    sub = p.add_subparsers(dest="command", metavar="{run,sweep,compare,bench,export,list}", parser_class=_Parser)
+    sub = p.add_subparsers(
+        dest="command", metavar="{run,sweep,compare,bench,export,profile,list}", parser_class=_Parser
+    )
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
     r.add_argument(
@@ -82,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("source", help="a pruned_model.pt saved by a run, or an MLflow run id")
     e.add_argument("overrides", nargs="*", metavar="key=value")
+    pr = sub.add_parser(
+        "profile",
+        help="per-layer time of a pruned model (file or MLflow run id) and its dense original: "
+        "[batch=64] [threads=1] [passes=20] [top=10] [out=DIR]",
+    )
+    pr.add_argument("source", help="a pruned_model.pt saved by a run, or an MLflow run id")
+    pr.add_argument("overrides", nargs="*", metavar="key=value")
     ls = sub.add_parser("list", help="the tasks, budgets and methods, one line each; --method NAME: its settings")
     ls.add_argument(
         "--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help"
@@ -131,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             from harness.export import export_command
 
             return export_command(args)
+        if args.command == "profile":
+            from harness.profile import profile_command
+
+            return profile_command(args)
         if args.command == "compare":
             from harness.report import compare_command
 

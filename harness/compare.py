@@ -95,17 +95,18 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
     notes = []
     tables = {}
     lat_cols = sorted(c for c in done.columns if c.startswith("metrics.latency/") and c.endswith("/speedup"))
-    done = _with_goal(with_study(done))
+    done = _with_variant(_with_goal(with_study(done)))
     for study, t_runs in done.groupby("study"):
         task = t_runs["tags.task"].iloc[0]
         rows = []
-        keys = ["tags.method", "goal", "goal_value", "setup"]
+        keys = ["variant", "goal", "goal_value", "setup"]
         n_setups = t_runs.groupby(keys[:3])["setup"].nunique()
-        for (method, goal, target, setup), g in t_runs.groupby(keys):
+        for (variant, goal, target, setup), g in t_runs.groupby(keys):
+            method = g["tags.method"].iloc[0]
             acc = g["metrics.final_acc"] * 100
             rebuilt = "tags.reconstruction" in g and (g["tags.reconstruction"] == "true").any()
             row = {
-                "method": f"{method} (reconstruction)" if rebuilt else method,
+                "method": f"{variant} (reconstruction)" if rebuilt else variant,
                 "target": float(target),
                 "target of": goal,
                 "setup": setup,
@@ -129,7 +130,12 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
                 row[f"speed-up {batch} 95%"] = _speedup_interval(g, batch)
             row["latency device"] = ", ".join(sorted(set(g.get("tags.latency_device", pd.Series(["?"])).dropna())))
             model = g["params.model.name"].iloc[0] if "params.model.name" in g else None
-            paper = _paper_row(method, task, g["metrics.flops_reduction"].mean(), model) if goal == "MACs" else None
+            plain = variant == method  # the paper's numbers are for the method as published
+            paper = (
+                _paper_row(method, task, g["metrics.flops_reduction"].mean(), model)
+                if goal == "MACs" and plain
+                else None
+            )
             row["paper"], row["Δ paper"] = _paper_cells(paper, row)
             row["off paper"] = "⚠" if paper and abs(row["Δ paper"]) > tolerance else ""
             rows.append(row)
@@ -145,6 +151,24 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
             table = table.drop(columns="target of")
         tables[study] = table
     return tables, failed, sorted(set(notes))
+
+
+def _with_variant(runs: pd.DataFrame) -> pd.DataFrame:
+    """``variant``: the method, with the pruner's choices beside it when the run made them (``l1 [knapsack,
+    ÷latency]``), so that runs with another allocation or normalisation are never pooled with the plain method."""
+    runs = runs.copy()
+
+    def name(row) -> str:
+        extra = []
+        if row.get("tags.allocation") == "knapsack":
+            extra.append("knapsack")
+        normalize = row.get("params.prune.normalize")  # null (the method's own) is the method as published
+        if isinstance(normalize, str) and normalize not in ("None", "none", ""):
+            extra.append(f"÷{normalize}")
+        return f"{row['tags.method']} [{', '.join(extra)}]" if extra else str(row["tags.method"])
+
+    runs["variant"] = [name(row) for _, row in runs.iterrows()] if len(runs) else pd.Series(dtype=str)
+    return runs
 
 
 def with_study(runs: pd.DataFrame) -> pd.DataFrame:

@@ -292,7 +292,7 @@ RANGES: dict[str, tuple] = {
 # Keys that take one of a few words.
 CHOICES: dict[str, tuple[str, ...]] = {
     "prune.target": ("macs", "latency"),
-    "prune.normalize": ("none", "macs", "memory"),
+    "prune.normalize": ("none", "macs", "memory", "latency"),
     "prune.allocation": ("global", "knapsack"),
 }
 
@@ -354,8 +354,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
     need(
-        cfg.prune.get("allocation", "global") != "knapsack" or cfg.prune.get("target") != "latency",
-        "prune.allocation=knapsack meets MACs targets only for now; use prune.target=macs or prune.allocation=global",
+        cfg.prune.get("normalize") != "latency" or cfg.prune.get("target") == "latency",
+        "prune.normalize=latency divides by the latency table's per-layer times, which a latency target builds: "
+        "add prune.target=latency prune.latency_reduction=<cut>, or use prune.normalize=macs",
     )
     need(
         cfg.prune.get("target") != "latency" or cfg.prune.get("latency_reduction") is not None,

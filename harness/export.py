@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.artifacts import FORMAT, input_shape, load_pruned, model_from_payload, save_pruned
+from harness.artifacts import FORMAT, fetch_pruned, input_shape, load_pruned, model_from_payload, save_pruned
 from harness.core.errors import ConfigError, DataError, HarnessError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt": ".pt"}
@@ -145,7 +144,7 @@ def export_command(args) -> int:
         raise ConfigError(f"tolerance must be >= 0 and batch in [1, 4096], got {tolerance}, {batch}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        path, run_id, uri = _source(args.source, opts, Path(tmp))
+        path, run_id, uri = fetch_pruned(args.source, opts["tracking.uri"], opts["results_dir"], Path(tmp))
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             assert isinstance(payload, dict) and payload.get("format") == FORMAT
@@ -187,23 +186,6 @@ def export_command(args) -> int:
             _log_to_run(uri, run_id, out, fmt, diff)
             print(f"logged to MLflow run {run_id} as export/{out.name}")
     return 0
-
-
-def _source(source: str, opts: dict, tmp: Path) -> tuple[Path, str | None, str | None]:
-    """(the pruned-model file, the MLflow run id or None, the store's uri or None)."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path, None, None
-    if not re.fullmatch(r"[0-9a-f]{32}", source):
-        raise ConfigError(f"{source!r} is neither a file nor an MLflow run id (32 hex digits)")
-    from harness.tracking import TrackingError, open_store, store_uri
-
-    uri = store_uri(opts["tracking.uri"], opts["results_dir"])
-    try:
-        local = open_store(uri).download_artifact(source, "model/pruned_model.pt", tmp)
-    except TrackingError as e:
-        raise ConfigError(f"{e}; check the run id, tracking.uri= or results_dir=") from None
-    return local, source, uri
 
 
 def _default_out(source: str, path: Path, run_id: str | None, fmt: str, results_dir: Path) -> Path:

@@ -47,6 +47,12 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
             f"measured {s['latency_reduction_measured']:.1%}{interval}  (table predicted "
             f"{s['latency_reduction_predicted']:.1%})",
         )
+    if s.get("latency_top_layers"):
+        t.add_row(
+            "most of the remaining latency",
+            "",
+            ", ".join(f"{h['layer']} {h['share']:.0%}" for h in s["latency_top_layers"]),
+        )
     console.print(t)
     where = f"MLflow run {s['mlflow_run_id']}" if s.get("mlflow_run_id") else "tracking off"
     console.print(f"{where}; pruned model: {s['model_artifact']}; {s['wall_s']:.0f} s")

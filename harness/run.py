@@ -544,6 +544,15 @@ class _Phases:
         }
         if self.latency_target:
             summary.update(self.latency_outcome(latency, measures))
+            if distributed.is_main():
+                summary["latency_top_layers"] = self.latency_holders(dense, model)
+                tracker.set_tags(
+                    {
+                        "latency_top_layers": ", ".join(
+                            f"{h['layer']} {h['share']:.1%}" for h in summary["latency_top_layers"]
+                        )
+                    }
+                )
         logged_at_pruning = ("pruned_acc", "pruned_macs", "prune_epochs")  # each metric is logged once
         flat = {
             k: v
@@ -588,6 +597,23 @@ class _Phases:
             "latency_reduction_measured_lo": cut(lat["speedup_lo"]) if lat else None,
             "latency_reduction_measured_hi": cut(lat["speedup_hi"]) if lat else None,
         }
+
+    def latency_holders(self, dense, model, n: int = 5) -> list[dict]:
+        """The ``n`` layers holding most of the pruned model's remaining latency at the target batch, with
+        their shares of its whole time (harness.latency.profile; ``python -m harness profile`` has the rest)."""
+        from harness.latency.profile import profile_models
+
+        x = self.task.example_input(int(self.cfg.measure.target_batch)).to(self.device)
+        passes = max(3, min(int(self.cfg.measure.repeats), 10))
+        result = profile_models(dense, model, x, passes=passes, warmup=1)
+        holders = [
+            {"layer": layer.name, "share": layer.pruned_ms / result.pruned_whole_ms, "pruned_ms": layer.pruned_ms}
+            for layer in result.top(n)
+        ]
+        self.say(
+            "[measure] most of the remaining latency: " + ", ".join(f"{h['layer']} {h['share']:.0%}" for h in holders)
+        )
+        return holders
 
     def record(self, model, summary: dict) -> str:
         """Save the pruned model (widths + weights; reload with harness.artifacts.load_pruned)."""

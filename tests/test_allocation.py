@@ -49,10 +49,69 @@ def test_knapsack_allocation_meets_the_macs_target_and_differs_from_the_global_r
     [
         (["prune.allocation=greedy"], "prune.allocation"),
         (["method=gbn", "prune.allocation=knapsack"], "chooses its own widths"),
-        (["prune.allocation=knapsack", "prune.target=latency", "prune.latency_reduction=0.3"], "MACs targets only"),
+        (["prune.normalize=latency"], "prune.normalize=latency divides by the latency table"),
     ],
 )
 def test_bad_allocations_exit_2_with_one_line(run_cli, tmp_path, overrides, says):
     code, out, err = run_cli("run", *overrides, f"results_dir={tmp_path}", "tracking=none")
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "baselines").exists()
+
+
+class _ToyLatency:
+    """A stand-in for the latency table's cost (harness.latency.target.PredictedLatency): every conv and
+    linear costs a fixed 0.05 ms plus its MACs at 1e-6 ms each, so the per-layer overhead is large."""
+
+    name, target_key, what = "latency_ms", "prune.latency_reduction", "the predicted latency"
+
+    def layer_ms(self, model, x):
+        from harness.latency.table import named_layers_of
+
+        def ms(shape, cin, cout):
+            k = shape.kernel[0] * shape.kernel[1] if shape.kernel else 1
+            area = shape.size[0] * shape.size[1] if len(shape.size) == 2 else 1
+            return 0.05 + 1e-6 * cin * cout * k * area
+
+        return {n: (lambda cin, cout, s=s: ms(s, cin, cout)) for n, (s, _, _) in named_layers_of(model, x).items()}
+
+    def __call__(self, model, x):
+        from harness.latency.table import named_layers_of
+
+        times = self.layer_ms(model, x)
+        return sum(times[n](cin, cout) for n, (_, cin, cout) in named_layers_of(model, x).items())
+
+    def correct(self, prefix, target, build, predicted, n):
+        return prefix
+
+
+def test_knapsack_and_normalize_work_on_a_latency_cost():
+    torch.manual_seed(0)
+    model = create_model("digits_resnet", 10, width=16)
+    x = torch.randn(1, 1, 8, 8)
+    widths = {}
+    for allocation, normalize in (("global", "none"), ("knapsack", "none"), ("global", "latency")):
+        pruner = ChannelPruner(model, x, [model.fc], 0.1, allocation=allocation, normalize=normalize)
+        pruner.use_cost(_ToyLatency(), model)
+        pruned = pruner.prune_to_target(copy.deepcopy(model), FilterL1Importance(), 0.3)
+        assert 0.3 <= pruner.reduction(pruned) <= 0.33, (allocation, normalize)
+        widths[allocation, normalize] = channel_widths(pruned)
+    # both cost-aware choices differ from the plain ranking (here they agree with each other)
+    assert widths["knapsack", "none"] != widths["global", "none"] != widths["global", "latency"]
+
+
+def test_latency_saved_per_channel_is_the_tables_difference():
+    from harness.core.costs import ChannelCosts
+
+    torch.manual_seed(0)
+    model = create_model("digits_resnet", 10, width=16)
+    x = torch.randn(1, 1, 8, 8)
+    pruner = ChannelPruner(model, x, [model.fc], 0.1)
+    groups = pruner.groups(model)
+    toy = _ToyLatency()
+    costs = ChannelCosts(model, x, groups, toy.layer_ms(model, x))
+    saved = costs.per_channel("latency")
+    for key, g in groups.items():  # removing one channel from the real network saves exactly that much
+        smaller = pruner.remove(copy.deepcopy(model), [(key, 0)])
+        assert toy(model, x) - toy(smaller, x) == pytest.approx(saved[key], rel=1e-9), key
+    with pytest.raises(ValueError, match="latency table"):
+        ChannelCosts(model, x, groups).per_channel("latency")

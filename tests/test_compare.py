@@ -166,3 +166,17 @@ def test_a_reconstructed_method_is_marked_in_the_table_and_in_list(tmp_path, run
     assert code == 0
     listed = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert "[reconstruction]" in listed["aip"] and "[reconstruction]" not in listed["l1"]
+
+
+def test_knapsack_and_normalised_runs_are_rows_of_their_own(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for seed, (allocation, normalize) in enumerate([("global", None), ("global", None), ("knapsack", "latency")]):
+        t = MlflowTracker(uri, "harness", tmp_path / "mlruns")
+        params = {"method.name": "l1", "prune.flops_reduction": 0.5, "prune.normalize": normalize, "seed": seed}
+        tags = {"task": "digits", "method": "l1", "seed": seed, "allocation": allocation}
+        t.start(params, {**tags, "normalize": normalize or "none"})
+        t.log_metrics({"final_acc": 0.9, "base_acc": 0.95, "flops_reduction": 0.5, "params_reduction": 0.4})
+        t.end()
+    table = aggregate(load_runs(uri, "harness"))[0]["digits"]
+    assert sorted(table["method"]) == ["l1", "l1 [knapsack, ÷latency]"]
+    assert table.set_index("method").loc["l1", "n"] == 2

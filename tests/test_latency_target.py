@@ -125,6 +125,10 @@ def test_latency_target_run_records_requested_predicted_and_measured(run_cli, ti
     ):
         assert key in run.data.metrics, key
     assert run.data.params["prune.target"] == "latency"
+    # which layers hold the remaining latency: five, largest first, shares of the whole pruned time
+    top = s["latency_top_layers"]
+    assert len(top) == 5 and [h["share"] for h in top] == sorted((h["share"] for h in top), reverse=True)
+    assert all(0 < h["share"] < 1 for h in top) and top[0]["layer"] in run.data.tags["latency_top_layers"]
     # compare keeps a latency target apart from MACs targets and shows what was measured
     code, out, err = run_cli("compare", f"results_dir={tmp_path / 'results'}")
     assert code == 0, err

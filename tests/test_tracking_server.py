@@ -22,9 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "mlflow_server.sh"
 
 
-def test_credentials_in_the_uri_move_to_the_environment(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+@pytest.fixture(autouse=True)
+def _restore_credentials():
+    """take_credentials writes the process environment: put it back for the tests that follow."""
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    yield
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+
+
+def test_credentials_in_the_uri_move_to_the_environment():
     assert take_credentials("http://alice:p%40ss@127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
     for uri in ("sqlite:////r/mlflow.db?timeout=60", "http://127.0.0.1:5000", "postgresql+psycopg2://u@h:5433/db"):
@@ -38,12 +48,11 @@ def test_credentials_in_the_uri_move_to_the_environment(monkeypatch):
     )
 
 
-def test_no_config_param_or_job_file_holds_the_password(run_cli, monkeypatch, tmp_path):
+def test_no_config_param_or_job_file_holds_the_password(run_cli):
     from harness.config import compose
     from harness.launch import _without_credentials
     from harness.tracking import flatten
 
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     uri = "tracking.uri=http://carol:hunter2-secret@127.0.0.1:5999"
     cfg = compose(["task=digits", uri])
     assert cfg.tracking.uri == "http://127.0.0.1:5999" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "hunter2-secret"
@@ -173,9 +182,7 @@ def test_postgres_server_refuses_strangers_and_read_only_users(postgres_server):
     assert status == 403
 
 
-def test_a_run_logs_through_auth_and_leaves_no_password_behind(postgres_server, run_cli, tiny_digits, monkeypatch):
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
+def test_a_run_logs_through_auth_and_leaves_no_password_behind(postgres_server, run_cli, tiny_digits):
     url, password = postgres_server["url"], postgres_server["password"]
     results = Path(next(o for o in tiny_digits if o.startswith("results_dir="))[12:])
     secret_uri = url.replace("http://", f"http://admin:{password}@")
@@ -191,5 +198,38 @@ def test_a_run_logs_through_auth_and_leaves_no_password_behind(postgres_server, 
     # compare reads the authenticated store as it reads the sqlite file
     code, table, err = run_cli("compare", f"tracking.uri={secret_uri}", "experiment=pg-auth", "--no-log")
     assert code == 0 and "l1" in table and password not in table + err, err
+    # ... and export fetches the model from it and logs the exported file back to the run
+    exported = results / "exported.pt"
+    code, out2, err = run_cli("export", run_id, "format=pt", f"out={exported}", f"tracking.uri={secret_uri}")
+    assert code == 0 and exported.is_file(), err
+    artifacts = [a.path for a in MlflowClient(tracking_uri=url).list_artifacts(run_id, "export")]
+    assert artifacts and password not in out2 + err
     leaked = [p for p in results.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
     assert not leaked and password not in out + err
+
+
+def _slurm_up() -> bool:
+    try:
+        return "is UP" in subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM controller answers; bash scripts/slurm_local.sh start")
+def test_a_slurm_job_gets_the_credentials_from_the_environment_only(postgres_server, run_cli, tiny_digits):
+    url, password = postgres_server["url"], postgres_server["password"]
+    results = Path(next(o for o in tiny_digits if o.startswith("results_dir="))[12:])
+    secret_uri = url.replace("http://", f"http://admin:{password}@")
+    code, out, err = run_cli(
+        "sweep", *tiny_digits, "method=l1", f"tracking.uri={secret_uri}", "tracking.experiment=pg-slurm",
+        "launcher=slurm", "threads=1", "--wait",
+    )  # fmt: skip
+    assert code == 0 and out.count("| DONE") == 1, out + err
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    (run,) = client.search_runs([client.get_experiment_by_name("pg-slurm").experiment_id])
+    assert run.info.status == "FINISHED"
+    files = [p for p in results.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".sh" for p in files)  # the sbatch script is there, and clean
+    assert not [p for p in files if password.encode() in p.read_bytes()] and password not in out + err

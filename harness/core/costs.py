@@ -9,7 +9,13 @@ decision without tracing the model again:
 - ``macs``: the MACs of one output filter of each producer (at its live input width) plus those of one
   input channel of each consumer (at its live output width). A depthwise convolution is counted once.
 - ``memory``: the activation elements of the producers' output maps for one sample (GFP's default).
+- ``latency``: the predicted ms per batch one channel's removal saves in each producer and consumer, from
+  the latency lookup table at the live widths (``layer_ms``; only with ``prune.target=latency``, whose
+  table times the layers at the target batch on this device).
 - ``none``: 1 for every group (the scores are left as they are).
+
+``group_cost`` is a group's own cost at a given kept width (its producers and consumers, the rest at their
+live widths): the additive model ``prune.allocation=knapsack`` solves.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-NORMALIZE = ("none", "macs", "memory")
+NORMALIZE = ("none", "macs", "memory", "latency")
+_FLOOR = {"latency": 1e-6}  # a saving of 0 would make a score infinite; counts floor at 1
 
 _OUT = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 _IN = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
@@ -47,8 +54,9 @@ class ChannelCosts:
     """Per-channel removal costs of every channel group of ``model`` (``groups`` from
     ``ChannelPruner.groups``), at the dense widths or at live ones given per group."""
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, groups: dict) -> None:
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, groups: dict, layer_ms: dict | None = None):
         names = {m: n for n, m in model.named_modules()}
+        self.layer_ms = layer_ms  # {layer: ms at (in, out) widths}, for kind="latency"
         self.layers = _geometry(model, example_inputs)
         self.channels = {key: g.channels for key, g in groups.items()}
         self.producers: dict[str, list[str]] = {}
@@ -82,9 +90,31 @@ class ChannelCosts:
                 out[key] = 1.0
             elif kind == "memory":
                 out[key] = float(sum(self.layers[p].spatial for p in self.producers.get(key, [])))
+            elif kind == "latency":
+                before, after = (self.group_cost("latency", key, k, live) for k in (live[key], live[key] - 1))
+                out[key] = before - after
             else:
                 out[key] = self._macs_saved(key, live)
-        return {k: max(v, 1.0) for k, v in out.items()}  # a cost of 0 would make a score infinite
+        floor = _FLOOR.get(kind, 1.0)
+        return {k: max(v, floor) for k, v in out.items()}
+
+    def group_cost(self, kind: str, key: str, kept: int, live: dict[str, int] | None = None) -> float:
+        """The MACs or predicted ms of group ``key``'s producers and consumers with ``kept`` of its channels
+        (the other groups at their ``live`` widths)."""
+        live = {**self.channels, **(live or {}), key: kept}
+        if kind == "latency" and self.layer_ms is None:
+            raise ValueError("latency costs need the latency table's layer times (prune.target=latency)")
+        total = 0.0
+        names = {*self.producers.get(key, []), *(c.name for c in self.consumers.get(key, []))}
+        for name in names:
+            layer = self.layers[name]
+            cin, cout = self._live_in(name, live), self._live_out(name, live)
+            if kind == "latency":
+                total += self.layer_ms[name](cin, cout) if name in self.layer_ms else 0.0
+            else:
+                fan_in = 1 if layer.depthwise else cin / layer.groups
+                total += layer.kernel * layer.spatial * cout * fan_in
+        return total
 
     def total_macs(self, live: dict[str, int] | None = None) -> float:
         """MACs of the conv and linear layers at the ``live`` widths (no BN or activations): a fast estimate

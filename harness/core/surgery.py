@@ -152,8 +152,15 @@ class ChannelPruner:
         return out
 
     def channel_costs(self, model: nn.Module, groups: dict[str, ChannelGroup] | None = None) -> ChannelCosts:
-        """What removing one channel of each group of ``model`` saves (MACs, memory), see ``harness.core.costs``."""
-        return ChannelCosts(model, self.example_inputs, groups if groups is not None else self.groups(model))
+        """What removing one channel of each group of ``model`` saves (MACs, memory, predicted latency when the
+        pruner's cost is the latency table's), see ``harness.core.costs``."""
+        layer_ms = getattr(self.cost_model, "layer_ms", None)
+        return ChannelCosts(
+            model,
+            self.example_inputs,
+            groups if groups is not None else self.groups(model),
+            layer_ms(model, self.example_inputs) if layer_ms else None,
+        )
 
     def cost(self, model: nn.Module) -> float:
         return self.cost_model(model, self.example_inputs)
@@ -241,12 +248,14 @@ class ChannelPruner:
 
     def prune_by_knapsack(self, model: nn.Module, importance: Importance, target: float) -> nn.Module:
         """HALP's allocation: per group, its channels by ascending score; how many each group keeps is a
-        knapsack maximising the kept score under a MACs budget (each group's MACs additive in its kept
-        channels, at the dense neighbours' widths: ``harness.core.costs``). The budget is bisected to the
-        largest one whose network, built and counted, still meets ``target``."""
+        knapsack maximising the kept score under a budget of MACs, or of predicted latency with a latency
+        target (each group's cost additive in its kept channels, at the neighbours' current widths:
+        ``harness.core.costs``). The budget is bisected to the largest one whose network, built and costed,
+        still meets ``target``; a measured latency then corrects that choice as it corrects a ranking's."""
         groups = self.groups(model)
         scores = self.scores(model, importance, groups)
-        per_channel = self.channel_costs(model, groups).per_channel("macs")
+        channel_costs = self.channel_costs(model, groups)
+        kind = "latency" if channel_costs.layer_ms is not None else "macs"
         orders, values, costs = {}, {}, {}
         for key, g in groups.items():
             order = []
@@ -259,7 +268,7 @@ class ChannelPruner:
             total = float(scores[key].sum()) if key in scores else 0.0
             orders[key] = (order, steps)
             values[key] = [total - removed[r] for r in steps]
-            costs[key] = [(g.channels - r) * per_channel[key] for r in steps]
+            costs[key] = [channel_costs.group_cost(kind, key, g.channels - r) for r in steps]
         floor = [c for order, _ in orders.values() for c in order]  # every group at its minimum: the cheapest
 
         def chosen(budget: float) -> list[tuple[str, int]]:
@@ -269,15 +278,19 @@ class ChannelPruner:
                 return floor
             return [c for key, pick in picks.items() for c in orders[key][0][: orders[key][1][pick]]]
 
-        trial = lambda budget: self.reduction(self.remove(copy.deepcopy(model), chosen(budget)))  # noqa: E731
+        # Candidates from the largest budget down to the smallest: k-th is budget_at(k). The target is met
+        # by bisection on k under the pruner's cost, then, for a measured cost, corrected as a one-shot
+        # ranking's prefix is (MacsCost.correct): the knapsack choice at each budget is the "prefix".
         lo = sum(min(c) for c in costs.values())
         hi = sum(max(c) for c in costs.values())
-        if trial(lo) < target:
+        steps = 1024
+        budget_at = lambda k: hi - (hi - lo) * k / steps  # noqa: E731
+        build = lambda k: self.remove(copy.deepcopy(model), chosen(budget_at(k)))  # noqa: E731
+        trial = lambda k: self.reduction(build(k))  # noqa: E731
+        if trial(steps) < target:
             raise ConfigError(self.unreachable_message(model, target))
-        for _ in range(20):  # the largest budget that still meets the target
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if trial(mid) >= target else (lo, mid)
-        return self.remove(model, chosen(lo))
+        k = self.cost_model.correct(smallest_prefix(trial, target, steps), target, build, trial, steps)
+        return self.remove(model, chosen(budget_at(k)))
 
     def rounded(
         self, selection: list[tuple[str, int]], order: list[tuple[str, int]], groups: dict[str, ChannelGroup]
@@ -324,6 +337,7 @@ class ChannelPruner:
         that this model's structure can be pruned at all: a ConfigError names what cannot."""
         check_supported(model)
         pruned = copy.deepcopy(model)
+        normalize, self.normalize = self.normalize, "none"  # every channel goes: the scores do not matter
         try:
             self.remove(pruned, self.removal_order(pruned, lambda g: torch.zeros(len(g[0].idxs))))
             return self.reduction(pruned)
@@ -333,6 +347,8 @@ class ChannelPruner:
                 f"{type(model).__name__} cannot be pruned by the channel surgery: removing channels "
                 f"breaks a layer ({type(e).__name__}: {detail}); choose another model"
             ) from None
+        finally:
+            self.normalize = normalize
 
     def unreachable_message(self, model: nn.Module, target: float) -> str:
         what = self.cost_model.what

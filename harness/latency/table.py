@@ -63,7 +63,17 @@ class LayerShape:
 def layers_of(model: nn.Module, example: torch.Tensor) -> list[tuple[LayerShape, int, int]]:
     """(shape, input width, output width) of every conv and linear layer a forward pass of ``example``
     (batch 1) goes through, found with forward hooks so that any structure is measured as it runs."""
+    return [layer for _, layer in _traced_layers(model, example)]
+
+
+def named_layers_of(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[LayerShape, int, int]]:
+    """``layers_of`` keyed by module name (a module run twice appears once)."""
+    return dict(_traced_layers(model, example))
+
+
+def _traced_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[LayerShape, int, int]]]:
     found, hooks = [], []
+    names = {m: n for n, m in model.named_modules()}
 
     def hook(module, inputs, _output):
         x = inputs[0]
@@ -80,16 +90,11 @@ def layers_of(model: nn.Module, example: torch.Tensor) -> list[tuple[LayerShape,
                 module.bias is not None,
                 module.out_channels // module.in_channels if depthwise else 1,
             )
-            found.append((shape, module.in_channels, module.out_channels))
+            found.append((names[module], (shape, module.in_channels, module.out_channels)))
         else:
             tokens = math.prod(x.shape[1:-1]) if x.dim() > 2 else 1
-            found.append(
-                (
-                    LayerShape("linear", size=(tokens,), bias=module.bias is not None),
-                    module.in_features,
-                    module.out_features,
-                )
-            )
+            shape = LayerShape("linear", size=(tokens,), bias=module.bias is not None)
+            found.append((names[module], (shape, module.in_features, module.out_features)))
 
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -270,6 +275,18 @@ class LatencyTable:
         if self.line is None:
             raise RuntimeError("LatencyTable.prepare() must run before predict()")
         return self.line["a"] * self.table_ms(model, example) + self.line["b"]
+
+    def layer_ms(self, model: nn.Module, example: torch.Tensor) -> dict[str, Callable[[int, int], float]]:
+        """{conv or linear layer name: ms per batch at given (input, output) widths}, scaled by the
+        calibration's slope: each layer's share of the predicted latency (prune.normalize=latency and
+        prune.allocation=knapsack cost channels with it)."""
+        layers = named_layers_of(model, example)
+        self._fill(list(layers.values()))
+        slope = self.line["a"] if self.line else 1.0
+        return {
+            name: (lambda cin, cout, shape=shape: slope * self._lookup(shape, max(1, cin), max(1, cout)))
+            for name, (shape, _, _) in layers.items()
+        }
 
     def _lookup(self, shape: LayerShape, cin: int, cout: int) -> float:
         entry = self.data["layers"][shape.key()]

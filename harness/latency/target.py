@@ -34,6 +34,9 @@ class PredictedLatency:
     def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
         return float(self.table.predict(model, example_inputs))
 
+    def layer_ms(self, model: nn.Module, example_inputs: torch.Tensor) -> dict:
+        return self.table.layer_ms(model, example_inputs)
+
     def correct(
         self, prefix: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float], n: int
     ) -> int:
@@ -65,6 +68,9 @@ class Corrected:
 
     def __call__(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
         return self.cost(model, example_inputs)
+
+    def layer_ms(self, model: nn.Module, example_inputs: torch.Tensor) -> dict:
+        return self.cost.layer_ms(model, example_inputs)
 
     def correct(
         self, k: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float], n: int
