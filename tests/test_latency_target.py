@@ -150,3 +150,15 @@ def test_latency_target_run_records_requested_predicted_and_measured(run_cli, ti
 def test_bad_latency_targets_are_one_line_errors(run_cli, tiny_digits, overrides, needle):
     code, _, err = run_cli("run", *tiny_digits, "method=l1", *overrides)
     assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_knapsack_and_latency_normalisation_meet_a_latency_target(run_cli, tiny_digits, one_thread):
+    code, out, err = run_cli(
+        "run", *tiny_digits, "method=l1", "prune.target=latency", "prune.latency_reduction=0.2",
+        "prune.allocation=knapsack", "prune.normalize=latency", "measure.target_batch=64",
+        "measure.batch_sizes=[1]", "threads=1", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    s = last_json(out)
+    assert abs(s["latency_reduction_measured"] - 0.2) <= 0.05, s["latency_corrections"]
+    assert s["latency_corrections"] and s["latency_top_layers"]
