@@ -118,6 +118,18 @@ def fetch_pruned(
     return local, source, uri
 
 
+def read_payload(path: str | os.PathLike) -> dict:
+    """A pruned-model file's payload (``weights_only=True``); DataError (one line) if it is not one."""
+    from harness.core.errors import DataError
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        assert isinstance(payload, dict) and payload.get("format") == FORMAT
+    except Exception:
+        raise DataError(f"{path} is not a pruned-model file saved by a run (model/pruned_model.pt)") from None
+    return payload
+
+
 def load_pruned(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """Rebuild a model saved by ``save_pruned`` as a working ``nn.Module`` in eval mode."""
     payload = torch.load(path, map_location=map_location, weights_only=True)

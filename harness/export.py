@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.artifacts import FORMAT, fetch_pruned, input_shape, load_pruned, model_from_payload, save_pruned
-from harness.core.errors import ConfigError, DataError, HarnessError
+from harness.artifacts import fetch_pruned, input_shape, load_pruned, model_from_payload, read_payload, save_pruned
+from harness.core.errors import ConfigError, HarnessError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt": ".pt"}
 OPTIONS = {
@@ -145,11 +145,7 @@ def export_command(args) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path, run_id, uri = fetch_pruned(args.source, opts["tracking.uri"], opts["results_dir"], Path(tmp))
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            assert isinstance(payload, dict) and payload.get("format") == FORMAT
-        except Exception:
-            raise DataError(f"{path} is not a pruned-model file saved by a run (model/pruned_model.pt)") from None
+        payload = read_payload(path)
         shape = input_shape(payload, path)
         model = model_from_payload(payload).eval()
         out = (

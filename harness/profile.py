@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from harness.artifacts import FORMAT, dense_from_payload, fetch_pruned, input_shape, model_from_payload
-from harness.core.errors import ConfigError, DataError
+from harness.artifacts import dense_from_payload, fetch_pruned, input_shape, model_from_payload, read_payload
+from harness.core.errors import ConfigError
 
 OPTIONS = {
     "batch": "64",
@@ -55,11 +55,7 @@ def profile_command(args) -> int:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         path, run_id, uri = fetch_pruned(args.source, opts["tracking.uri"], opts["results_dir"], Path(tmp))
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            assert isinstance(payload, dict) and payload.get("format") == FORMAT
-        except Exception:
-            raise DataError(f"{path} is not a pruned-model file saved by a run (model/pruned_model.pt)") from None
+        payload = read_payload(path)
         device = torch.device(opts["device"])
         pruned = model_from_payload(payload).to(device)
         dense = dense_from_payload(payload).to(device)
