@@ -39,7 +39,7 @@ def test_the_readme_only_shows_loopback_or_authenticated_servers():
     for line in readme.splitlines():
         if "mlflow ui" in line or "mlflow server" in line:
             assert "127.0.0.1" in line, line
-        host = re.search(r"HOST=(\S+)", line)
+        host = re.search(r"HOST=([\w.:-]+)", line)
         if "mlflow_server.sh" in line and host and host[1] not in ("127.0.0.1", "localhost"):
             assert "MLFLOW_ADMIN_PASSWORD" in line and "ALLOW_INSECURE" not in line, line
             cluster_commands += 1
