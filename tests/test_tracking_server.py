@@ -34,6 +34,7 @@ def _restore_credentials():
             os.environ[name] = value
 
 
+@pytest.mark.quick
 def test_credentials_in_the_uri_move_to_the_environment():
     assert take_credentials("http://alice:p%40ss@127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
@@ -79,6 +80,7 @@ def _script(tmp_path, **env):
     )
 
 
+@pytest.mark.quick
 def test_the_server_refuses_the_network_without_auth(tmp_path):
     proc = _script(tmp_path, HOST="0.0.0.0")  # auth is on for any non-loopback host: it needs a password
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set MLFLOW_ADMIN_PASSWORD" in proc.stderr
