@@ -196,11 +196,12 @@ class Store:
             self.server.wait(timeout=60)
 
     def client(self):
-        from mlflow.tracking import MlflowClient
+        sys.path.insert(0, str(ROOT))
+        from harness.tracking import open_store
 
         if self.kind == "server-postgres":
             os.environ.update(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=self.pg["ADMIN_PASSWORD"])
-        return MlflowClient(tracking_uri=self.uri)
+        return open_store(self.uri).client()
 
 
 def verify(store: Store, experiment: str, jobs: list[dict], n: int, epochs: int, artifact_mb: float) -> dict:

@@ -408,6 +408,10 @@ class StoreReader:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         return MlflowClient(tracking_uri=self.uri)
 
+    def client(self):
+        """MLflow's own client on this store, for scripts that need more than the methods here."""
+        return self._client()
+
     def exists(self) -> bool:
         return not self.uri.startswith("sqlite:///") or Path(self.uri[10:].split("?")[0]).is_file()
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -74,7 +76,7 @@ class Profile:
     passes: int
     by_kind: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for layer in self.layers:
             totals[layer.kind][0] += layer.dense_ms
@@ -102,7 +104,7 @@ class Profile:
 class _Timer:
     """Hooks on every module that add up each one's wall time over one forward pass."""
 
-    def __init__(self, model: nn.Module, sync):
+    def __init__(self, model: nn.Module, sync: Callable[[], None]):
         self.totals: dict[str, float] = defaultdict(float)
         self.child_totals: dict[str, float] = defaultdict(float)
         self.sync = sync
@@ -130,7 +132,7 @@ class _Timer:
 
         return hook
 
-    def reset(self):
+    def reset(self) -> None:
         self.totals.clear()
         self.child_totals.clear()
 
@@ -142,7 +144,7 @@ class _Timer:
             if name in self.totals
         }
 
-    def remove(self):
+    def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
 
@@ -301,7 +303,7 @@ def markdown(p: Profile, n: int = 10, title: str = "") -> str:
     )
 
 
-def bar_chart(p: Profile, path, n: int = 15, title: str = "") -> None:
+def bar_chart(p: Profile, path: str | Path, n: int = 15, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
