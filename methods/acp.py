@@ -154,9 +154,27 @@ class ACP(Method):
         else:
             prelim = self.preliminary_widths(model, space, ctx)
         best_widths, best_model = self.search(space, prelim, ctx)
+        if ctx.pruner.measured_cost:
+            best_model = self.measured_finish(space, best_widths, best_model, ctx)
         reduction = ctx.pruner.reduction(best_model)
         ctx.log_step(1, {**ctx.pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(best_model)})
         return best_model
+
+    def measured_finish(self, space: WidthSpace, widths: tuple[int, ...], model: nn.Module, ctx: PruneContext):
+        """A latency target: the best widths scaled by the one factor whose paired measurement meets the
+        target (the swarm searched on the lookup table's prediction). Narrower widths are cut from the best
+        candidate's trained weights (its smallest-L1 filters go); a wider one is rebuilt from the baseline,
+        as every candidate is, and loses the candidate's fitness training (logged: acp/finish_rebuilt)."""
+        chosen = space.finish(widths, ctx.target)
+        ctx.log_metrics({"acp/finish_scale": sum(chosen) / max(sum(widths), 1)}, 0)
+        if chosen == widths:
+            return model
+        if all(c <= w for c, w in zip(chosen, widths)):
+            trained = WidthSpace(model, ctx.pruner, FilterL1Importance())
+            by_key = dict(zip(space.keys, chosen))
+            return trained.build(tuple(by_key[k] for k in trained.keys))
+        ctx.log_metrics({"acp/finish_rebuilt": 1.0}, 0)
+        return space.build(chosen)
 
     # --- 1. clustering -----------------------------------------------------------------------
     def preliminary_widths(self, model: nn.Module, space: WidthSpace, ctx: PruneContext) -> tuple[int, ...]:

@@ -8,15 +8,14 @@ own φ, as in the authors' code, but the group has one mask and its score is the
 Tick: conv weights frozen; φ, β and the classifier train at a constant lr for one pass over the tick
 data while |∂L/∂φ · φ| is accumulated per batch; then the lowest p × (live channels) are masked,
 ranked globally, each layer keeping its minimum. Tock: every T ticks, everything trains for a few
-epochs with loss + λ·Σ|φ| and a triangular lr. At the MACs target the gates are melted into the BN
-affine and the masked channels removed physically, leaving only vanilla layers.
+epochs with loss + λ·Σ|φ| and a triangular lr. The tick that reaches the target masks the fewest channels that do (with a latency target, its cut
+is corrected by paired measurements along the whole masking sequence, so earlier ticks' channels may
+come back: ``harness.core.masks``). Then the gates are melted into the BN affine and the masked channels
+removed physically, leaving only vanilla layers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,13 +24,14 @@ from omegaconf import OmegaConf
 
 from harness.core import distributed
 from harness.core.hooks import HookSet, channel_scaler, frozen
+from harness.core.masks import ChannelMasks
 from harness.core.settings import setting
-from harness.core.surgery import ChannelGroup, ChannelPruner, channel_widths, rank_channels, smallest_prefix
+from harness.core.surgery import ChannelGroup, channel_widths, rank_channels
 from harness.core.train import TrainingHook
 from methods.base import Method, PruneContext, register_method
 
 
-class Gates:
+class Gates(ChannelMasks):
     """φ per channel and one mask per channel group, applied with forward hooks.
 
     A group's gates sit on its BatchNorms; a group without BN (e.g. a VGG FCN) gets "gated convs":
@@ -39,9 +39,9 @@ class Gates:
     """
 
     def __init__(self, model: nn.Module, groups: dict[str, ChannelGroup], beta_clamp: float = 10.0):
-        self.model = model
+        masks = {key: torch.ones(g.channels, device=_device(model)) for key, g in groups.items()}
+        super().__init__(model, masks, {k: g.units for k, g in groups.items() if g.units})
         self.groups = {key: g.norms or g.members for key, g in groups.items()}
-        self.masks = {key: torch.ones(groups[key].channels, device=_device(model)) for key in self.groups}
         self.phi: dict[str, nn.Parameter] = {}
         self.group_of: dict[str, str] = {}
         with torch.no_grad():
@@ -75,26 +75,11 @@ class Gates:
     def detach(self) -> None:
         self._hooks.remove()
 
-    @contextlib.contextmanager
-    def detached(self) -> Iterator[None]:
-        """Without the hooks, e.g. to deep-copy the vanilla network."""
-        self.detach()
-        try:
-            yield
-        finally:
-            self.attach()
-
     def parameters(self) -> list[nn.Parameter]:
         return list(self.phi.values())
 
     def l1(self) -> torch.Tensor:
         return sum(p.abs().sum() for p in self.phi.values())
-
-    def masked_channels(self) -> list[tuple[str, int]]:
-        return [(key, int(i)) for key, m in self.masks.items() for i in torch.nonzero(m == 0).flatten().tolist()]
-
-    def live(self, key: str) -> int:
-        return int(self.masks[key].sum().item())
 
     @torch.no_grad()
     def melt(self) -> None:
@@ -175,26 +160,22 @@ class GateDecorator(Method):
             tick = self._restore(model, gates, ctx)
         elif cfg.tock_first and cfg.tock_epochs and ctx.target > 0:
             self.tock(model, gates, ctx, 0)
-        reduction = self._reduction(model, gates, pruner)
-        while reduction < ctx.target:
+        reduction = gates.reduction(pruner)
+        while not gates.finished and reduction < ctx.target:
             if tick >= cfg.max_ticks:
                 raise RuntimeError(
                     f"gbn: reached method.max_ticks={cfg.max_ticks} at {reduction:.3f} MACs "
                     f"reduction, short of {ctx.target}; raise method.max_ticks or method.tick_p"
                 )
             scores = self.tick(model, gates, ctx)
-            live = {k: gates.live(k) for k in gates.groups}
-            order = rank_channels(
-                scores,
-                {k: live[k] - removable_floor[k] for k in live},
-                {k: g.units for k, g in groups.items() if g.units},
-            )
+            live = gates.live()
+            order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live}, gates.units)
             if not order:
                 break
             n = min(len(order), max(1, int(cfg.tick_p * sum(live.values()))))
-            reduction = self._mask(model, gates, pruner, order, n, ctx.target)
+            reduction = gates.step(pruner, order, n, ctx.target)
             tick += 1
-            widths = self._widths(model, gates, pruner)
+            widths = channel_widths(gates.vanilla(pruner))
             ctx.log_step(
                 tick,
                 {
@@ -203,7 +184,7 @@ class GateDecorator(Method):
                     **{f"channels/{k}": v for k, v in widths.items()},
                 },
             )
-            if cfg.tock_every and tick % cfg.tock_every == 0 and reduction < ctx.target:
+            if cfg.tock_every and tick % cfg.tock_every == 0 and not gates.finished:
                 self.tock(model, gates, ctx, tick // cfg.tock_every)
             self._save(model, gates, ctx, tick)
         gates.melt()
@@ -284,6 +265,7 @@ class GateDecorator(Method):
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "phi": {n: p.detach().cpu().clone() for n, p in gates.phi.items()},
                 "masks": {k: m.cpu().clone() for k, m in gates.masks.items()},
+                "finished": gates.finished,
                 **ctx.rng_state(),
             }
         )
@@ -294,30 +276,10 @@ class GateDecorator(Method):
         with torch.no_grad():
             for n, p in gates.phi.items():
                 p.copy_(state["phi"][n])
-        for k in gates.masks:
-            gates.masks[k].copy_(state["masks"][k])
+        gates.load(state["masks"])
+        gates.finished = bool(state.get("finished", False))
         ctx.restore_rng(state)
         return int(state["tick"])
-
-    # --- MACs of the masked network --------------------------------------------------------
-    def _vanilla_copy(self, model: nn.Module, gates: Gates, pruner: ChannelPruner, extra=()) -> nn.Module:
-        with gates.detached():
-            clone = copy.deepcopy(model)
-        return pruner.remove(clone, gates.masked_channels() + list(extra))
-
-    def _reduction(self, model, gates, pruner, extra=()) -> float:
-        return pruner.reduction(self._vanilla_copy(model, gates, pruner, extra))
-
-    def _widths(self, model, gates, pruner) -> dict[str, int]:
-        return channel_widths(self._vanilla_copy(model, gates, pruner))
-
-    def _mask(self, model, gates, pruner, order, n, target) -> float:
-        """Mask the first ``n`` channels of ``order``, or fewer when fewer already reach the target."""
-        if self._reduction(model, gates, pruner, order[:n]) >= target:
-            n = smallest_prefix(lambda k: self._reduction(model, gates, pruner, order[:k]), target, n, lo=1)
-        for key, idx in order[:n]:
-            gates.masks[key][idx] = 0.0
-        return self._reduction(model, gates, pruner)
 
 
 def _output_layers(model: nn.Module, ctx: PruneContext) -> list[nn.Module]:

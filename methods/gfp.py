@@ -13,10 +13,7 @@ removing the masked channels physically afterwards leaves the function unchanged
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,24 +23,25 @@ import torch_pruning as tp
 from harness.core import distributed
 from harness.core.costs import normalized
 from harness.core.hooks import per_channel
+from harness.core.masks import ChannelMasks
 from harness.core.settings import setting
-from harness.core.surgery import ChannelGroup, ChannelPruner, complete_units, rank_channels, smallest_prefix
+from harness.core.surgery import ChannelGroup, rank_channels
 from harness.core.train import progress
 from methods.base import Method, PruneContext, register_method
 
 _IN = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 
-class InputMasks:
+class InputMasks(ChannelMasks):
     """One mask per channel group, multiplied into the input of every layer that reads the group, and
     the Fisher score Σ_n (Σ_consumers Σ_hw A ⊙ ∂L/∂A)² accumulated per channel."""
 
     def __init__(self, model: nn.Module, groups: dict[str, ChannelGroup]):
-        self.model = model
         names = {m: n for n, m in model.named_modules()}
         first = next(model.parameters())
         device = first.device
-        self.masks = {key: torch.ones(g.channels, device=device, dtype=first.dtype) for key, g in groups.items()}
+        masks = {key: torch.ones(g.channels, device=device, dtype=first.dtype) for key, g in groups.items()}
+        super().__init__(model, masks, {k: g.units for k, g in groups.items() if g.units})
         self.fisher = {key: torch.zeros(g.channels, dtype=torch.float64) for key, g in groups.items()}
         self.linear_fed = set()  # groups read by a linear layer (prune_linear_inputs=false leaves them whole)
         # consumer layer -> [(group key, its input channels, the group's channels they carry)]
@@ -73,15 +71,6 @@ class InputMasks:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-    @contextlib.contextmanager
-    def detached(self) -> Iterator[None]:
-        """Without the hooks, e.g. to deep-copy the vanilla network."""
-        self.detach()
-        try:
-            yield
-        finally:
-            self.attach()
 
     def _hook(self, entries):
         def hook(module, args):
@@ -119,12 +108,6 @@ class InputMasks:
         for f in self.fisher.values():
             f.zero_()
         self._batch = {}
-
-    def live(self) -> dict[str, int]:
-        return {k: int(m.sum().item()) for k, m in self.masks.items()}
-
-    def masked_channels(self) -> list[tuple[str, int]]:
-        return [(k, int(i)) for k, m in self.masks.items() for i in torch.nonzero(m == 0).flatten().tolist()]
 
 
 @dataclass
@@ -174,8 +157,8 @@ class GroupFisher(Method):
         iteration, decision, epoch = 0, 0, 0
         if ctx.resume_state is not None:
             iteration, decision, epoch = self._restore(model, masks, opt, ctx)
-        reduction = self._reduction(model, masks, pruner)
-        while reduction < ctx.target:
+        reduction = masks.reduction(pruner)
+        while not masks.finished and reduction < ctx.target:
             if epoch >= cfg.max_epochs:
                 raise RuntimeError(
                     f"gfp: reached method.max_epochs={cfg.max_epochs} at {reduction:.3f} reduction, short of "
@@ -195,10 +178,10 @@ class GroupFisher(Method):
                     continue
                 decision += 1
                 reduction = self.decide(model, masks, groups, floor, costs, ctx, decision, reduction)
-                if reduction >= ctx.target:
+                if masks.finished:
                     break
             epoch += 1
-            if reduction < ctx.target:
+            if not masks.finished:
                 self._save(model, masks, opt, ctx, iteration, decision, epoch)
         masks.detach()
         return pruner.remove(model, masks.masked_channels())
@@ -220,36 +203,22 @@ class GroupFisher(Method):
             return reduction
         saved = costs.per_channel(pruner.normalize, live)
         scores = normalized(scores, saved)
-        units = {k: g.units for k, g in groups.items() if g.units}
-        order = rank_channels(scores, {k: live[k] - floor[k] for k in live}, units)
+        order = rank_channels(scores, {k: live[k] - floor[k] for k in live}, masks.units)
         masks.reset()
         if not order:
             raise RuntimeError(
                 f"gfp: every group is at its minimum at {reduction:.3f} reduction, short of {ctx.target}; "
                 "lower the target or prune.min_channels_ratio"
             )
-        n = min(len(order), self.cfg.channels_per_step)
-        if self._reduction(model, masks, pruner, order[:n]) >= ctx.target:  # the last step: do not overshoot
-            n = smallest_prefix(lambda k: self._reduction(model, masks, pruner, order[:k]), ctx.target, n, lo=1)
-        chosen = order[:n]
-        for key in {k for k, _ in chosen}:
-            idxs = [i for k, i in chosen if k == key]
-            if key in units:
-                idxs = complete_units(idxs, units[key], groups[key].channels)
-            masks.masks[key][idxs] = 0.0
-        reduction = self._reduction(model, masks, pruner)
+        before = set(masks.masked_channels())
+        reduction = masks.step(pruner, order, min(len(order), self.cfg.channels_per_step), ctx.target)
+        chosen = [c for c in masks.masked_channels() if c not in before]
         metrics = {**pruner.cost_metrics(reduction), "removed": float(len(masks.masked_channels()))}
         metrics[f"cost_{pruner.normalize}"] = sum(saved[k] for k, _ in chosen)
-        if decision % 10 == 0 or reduction >= ctx.target:
+        if decision % 10 == 0 or masks.finished:
             metrics["acc"] = ctx.quick_evaluate(model)
         ctx.log_step(decision, metrics)
         return reduction
-
-    def _reduction(self, model: nn.Module, masks: InputMasks, pruner: ChannelPruner, extra=()) -> float:
-        """The reduction of the network with the masked channels (and ``extra``) removed."""
-        with masks.detached():
-            clone = copy.deepcopy(model)
-        return pruner.reduction(pruner.remove(clone, masks.masked_channels() + list(extra)))
 
     # --- checkpoints: after every pass over the data ---------------------------------------
     def _save(self, model, masks: InputMasks, opt, ctx: PruneContext, iteration, decision, epoch) -> None:
@@ -269,8 +238,8 @@ class GroupFisher(Method):
     def _restore(self, model, masks: InputMasks, opt, ctx: PruneContext) -> tuple[int, int, int]:
         state = ctx.resume_state
         model.load_state_dict(state["model"])
-        for k in masks.masks:
-            masks.masks[k].copy_(state["masks"][k])
+        masks.load(state["masks"])
+        for k in masks.fisher:
             masks.fisher[k].copy_(state["fisher"][k])
         opt.load_state_dict(state["optimizer"])
         ctx.restore_rng(state)

@@ -32,7 +32,7 @@ from harness.core import distributed
 from harness.core.errors import ConfigError
 from harness.core.hooks import HookSet, frozen, per_channel
 from harness.core.settings import setting
-from harness.core.surgery import ChannelPruner, smallest_prefix
+from harness.core.surgery import ChannelPruner
 from harness.core.train import progress
 from methods.base import Method, PruneContext, register_method
 
@@ -94,7 +94,8 @@ def make_knockoff(kind: str, x: torch.Tensor) -> torch.Tensor:
 def uniform_rate_plan(
     pruner: ChannelPruner, model: nn.Module, scores: dict[str, torch.Tensor], target: float
 ) -> tuple[list[tuple[str, int]], float]:
-    """The channels to remove at the smallest uniform rate p that cuts MACs by ``target``, and p."""
+    """The channels to remove at the smallest uniform rate p that cuts MACs by ``target``, and p. With a
+    measured latency target the cut may stop between two rates (p is then the lower one)."""
     groups = pruner.groups(model)
     order = {k: torch.argsort(scores[k], stable=True).tolist() for k in groups if k in scores}
 
@@ -107,11 +108,21 @@ def uniform_rate_plan(
         return out
 
     rates = sorted({i / groups[k].channels for k in order for i in range(groups[k].channels + 1)})
-    reach = lambda p: pruner.reduction(pruner.remove(copy.deepcopy(model), plan(p)))  # noqa: E731
-    if reach(rates[-1]) < target:
+    build = lambda i: pruner.remove(copy.deepcopy(model), plan(rates[i]))  # noqa: E731
+    if pruner.reduction(build(len(rates) - 1)) < target:
         raise ConfigError(pruner.unreachable_message(model, target))
-    rate = rates[smallest_prefix(lambda i: reach(rates[i]), target, len(rates) - 1)]
-    return plan(rate), rate
+    if not pruner.measured_cost:
+        rate = rates[pruner.finish(build, target, len(rates) - 1)]
+        return plan(rate), rate
+    # A measured latency jumps between two uniform rates (several layers narrow at once): the correction
+    # walks the channels between consecutive rates one by one, lowest score first.
+    sequence: list[tuple[str, int]] = []
+    for lower, upper in zip(rates, rates[1:]):
+        done = set(plan(lower))
+        sequence += sorted((c for c in plan(upper) if c not in done), key=lambda c: float(scores[c[0]][c[1]]))
+    k = pruner.finish(lambda k: pruner.remove(copy.deepcopy(model), sequence[:k]), target, len(sequence))
+    rate = max(r for r in rates if len(plan(r)) <= k)  # the uniform rate reached; part of the next one on top
+    return sequence[:k], rate
 
 
 @torch.no_grad()

@@ -118,6 +118,11 @@ class ChannelPruner:
         self.base_cost = float(cost(dense, self.example_inputs))
 
     @property
+    def measured_cost(self) -> bool:
+        """Whether the cost corrects its choices by real measurements (a latency target)."""
+        return bool(getattr(self.cost_model, "measured", False))
+
+    @property
     def cost_name(self) -> str:
         return self.cost_model.name
 
@@ -218,6 +223,14 @@ class ChannelPruner:
             groups[key].group.prune(idxs=complete_units(idxs, cg.units, cg.channels) if cg.units else sorted(idxs))
         return model
 
+    def finish(self, build: Callable[[int], nn.Module], target: float, n: int, lo: int = 0) -> int:
+        """The candidate that meets ``target``: candidates 0..n, ``build(k)`` the network of the k-th, pruning
+        more as k grows (a removal order's prefix, a uniform rate, a budget step). The smallest k in [lo, n]
+        whose reduction under this pruner's cost reaches the target, then, for a cost that can be measured
+        (a latency target), corrected by paired measurements in either direction over all n + 1."""
+        trial = lambda k: self.reduction(build(k))  # noqa: E731
+        return self.cost_model.correct(smallest_prefix(trial, target, n, lo), target, build, trial, n)
+
     def prune_to_target(self, model: nn.Module, importance: Importance, target: float) -> nn.Module:
         """Remove the fewest least-important channels whose removal cuts MACs by at least ``target``.
 
@@ -243,8 +256,7 @@ class ChannelPruner:
                     f"those removes at most {trial(len(order)):.3f}; choose another method or lower the target"
                 )
             raise ConfigError(self.unreachable_message(model, target))
-        k = self.cost_model.correct(smallest_prefix(trial, target, len(order)), target, build, trial, len(order))
-        return self.remove(model, chosen(k))
+        return self.remove(model, chosen(self.finish(build, target, len(order))))
 
     def prune_by_knapsack(self, model: nn.Module, importance: Importance, target: float) -> nn.Module:
         """HALP's allocation: per group, its channels by ascending score; how many each group keeps is a
@@ -289,8 +301,7 @@ class ChannelPruner:
         trial = lambda k: self.reduction(build(k))  # noqa: E731
         if trial(steps) < target:
             raise ConfigError(self.unreachable_message(model, target))
-        k = self.cost_model.correct(smallest_prefix(trial, target, steps), target, build, trial, steps)
-        return self.remove(model, chosen(budget_at(k)))
+        return self.remove(model, chosen(budget_at(self.finish(build, target, steps))))
 
     def rounded(
         self, selection: list[tuple[str, int]], order: list[tuple[str, int]], groups: dict[str, ChannelGroup]

@@ -51,11 +51,24 @@ class WidthSpace:
         """At or beyond the target, by at most ``tolerance`` more: reduction in [target, target + tolerance]."""
         return target <= self.reduction(widths) <= target + tolerance
 
+    def scaled(self, widths: tuple[int, ...], factor: float) -> tuple[int, ...]:
+        """Every width times ``factor``, within the groups' bounds."""
+        return self.clip([w * factor for w in widths])
+
+    def finish(self, widths: tuple[int, ...], target: float, steps: int = 64) -> tuple[int, ...]:
+        """``widths`` scaled by the one factor that meets ``target``, candidates from the widest scaling to the
+        narrowest (1.0 among them): under a measured cost (a latency target) corrected by paired measurements
+        in either direction (``ChannelPruner.finish``); otherwise the widest scaling that meets it."""
+        top = max(h / max(w, 1) for w, h in zip(widths, self.high))
+        factors = sorted({top * (1 - j / steps) for j in range(steps + 1)} | {1.0}, reverse=True)
+        candidates = [self.scaled(widths, f) for f in factors]
+        return candidates[self.pruner.finish(lambda j: self.build(candidates[j]), target, len(candidates) - 1)]
+
     def repair(self, widths: tuple[int, ...], target: float, exact: bool = True) -> tuple[int, ...]:
         """Scale every width by one factor so the vector meets the MACs target: the largest factor that
         still meets it. With ``exact`` a vector beyond the target is widened back to it too, so every
         candidate costs what the target allows and the search compares shapes at one budget."""
-        scaled = lambda f: self.clip([w * f for w in widths])  # noqa: E731
+        scaled = lambda f: self.scaled(widths, f)  # noqa: E731
         if self.reduction(widths) >= target:
             if not exact:
                 return widths

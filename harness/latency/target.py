@@ -53,6 +53,7 @@ class Corrected:
     measured_from: float = 0.0
     tolerance: float = 0.02
     corrections: list[dict] = field(default_factory=list)  # what each measurement gave, for the run's log
+    measured = True
 
     @property
     def name(self) -> str:
@@ -78,7 +79,8 @@ class Corrected:
         """The cost's prefix length ``k`` corrected by real measurements, at most 5 of them, until one is
         within ``tolerance`` of ``target``. The next prefix comes from the cost (its prediction aimed by the
         last miss) until one measurement lies below the target and one above; from then on from the
-        straight line between the closest two on either side. Returns the prefix measured closest."""
+        straight line between the closest two on either side, strictly inside that bracket. Returns the
+        prefix measured closest."""
         if target < self.measured_from - 1e-9:
             return k
         measured: dict[int, float] = {}
@@ -91,9 +93,11 @@ class Corrected:
             below = [j for j, m in measured.items() if m < target]
             above = [j for j, m in measured.items() if m > target]
             if below and above:
-                lo = max(below, key=measured.get)
-                hi = min(above, key=measured.get)
+                lo, hi = max(below), min(above)  # the tightest bracket by position: noise can reorder values
+                if hi - lo <= 1:  # nothing between them (or noise put a longer prefix below a shorter one)
+                    break
                 nxt = round(lo + (hi - lo) * (target - measured[lo]) / (measured[hi] - measured[lo]))
+                nxt = min(max(nxt, lo + 1), hi - 1)
             else:
                 nxt = smallest_prefix(predicted, predicted(k) + miss, n)
             if nxt in measured:
