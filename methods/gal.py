@@ -360,7 +360,8 @@ class GAL(Method):
     def remove(
         self, model: nn.Module, masks: SoftMasks, scores: dict[str, torch.Tensor], ctx: PruneContext
     ) -> nn.Module:
-        """Remove structures in ascending ``scores`` until the MACs target is met. The masks alone would
+        """Remove structures in ascending ``scores`` until the target is met (a latency target: corrected by
+        paired measurements, ``ChannelPruner.finish``). The masks alone would
         remove every structure at <= 0 (logged as the natural reduction); when that overshoots the
         target, the most negative before the clamp go first; when it falls short, the smallest masks next."""
         pruner = ctx.pruner
@@ -372,10 +373,9 @@ class GAL(Method):
             for k in natural:
                 self._remove_block(trial, masks.blocks[k])
             natural_reduction = pruner.reduction(trial)
-            for k in order:
-                if pruner.reduction(model) >= ctx.target:
-                    break
-                self._remove_block(model, masks.blocks[k])
+            blocks = [masks.blocks[k] for k in order]
+            for block in blocks[: pruner.finish(lambda n: self._without(model, blocks[:n]), ctx.target, len(blocks))]:
+                self._remove_block(model, block)
         else:
             importance = _MaskImportance(scores, pruner, model)
             natural = [(k, i) for k, i in pruner.removal_order(model, importance) if masks.masks[k][i] <= 0]
@@ -395,11 +395,14 @@ class GAL(Method):
             model, block.name, ShortcutOnly(model.get_submodule(block.name), block.shortcut_name, block.relu)
         )
 
-    def _removed_share(self, model: nn.Module, blocks: list[Block], pruner: ChannelPruner) -> float:
+    def _without(self, model: nn.Module, blocks: list[Block]) -> nn.Module:
         trial = copy.deepcopy(model)
         for b in blocks:
             self._remove_block(trial, b)
-        return pruner.reduction(trial)
+        return trial
+
+    def _removed_share(self, model: nn.Module, blocks: list[Block], pruner: ChannelPruner) -> float:
+        return pruner.reduction(self._without(model, blocks))
 
 
 class _Both:

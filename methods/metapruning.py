@@ -385,6 +385,8 @@ class MetaPruning(Method):
 
     def final_network(self, net, encoding, draws, genes, batches, ctx: PruneContext) -> nn.Module:
         widths = draws.encoding.widths(genes)
+        if ctx.pruner.measured_cost:  # a latency target: the searched widths scaled until a measurement meets it
+            widths = draws.encoding.space.finish(widths, ctx.target)
         final = draws.encoding.space.build(widths)  # the first channels of each group, as the PruningNet
         mode = self.cfg.final if self.cfg.final != "auto" else ("inherit" if ctx.transfer else "scratch")
         if mode == "inherit":

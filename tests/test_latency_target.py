@@ -179,7 +179,13 @@ def test_knapsack_and_latency_normalisation_meet_a_latency_target(run_cli, tiny_
 
 # Methods that choose their widths by their own schedule, each at seconds-long digits settings.
 OWN_SCHEDULES = {
-    "gbn": ["method=gbn", "method.tick_p=0.05", "method.tock_every=2", "method.tock_epochs=1", "method.tick_samples=256"],
+    "gbn": [
+        "method=gbn",
+        "method.tick_p=0.05",
+        "method.tock_every=2",
+        "method.tock_epochs=1",
+        "method.tick_samples=256",
+    ],
     "gfp": ["method=gfp_cpu"],
     "scop": ["method=scop", "method.epochs=1"],
     "acp": ["method=acp", "method.particles=2", "method.cycles=0", "method.fitness_epochs=0", "data.val_fraction=0.1"],

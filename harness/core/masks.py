@@ -47,7 +47,11 @@ class ChannelMasks:
         return {k: int(m.sum().item()) for k, m in self.masks.items()}
 
     def masked_channels(self) -> list[Channel]:
-        return list(self.sequence)
+        """Every masked channel: those masked through ``mask`` in their order, then any other (set directly)."""
+        known = [c for c in self.sequence if self.masks[c[0]][c[1]] == 0]
+        seen = set(known)
+        rest = [(k, int(i)) for k, m in self.masks.items() for i in torch.nonzero(m == 0).flatten().tolist()]
+        return known + [c for c in rest if c not in seen]
 
     def mask(self, channels: list[Channel]) -> None:
         """Mask ``channels`` (completed to whole units), appending the newly masked ones to the sequence."""
@@ -68,10 +72,10 @@ class ChannelMasks:
         self.mask(channels)
 
     def load(self, masks: dict[str, torch.Tensor]) -> None:
-        """Masks from a checkpoint; the order they were masked in is not kept, so the sequence is by group."""
+        """Masks from a checkpoint; the order they were masked in is not kept (masked_channels: by group)."""
         for k, m in self.masks.items():
             m.copy_(masks[k])
-        self.sequence = [(k, int(i)) for k, m in self.masks.items() for i in torch.nonzero(m == 0).flatten().tolist()]
+        self.sequence = []
 
     def vanilla(self, pruner: ChannelPruner, removed: list[Channel] | None = None) -> nn.Module:
         """A copy of the network without the hooks and with ``removed`` (default: the masked channels)
@@ -93,8 +97,9 @@ class ChannelMasks:
         if self.reduction(pruner, order[:n]) < target:
             self.mask(order[:n])
         else:
-            sequence = self.masked_channels() + order
+            done = self.masked_channels()
+            sequence = done + order
             build = lambda k: self.vanilla(pruner, sequence[:k])  # noqa: E731
-            self.mask_exactly(sequence[: pruner.finish(build, target, len(sequence), lo=len(self.sequence) + 1)])
+            self.mask_exactly(sequence[: pruner.finish(build, target, len(sequence), lo=len(done) + 1)])
             self.finished = True
         return self.reduction(pruner)

@@ -1,0 +1,150 @@
+"""Does prune.target=latency meet its request for every method? ResNet-56 and VGG-16 (32x32) on this CPU.
+
+    python benchmarks/latency_target_methods.py run [--methods gbn_cpu scop ...] [--models resnet56 vgg16_cifar]
+    python benchmarks/latency_target_methods.py report      # results/bench/latency_target_methods.md
+
+The companion of benchmarks/latency_target.py (L1's ranking through the pruner alone): here each method
+runs whole, through the harness's own sweep (resumable: skip_finished), with its CPU preset and search
+settings cut so that a run takes minutes, since what is measured is where the method's last step lands on
+a *measured* latency, not accuracy. The baseline trains one epoch on 512 images of shared/data/cifar10-dev
+(near-untrained weights, as the companion benchmark's; latency does not depend on the values), no
+fine-tune; VGG-16 gets 10 classes (CIFAR-10 images). One thread (the other core stays free), batch 1 and
+64, requests of 30% and 50%. "measured" is the run's own final paired measurement at the target batch
+(dense vs pruned in alternating pairs, its 95% interval); "measurements" how many candidates the last step
+timed (the correction, ``ChannelPruner.finish``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+EXPERIMENT = "latency_target_methods"
+OUT = ROOT / "results" / "bench" / "latency_target_methods.md"
+LOG = ROOT / "results" / "bench" / "latency_target_methods.log"
+COMMON = [
+    "task=resnet56",
+    "budget=cifar10_dev",
+    f"data.root={ROOT.parent / 'shared/data/cifar10-dev'}",
+    "data.limit_train=512",
+    "data.val_fraction=0.1",
+    "train.epochs=1",
+    "finetune.epochs=0",
+    "prune.target=latency",
+    "prune.latency_reduction=0.3,0.5",
+    "threads=1",
+    "measure.max_seconds=10",
+    "skip_finished=true",
+    "quiet=true",
+    f"tracking.experiment={EXPERIMENT}",
+]
+# Each method's CPU preset, its search cut to minutes (the settings are in the table's notes).
+METHODS = {
+    "l1": ["method=l1"],
+    "random": ["method=random"],
+    "slimming": ["method=slimming", "method.sparse_epochs=1"],
+    "gbn_cpu": ["method=gbn_cpu"],
+    "gfp_cpu": ["method=gfp_cpu", "method.interval=2", "method.channels_per_step=16"],
+    "scop": ["method=scop", "method.epochs=1"],
+    "acp": ["method=acp", "method.particles=3", "method.cycles=1", "method.fitness_epochs=0"],
+    "metapruning_cpu": ["method=metapruning_cpu", "method.pruningnet_epochs=1", "method.generations=1"],
+    "gal": ["method=gal", "method.epochs=1"],
+    "aip": ["method=aip", "method.steps=2", "method.recover_epochs=1"],
+}
+MODELS = ("resnet56", "vgg16_cifar")
+BATCHES = (1, 64)
+
+
+def run(methods: list[str], models: list[str]) -> int:
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    with open(LOG, "a") as log:
+        for batch in BATCHES:
+            for model in models:
+                for name in methods:
+                    cmd = [sys.executable, "-m", "harness", "sweep", *COMMON, f"model={model}", *METHODS[name]]
+                    cmd += [f"measure.target_batch={batch}", f"measure.batch_sizes=[{batch}]"]
+                    started = time.time()
+                    log.write(f"$ {shlex.join(cmd)}\n")
+                    log.flush()
+                    code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log)
+                    log.write(f"# exit {code}, {time.time() - started:.0f} s\n")
+                    log.flush()
+                    print(f"{name} {model} b{batch}: exit {code}, {time.time() - started:.0f} s", flush=True)
+                    failures += code != 0
+    return failures
+
+
+def report() -> int:
+    import pandas as pd
+
+    from harness.compare import load_runs
+    from harness.tracking import store_uri
+
+    runs = load_runs(store_uri(None, ROOT / "results"), EXPERIMENT)
+    if runs.empty:
+        print("no runs yet: python benchmarks/latency_target_methods.py run", file=sys.stderr)
+        return 1
+    runs = runs[runs["status"] == "FINISHED"]
+    rows = []
+    for _, r in runs.iterrows():
+        requested = 100 * float(r["params.prune.latency_reduction"])
+        measured = 100 * float(r["metrics.latency_reduction_measured"])
+        lo, hi = (100 * float(r.get(f"metrics.latency_reduction_measured_{s}", float("nan"))) for s in ("lo", "hi"))
+        rows.append(
+            {
+                "method": r["tags.method"],
+                "model": r["params.model.name"],
+                "batch": int(float(r["params.measure.target_batch"])),
+                "requested ↓ %": f"{requested:.0f}",
+                "predicted ↓ %": f"{100 * float(r['metrics.latency_reduction_predicted']):.1f}",
+                "measured ↓ % [95%]": f"{measured:.1f} [{lo:.1f}, {hi:.1f}]",
+                "miss (points)": f"{measured - requested:+.1f}",
+                "within 5": "yes" if abs(measured - requested) <= 5 else "no",
+                "MACs ↓ %": f"{100 * float(r['metrics.flops_reduction']):.1f}",
+                "run s": f"{(r['end_time'] - r['start_time']).total_seconds():.0f}",
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["method", "model", "batch", "requested ↓ %"])
+    ok = int((table["within 5"] == "yes").sum())
+    text = "\n".join(
+        [
+            "# Latency targets for every method: requested vs measured",
+            "",
+            "`python benchmarks/latency_target_methods.py run` then `report` (the settings: the script's docstring)",
+            "",
+            f"CPU {platform.processor() or platform.machine()}, 1 thread, eager PyTorch, float32; latency = ms per "
+            "forward pass of the batch (median of paired timings); near-untrained weights (one baseline epoch on "
+            "512 images), no fine-tune. 'predicted' is the lookup table's figure for the final network, "
+            "'measured' the run's final paired measurement with its 95% interval.",
+            "",
+            f"**{ok} of {len(table)} runs within 5 points of the request.**",
+            "",
+            table.to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    )
+    OUT.write_text(text)
+    print(text)
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    args = p.parse_args()
+    return run(args.methods, args.models) if args.command == "run" else report()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
