@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.surgery import ChannelPruner
-from harness.latency.table import LatencyTable, _axis, layers_of
+from harness.latency.table import LatencyTable, _axis, layers_of, named_layers_of, narrowed_copies
 from tests.conftest import last_json
 
 
@@ -34,6 +34,36 @@ def test_layers_are_found_with_their_input_sizes_and_kinds():
         ("conv", (16, 16), 64, 96),
         ("linear", (1,), 96, 10),
     ]
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.pool, self.fc = nn.MaxPool2d(2), nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.pool(x + self.block(x))  # a functional residual add, then a pooling layer
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_residual_adds_and_pooling_are_in_the_table_but_not_among_the_prunable_layers(tmp_path, one_thread):
+    model, example = Residual().eval(), torch.randn(1, 3, 16, 16)
+    found = [(s.op, s.size, cin, cout) for s, cin, cout in layers_of(model, example)]
+    assert ("add", (16, 16), 16, 0) in found and ("max_pool2d", (16, 16), 16, 0) in found
+    assert ("adaptive_avg_pool2d", (8, 8), 16, 0) in found and len(found) == 6
+    assert set(named_layers_of(model, example)) == {"conv", "block", "fc"}  # names the pruner's costs use
+    table = LatencyTable(8, torch.device("cpu"), tmp_path)
+    pruner = ChannelPruner(model, example, [model.fc])
+    table.prepare(model, example, lambda: narrowed_copies(model, pruner))
+    pooled = next(s for s, _, _ in layers_of(model, example) if s.op == "max_pool2d")
+    entry = table.data["layers"][pooled.key()]
+    assert entry["out"] == [0] and 16 in entry["in"] and all(ms[0] > 0 for ms in entry["ms"])
+    assert table._lookup(pooled, 4, 0) < table._lookup(pooled, 16, 0)  # a narrower input pools faster
+    narrow = narrowed_copies(model, pruner)[-1]
+    assert table.table_ms(narrow, example) < table.table_ms(model, example)
 
 
 def test_grid_axes_hold_aligned_widths_the_dense_widths_and_group_multiples():

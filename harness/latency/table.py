@@ -2,10 +2,12 @@
 
 Every conv layer (timed together with the BatchNorm and ReLU that follow it in a CNN) and every linear
 layer is timed on its own, at its input's spatial size and the run's batch size, over a grid of
-(input, output) widths; between grid points the time is interpolated bilinearly. A model's prediction
-is the sum over its layers, mapped to whole-model milliseconds by a line fitted to real measurements
-of the dense model and of copies narrowed uniformly (that line absorbs what the table does not time:
-residual adds, pooling, the framework's per-layer overhead).
+(input, output) widths; between grid points the time is interpolated bilinearly. The work between them
+that grows with the width too, residual adds and pooling, is timed the same way over its channel count
+(found by tracing the forward pass's functions, so a functional ``out + identity`` counts). A model's
+prediction is the sum over all of these, mapped to whole-model milliseconds by a line fitted to real
+measurements of the dense model and of copies narrowed uniformly (that line absorbs what is left: the
+framework's per-layer overhead).
 
 Tables are cached under ``<results_dir>/latency_tables/``, one JSON file per device, torch threads,
 batch size and torch version; a layer shape is timed once and reused by every model that has it. The
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from harness.core.locks import file_lock
 from harness.core.surgery import ChannelPruner
@@ -55,24 +59,57 @@ class LayerShape:
     size: tuple[int, ...] = ()  # input spatial size (conv) or leading token count (linear)
     bias: bool = False
     multiplier: int = 1  # depthwise: output channels per input channel
+    params: str = ""  # a pooling op's arguments besides its input (JSON)
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not fields["params"]:  # keys of the layers cached before pooling ops were timed stay the same
+            del fields["params"]
+        return json.dumps(fields, sort_keys=True)
+
+
+MODULE_OPS = ("conv", "depthwise", "linear")
+_ADDS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
+_POOLS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"}
+_ONE_AXIS = {"depthwise", "add", *_POOLS}  # timed over the input width only
+
+
+class _WidthOps(TorchFunctionMode):
+    """Records the residual adds and pooling ops of a forward pass: (shape, channels, 0)."""
+
+    def __init__(self, found: list):
+        super().__init__()
+        self.found = found
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            size = tuple(x.shape[-2:])
+            if name in _ADDS and len(args) > 1 and isinstance(args[1], torch.Tensor) and args[1].shape == x.shape:
+                self.found.append((f"add#{len(self.found)}", (LayerShape("add", size=size), x.shape[1], 0)))
+            elif name in _POOLS:
+                params = json.dumps([list(args[1:]), kwargs], sort_keys=True, default=list)
+                shape = LayerShape(name, size=size, params=params)
+                self.found.append((f"{name}#{len(self.found)}", (shape, x.shape[1], 0)))
+        return func(*args, **kwargs)
 
 
 def layers_of(model: nn.Module, example: torch.Tensor) -> list[tuple[LayerShape, int, int]]:
     """(shape, input width, output width) of every conv and linear layer a forward pass of ``example``
-    (batch 1) goes through, found with forward hooks so that any structure is measured as it runs."""
+    (batch 1) goes through, found with forward hooks so that any structure is measured as it runs, and
+    of every residual add and pooling op (output width 0)."""
     return [layer for _, layer in _traced_layers(model, example)]
 
 
 def named_layers_of(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[LayerShape, int, int]]:
-    """``layers_of`` keyed by module name (a module run twice appears once)."""
-    return dict(_traced_layers(model, example))
+    """The conv and linear layers of ``layers_of`` keyed by module name (a module run twice appears once)."""
+    return {name: layer for name, layer in _traced_layers(model, example) if layer[0].op in MODULE_OPS}
 
 
 def _traced_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[LayerShape, int, int]]]:
-    found, hooks = [], []
+    found, ops, hooks = [], [], []
     names = {m: n for n, m in model.named_modules()}
 
     def hook(module, inputs, _output):
@@ -102,13 +139,13 @@ def _traced_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, t
     was_training = model.training
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), _WidthOps(ops):
             model(example)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return found
+    return found + ops
 
 
 def _axis(widths: list[int], step: int, align: int = ALIGN) -> list[int]:
@@ -122,7 +159,29 @@ def _axis(widths: list[int], step: int, align: int = ALIGN) -> list[int]:
     return sorted(points)
 
 
+class _Add(nn.Module):
+    """x + another tensor of x's shape (a residual add), the other made at the first call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "other", None) is None or self.other.shape != x.shape:
+            self.other = torch.randn_like(x)
+        return x + self.other
+
+
+class _Pool(nn.Module):
+    def __init__(self, name: str, params: str):
+        super().__init__()
+        self.fn, (self.args, self.kwargs) = getattr(F, name), json.loads(params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, *self.args, **self.kwargs)
+
+
 def _layer(shape: LayerShape, cin: int, cout: int) -> nn.Module:
+    if shape.op == "add":
+        return _Add()
+    if shape.op in _POOLS:
+        return _Pool(shape.op, shape.params)
     if shape.op == "linear":
         return nn.Linear(cin, cout, bias=shape.bias)
     groups = cin if shape.op == "depthwise" else shape.groups
@@ -208,7 +267,7 @@ class LatencyTable:
         for shape, widths in todo.items():
             step = shape.groups
             ins = _axis([w[0] for w in widths], step, self.align)
-            outs = [0] if shape.op == "depthwise" else _axis([w[1] for w in widths], step, self.align)
+            outs = [0] if shape.op in _ONE_AXIS else _axis([w[1] for w in widths], step, self.align)
             ms = self._time_grid(shape, [(i, o) for i in ins for o in outs])
             grid = [ms[k * len(outs) : (k + 1) * len(outs)] for k in range(len(ins))]
             points += len(ins) * len(outs)
