@@ -79,10 +79,8 @@ def profile_command(args) -> int:
             f"profile/b{batch}_fixed_share": sum(result.by_kind.get(k, (0, 0))[1] for k in prof.FIXED_KINDS)
             / result.pruned_whole_ms,
         }
-        store = open_store(uri)
-        for name in ("profile.md", "profile.png", "profile.json"):
-            store.log_to_run(run_id, {"profile": out / name}, {})
-        store.log_to_run(run_id, {}, metrics)
+        files = [("profile", out / name) for name in ("profile.md", "profile.png", "profile.json")]
+        open_store(uri).log_to_run(run_id, files, metrics)
         print(f"logged to MLflow run {run_id} under profile/")
     return 0
 

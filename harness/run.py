@@ -605,11 +605,7 @@ class _Phases:
 
         x = self.task.example_input(int(self.cfg.measure.target_batch)).to(self.device)
         passes = max(3, min(int(self.cfg.measure.repeats), 10))
-        result = profile_models(dense, model, x, passes=passes, warmup=1)
-        holders = [
-            {"layer": layer.name, "share": layer.pruned_ms / result.pruned_whole_ms, "pruned_ms": layer.pruned_ms}
-            for layer in result.top(n)
-        ]
+        holders = profile_models(dense, model, x, passes=passes, warmup=1).shares(n)
         self.say(
             "[measure] most of the remaining latency: " + ", ".join(f"{h['layer']} {h['share']:.0%}" for h in holders)
         )

@@ -47,36 +47,6 @@ class NullTracker:
         return False
 
     def flush(self) -> None: ...
-    def _create_run(self, tags: dict[str, str]) -> str:
-        """A new run's id, created once. A create_run whose answer was lost (a server killed or timed out
-        after committing) is found again by a one-off token instead of being created twice; a twin made
-        by a lower layer's retry is deleted, so no orphan run is left in the store."""
-        token = uuid.uuid4().hex
-        tags = {**tags, "harness.start_token": token}
-        deadline = time.monotonic() + self.start_wait_s
-        while True:
-            try:
-                run_id = self.client.create_run(self.experiment_id, None, tags, tags.get("mlflow.runName")).info.run_id
-                break
-            except Exception as e:
-                found = self._runs_with_token(token)
-                if found:
-                    run_id = found[0]
-                    break
-                self._wait_or_raise(e, deadline)
-        for twin in self._runs_with_token(token):
-            if twin != run_id:
-                with contextlib.suppress(Exception):
-                    self.client.delete_run(twin)
-        return run_id
-
-    def _runs_with_token(self, token: str) -> list[str]:
-        try:
-            found = self.client.search_runs([self.experiment_id], f"tags.`harness.start_token` = '{token}'")
-        except Exception:
-            return []
-        return [r.info.run_id for r in sorted(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))]
-
     def find_finished(self, run_key: str) -> dict | None:
         return None
 
@@ -128,6 +98,36 @@ class MlflowTracker(NullTracker):
             self.client = MlflowClient(tracking_uri=uri)  # creates a new store's tables
             self.experiment_id = self._experiment_id(experiment, artifact_root)
         self.run_id = None
+
+    def _create_run(self, tags: dict[str, str]) -> str:
+        """A new run's id, created once. A create_run whose answer was lost (a server killed or timed out
+        after committing) is found again by a one-off token instead of being created twice; a twin made
+        by a lower layer's retry is deleted, so no orphan run is left in the store."""
+        token = uuid.uuid4().hex
+        tags = {**tags, "harness.start_token": token}
+        deadline = time.monotonic() + self.start_wait_s
+        while True:
+            try:
+                run_id = self.client.create_run(self.experiment_id, None, tags, tags.get("mlflow.runName")).info.run_id
+                break
+            except Exception as e:
+                found = self._runs_with_token(token)
+                if found:
+                    run_id = found[0]
+                    break
+                self._wait_or_raise(e, deadline)
+        for twin in self._runs_with_token(token):
+            if twin != run_id:
+                with contextlib.suppress(Exception):
+                    self.client.delete_run(twin)
+        return run_id
+
+    def _runs_with_token(self, token: str) -> list[str]:
+        try:
+            found = self.client.search_runs([self.experiment_id], f"tags.`harness.start_token` = '{token}'")
+        except Exception:
+            return []
+        return [r.info.run_id for r in sorted(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))]
 
     def _experiment_id(self, experiment: str, artifact_root: Path) -> str:
         """The experiment's id, created if missing. Jobs of an array that start together on a server race
@@ -449,10 +449,16 @@ class StoreReader:
                 f"MLflow run {run_id} at {self.uri} has no {path} ({str(e).strip().splitlines()[0][:120]})"
             ) from None
 
-    def log_to_run(self, run_id: str, artifacts: dict[str, str | os.PathLike], metrics: dict[str, float]) -> None:
-        """Add files ({artifact folder: path}) and metrics to an existing run (an export of its model)."""
+    def log_to_run(
+        self,
+        run_id: str,
+        artifacts: dict[str, str | os.PathLike] | list[tuple[str, str | os.PathLike]],
+        metrics: dict[str, float],
+    ) -> None:
+        """Add files ({artifact folder: path}, or (folder, path) pairs) and metrics to an existing run (an
+        export of its model, a profile)."""
         client = self._client()
-        for folder, path in artifacts.items():
+        for folder, path in artifacts.items() if isinstance(artifacts, dict) else artifacts:
             client.log_artifact(run_id, str(path), folder)
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)

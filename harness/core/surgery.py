@@ -179,17 +179,18 @@ class ChannelPruner:
         return {self.cost_name: self.base_cost * (1 - reduction), "reduction": reduction}
 
     # --- pruning ---------------------------------------------------------------------------
-    def removal_order(self, model: nn.Module, importance: Importance) -> list[tuple[str, int]]:
-        """Every removable (group, channel), least important first, capped by each group's minimum."""
+    def removal_order(self, model: nn.Module, importance: Importance, normalize: bool = True) -> list[tuple[str, int]]:
+        """Every removable (group, channel), least important first, capped by each group's minimum; the scores
+        divided by each channel's cost under ``prune.normalize`` unless ``normalize`` is False."""
         groups = self.groups(model)
         return rank_channels(
-            self.scores(model, importance, groups),
+            self.scores(model, importance, groups, normalize),
             {k: g.channels - g.min_keep for k, g in groups.items()},
             {k: g.units for k, g in groups.items() if g.units},
         )
 
     def scores(
-        self, model: nn.Module, importance: Importance, groups: dict[str, ChannelGroup]
+        self, model: nn.Module, importance: Importance, groups: dict[str, ChannelGroup], normalize: bool = True
     ) -> dict[str, torch.Tensor]:
         """{group: one score per channel}, divided by the channel's cost under ``normalize``. Groups the
         criterion cannot score are left out and listed in ``unscored``."""
@@ -207,7 +208,7 @@ class ChannelPruner:
                     f"non-finite values; expected {cg.channels} finite scores"
                 )
             scores[key] = group_scores
-        if self.normalize != "none":
+        if normalize and self.normalize != "none":
             scores = normalized(scores, self.channel_costs(model, groups).per_channel(self.normalize))
         return scores
 
@@ -348,9 +349,9 @@ class ChannelPruner:
         that this model's structure can be pruned at all: a ConfigError names what cannot."""
         check_supported(model)
         pruned = copy.deepcopy(model)
-        normalize, self.normalize = self.normalize, "none"  # every channel goes: the scores do not matter
-        try:
-            self.remove(pruned, self.removal_order(pruned, lambda g: torch.zeros(len(g[0].idxs))))
+        try:  # every channel goes: the scores do not matter
+            everything = self.removal_order(pruned, lambda g: torch.zeros(len(g[0].idxs)), normalize=False)
+            self.remove(pruned, everything)
             return self.reduction(pruned)
         except (RuntimeError, ZeroDivisionError, IndexError, ValueError) as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -358,8 +359,6 @@ class ChannelPruner:
                 f"{type(model).__name__} cannot be pruned by the channel surgery: removing channels "
                 f"breaks a layer ({type(e).__name__}: {detail}); choose another model"
             ) from None
-        finally:
-            self.normalize = normalize
 
     def unreachable_message(self, model: nn.Module, target: float) -> str:
         what = self.cost_model.what

@@ -96,9 +96,12 @@ class Profile:
         weighted = [layer for layer in self.layers if layer.kind in (CONV, LINEAR)]
         return sorted(weighted, key=lambda layer: -layer.pruned_ms)[:n]
 
-    def shares(self, n: int = 5) -> list[tuple[str, float]]:
-        """(layer, share of the pruned model's whole time) of the ``n`` layers holding the most."""
-        return [(layer.name, layer.pruned_ms / self.pruned_whole_ms) for layer in self.top(n)]
+    def shares(self, n: int = 5) -> list[dict]:
+        """The ``n`` layers holding the most: their name, share of the pruned model's whole time and ms."""
+        return [
+            {"layer": layer.name, "share": layer.pruned_ms / self.pruned_whole_ms, "pruned_ms": layer.pruned_ms}
+            for layer in self.top(n)
+        ]
 
 
 class _Timer:
