@@ -242,3 +242,54 @@ def test_methods_with_their_own_schedule_finish_on_a_measured_latency(run_cli, s
     s = last_json(out)
     assert s["latency_corrections"], "the table's stopping point was not measured"
     assert_meets_latency_target(s, 0.2)
+
+
+def _measured_pruner(model, example, offset: float, target: float):
+    """A pruner on MACs whose "measurement" is the MACs reduction plus ``offset``: the table errs by -offset."""
+    from harness.core.surgery import MacsCost
+    from harness.latency.target import Corrected
+
+    pruner = ChannelPruner(model, example, [model.fc])
+    cost = Corrected(MacsCost(), lambda m: pruner.reduction(m) + offset, measured_from=target)
+    pruner.use_cost(cost, model)
+    return pruner, cost
+
+
+@pytest.mark.quick
+def test_a_masking_schedule_finishes_on_the_measurement_and_unmasks_when_it_overshot():
+    from harness.core.masks import ChannelMasks
+
+    class Masks(ChannelMasks):  # no hooks: only the bookkeeping and the finish are under test
+        def attach(self):
+            pass
+
+        def detach(self):
+            pass
+
+    model, example = Net().eval(), torch.randn(1, 3, 16, 16)
+    pruner, cost = _measured_pruner(model, example, offset=0.2, target=0.5)  # measured = MACs cut + 0.2
+    groups = pruner.groups(model)
+    masks = Masks(model, {k: torch.ones(g.channels) for k, g in groups.items()})
+    order = pruner.removal_order(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float))
+    masks.step(pruner, order, 40, 0.5)  # an earlier tick: 40 channels, a 0.43 cut on the cost
+    assert not masks.finished and len(masks.masked_channels()) == 40 and not cost.corrections
+    earlier = masks.masked_channels()
+    rest = [c for c in order if c not in set(earlier)]
+    masks.step(pruner, rest, 40, 0.5)  # the tick that reaches 0.5 on the cost: 0.7 measured
+    assert masks.finished and cost.corrections
+    final = masks.masked_channels()
+    assert abs(pruner.reduction(masks.vanilla(pruner)) + 0.2 - 0.5) <= cost.tolerance + 0.03
+    assert len(final) < 40 and final == earlier[: len(final)]  # back into the earlier tick, in masking order
+
+
+@pytest.mark.quick
+def test_scaled_widths_finish_on_the_measurement():
+    from harness.core.widths import WidthSpace
+
+    model, example = Net().eval(), torch.randn(1, 3, 16, 16)
+    pruner, cost = _measured_pruner(model, example, offset=-0.15, target=0.3)  # the table over-predicts
+    space = WidthSpace(model, pruner)
+    widths = space.repair(tuple(space.high), 0.3)  # met on the cost: 0.15 short on the measurement
+    finished = space.finish(widths, 0.3)
+    assert cost.corrections and all(f <= w for f, w in zip(finished, widths)) and finished != widths
+    assert abs(space.reduction(finished) - 0.15 - 0.3) <= cost.tolerance + 0.03
