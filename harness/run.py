@@ -93,6 +93,11 @@ def run(cfg: DictConfig) -> dict:
             f"method {cfg.method.name} chooses its own widths, so prune.allocation=knapsack would be ignored; it "
             "applies to one-shot rankings (l1, random, slimming, aip): drop it or choose one of those"
         )
+    if cfg.prune.get("normalize") not in (None, "none") and not method.uses_normalize and method.prunes:
+        raise ConfigError(
+            f"method {cfg.method.name} does not rank channels across layers by a score (a uniform rate per layer "
+            f"or a width search), so prune.normalize={cfg.prune.normalize} would be ignored; drop it"
+        )
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
     # reachability is checked on its latency table (prepare_latency_target).
     method.check_model(model)

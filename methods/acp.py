@@ -145,6 +145,7 @@ class ACP(Method):
     description = "ACP: per-layer DBSCAN clustering of feature maps for preliminary widths, then a particle swarm search of the widths scored on the validation split"
     settings = AcpSettings
     uses_allocation = False
+    uses_normalize = False
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         ctx.require_validation("method acp (it scores candidates on validation data)")

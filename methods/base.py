@@ -102,6 +102,9 @@ class Method:
     uses_allocation: ClassVar[bool] = True
     # prune.normalize when the run leaves it null: what the channel scores are divided by (harness.core.costs)
     default_normalize: ClassVar[str] = "none"
+    # False for a method whose choice no per-channel cost can change (one uniform rate per layer, width
+    # searches): prune.normalize set for it is refused instead of ignored.
+    uses_normalize: ClassVar[bool] = True
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg  # the method's own config node

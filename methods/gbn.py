@@ -23,6 +23,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from harness.core import distributed
+from harness.core.costs import normalized
 from harness.core.hooks import HookSet, channel_scaler, frozen
 from harness.core.masks import ChannelMasks
 from harness.core.settings import setting
@@ -153,6 +154,7 @@ class GateDecorator(Method):
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner
         groups = pruner.groups(model)
+        costs = pruner.channel_costs(model, groups) if pruner.normalize != "none" else None
         gates = Gates(model, groups, cfg.beta_clamp)
         removable_floor = {k: g.min_keep for k, g in groups.items()}
         tick = 0
@@ -169,6 +171,8 @@ class GateDecorator(Method):
                 )
             scores = self.tick(model, gates, ctx)
             live = gates.live()
+            if costs is not None:  # prune.normalize: Taylor score per unit of what a channel's removal saves
+                scores = normalized(scores, costs.per_channel(pruner.normalize, live))
             order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live}, gates.units)
             if not order:
                 break

@@ -65,6 +65,7 @@ class L1LayerwiseMethod(L1Method):
     settings = L1LayerwiseSettings
     presets_only = True  # no useful default: the presets l1_resnet56_a and l1_resnet56_b set the ratios
     uses_allocation = False  # the ratios decide the widths
+    uses_normalize = False
 
     def prune(self, model, ctx):
         rules = [(re.compile(r.pattern), float(r.ratio)) for r in self.cfg.layer_ratios]

@@ -212,6 +212,7 @@ class MetaPruning(Method):
     )
     settings = MetaPruningSettings
     uses_allocation = False
+    uses_normalize = False
 
     # --- checks before any training ------------------------------------------------------------
     def check_model(self, model: nn.Module) -> None:

@@ -181,6 +181,7 @@ class SCOP(Method):
     description = "SCOP (NeurIPS'20): knockoff scientific control; beta per channel learned with the network frozen, uniform per-layer rate to the target"
     settings = ScopSettings
     uses_allocation = False  # one uniform rate per layer
+    uses_normalize = False
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner

@@ -11,6 +11,7 @@ from harness.core.allocation import knapsack
 from harness.core.surgery import ChannelPruner, channel_widths
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
+from tests.conftest import last_json
 
 
 @pytest.mark.quick
@@ -50,6 +51,7 @@ def test_knapsack_allocation_meets_the_macs_target_and_differs_from_the_global_r
         (["prune.allocation=greedy"], "prune.allocation"),
         (["method=gbn", "prune.allocation=knapsack"], "chooses its own widths"),
         (["prune.normalize=latency"], "prune.normalize=latency divides by the latency table"),
+        (["method=scop", "prune.normalize=macs"], "prune.normalize=macs would be ignored"),
     ],
 )
 def test_bad_allocations_exit_2_with_one_line(run_cli, tmp_path, overrides, says):
@@ -115,3 +117,17 @@ def test_latency_saved_per_channel_is_the_tables_difference():
         assert toy(model, x) - toy(smaller, x) == pytest.approx(saved[key], rel=1e-9), key
     with pytest.raises(ValueError, match="latency table"):
         ChannelCosts(model, x, groups).per_channel("latency")
+
+
+def test_gate_decorator_ranks_by_score_per_cost_with_normalize(run_cli, tiny_digits):
+    """gbn divides each tick's Taylor scores by what a channel's removal saves: the same seed and schedule
+    reach the same MACs cut with other widths than without."""
+    gbn = ["method=gbn", "method.tick_p=0.1", "method.tock_every=0", "method.tick_samples=256", "--json"]
+    widths = {}
+    for normalize in ("none", "macs"):
+        code, out, err = run_cli("run", *tiny_digits, *gbn, "prune.flops_reduction=0.4", f"prune.normalize={normalize}")
+        assert code == 0, err
+        s = last_json(out)
+        assert s["flops_reduction"] >= 0.4
+        widths[normalize] = s["channels"]
+    assert widths["none"] != widths["macs"]
