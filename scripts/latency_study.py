@@ -1,0 +1,148 @@
+"""Does cost-aware allocation help a criterion at equal *measured* latency? On the real CIFAR-10 images of
+shared/data/cifar10-dev at the cifar10_dev study's CPU budget (ResNet-20, budget=cifar10_dev, its baselines):
+
+- batch 128, `prune.target=latency` at 30% and 50%, seeds 0, 1, 2: `l1` with `prune.allocation=global`
+  (today's default), `knapsack` (HALP) and `prune.normalize=latency`; `gbn_cpu` global and
+  `normalize=latency` (Gate Decorator refuses the knapsack: its ticks choose the widths);
+- batch 1, 50%, the same three `l1` arms: where per-layer overhead dominates, what does the knapsack keep?
+
+    python scripts/latency_study.py run [--workers 1]   # resumable (skip_finished); one worker: the timings
+                                                         # that steer a latency target need a quiet machine
+    python scripts/latency_study.py report               # results/cifar10_dev/latency.md
+
+Arms of one criterion are compared seed by seed (same seed = same baseline) on final accuracy, only where
+their measured latency reductions match within 2 points; the pairs left out are counted.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cifar10_dev_study import OUT, cell, cli, finish_report, load_runs, run_workers, sweep, t_interval  # noqa: E402
+
+SEEDS = (0, 1, 2)
+TARGETS = "0.5,0.3"
+ARMS = {
+    "global": [],
+    "knapsack": ["prune.allocation=knapsack"],
+    "÷latency": ["prune.normalize=latency"],
+}
+METHOD_ARMS = {"l1": ("global", "knapsack", "÷latency"), "gbn_cpu": ("global", "÷latency")}
+LATENCY = ["prune.target=latency"]  # COMMON sets threads=1
+AT_BATCH = {128: ["measure.target_batch=128", "measure.batch_sizes=[1,128]"], 1: ["measure.target_batch=1"]}
+MATCH = 0.02  # arms are compared where their measured latency cuts differ by at most this
+WALL = OUT / "latency_wall_time.log"
+
+
+def worker(index: int, workers: int) -> int:
+    failures = 0
+    with open(OUT / "logs" / f"latency_worker{index}.log", "a") as log:
+        for seed in SEEDS[index::workers]:
+            for method, arms in METHOD_ARMS.items():
+                for arm in arms:
+                    args = [f"method={method}", *ARMS[arm], *LATENCY, *AT_BATCH[128], f"seed={seed}"]
+                    failures += sweep([*args, f"prune.latency_reduction={TARGETS}"], log) != 0
+        if index == 0:
+            for arm in METHOD_ARMS["l1"]:
+                args = ["method=l1", *ARMS[arm], *LATENCY, *AT_BATCH[1], "seed=0", "prune.latency_reduction=0.5"]
+                failures += sweep(args, log) != 0
+    return failures
+
+
+def arm_of(row) -> str:
+    if row.get("params.prune.allocation") == "knapsack":
+        return "knapsack"
+    return "÷latency" if row.get("params.prune.normalize") == "latency" else "global"
+
+
+def report() -> int:
+    import pandas as pd
+
+    runs = load_runs()
+    if not runs.empty:
+        runs = runs[runs.get("params.prune.target", pd.Series(index=runs.index, dtype=object)) == "latency"].copy()
+    if runs.empty:
+        print("no finished latency-target runs in experiment cifar10_dev yet", file=sys.stderr)
+        return 1
+    runs["arm"] = runs.apply(arm_of, axis=1)
+    runs["label"] = runs["tags.method"] + " [" + runs["arm"] + "]"
+    runs["seed"] = runs["tags.seed"].astype(int)
+    runs["target"] = runs["params.prune.latency_reduction"].astype(float)
+    runs["batch"] = runs["params.measure.target_batch"].astype(float).astype(int)
+    rows, verdicts = [], []
+    for (batch, target, label), g in runs.groupby(["batch", "target", "label"]):
+        rows.append(
+            {
+                "batch": batch,
+                "latency ↓ requested": f"{target:.0%}",
+                "arm": label,
+                "seeds": ",".join(map(str, sorted(g["seed"]))),
+                "latency ↓ % measured": cell(list(g["metrics.latency_reduction_measured"] * 100), ".1f"),
+                "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
+                "final acc %": cell(list(g["metrics.final_acc"] * 100)),
+                "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
+            }
+        )
+    for (batch, target), at in runs.groupby(["batch", "target"]):
+        for method, arms in METHOD_ARMS.items():
+            for arm in arms[1:]:
+                row = matched_verdict(at, f"{method} [{arm}]", f"{method} [global]")
+                if row:
+                    verdicts.append({"batch": batch, "latency ↓": f"{target:.0%}", **row})
+    lines = [
+        "# Cost-aware allocation at equal measured latency: cifar10-dev, ResNet-20, CPU",
+        "",
+        "`budget=cifar10_dev` (30-epoch baseline per seed, 8-epoch fine-tune), `prune.target=latency` at the batch shown,"
+        " 1 thread, CPU; *measured* = the run's final paired timing (dense vs pruned, median), not the table's"
+        " prediction. Accuracy on the 1,020-image validation file, final epoch. Arms: `global` ranks every channel"
+        " against every other; `knapsack` (HALP) keeps per group the widths with the most score under the"
+        " latency table's budget; `÷latency` divides each score by the predicted ms its removal saves.",
+        "",
+        "Command: `python scripts/latency_study.py run` then `python scripts/latency_study.py report`.",
+        "",
+        pd.DataFrame(rows).to_markdown(index=False),
+        "",
+        f"## Paired differences, final accuracy (seeds whose measured latency cuts match within {MATCH:.0%} points)",
+        "",
+        pd.DataFrame(verdicts).to_markdown(index=False) if verdicts else "(no matched pairs yet)",
+        "",
+    ]
+    return finish_report(lines, WALL, OUT / "latency.md")
+
+
+def matched_verdict(runs, a: str, b: str) -> dict | None:
+    """Final accuracy of ``a`` minus ``b`` over the seeds where both ran and their measured latency cuts
+    differ by at most MATCH; the mean in points, its 95% t interval, and how many seeds were left out."""
+    fa, fb = (runs[runs["label"] == x].set_index("seed") for x in (a, b))
+    both = sorted(set(fa.index) & set(fb.index))
+    if not both:
+        return None
+    cut = "metrics.latency_reduction_measured"
+    seeds = [s for s in both if abs(fa.at[s, cut] - fb.at[s, cut]) <= MATCH]
+    row = {"pair": f"{a} − {b}", "matched seeds": len(seeds), "left out (latency differs)": len(both) - len(seeds)}
+    if not seeds:
+        return {**row, "mean Δ final acc (points)": "–", "95% t interval": "–", "verdict": "no matched seed"}
+    mean, lo, hi = t_interval([100 * (fa.at[s, "metrics.final_acc"] - fb.at[s, "metrics.final_acc"]) for s in seeds])
+    verdict = (
+        "one seed: no interval"
+        if math.isnan(lo)
+        else f"{a} ahead"
+        if lo > 0
+        else f"{b} ahead"
+        if hi < 0
+        else "no difference shown"
+    )
+    interval = "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
+    return {**row, "mean Δ final acc (points)": f"{mean:+.2f}", "95% t interval": interval, "verdict": verdict}
+
+
+def run(workers: int) -> int:
+    return run_workers(__file__, workers, WALL)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(__doc__, worker, run, report, "write results/cifar10_dev/latency.md from the MLflow runs"))
