@@ -29,53 +29,12 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from harness.core import distributed
-from harness.core.hooks import HookSet
+from harness.core.clusters import dbscan_count, site_outputs
 from harness.core.settings import setting
-from harness.core.surgery import eval_mode
 from harness.core.train import progress
 from harness.core.widths import WidthSpace
 from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
-
-
-def cluster_width(maps: torch.Tensor, eps: float, min_samples: int) -> int:
-    """Clusters + noise points of DBSCAN (cosine) over the rows of ``maps`` (channels x positions)."""
-    from sklearn.cluster import DBSCAN
-
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit(maps.double().numpy()).labels_
-    return len(set(labels) - {-1}) + int((labels == -1).sum())
-
-
-@torch.no_grad()
-def average_feature_maps(
-    model: nn.Module, sites: dict[str, str], loader, samples: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """{group: (channels, H*W)}: each site's output averaged over the first ``samples`` images (in a
-    distributed run, ``samples`` split over the ranks' shards and the sums added up)."""
-    sums: dict[str, torch.Tensor] = {}
-
-    def keep(key):
-        def hook(module, inputs, output):  # returns None: keeps the output unchanged
-            batch = output.detach().flatten(2).sum(0) if output.dim() > 2 else output.detach().sum(0)[:, None]
-            sums[key] = sums.get(key, 0) + batch.cpu()
-
-        return hook
-
-    hooks = HookSet(model, [(site, keep(key)) for key, site in sites.items()])
-    seen, share = 0, -(-samples // distributed.world_size())
-    try:
-        with eval_mode(model):
-            for x, _ in loader:
-                x = x[: share - seen].to(device)
-                model(x)
-                seen += len(x)
-                if seen >= share:
-                    break
-    finally:
-        hooks.remove()
-    total = int(distributed.all_reduce_sum(torch.tensor([seen])).item())
-    return {k: distributed.all_reduce_sum(sums[k]) / max(total, 1) for k in sorted(sums)}
 
 
 class CandidateFitness:
@@ -182,8 +141,8 @@ class ACP(Method):
         cfg = self.cfg
         groups = ctx.pruner.groups(model)
         sites = {k: groups[k].members[0] for k in space.keys}
-        maps = average_feature_maps(model, sites, ctx.train_loader, int(cfg.samples), ctx.device)
-        widths_at = lambda eps: space.clip([cluster_width(maps[k], eps, int(cfg.min_samples)) for k in space.keys])  # noqa: E731
+        maps = site_outputs(model, sites, ctx.train_loader, int(cfg.samples), ctx.device)
+        widths_at = lambda eps: space.clip([dbscan_count(maps[k], eps, int(cfg.min_samples)) for k in space.keys])  # noqa: E731
         if cfg.eps is not None:
             eps = float(cfg.eps)
         else:  # the smallest ε (to 1e-4) whose clustered widths meet the target, or the largest tried

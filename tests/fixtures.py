@@ -158,3 +158,30 @@ def train_digits_net(steps: int, hooks=(), seed: int = 0):
             h.after_backward(model)
         opt.step()
     return model, x, y
+
+
+def prune_context(model, target: float, loader, example, **overrides):
+    """A PruneContext for calling a method's ``prune`` directly: CPU, quiet, the model's ``fc`` ignored,
+    nothing logged, the digits fine-tune recipe; ``overrides`` replace any field."""
+    import torch
+    import torch.nn as nn
+
+    from harness.config import compose
+    from harness.core.surgery import ChannelPruner
+    from methods.base import PruneContext
+
+    fields = dict(
+        pruner=ChannelPruner(model, example, [model.fc], 0.1),
+        target=target,
+        device=torch.device("cpu"),
+        train_loader=loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        evaluate=lambda m: 0.0,
+        quick_evaluate=lambda m: 0.0,
+        log_step=lambda step, metrics: None,
+        log_metrics=lambda metrics, step=None: None,
+        train=None,
+        quiet=True,
+        finetune_recipe=compose(["task=digits"]).finetune,
+    )
+    return PruneContext(**{**fields, **overrides})

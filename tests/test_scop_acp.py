@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from harness.config import compose
+from harness.core.clusters import dbscan_count
 from harness.core.surgery import ChannelPruner
 from harness.core.widths import WidthSpace
-from methods.acp import ACP, CandidateFitness, cluster_width
+from methods.acp import ACP, CandidateFitness
 from methods.base import PruneContext
 from methods.l1 import FilterL1Importance
 from methods.scop import SCOP, KnockoffControl, uniform_rate_plan
@@ -113,8 +114,8 @@ def test_acp_channels_that_copy_a_few_channels_collapse_to_that_many_clusters():
     torch.manual_seed(0)
     distinct = torch.randn(3, 64)
     maps = distinct.repeat_interleave(6, dim=0) * torch.rand(18, 1) * 3  # 3 patterns, each 6 times, rescaled
-    assert cluster_width(maps, eps=0.01, min_samples=5) == 3
-    assert cluster_width(torch.randn(18, 64), eps=0.01, min_samples=5) == 18  # all different: all noise points
+    assert dbscan_count(maps, eps=0.01, min_samples=5) == 3
+    assert dbscan_count(torch.randn(18, 64), eps=0.01, min_samples=5) == 18  # all different: all noise points
 
 
 def _acp_cfg(**over):
