@@ -94,7 +94,9 @@ def report() -> int:
     if runs.empty:
         print("no runs yet: python benchmarks/latency_target_methods.py run", file=sys.stderr)
         return 1
-    runs = runs[runs["status"] == "FINISHED"]
+    runs = runs[runs["status"] == "FINISHED"].sort_values("start_time")
+    cell = ["tags.method", "params.model.name", "params.measure.target_batch", "params.prune.latency_reduction"]
+    runs = runs.drop_duplicates(cell, keep="last")  # a cell rerun with other settings: the latest counts
     rows = []
     for _, r in runs.iterrows():
         requested = 100 * float(r["params.prune.latency_reduction"])

@@ -293,3 +293,15 @@ def test_scaled_widths_finish_on_the_measurement():
     finished = space.finish(widths, 0.3)
     assert cost.corrections and all(f <= w for f, w in zip(finished, widths)) and finished != widths
     assert abs(space.reduction(finished) - 0.15 - 0.3) <= cost.tolerance + 0.03
+
+
+@pytest.mark.quick
+def test_the_correction_learns_how_much_the_table_overstates_each_step():
+    """A table that predicts twice the cut each channel makes (measured = half the MACs cut): aiming by the
+    measured-per-predicted slope reaches the target at the third measurement (by the miss alone: the fifth)."""
+    model, example = Net().eval(), torch.randn(1, 3, 16, 16)
+    pruner, cost = _measured_pruner(model, example, offset=0.0, target=0.3)
+    cost.measured_reduction = lambda m: 0.5 * pruner.reduction(m)
+    pruned = pruner.prune_to_target(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float), 0.3)
+    assert abs(0.5 * pruner.reduction(pruned) - 0.3) <= cost.tolerance
+    assert len(cost.corrections) <= 3, cost.corrections
