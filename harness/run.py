@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> dict:
     if pruner.allocation == "knapsack" and not method.uses_allocation:
         raise ConfigError(
             f"method {cfg.method.name} chooses its own widths, so prune.allocation=knapsack would be ignored; it "
-            "applies to one-shot rankings (l1, random, slimming, aip): drop it or choose one of those"
+            "applies to the rankings (l1, slimming, aip, gbn's ticks): drop it or choose one of those"
         )
     if cfg.prune.get("normalize") not in (None, "none") and not method.uses_normalize and method.prunes:
         raise ConfigError(

@@ -23,6 +23,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from harness.core import distributed
+from harness.core.allocation import knapsack_step
 from harness.core.costs import normalized
 from harness.core.hooks import HookSet, channel_scaler, frozen
 from harness.core.masks import ChannelMasks
@@ -149,12 +150,13 @@ class GateDecorator(Method):
     name = "gbn"
     description = "Gate Decorator (NeurIPS'19): gated BN, Taylor importance, Tick-Tock schedule, gates melted into BN"
     settings = GbnSettings
-    uses_allocation = False
+    uses_allocation = True  # knapsack: each tick's cut allocated by the knapsack (harness.core.allocation)
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg, pruner = self.cfg, ctx.pruner
         groups = pruner.groups(model)
-        costs = pruner.channel_costs(model, groups) if pruner.normalize != "none" else None
+        cost_aware = pruner.normalize != "none" or pruner.allocation == "knapsack"
+        costs = pruner.channel_costs(model, groups) if cost_aware else None
         gates = Gates(model, groups, cfg.beta_clamp)
         removable_floor = {k: g.min_keep for k, g in groups.items()}
         tick = 0
@@ -171,12 +173,15 @@ class GateDecorator(Method):
                 )
             scores = self.tick(model, gates, ctx)
             live = gates.live()
-            if costs is not None:  # prune.normalize: Taylor score per unit of what a channel's removal saves
+            if pruner.normalize != "none":  # Taylor score per unit of what a channel's removal saves
                 scores = normalized(scores, costs.per_channel(pruner.normalize, live))
             order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live}, gates.units)
             if not order:
                 break
             n = min(len(order), max(1, int(cfg.tick_p * sum(live.values()))))
+            if pruner.allocation == "knapsack":  # this tick's cut, allocated by HALP's knapsack instead
+                chosen = knapsack_step(scores, removable_floor, order[:n], costs, costs.kind, gates.units)
+                order, n = chosen + [c for c in order if c not in set(chosen)], len(chosen)
             reduction = gates.step(pruner, order, n, ctx.target)
             tick += 1
             widths = channel_widths(gates.vanilla(pruner))

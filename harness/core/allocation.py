@@ -7,8 +7,13 @@ against every other instead.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from harness.core.costs import ChannelCosts
 
 
 def knapsack(
@@ -46,3 +51,41 @@ def knapsack(
         out[g] = i
         at -= units[g][i]
     return out
+
+
+def knapsack_step(
+    scores: dict[str, torch.Tensor],
+    floor: dict[str, int],
+    global_step: list[tuple[str, int]],
+    costs: ChannelCosts,
+    kind: str,
+    units: dict[str, list[tuple[int, ...]]] | None = None,
+) -> list[tuple[str, int]]:
+    """One step of an iterative schedule (Gate Decorator's tick) allocated by the knapsack, as HALP prunes
+    step by step: the live channels (finite ``scores``; removed ones are +inf) to remove so that the kept
+    score is maximal under the cost that removing ``global_step`` (the global ranking's choice) would leave.
+    Each group gives up its lowest-scored channels (whole ``units`` of a grouped conv), down to ``floor``;
+    its cost (``kind``: macs or latency) is taken at the other groups' live widths."""
+    from harness.core.surgery import rank_channels  # surgery imports this module
+
+    units = units or {}
+    live = {k: int(torch.isfinite(s).sum()) for k, s in scores.items()}
+    taken = {k: sum(1 for g, _ in global_step if g == k) for k in scores}
+    orders, values, options, budget = {}, {}, {}, 0.0
+    for key, s in scores.items():
+        order = rank_channels({key: s}, {key: live[key] - floor[key]}, {key: units[key]} if key in units else None)
+        step = len(units[key][0]) if key in units else 1
+        counts = list(range(0, len(order) + 1, step))
+        removed = np.concatenate([[0.0], np.cumsum([float(s[i]) for _, i in order])])
+        kept_score = float(s[torch.isfinite(s)].sum())
+        orders[key] = order
+        values[key] = [kept_score - removed[r] for r in counts]
+        options[key] = counts
+        budget += costs.group_cost(kind, key, live[key] - taken[key], live)
+    group_costs = {k: [costs.group_cost(kind, k, live[k] - r, live) for r in options[k]] for k in scores}
+    try:
+        picks = knapsack(values, group_costs, budget)
+    except ValueError:
+        return global_step
+    chosen = [c for key, i in picks.items() for c in orders[key][: options[key][i]]]
+    return chosen or global_step

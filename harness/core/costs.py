@@ -78,6 +78,11 @@ class ChannelCosts:
             for c in cons:
                 self.reads.setdefault(c.name, []).append(c)
 
+    @property
+    def kind(self) -> str:
+        """What a budget over these costs is in: the predicted latency when the table's times are given."""
+        return "latency" if self.layer_ms is not None else "macs"
+
     def per_channel(self, kind: str, live: dict[str, int] | None = None) -> dict[str, float]:
         """{group key: what removing one of its channels saves} under ``kind`` (``NORMALIZE``), at the
         ``live`` widths (default: the widths the groups were built at)."""

@@ -268,7 +268,7 @@ class ChannelPruner:
         groups = self.groups(model)
         scores = self.scores(model, importance, groups)
         channel_costs = self.channel_costs(model, groups)
-        kind = "latency" if channel_costs.layer_ms is not None else "macs"
+        kind = channel_costs.kind
         orders, values, costs = {}, {}, {}
         for key, g in groups.items():
             order = []
