@@ -122,7 +122,8 @@ def test_latency_saved_per_channel_is_the_tables_difference():
 def test_gate_decorator_takes_both_cost_aware_options(run_cli, tiny_digits):
     """gbn divides each tick's Taylor scores by what a channel's removal saves (normalize), or allocates each
     tick's cut by the knapsack: the same seed and schedule reach the MACs cut with other widths."""
-    gbn = ["method=gbn", "method.tick_p=0.1", "method.tock_every=0", "method.tick_samples=256", "--json"]
+    gbn = ["method=gbn", "method.tick_p=0.1", "method.tock_every=0", "method.tock_first=false"]
+    gbn += ["method.tick_samples=256", "--json"]
     widths = {}
     for arm in ("prune.normalize=none", "prune.normalize=macs", "prune.allocation=knapsack"):
         code, out, err = run_cli("run", *tiny_digits, *gbn, "prune.flops_reduction=0.4", arm)
