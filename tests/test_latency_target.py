@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.core.surgery import ChannelPruner
+from harness.core.surgery import ChannelPruner, count_macs_params
 from harness.latency.table import LatencyTable, _axis, layers_of, named_layers_of, narrowed_copies
 from tests.conftest import last_json
 
@@ -182,30 +182,50 @@ def test_bad_latency_targets_are_one_line_errors(run_cli, tiny_digits, overrides
     assert code == 2 and needle in err and "Traceback" not in err
 
 
-def assert_meets_latency_target(summary: dict, target: float, points: float = 0.07, again: float = 0.08) -> None:
-    """The run met ``target``: the measurement its search settled on is within ``points``, and the final,
-    independent paired measurement (its 95% interval widened by ``again``) agrees. On the digits net at one
-    thread two measurements of one network differ by up to ~4 points and one or two channels can move its
-    latency by ~7-10 (a kernel change), so neither check can be as tight as the benchmark's 5 points; the
-    table alone misses by 10-12 points here, which both still catch."""
-    settled = min(summary["latency_corrections"], key=lambda c: abs(target - c["measured"]))
-    assert abs(settled["measured"] - target) <= points, summary["latency_corrections"]
-    lo, hi = summary["latency_reduction_measured_lo"], summary["latency_reduction_measured_hi"]
-    assert lo - again <= target <= hi + again, (summary["latency_reduction_measured"], lo, hi)
+STEADY_SHARE = 0.4  # the stand-in device's latency cut per MACs cut (the digits table predicts ~0.7)
 
 
-def test_knapsack_and_latency_normalisation_meet_a_latency_target(run_cli, tiny_digits, one_thread):
-    timed = [o for o in tiny_digits if not o.startswith(("measure.repeats=", "measure.max_seconds="))]
+@pytest.fixture
+def steady_device(monkeypatch):
+    """The measurements the finish searches on, from a stand-in device: a candidate's latency reduction is
+    exactly ``STEADY_SHARE`` of its MACs reduction, so the lookup table (timed for real) is wrong by a known
+    rule and the finish's wiring is tested apart from this machine's timing noise. On a loaded 2-core machine
+    two real measurements of one digits net differ by up to ~20 points, more than any target check could
+    allow; real timing is the benchmark's (benchmarks/latency_target_methods.py,
+    results/bench/latency_target_methods.md)."""
+    import harness.latency.target as target
+
+    def measured(dense, pruned, x, **_):
+        cut = 1 - count_macs_params(pruned, x[:1])[0] / count_macs_params(dense, x[:1])[0]
+        return {"speedup": 1 / (1 - STEADY_SHARE * cut)}
+
+    monkeypatch.setattr(target, "paired_latency", measured)
+
+
+def assert_finished_on_the_measurement(summary: dict, target: float, step: float = 0.015) -> None:
+    """The table's own stopping point missed the stand-in device (so the correction had work to do), the
+    run's search settled on a measurement within the correction's tolerance (0.02) plus one channel's
+    ``step`` of ``target``, and the run's pruned network is the one measured: its MACs cut is
+    what the stand-in device needs for that measurement. The run's final measurement is real, and recorded."""
+    corrections = summary["latency_corrections"]
+    assert abs(corrections[0]["measured"] - target) > 0.02, f"the table alone met the stand-in: {corrections}"
+    settled = min(corrections, key=lambda c: abs(target - c["measured"]))
+    assert abs(settled["measured"] - target) <= 0.02 + step, corrections
+    assert summary["flops_reduction"] == pytest.approx(settled["measured"] / STEADY_SHARE, abs=1e-3), corrections
+    assert summary["latency_reduction_measured"] == pytest.approx(1 - 1 / summary["latency"]["b64"]["speedup"])
+
+
+def test_knapsack_and_latency_normalisation_meet_a_latency_target(run_cli, tiny_digits, one_thread, steady_device):
     code, out, err = run_cli(
-        "run", *timed, "measure.repeats=8", "measure.max_seconds=3", "method=l1", "prune.target=latency",
+        "run", *tiny_digits, "method=l1", "prune.target=latency",
         "prune.latency_reduction=0.2",
         "prune.allocation=knapsack", "prune.normalize=latency", "measure.target_batch=64",
         "measure.batch_sizes=[1]", "threads=1", "--json",
     )  # fmt: skip
     assert code == 0, err
     s = last_json(out)
-    assert_meets_latency_target(s, 0.2)
-    assert s["latency_corrections"] and s["latency_top_layers"]
+    assert_finished_on_the_measurement(s, 0.2)
+    assert s["latency_top_layers"]
 
 
 # Methods that choose their widths by their own schedule, each at seconds-long digits settings.
@@ -230,19 +250,21 @@ def shared_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", sorted(OWN_SCHEDULES))
-def test_methods_with_their_own_schedule_finish_on_a_measured_latency(run_cli, shared_results, one_thread, method):
+def test_methods_with_their_own_schedule_finish_on_a_measured_latency(
+    run_cli, shared_results, one_thread, steady_device, method
+):
     """Gate Decorator, Group Fisher, SCOP and ACP stop on the lookup table's prediction; their last step is
     then corrected by paired measurements (harness.core.masks, ChannelPruner.finish, WidthSpace.finish)."""
     code, out, err = run_cli(
-        "run", "task=digits", "train.epochs=2", "finetune.epochs=1", "measure.repeats=8", "measure.warmup=1",
-        "measure.max_seconds=3", "quiet=true", f"results_dir={shared_results}", *OWN_SCHEDULES[method],
+        "run", "task=digits", "train.epochs=2", "finetune.epochs=1", "measure.repeats=2", "measure.warmup=1",
+        "measure.max_seconds=0", "quiet=true", f"results_dir={shared_results}", *OWN_SCHEDULES[method],
         "prune.target=latency", "prune.latency_reduction=0.2", "measure.target_batch=64", "measure.batch_sizes=[1]",
         "threads=1", "--json",
     )  # fmt: skip
     assert code == 0, err
     s = last_json(out)
     assert s["latency_corrections"], "the table's stopping point was not measured"
-    assert_meets_latency_target(s, 0.2)
+    assert_finished_on_the_measurement(s, 0.2)
 
 
 def _measured_pruner(model, example, offset: float, target: float):
