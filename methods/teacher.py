@@ -200,3 +200,58 @@ def distill_epoch(
             sums[k] = sums.get(k, 0.0) + v * len(x)
         n += len(x)
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    loader,
+    steps: int,
+    *,
+    loss_fn: nn.Module,
+    lr: float,
+    temperature: float,
+    alpha: float,
+    device: torch.device,
+    desc: str,
+    quiet: bool,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> dict[str, float]:
+    """``steps`` SGD steps (cycling over ``loader``) of Hinton's distillation from a frozen ``teacher``:
+    ``alpha`` · KD at ``temperature`` + (1 − ``alpha``) · the task's loss on the labels. Returns the mean
+    loss and the student's top-1 agreement with the teacher. No discriminator: GAL's and AIP's loop is
+    ``distill_epoch``."""
+    if steps <= 0:
+        return {}
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    teacher.eval()
+    student.train()
+    sums, n, i = {"loss": 0.0, "agreement": 0.0}, 0, 0
+    bar = progress(range(steps), desc=desc, quiet=quiet)
+    batches = iter(loader)
+    for i in bar:
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        logits = student(x)
+        loss = alpha * kd_loss(logits, teacher_logits, temperature) + (1 - alpha) * loss_fn(logits, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NumericalError(f"{desc}: the distillation loss became {value} at step {i + 1}; lower the lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(params)
+        optimizer.step()
+        agree = (pooled(logits).argmax(1) == pooled(teacher_logits).argmax(1)).float().mean().item()
+        sums["loss"] += value * len(x)
+        sums["agreement"] += agree * len(x)
+        n += len(x)
+    distributed.sync_buffers(student)
+    return {k: v / max(n, 1) for k, v in sums.items()}
