@@ -90,6 +90,54 @@ class GAChannelPruning(Method):
             p.requires_grad_(False)
         groups = pruner.groups(model)
         lowest_l1 = {k: torch.argsort(FilterL1Importance()(g.group), stable=True).tolist() for k, g in groups.items()}
+        generator = torch.Generator().manual_seed(int(cfg.seed))
+        state = ctx.resume_state
+        if state is not None:  # the counts were decided; rebuild the groups done so far, then go on
+            counts, done = dict(state["counts"]), list(state["done"])
+            pruner.shrink_to(model, state["widths"])
+            model.load_state_dict(state["model"])
+            generator.set_state(state["generator"])
+            ctx.restore_rng(state)
+        else:
+            counts, done = self.allocate(model, ctx, groups, lowest_l1), []
+            ctx.log_metrics({f"ga/removed/{k}": n for k, n in counts.items()}, 0)
+        kd_steps = round(float(cfg.kd_epochs) * len(ctx.train_loader))
+        per_group = -(-kd_steps // max(1, len(counts)))
+        todo = [k for k in groups if k in counts]
+        for step, key in enumerate(progress(todo, desc="ga", quiet=ctx.quiet), 1):
+            if key in done:
+                continue
+            group = pruner.groups(model)[key]
+            removed, metrics, history = self.select(model, group, counts[key], lowest_l1[key], ctx, generator)
+            pruner.remove(model, [(key, i) for i in distributed.broadcast(removed)])
+            for generation, error in enumerate(history):
+                ctx.log_metrics({f"ga/{key}/fitness": error}, generation)
+            kd = distill(
+                model, teacher, ctx.train_loader, min(per_group, kd_steps - per_group * (step - 1)),
+                loss_fn=ctx.loss_fn, lr=float(cfg.kd_lr), temperature=float(cfg.temperature),
+                alpha=float(cfg.alpha), device=ctx.device, desc=f"ga kd {key}", quiet=ctx.quiet,
+            )  # fmt: skip
+            ctx.log_metrics({f"ga/{key}/{k}": v for k, v in {**metrics, **kd}.items()}, step)
+            reduction = pruner.reduction(model)
+            ctx.log_step(step, {**pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(model)})
+            done.append(key)
+            ctx.save_state(
+                {
+                    "counts": counts,
+                    "done": done,
+                    "widths": pruner.group_widths(model),
+                    "model": copy.deepcopy(model.state_dict()),
+                    "generator": generator.get_state(),
+                    **ctx.rng_state(),
+                }
+            )
+        return model
+
+    def allocate(
+        self, model: nn.Module, ctx: PruneContext, groups: dict[str, ChannelGroup], lowest_l1: dict[str, list[int]]
+    ) -> dict[str, int]:
+        """{group: channels to remove}: the shortest prefix of the greedy allocation that meets the target."""
+        pruner = ctx.pruner
         sequence = distributed.broadcast(
             self.allocation_sequence(model, ctx, groups, lowest_l1) if distributed.is_main() else None
         )
@@ -106,24 +154,7 @@ class GAChannelPruning(Method):
 
         if pruner.reduction(build(len(sequence))) < ctx.target:
             raise ConfigError(pruner.unreachable_message(model, ctx.target))
-        counts = counts_at(pruner.finish(build, ctx.target, len(sequence)))
-        ctx.log_metrics({f"ga/removed/{k}": n for k, n in counts.items()}, 0)
-        kd_steps = round(float(cfg.kd_epochs) * len(ctx.train_loader))
-        per_group = -(-kd_steps // max(1, len(counts)))
-        generator = torch.Generator().manual_seed(int(cfg.seed))
-        for step, key in enumerate(progress([k for k in groups if k in counts], desc="ga", quiet=ctx.quiet), 1):
-            group = pruner.groups(model)[key]
-            removed, metrics = self.select(model, group, counts[key], lowest_l1[key], ctx, generator)
-            pruner.remove(model, [(key, i) for i in distributed.broadcast(removed)])
-            kd = distill(
-                model, teacher, ctx.train_loader, min(per_group, kd_steps - per_group * (step - 1)),
-                loss_fn=ctx.loss_fn, lr=float(cfg.kd_lr), temperature=float(cfg.temperature),
-                alpha=float(cfg.alpha), device=ctx.device, desc=f"ga kd {key}", quiet=ctx.quiet,
-            )  # fmt: skip
-            ctx.log_metrics({f"ga/{key}/{k}": v for k, v in {**metrics, **kd}.items()}, step)
-            reduction = pruner.reduction(model)
-            ctx.log_step(step, {**pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(model)})
-        return model
+        return counts_at(pruner.finish(build, ctx.target, len(sequence)))
 
     # --- 1-2: sensitivity and allocation -----------------------------------------------------
     def allocation_sequence(
@@ -160,12 +191,13 @@ class GAChannelPruning(Method):
         lowest_l1: list[int],
         ctx: PruneContext,
         generator: torch.Generator,
-    ) -> tuple[list[int], dict[str, float]]:
-        """The channels of ``group`` to remove (``n_remove`` of them) and what the choice's search logged."""
+    ) -> tuple[list[int], dict[str, float], list[float]]:
+        """The channels of ``group`` to remove (``n_remove`` of them), what the choice's search logged, and the
+        GA's best relative error per generation."""
         cfg = self.cfg
         consumers = consumer_inputs(group)
         if not consumers:  # nothing reads these channels through a layer the fitness can model
-            return lowest_l1[:n_remove], {"fallback_l1": 1.0}
+            return lowest_l1[:n_remove], {"fallback_l1": 1.0}, []
         coarse = contribution_gram(model, consumers, ctx, cfg.samples, cfg.positions, group.channels, generator)
         keep = group.channels - n_remove
         population, history = genetic_search(
@@ -191,7 +223,7 @@ class GAChannelPruning(Method):
             "fitness_first": history[0] / energy,
             "fitness_last": history[-1] / energy,
         }
-        return torch.nonzero(~best).flatten().tolist(), metrics
+        return torch.nonzero(~best).flatten().tolist(), metrics, [h / energy for h in history]
 
 
 def held_out_loss(model: nn.Module, batches: list, loss_fn: nn.Module) -> float:

@@ -1,12 +1,13 @@
 """GA channel pruning (a reconstruction): the reconstruction error as a quadratic form, the GA, the allocation."""
 
+import copy
 import itertools
 
 import pytest
 import torch
 import torch.nn as nn
 
-from harness.core.surgery import ChannelPruner
+from harness.core.surgery import ChannelPruner, channel_widths
 from methods.ga import (
     consumer_inputs,
     contribution_gram,
@@ -137,3 +138,72 @@ def test_ga_prunes_digits_to_the_target_with_its_search_logged(run_cli, tiny_dig
 def test_ga_without_a_validation_split_is_refused_before_training(run_cli, tiny_digits):
     code, _, err = run_cli("run", *tiny_digits, "method=ga", "data.val_fraction=0")
     assert code == 2 and "needs a validation split" in err and "Traceback" not in err
+
+
+class Informative(nn.Module):
+    """conv1's channels 0-1 never fire (a large negative bias under the ReLU) and channels 2-3 are read by
+    nothing (conv2's weights on them are zero), yet all four have the largest filters; channels 4-7 carry
+    the signal with the smallest filters."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+        with torch.no_grad():
+            self.conv1.weight[:4] *= 10
+            self.conv1.bias[:2] = -1e3
+            self.conv2.weight[:, 2:4] = 0
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+@pytest.mark.quick
+def test_the_ga_removes_the_channels_that_contribute_nothing_whatever_their_norms():
+    """Removing 4 of conv1's 8 channels: the GA removes the dead and the unread ones. Magnitude (L1) would
+    remove exactly the other four, and a random choice hits these four with probability 1/70."""
+    from harness.config import compose
+    from methods import create_method
+
+    torch.manual_seed(0)
+    model, x = Informative().eval(), torch.randn(64, 3, 8, 8)
+    ctx = prune_context(model, 0.5, [(x, torch.zeros(64, dtype=torch.long))], x[:1])
+    method = create_method(compose(["method=ga", "method.samples=32"]))
+    group = ctx.pruner.groups(model)["conv1"]
+    lowest_l1 = torch.argsort(model.conv1.weight.abs().flatten(1).sum(1))
+    removed, metrics, history = method.select(model, group, 4, lowest_l1.tolist(), ctx, torch.Generator())
+    assert sorted(removed) == [0, 1, 2, 3] and sorted(lowest_l1[:4].tolist()) == [4, 5, 6, 7]
+    assert metrics["rel_error"] == pytest.approx(0.0, abs=1e-9) and metrics["rel_error_l1"] > 0.1
+    assert len(history) == 31
+
+
+def test_a_resumed_ga_ends_where_an_uninterrupted_one_does():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from harness.config import compose
+    from methods import create_method
+    from tasks.digits import DigitsTask
+    from tasks.models import create_model
+
+    x, y = DigitsTask(compose(["task=digits"])).datasets()[0].tensors
+
+    def ctx(model, saved, resume=None):
+        loader = DataLoader(
+            TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+        return prune_context(
+            model, 0.4, loader, x[:1], val_loader=[(x[:128], y[:128])], resume_state=resume,
+            save_state=lambda state: saved.append(copy.deepcopy(state)),
+        )  # fmt: skip
+
+    method = create_method(compose(["method=ga", "method.generations=3", "method.kd_epochs=0.3"]))
+    torch.manual_seed(0)
+    start = create_model("digits_resnet", 10, width=8)
+    saved = []
+    torch.manual_seed(1)
+    whole = method.prune(copy.deepcopy(start), ctx(copy.deepcopy(start), saved))
+    assert len(saved) >= 2  # a checkpoint after every group
+    torch.manual_seed(2)  # the checkpoint's RNG state, not this, decides what follows
+    resumed = method.prune(copy.deepcopy(start), ctx(copy.deepcopy(start), [], resume=saved[0]))
+    assert channel_widths(resumed) == channel_widths(whole)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
