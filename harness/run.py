@@ -395,6 +395,9 @@ class _Phases:
             transfer=bool(getattr(self.task, "transfer", False)),
             val_loader=self.val_loader,
             validate=self.validate,
+            latency_batch=(
+                self.task.example_input(int(cfg.measure.target_batch)).to(self.device) if self.latency_target else None
+            ),
             quiet=bool(cfg.quiet),
             save_state=lambda st: self.checkpoint.save(
                 {

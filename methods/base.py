@@ -42,6 +42,9 @@ class PruneContext:
     validate: Callable[[nn.Module], float] | None = None
     # Iterative methods checkpoint their schedule with save_state(dict of tensors/plain values) and,
     # after a kill or a requeue, find it again in resume_state.
+    # With prune.target=latency: the batch the target is measured on (measure.target_batch inputs), for a
+    # method that times networks itself; None for a MACs target.
+    latency_batch: torch.Tensor | None = None
     quiet: bool = False  # no progress bars
     save_state: Callable[[dict], None] = lambda state: None
     resume_state: dict | None = None

@@ -2,6 +2,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", module="sqlalchemy")
 
@@ -17,6 +18,15 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return _run
+
+
+@pytest.fixture
+def one_thread():
+    """Time on one thread: a parallel region stalls for whole scheduler slices on a loaded machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
         ),
         (
             ["method=nope"],
-            "unknown method 'nope'; choose one of: acp, acp_eps0.010, acp_eps0.035, acp_eps0.040, acp_eps0.075, aip, anl, functional, ga, gal, gal_0.05, gal_0.8, gbn, gbn_cpu, gfp, gfp_cpu, l1, l1_resnet56_a, l1_resnet56_b, metapruning, metapruning_cpu, none, random, scop, slimming",
+            "unknown method 'nope'; choose one of: acp, acp_eps0.010, acp_eps0.035, acp_eps0.040, acp_eps0.075, aip, anl, functional, ga, gal, gal_0.05, gal_0.8, gbn, gbn_cpu, gfp, gfp_cpu, l1, l1_resnet56_a, l1_resnet56_b, metapruning, metapruning_cpu, none, random, scop, slimming, wgates",
         ),
         (
             ["prune.nope=1"],

@@ -73,15 +73,6 @@ def test_grid_axes_hold_aligned_widths_the_dense_widths_and_group_multiples():
     assert all(p % 4 == 0 for p in _axis([128, 36], 4))
 
 
-@pytest.fixture
-def one_thread():
-    """Time on one thread: a parallel region stalls for whole scheduler slices on a loaded machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def test_table_interpolates_between_timed_points_and_is_reused_from_its_cache(tmp_path, one_thread):
     torch.manual_seed(0)
     model, example = Net().eval(), torch.randn(1, 3, 16, 16)
