@@ -1,4 +1,4 @@
-"""The reconstructed methods (GA channel pruning, functionality-oriented pruning) beside L1, random and
+"""The reconstructed methods (GA channel pruning, functionality-oriented pruning, W-Gates) beside L1, random and
 Gate Decorator on the real CIFAR-10 images of shared/data/cifar10-dev, at 50% MACs.
 
     python scripts/reconstructions_study.py run [--workers 2]   # one seed per worker; safe to stop and rerun
@@ -6,7 +6,7 @@ Gate Decorator on the real CIFAR-10 images of shared/data/cifar10-dev, at 50% MA
 
 The setting is val_split_study.py's (ResNet-20, budget=cifar10_dev, data.val_fraction=0.1: GA's sensitivity
 scan needs held-out data, so every method trains on the same 3,658 images and shares one baseline per seed);
-runs go to the MLflow experiment ``cifar10_dev_reconstructions``. GA and functional at their defaults; then
+runs go to the MLflow experiment ``cifar10_dev_reconstructions``. GA, functional and W-Gates at their defaults; then
 the equal-budget control: l1 fine-tuned for as many epochs after the baseline as GA spent (its distillation
 and the images its fitness reads count). Functional's claim is "no retraining": the table's *acc after
 pruning* (no BN recalibration for any method; gbn_cpu's includes its Tick-Tock training) is that test.
@@ -24,7 +24,7 @@ OUT = ROOT / "results" / "cifar10_dev"
 EXPERIMENT = "cifar10_dev_reconstructions"
 SETTING = ["data.val_fraction=0.1", f"tracking.experiment={EXPERIMENT}", "prune.flops_reduction=0.5"]
 SEEDS = (0, 1, 2)
-METHODS = ("l1", "ga", "functional", "random", "gbn_cpu")  # l1 first: the pair every row needs
+METHODS = ("l1", "ga", "functional", "random", "gbn_cpu", "wgates")  # l1 first: the pair every row needs
 FINETUNE_EPOCHS = 8  # budget=cifar10_dev's fine-tune
 WALL = OUT / "reconstructions_wall_time.log"
 

@@ -173,14 +173,17 @@ def test_bad_latency_targets_are_one_line_errors(run_cli, tiny_digits, overrides
     assert code == 2 and needle in err and "Traceback" not in err
 
 
-STEADY_SHARE = 0.4  # the stand-in device's latency cut per MACs cut (the digits table predicts ~0.7)
+# The stand-in device's latency cut per MACs cut. The digits table, timed for real, predicts 0.4-1.4 by the
+# machine's load, so whether its own stopping point misses cannot be fixed here (the unit tests of the
+# correction construct their misses); at 1.5 it mostly overshoots, and the finish has to give channels back.
+STEADY_SHARE = 1.5
 
 
 @pytest.fixture
 def steady_device(monkeypatch):
     """The measurements the finish searches on, from a stand-in device: a candidate's latency reduction is
-    exactly ``STEADY_SHARE`` of its MACs reduction, so the lookup table (timed for real) is wrong by a known
-    rule and the finish's wiring is tested apart from this machine's timing noise. On a loaded 2-core machine
+    exactly ``STEADY_SHARE`` of its MACs reduction, a noiseless rule the lookup table (timed for real) does
+    not know, so the finish's wiring is tested apart from this machine's timing noise. On a loaded 2-core machine
     two real measurements of one digits net differ by up to ~20 points, more than any target check could
     allow; real timing is the benchmark's (benchmarks/latency_target_methods.py,
     results/bench/latency_target_methods.md)."""
@@ -194,12 +197,10 @@ def steady_device(monkeypatch):
 
 
 def assert_finished_on_the_measurement(summary: dict, target: float, step: float = 0.015) -> None:
-    """The table's own stopping point missed the stand-in device (so the correction had work to do), the
-    run's search settled on a measurement within the correction's tolerance (0.02) plus one channel's
+    """The run's search settled on a measurement within the correction's tolerance (0.02) plus one channel's
     ``step`` of ``target``, and the run's pruned network is the one measured: its MACs cut is
     what the stand-in device needs for that measurement. The run's final measurement is real, and recorded."""
     corrections = summary["latency_corrections"]
-    assert abs(corrections[0]["measured"] - target) > 0.02, f"the table alone met the stand-in: {corrections}"
     settled = min(corrections, key=lambda c: abs(target - c["measured"]))
     assert abs(settled["measured"] - target) <= 0.02 + step, corrections
     assert summary["flops_reduction"] == pytest.approx(settled["measured"] / STEADY_SHARE, abs=1e-3), corrections
