@@ -218,6 +218,44 @@ def paired_verdict(runs, a: str, b: str) -> dict | None:
     }
 
 
+def method_row(name: str, g) -> dict:
+    """One row of a study's table for the finished runs ``g`` of one method: seeds, accuracies, reductions,
+    speed-up at batch 128, epochs after the baseline and the run's wall time."""
+    return {
+        "method": name,
+        "seeds": ",".join(map(str, sorted(g["seed"]))),
+        "baseline acc %": cell(list(g["metrics.base_acc"] * 100)),
+        "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
+        "final acc %": cell(list(g["metrics.final_acc"] * 100)),
+        "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
+        "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
+        "speed-up b128": cell(list(g["metrics.latency/b128/speedup"].dropna()), ".2f"),
+        "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
+        "run wall min": cell(list(g["metrics.wall_s"] / 60), ".1f"),
+    }
+
+
+def tables(rows: list[dict], verdicts: list[dict], script: str, logs: str) -> list[str]:
+    """A study report's body: the table, the paired differences and the commands that made them."""
+    import pandas as pd
+
+    return [
+        pd.DataFrame(rows).fillna("").to_markdown(index=False, disable_numparse=True),
+        "",
+        "## Paired differences (same seed = same baseline), final accuracy",
+        "",
+        pd.DataFrame(verdicts).to_markdown(index=False, disable_numparse=True) if verdicts else "(no pairs yet)",
+        "",
+        "## How it was made",
+        "",
+        "```",
+        f"python scripts/{script} run --workers 2   # {logs}",
+        f"python scripts/{script} report",
+        "```",
+        "",
+    ]
+
+
 def cell(values: list[float], fmt: str = ".2f") -> str:
     """'65.31 ± 0.84'; a spread over one value is undefined and reads '–'."""
     if not values:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import ROOT, cell, cli, finish_report, paired_verdict, run_workers, sweep  # noqa: E402
+from cifar10_dev_study import ROOT, cli, finish_report, method_row, paired_verdict, run_workers, sweep, tables  # noqa: E402
 
 OUT = ROOT / "results" / "cifar10_dev"
 EXPERIMENT = "cifar10_dev_reconstructions"
@@ -64,8 +64,6 @@ def label(row) -> str:
 
 
 def report() -> int:
-    import pandas as pd
-
     runs = finished_runs()
     if runs.empty:
         print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
@@ -75,20 +73,7 @@ def report() -> int:
     runs = runs.drop_duplicates(["label", "seed"])
     rows = []
     for name, g in runs.groupby("label"):
-        rows.append(
-            {
-                "method": name,
-                "seeds": ",".join(map(str, sorted(g["seed"]))),
-                "baseline acc %": cell(list(g["metrics.base_acc"] * 100)),
-                "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
-                "final acc %": cell(list(g["metrics.final_acc"] * 100)),
-                "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
-                "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
-                "speed-up b128": cell(list(g["metrics.latency/b128/speedup"].dropna()), ".2f"),
-                "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
-                "run wall min": cell(list(g["metrics.wall_s"] / 60), ".1f"),
-            }
-        )
+        rows.append(method_row(name, g))
     names = sorted(runs["label"].unique())
     controls = ("l1", "random", "gbn_cpu", "l1+ft")
     pairs = [(a, b) for a in names if a not in controls for b in controls]
@@ -104,23 +89,13 @@ def report() -> int:
         "before the common fine-tune, no BN recalibration for any method (GA's includes its 1 epoch of "
         "distillation, gbn_cpu's its Tick-Tock training): functional's claim that retraining is unnecessary is "
         "tested there. `l1+ft`: l1 fine-tuned for as many epochs after the baseline as GA spent (equal budget). "
-        "GA and functional are **reconstructions** from the papers' abstracts (docs/methods.md). MACs at batch 1 "
+        "GA, functional and W-Gates (`cost=flops`) are **reconstructions** from the papers' abstracts "
+        "(docs/methods.md). *run wall min*: the whole run on 1 thread beside another worker; each seed's first "
+        "`l1` run trained the seed's baseline too. MACs at batch 1 "
         "(1 MAC = 2 FLOPs); speed-up = dense ÷ pruned median ms per batch of 128, eager PyTorch, 1 thread, CPU, "
         "measured while another worker trained (±10%). Spread: sample std over seeds; '–' for one seed.",
         "",
-        pd.DataFrame(rows).fillna("").to_markdown(index=False, disable_numparse=True),
-        "",
-        "## Paired differences (same seed = same baseline), final accuracy",
-        "",
-        pd.DataFrame(verdicts).to_markdown(index=False, disable_numparse=True) if verdicts else "(no pairs yet)",
-        "",
-        "## How it was made",
-        "",
-        "```",
-        "python scripts/reconstructions_study.py run --workers 2   # logs/reconstructions_worker*.log: every command",
-        "python scripts/reconstructions_study.py report",
-        "```",
-        "",
+        *tables(rows, verdicts, "reconstructions_study.py", "logs/reconstructions_worker*.log: every command"),
     ]
     return finish_report(lines, WALL, OUT / "reconstructions.md")
 

@@ -20,7 +20,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import COMMON, ROOT, cell, cli, finish_report, paired_verdict, run_workers, sweep  # noqa: E402
+from cifar10_dev_study import (  # noqa: E402
+    COMMON,
+    ROOT,
+    cell,
+    cli,
+    finish_report,
+    method_row,
+    paired_verdict,
+    run_workers,
+    sweep,
+    tables,
+)
 
 OUT = ROOT / "results" / "cifar10_dev"
 EXPERIMENT = "cifar10_dev_val"
@@ -62,8 +73,6 @@ def label(row) -> str:
 
 
 def report() -> int:
-    import pandas as pd
-
     from harness.compare import load_runs
     from harness.tracking import store_uri
 
@@ -76,18 +85,7 @@ def report() -> int:
     runs["seed"] = runs["tags.seed"].astype(int)
     rows = []
     for name, g in runs.groupby("label"):
-        row = {
-            "method": name,
-            "seeds": ",".join(map(str, sorted(g["seed"]))),
-            "baseline acc %": cell(list(g["metrics.base_acc"] * 100)),
-            "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
-            "final acc %": cell(list(g["metrics.final_acc"] * 100)),
-            "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
-            "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
-            "speed-up b128": cell(list(g["metrics.latency/b128/speedup"]), ".2f"),
-            "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
-            "run wall min": cell(list(g["metrics.wall_s"] / 60), ".1f"),
-        }
+        row = method_row(name, g)
         if "metrics.acp/candidates_trained" in g and g["metrics.acp/candidates_trained"].notna().any():
             row["ACP candidates trained"] = cell(list(g["metrics.acp/candidates_trained"].dropna()), ".0f")
         if "metrics.gal/natural_reduction" in g and g["metrics.gal/natural_reduction"].notna().any():
@@ -130,19 +128,7 @@ def report() -> int:
         "fine-tune is the same for all, so the difference to `l1` is a method's own cost (ACP's search); the "
         "first `random` runs shared the cores with a test suite too, hence their 15 minutes.",
         "",
-        pd.DataFrame(rows).fillna("").to_markdown(index=False, disable_numparse=True),
-        "",
-        "## Paired differences (same seed = same baseline), final accuracy",
-        "",
-        pd.DataFrame(verdicts).to_markdown(index=False, disable_numparse=True) if verdicts else "(no pairs yet)",
-        "",
-        "## How it was made",
-        "",
-        "```",
-        "python scripts/val_split_study.py run --workers 2   # logs/val_split_worker*.log hold every sweep command",
-        "python scripts/val_split_study.py report",
-        "```",
-        "",
+        *tables(rows, verdicts, "val_split_study.py", "logs/val_split_worker*.log hold every sweep command"),
     ]
     return finish_report(lines, OUT / "val_split_wall_time.log", OUT / "val_split_table.md")
 
