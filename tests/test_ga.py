@@ -121,7 +121,7 @@ def test_ga_prunes_digits_to_the_target_with_its_search_logged(run_cli, tiny_dig
     )  # fmt: skip
     assert code == 0, err
     s = last_json(out)
-    assert 0.5 <= s["flops_reduction"] < 0.53 and s["prune_epochs"] >= 0.5
+    assert 0.5 <= s["flops_reduction"] < 0.53 and s["prune_epochs"] >= 0.5 and s["final_acc"] >= 0.9, s
     import mlflow
 
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}").get_run(s["mlflow_run_id"])
