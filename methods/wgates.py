@@ -210,7 +210,7 @@ class WGates(Method):
                     opt.step()
                     step += 1
                     sums["loss"] += value * len(x)
-                    sums["cost"] += float(ratio) * len(x)
+                    sums["cost"] += float(ratio.detach()) * len(x)
                     n += len(x)
                     with torch.no_grad():
                         gates._refresh()

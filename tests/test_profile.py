@@ -37,9 +37,11 @@ def test_profile_of_a_run_writes_the_table_and_chart_and_logs_them(run_cli, digi
     assert (folder / "profile.png").stat().st_size > 10_000
     p = json.loads((folder / "profile.json").read_text())
     assert p["batch"] == 64 and p["threads"] == 1 and p["unit"] == "ms per batch"
-    # the parts add up to the whole model, timed without hooks, within 15%
+    # The parts add up to the whole model, timed without hooks: within 50%, which still catches a part
+    # counted twice or a unit slip (per pass vs per batch); on CI's loaded 2 cores the two timings of one
+    # model were 26% apart (13.8 vs 10.9 ms), so a tighter bound would be a timed unit test.
     for side in ("dense", "pruned"):
-        assert p[f"{side}_sum_ms"] == pytest.approx(p[f"{side}_whole_ms"], rel=0.15), p
+        assert p[f"{side}_sum_ms"] == pytest.approx(p[f"{side}_whole_ms"], rel=0.5), p
     pruned = [layer for layer in p["layers"] if layer["kind"] == "conv"]
     assert pruned and all(layer["pruned_macs"] <= layer["dense_macs"] for layer in pruned)
     assert any(layer["pruned_macs"] < layer["dense_macs"] for layer in pruned)
