@@ -1,0 +1,116 @@
+"""W-Gates with its fitted latency cost (`method.cost=latency`) beside L1 at a *measured* latency target, on
+the real CIFAR-10 images of shared/data/cifar10-dev: does learning the gates against a latency predictor
+keep more accuracy than L1's magnitude ranking when both must cut the same measured time?
+
+    python scripts/wgates_latency_study.py run --workers 1   # resumable (skip_finished); one worker: the
+                                                              # timings that steer a latency target need a
+                                                              # machine with nothing else running
+    python scripts/wgates_latency_study.py report             # results/cifar10_dev/wgates_latency.md
+
+The setting is reconstructions_study.py's (ResNet-20, budget=cifar10_dev, data.val_fraction=0.1, so the same
+baselines), with `prune.target=latency prune.latency_reduction=0.3 measure.target_batch=128`, 1 thread; both
+methods finish their cut on the measured latency (the harness's measured finish). Pairs are compared seed by
+seed where their measured latency cuts match within 2 points (latency_study.py's `matched_verdict`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar10_dev_study import OUT, ROOT, cell, cli, finish_report, run_workers, sweep  # noqa: E402
+from latency_study import MATCH, matched_verdict  # noqa: E402
+
+EXPERIMENT = "cifar10_dev_wgates_latency"
+SETTING = [
+    "data.val_fraction=0.1",
+    f"tracking.experiment={EXPERIMENT}",
+    "prune.target=latency",
+    "prune.latency_reduction=0.3",
+    "measure.target_batch=128",
+    "measure.batch_sizes=[1,128]",
+]
+SEEDS = (0, 1, 2)
+ARMS = {"l1": ["method=l1"], "wgates [cost=latency]": ["method=wgates", "method.cost=latency"]}
+WALL = OUT / "wgates_latency_wall_time.log"
+
+
+def worker(index: int, workers: int) -> int:
+    failures = 0
+    with open(OUT / "logs" / f"wgates_latency_worker{index}.log", "a") as log:
+        for seed in SEEDS[index::workers]:
+            for args in ARMS.values():
+                failures += sweep([*SETTING, *args, f"seed={seed}"], log) != 0
+    return failures
+
+
+def report() -> int:
+    import pandas as pd
+
+    from harness.compare import load_runs
+    from harness.tracking import store_uri
+
+    runs = load_runs(store_uri(None, ROOT / "results"), EXPERIMENT)
+    runs = runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
+    if runs.empty:
+        print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
+        return 1
+    runs["label"] = runs["tags.method"].map({"l1": "l1", "wgates": "wgates [cost=latency]"})
+    runs["seed"] = runs["tags.seed"].astype(int)
+    runs = runs.drop_duplicates(["label", "seed"])
+    rows = []
+    for label, g in runs.groupby("label"):
+        rows.append(
+            {
+                "method": label + (" (reconstruction)" if label.startswith("wgates") else ""),
+                "seeds": ",".join(map(str, sorted(g["seed"]))),
+                "latency ↓ % measured (b128)": cell(list(g["metrics.latency_reduction_measured"] * 100), ".1f"),
+                "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
+                "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
+                "acc after pruning %": cell(list(g["metrics.pruned_acc"] * 100)),
+                "final acc %": cell(list(g["metrics.final_acc"] * 100)),
+                "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
+            }
+        )
+    predictor = [
+        f"seed {int(r['seed'])}: held-out R² {r['metrics.wgates/r2']:.3f}, mean relative error "
+        f"{100 * r['metrics.wgates/rel_error']:.1f}% (lookup table on the same vectors: "
+        f"{100 * r['metrics.wgates/table_rel_error']:.1f}%)"
+        for _, r in runs[runs["tags.method"] == "wgates"].sort_values("seed").iterrows()
+        if pd.notna(r.get("metrics.wgates/r2"))
+    ]
+    verdict = matched_verdict(runs, "wgates [cost=latency]", "l1")
+    lines = [
+        "# W-Gates with a fitted latency cost vs L1, at an equal measured latency cut: cifar10-dev, ResNet-20, CPU",
+        "",
+        "ResNet-20, `budget=cifar10_dev` (30-epoch baseline per seed, 8-epoch fine-tune), `data.val_fraction=0.1`"
+        " (the reconstructions study's baselines), `prune.target=latency prune.latency_reduction=0.3` at batch 128,"
+        " 1 thread, eager PyTorch, CPU, run one at a time with nothing else on the machine. *measured* = the run's"
+        " final paired timing (dense vs pruned, median ms per batch of 128), not a prediction. W-Gates"
+        " (`method.cost=latency`) is a **reconstruction**: its gates are trained against an MLP fitted to 300"
+        " random width vectors timed here; both methods then finish the cut on measured latency. Accuracy on the"
+        " 1,020-image validation file of cifar10-dev, final epoch; nothing chosen on it.",
+        "",
+        "Command: `python scripts/wgates_latency_study.py run --workers 1` then `... report`.",
+        "",
+        pd.DataFrame(rows).to_markdown(index=False),
+        "",
+        "W-Gates' latency predictor (20% of the timed vectors held out):",
+        "",
+        *[f"- {line}" for line in predictor],
+        "",
+        f"## Paired difference, final accuracy (seeds whose measured latency cuts match within {MATCH:.0%} points)",
+        "",
+        pd.DataFrame([verdict]).to_markdown(index=False) if verdict else "(no pairs yet)",
+        "",
+    ]
+    return finish_report(lines, WALL, OUT / "wgates_latency.md")
+
+
+def run(workers: int) -> int:
+    return run_workers(__file__, workers, WALL)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(__doc__, worker, run, report, "write results/cifar10_dev/wgates_latency.md"))
