@@ -34,7 +34,8 @@ def print_summary(s: dict, to_stderr: bool = False) -> None:
     )
     for lat in s["latency"].values():
         t.add_row(
-            f"latency, batch {lat['batch_size']} ({lat['threads']} threads, {lat['device']})",
+            f"latency{', ' + lat['scope'] if 'scope' in lat else ''}, batch {lat['batch_size']} "
+            f"({lat['threads']} threads, {lat['device']})",
             f"{lat['dense_ms']:.3f} ms",
             f"{lat['pruned_ms']:.3f} ms  ({_speedup(lat)})",
         )

@@ -33,7 +33,7 @@ from harness.core.train import CountingLoader, total_epochs, train
 from harness.latency import target as latency_target
 from harness.latency.measure import compare_latency
 from harness.tracking import flatten, make_tracker
-from methods import PruneContext, create_method, create_regularizer
+from methods import METHODS, PruneContext, create_method, create_regularizer
 from tasks import create_task
 
 
@@ -77,6 +77,12 @@ def run(cfg: DictConfig) -> dict:
     )
 
     # Cheap checks before any data is read or any training starts.
+    if method.needs_scores and not task.train_step().scores:
+        usable = [n for n in METHODS.names() if not METHODS.get(n).needs_scores]
+        raise ConfigError(
+            f"method {cfg.method.name} reads the model's class scores on (input, label) batches, but task "
+            f"{task.name} trains through its own losses (a detector); choose one of: {', '.join(usable)}"
+        )
     seed_everything(cfg.seed)
     model = task.build_model()
     pruner = ChannelPruner(
@@ -217,7 +223,7 @@ class _Phases:
         self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
         self.pruned_checksums = None  # a distributed run: each rank's parameter checksum after pruning (agree())
         self.fit = partial(
-            train, loss_fn=task.loss_fn(), device=device, quiet=cfg.quiet, eval_every=int(cfg.measure.eval_every)
+            train, step=task.train_step(), device=device, quiet=cfg.quiet, eval_every=int(cfg.measure.eval_every)
         )
 
     # --- helpers ---------------------------------------------------------------------------
@@ -233,6 +239,7 @@ class _Phases:
             sampler=sampler,
             generator=gen,
             num_workers=int(self.cfg.data.get("num_workers", 0)),
+            collate_fn=self.task.collate(),
             pin_memory=self.device.type == "cuda",
             drop_last=False,
         )
@@ -385,6 +392,7 @@ class _Phases:
             device=self.device,
             train_loader=train_loader,
             loss_fn=self.task.loss_fn(),
+            step=self.task.train_step(),
             evaluate=self.score,
             quick_evaluate=self.quick_score,
             log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
@@ -522,6 +530,20 @@ class _Phases:
                 max_seconds=float(cfg.measure.max_seconds),
                 interval=float(cfg.measure.interval),
             )
+            if task.end_to_end_input(1) is not None:  # a detector: also timed with its post-processing
+                self.say("[measure] latency end to end (with post-processing)")
+                whole = compare_latency(
+                    dense,
+                    model,
+                    task.end_to_end_input,
+                    cfg.measure.batch_sizes,
+                    self.device,
+                    warmup=cfg.measure.warmup,
+                    repeats=cfg.measure.repeats,
+                    max_seconds=float(cfg.measure.max_seconds),
+                    interval=float(cfg.measure.interval),
+                )
+                latency.update({f"e2e_{k}": {**v, "scope": "end to end"} for k, v in whole.items()})
         summary = {
             "task": task.name,
             "method": cfg.method.name,

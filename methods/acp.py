@@ -102,6 +102,7 @@ class AcpSettings:
 class ACP(Method):
     name = "acp"
     description = "ACP: per-layer DBSCAN clustering of feature maps for preliminary widths, then a particle swarm search of the widths scored on the validation split"
+    needs_scores = True
     settings = AcpSettings
     uses_allocation = False
     uses_normalize = False

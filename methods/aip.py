@@ -64,6 +64,7 @@ class AIP(Method):
     name = "aip"
     reconstruction = True
     description = "AIP, RECONSTRUCTED from the abstract (no public code): iterative L1 pruning, each round recovered by attention transfer + KD + a discriminator against the dense teacher"
+    needs_scores = True
     settings = AipSettings
 
     def importance(self):

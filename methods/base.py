@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
 from harness.core.surgery import ChannelPruner, Importance
+from harness.core.step import SupervisedStep, TrainStep
 from harness.core.train import TrainingHook
 
 
@@ -27,7 +28,7 @@ class PruneContext:
     target: float  # the MACs reduction to reach
     device: torch.device
     train_loader: Any  # the task's training data
-    loss_fn: nn.Module
+    loss_fn: nn.Module  # what step.loss applies to model(x) and y, for a method that needs the outputs (step.scores)
     evaluate: Callable[[nn.Module], float]  # the task metric on the test split: for reports only, never to choose
     quick_evaluate: Callable[[nn.Module], float]  # the same on one fixed held-out batch, for per-step logs
     log_step: Callable[[int, dict], None]  # one pruning step's metrics, logged as prune/<name>
@@ -48,6 +49,12 @@ class PruneContext:
     quiet: bool = False  # no progress bars
     save_state: Callable[[dict], None] = lambda state: None
     resume_state: dict | None = None
+    # The task's training step (batch to the device, batch to a loss: harness.core.step); None: loss_fn's
+    step: TrainStep | None = None
+
+    def __post_init__(self):
+        if self.step is None:
+            self.step = SupervisedStep(self.loss_fn)
 
     def rng_state(self) -> dict:
         """torch's RNG and the training loader's shuffling generator, for a method's checkpoint, so that a
@@ -108,6 +115,10 @@ class Method:
     # False for a method whose choice no per-channel cost can change (one uniform rate per layer, width
     # searches): prune.normalize set for it is refused instead of ignored.
     uses_normalize: ClassVar[bool] = True
+    # True for a method that needs more than the task's training step: model(x) as one tensor of class
+    # scores on (input, label) batches (distillation, knockoff or probe inputs, adversarial masks, a
+    # PruningNet). A task whose step has no such scores (a detector) refuses it in one line.
+    needs_scores: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg  # the method's own config node

@@ -70,6 +70,7 @@ def kept_per_cluster(labels: list[int], activity: torch.Tensor, min_keep: int) -
 class FunctionalPruning(Method):
     name = "functional"
     description = "Functionality-oriented pruning (Qin et al. 2018), RECONSTRUCTED from the abstracts: channels clustered by what they respond to, one kept per cluster"
+    needs_scores = True
     settings = FunctionalSettings
     reconstruction = True
     uses_allocation = False  # the clusters decide the widths

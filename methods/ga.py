@@ -77,6 +77,7 @@ class GASettings:
 class GAChannelPruning(Method):
     name = "ga"
     description = "GA channel pruning (Hu et al. 2018), RECONSTRUCTED from the abstract: sensitivity-set ratios, a genetic search per layer on reconstruction error, KD after each layer"
+    needs_scores = True
     settings = GASettings
     reconstruction = True
     uses_allocation = False  # the sensitivity scan allocates

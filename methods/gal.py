@@ -259,6 +259,7 @@ class GalSettings:
 class GAL(Method):
     name = "gal"
     description = "GAL (CVPR'19): label-free soft masks on residual blocks or channels, learned against the dense teacher with a discriminator and FISTA"
+    needs_scores = True
     settings = GalSettings
     uses_allocation = False  # its learned masks choose what goes
 

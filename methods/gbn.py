@@ -211,9 +211,8 @@ class GateDecorator(Method):
         taylor = {n: torch.zeros_like(p) for n, p in gates.phi.items()}
         model.train()
         with frozen(model.parameters(), except_for=trainable):
-            for x, y in self._tick_batches(ctx):
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                loss = ctx.loss_fn(model(x), y)
+            for batch in self._tick_batches(ctx):
+                loss = ctx.step.loss(model, ctx.step.to_device(batch, ctx.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for n, phi in gates.phi.items():
@@ -233,9 +232,9 @@ class GateDecorator(Method):
     def _tick_batches(self, ctx: PruneContext):
         """Batches of the training data until ``method.tick_samples`` samples (all of it when null)."""
         seen = 0
-        for x, y in ctx.train_loader:
-            yield x, y
-            seen += len(y) * distributed.world_size()  # every rank reads its shard
+        for batch in ctx.train_loader:
+            yield batch
+            seen += ctx.step.size(batch) * distributed.world_size()  # every rank reads its shard
             if self.cfg.tick_samples and seen >= self.cfg.tick_samples:
                 return
 

@@ -165,9 +165,8 @@ class GroupFisher(Method):
                     f"{ctx.target}; raise method.max_epochs or method.channels_per_step"
                 )
             model.train()
-            for x, y in progress(ctx.train_loader, desc=f"gfp epoch {epoch + 1}", quiet=ctx.quiet):
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                loss = ctx.loss_fn(model(x), y)
+            for batch in progress(ctx.train_loader, desc=f"gfp epoch {epoch + 1}", quiet=ctx.quiet):
+                loss = ctx.step.loss(model, ctx.step.to_device(batch, ctx.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 masks.accumulate()

@@ -210,6 +210,7 @@ class MetaPruning(Method):
     description = (
         "MetaPruning (ICCV'19): a PruningNet generates weights for any width vector; evolutionary search on validation"
     )
+    needs_scores = True
     settings = MetaPruningSettings
     uses_allocation = False
     uses_normalize = False

@@ -179,6 +179,7 @@ class ScopSettings:
 class SCOP(Method):
     name = "scop"
     description = "SCOP (NeurIPS'20): knockoff scientific control; beta per channel learned with the network frozen, uniform per-layer rate to the target"
+    needs_scores = True
     settings = ScopSettings
     uses_allocation = False  # one uniform rate per layer
     uses_normalize = False

@@ -195,12 +195,12 @@ class WGates(Method):
                 before = {k: (s > 0) for k, s in _detached(gates.scores()).items()}
                 model.train()
                 sums, n = {"loss": 0.0, "cost": 0.0}, 0
-                for x, y in progress(ctx.train_loader, desc=f"wgates {epoch + 1}/{cfg.epochs}", quiet=ctx.quiet):
-                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                    logits = model(x)
+                for batch in progress(ctx.train_loader, desc=f"wgates {epoch + 1}/{cfg.epochs}", quiet=ctx.quiet):
+                    batch = ctx.step.to_device(batch, ctx.device)
+                    task_loss = ctx.step.loss(model, batch)  # the forward pass sets this batch's gates
                     ratio = cost(gates.open_counts())
                     lam = float(cfg.lam) * (step + 1) / steps_per_epoch
-                    loss = ctx.loss_fn(logits, y) + lam * torch.relu(ratio / limit - 1.0)
+                    loss = task_loss + lam * torch.relu(ratio / limit - 1.0)
                     value = distributed.mean_scalar(loss.item())
                     if not torch.isfinite(torch.tensor(value)):
                         raise NumericalError(f"wgates: the loss became {value} at step {step + 1}; lower method.lr")
@@ -209,9 +209,10 @@ class WGates(Method):
                     distributed.average_gradients(trained)
                     opt.step()
                     step += 1
-                    sums["loss"] += value * len(x)
-                    sums["cost"] += float(ratio.detach()) * len(x)
-                    n += len(x)
+                    size = ctx.step.size(batch)
+                    sums["loss"] += value * size
+                    sums["cost"] += float(ratio.detach()) * size
+                    n += size
                     with torch.no_grad():
                         gates._refresh()
                         met = float(cost(gates.open_counts())) <= limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset, Subset
 
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
+from harness.core.step import SupervisedStep, TrainStep
 from tasks.models import create_model
 
 TASKS: Registry[type[Task]] = Registry("task", "tasks")
@@ -67,6 +69,11 @@ class Task:
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         return torch.randn(batch_size, *self.input_shape)
 
+    def end_to_end_input(self, batch_size: int) -> list[torch.Tensor] | None:
+        """Inputs of the whole model when it is more than its network (a detector's images, timed through
+        resizing, decoding and NMS beside the network alone); None: the network is the whole model."""
+        return None
+
     # --- data ------------------------------------------------------------------------------
     def datasets(self) -> tuple[Dataset, Dataset]:
         """(train, test) datasets, with ``data.limit_train``/``data.limit_val`` applied."""
@@ -104,6 +111,14 @@ class Task:
     # --- metric ----------------------------------------------------------------------------
     def loss_fn(self) -> nn.Module:
         return nn.CrossEntropyLoss()
+
+    def train_step(self) -> TrainStep:
+        """How a training batch becomes a loss (``loss_fn(model(x), y)`` here); a detector overrides it."""
+        return SupervisedStep(self.loss_fn())
+
+    def collate(self) -> Callable | None:
+        """The loaders' ``collate_fn`` (None: torch's default, which stacks tensors)."""
+        return None
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:

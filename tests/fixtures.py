@@ -185,3 +185,40 @@ def prune_context(model, target: float, loader, example, **overrides):
         finetune_recipe=compose(["task=digits"]).finetune,
     )
     return PruneContext(**{**fields, **overrides})
+
+
+def make_voc_detection(root: Path, n_trainval: int = 6, n_test: int = 3, size=(96, 80), seed: int = 0) -> Path:
+    """``VOCdevkit/VOC2007/`` with JPEGImages/, Annotations/ (the devkit's XML: size, objects with name,
+    difficult, 1-based inclusive bndbox) and ImageSets/Main/{trainval,test}.txt. Each image holds one bright
+    square of its class (learnable), and every third image a second, ``difficult`` object."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    voc = Path(root) / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    names = ("aeroplane", "bicycle", "bird")
+    w, h = size
+    for split, n in (("trainval", n_trainval), ("test", n_test)):
+        ids = [f"{split[:2]}{i:05d}" for i in range(n)]
+        for k, image_id in enumerate(ids):
+            pixels = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+            x1, y1 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+            x2, y2 = x1 + w // 3, y1 + h // 3
+            pixels[y1:y2, x1:x2, k % 3] = 250
+            Image.fromarray(pixels).save(voc / "JPEGImages" / f"{image_id}.jpg", "JPEG")
+            objects = [(names[k % 3], 0, (x1 + 1, y1 + 1, x2, y2))]
+            if k % 3 == 2:
+                objects.append(("bird", 1, (w - 20, h - 20, w - 4, h - 4)))
+            xml = "".join(
+                f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                f"<difficult>{hard}</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                f"<ymax>{d}</ymax></bndbox></object>"
+                for name, hard, (a, b, c, d) in objects
+            )
+            (voc / "Annotations" / f"{image_id}.xml").write_text(
+                f"<annotation><folder>VOC2007</folder><filename>{image_id}.jpg</filename><size><width>{w}"
+                f"</width><height>{h}</height><depth>3</depth></size><segmented>0</segmented>{xml}</annotation>"
+            )
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return Path(root)

@@ -28,9 +28,10 @@ QUICK = [
 ]
 
 
-def test_list_shows_all_six_tasks(run_cli):
+def test_list_shows_every_task(run_cli):
     out = run_cli("list")[1]
-    for name in ("digits", "resnet56", "vgg16_cifar100", "resnet50_imagenet", "cub200", "fcn_voc2011"):
+    tasks = ("digits", "resnet56", "vgg16_cifar100", "resnet50_imagenet", "cub200", "fcn_voc2011", "ssd_voc")
+    for name in (*tasks, "retinanet_voc"):
         assert f"  {name} " in out
 
 

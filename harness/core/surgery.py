@@ -50,6 +50,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]] | None:
+    """Parameters a model uses outside any layer torch-pruning knows (SSD-VGG's L2-norm scale), with the
+    dimension that follows the channels, as the model declares them (``model.unwrapped_parameters()``)."""
+    declared = getattr(model, "unwrapped_parameters", None)
+    return declared() if callable(declared) else None
+
+
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """(MACs, params) of one forward pass on ``example_inputs``, counted by torch-pruning (MACs, not FLOPs)."""
     with eval_mode(model), torch.no_grad():
@@ -133,7 +140,9 @@ class ChannelPruner:
     # --- inspection ------------------------------------------------------------------------
     def groups(self, model: nn.Module) -> dict[str, ChannelGroup]:
         with eval_mode(model):
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example_inputs)
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=self.example_inputs, unwrapped_parameters=unwrapped_parameters(model)
+            )
         names = {m: n for n, m in model.named_modules()}
         ignored = [model.get_submodule(n) for n in self.ignored_names]
         out = {}

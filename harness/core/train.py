@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from harness.core import distributed
 from harness.core.errors import NumericalError
+from harness.core.step import SupervisedStep, TrainStep
 from harness.core.schedules import SCHEDULES  # noqa: F401  (named there for the config check, implemented here)
 
 
@@ -95,9 +96,9 @@ class CountingLoader:
         self.loader, self.samples = loader, samples
 
     def __iter__(self):
-        for x, y in self.loader:
-            self.samples += len(y) * distributed.world_size()  # every rank's shard: passes over the whole set
-            yield x, y
+        for batch in self.loader:
+            self.samples += len(batch[0]) * distributed.world_size()  # every rank's shard: passes over the set
+            yield batch
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -123,7 +124,8 @@ def train(
     loader: Iterable,
     recipe: DictConfig,
     *,
-    loss_fn: nn.Module,
+    loss_fn: nn.Module | None = None,
+    step: TrainStep | None = None,
     device: torch.device,
     hooks: list[TrainingHook] = (),
     evaluate: Callable[[nn.Module], dict] | None = None,
@@ -146,7 +148,11 @@ def train(
 
     In a distributed run the model trains inside DistributedDataParallel; parameters trained beside the
     module (``params`` it does not own, e.g. GBN's gates) have their gradients averaged here, and BN
-    statistics are taken from rank 0 after each epoch, so every rank ends with the same model."""
+    statistics are taken from rank 0 after each epoch, so every rank ends with the same model.
+
+    A batch becomes a loss through ``step`` (the task's training step; ``loss_fn`` alone means
+    ``loss_fn(model(x), y)``)."""
+    step = step if step is not None else SupervisedStep(loss_fn)
     epochs = total_epochs(recipe) if epochs is None else epochs
     params = list(params if params is not None else model.parameters())
     opt = make_optimizer(params, recipe)
@@ -166,9 +172,9 @@ def train(
         model.train()
         loss_sum, n = 0.0, 0
         bar = progress(loader, desc=f"{desc} {epoch + 1}/{epochs}", quiet=quiet)
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_fn(net(x), y)
+        for index, batch in enumerate(bar):
+            batch = step.to_device(batch, device)
+            loss = step.loss(net, batch)
             for hook in hooks:
                 extra = hook.extra_loss(model)
                 if extra is not None:
@@ -176,7 +182,7 @@ def train(
             value = distributed.mean_scalar(loss.item())  # a NaN on any rank stops every rank
             if not math.isfinite(value):
                 raise NumericalError(
-                    f"{desc}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                    f"{desc}: loss became {value} at epoch {epoch + 1}, step {index + 1}; "
                     f"lower the learning rate ({desc.split()[0]}.lr) or check the data"
                 )
             opt.zero_grad(set_to_none=True)
@@ -186,8 +192,9 @@ def train(
                 hook.after_backward(model)
             opt.step()
             sched.step()
-            loss_sum += value * y.shape[0]
-            n += y.shape[0]
+            size = step.size(batch)
+            loss_sum += value * size
+            n += size
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         distributed.sync_buffers(model)
         metrics = {"train_loss": loss_sum / max(n, 1), "lr": opt.param_groups[0]["lr"]}

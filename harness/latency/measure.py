@@ -106,6 +106,15 @@ def paired_latency(
     }
 
 
+def on_cuda(x: torch.Tensor | list[torch.Tensor]) -> bool:
+    """Whether an input (one tensor, or a detector's list of images) lives on a CUDA device."""
+    return (x if isinstance(x, torch.Tensor) else x[0]).is_cuda
+
+
+def to_device(x: torch.Tensor | list[torch.Tensor], device: torch.device) -> torch.Tensor | list[torch.Tensor]:
+    return x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x]
+
+
 def passes_for(model: Forward, x: torch.Tensor) -> int:
     """Forward passes per timing so that one timing lasts ~2 ms (1 to 1000): sub-millisecond timings are
     dominated by timer and scheduler noise."""
@@ -114,7 +123,7 @@ def passes_for(model: Forward, x: torch.Tensor) -> int:
 
 def timed(model: Forward, x: torch.Tensor, passes: int) -> float:
     """Milliseconds per forward pass, over ``passes`` passes."""
-    if x.is_cuda:
+    if on_cuda(x):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
@@ -144,7 +153,7 @@ def compare_latency(
     """Dense vs pruned latency at each batch size, in alternating pairs (``paired_latency``)."""
     out = {}
     for b in batch_sizes:
-        x = make_input(int(b)).to(device)
+        x = to_device(make_input(int(b)), device)
         measured = paired_latency(
             dense, pruned, x, warmup=warmup, min_pairs=repeats, max_seconds=max_seconds, interval=interval
         )
