@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
-from harness.core.surgery import ChannelPruner, Importance
 from harness.core.step import SupervisedStep, TrainStep
+from harness.core.surgery import ChannelPruner, Importance
 from harness.core.train import TrainingHook
 
 

@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 
 from harness.core import distributed
 from harness.core.errors import NumericalError
-from harness.core.step import SupervisedStep, TrainStep
 from harness.core.schedules import SCHEDULES  # noqa: F401  (named there for the config check, implemented here)
+from harness.core.step import SupervisedStep, TrainStep
 
 
 class TrainingHook:
