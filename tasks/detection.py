@@ -32,20 +32,20 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-def read_annotation(path: Path) -> dict[str, torch.Tensor]:
-    """One VOC XML file: boxes (x1, y1, x2, y2 in pixels, 0-based), labels 1..20 (0 is background) and the
-    ``difficult`` flags."""
+def read_annotation(path: Path, classes: tuple[str, ...] = VOC_CLASSES) -> dict[str, torch.Tensor]:
+    """One VOC XML file: boxes (x1, y1, x2, y2 in pixels, 0-based), labels 1..len(classes) (0 is the
+    background) and the ``difficult`` flags."""
     try:
         root = ET.parse(path).getroot()
         boxes, labels, difficult = [], [], []
         for obj in root.iter("object"):
             name = obj.findtext("name", "").strip()
-            if name not in VOC_CLASSES:
-                raise DataError(f"{path}: unknown class {name!r}; expected one of the 20 VOC classes")
+            if name not in classes:
+                raise DataError(f"{path}: unknown class {name!r}; expected one of {', '.join(classes)}")
             box = obj.find("bndbox")
             x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
             boxes.append([x1 - 1, y1 - 1, x2, y2])  # VOC's pixel indices start at 1 and include xmax
-            labels.append(VOC_CLASSES.index(name) + 1)
+            labels.append(classes.index(name) + 1)
             difficult.append(obj.findtext("difficult", "0").strip() == "1")
     except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
         raise DataError(f"cannot read annotation {path} ({type(e).__name__}: {e})") from None
@@ -61,14 +61,14 @@ class VocDetection(Dataset):
     SSD paper's photometric distortion, zoom-out, IoU crop and flip, as torchvision's detection reference),
     ``flip`` or ``none``. Images keep their size: the detector's transform resizes them."""
 
-    def __init__(self, voc: Path, image_set: str, augment: str = "none"):
+    def __init__(self, voc: Path, image_set: str, augment: str = "none", classes: tuple[str, ...] = VOC_CLASSES):
         split = voc / "ImageSets" / "Main" / f"{image_set}.txt"
         if not split.is_file():
             raise DataError(
                 f"missing {split}. Fix: set data.root=<dir holding VOCdevkit/VOC2007/> with Annotations/, "
                 "JPEGImages/ and ImageSets/Main/, or choose other years with data.train_sets / data.test_sets"
             )
-        self.voc, self.augment = voc, augment
+        self.voc, self.augment, self.classes = voc, augment, classes
         self.ids = [line.split()[0] for line in split.read_text().splitlines() if line.strip()]
         for i in self.ids:
             for path in (voc / "Annotations" / f"{i}.xml", voc / "JPEGImages" / f"{i}.jpg"):
@@ -84,7 +84,7 @@ class VocDetection(Dataset):
         from torchvision.transforms.v2 import functional as F
 
         image = open_rgb(str(self.voc / "JPEGImages" / f"{self.ids[i]}.jpg"))
-        target = read_annotation(self.voc / "Annotations" / f"{self.ids[i]}.xml")
+        target = read_annotation(self.voc / "Annotations" / f"{self.ids[i]}.xml", self.classes)
         image = F.to_image(image)
         target["boxes"] = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=image.shape[-2:])
         image, target = self.transform(image, target)
@@ -132,6 +132,7 @@ class DetectionStep(TrainStep):
 
 
 class _VocDetectionTask(Task):
+    classes: tuple[str, ...] = VOC_CLASSES
     num_classes = 21  # 20 classes and the background
     metric = "map50"
 
@@ -164,7 +165,8 @@ class _VocDetectionTask(Task):
         sets = []
         for key, augment in (("train_sets", str(self.cfg.data.augment)), ("test_sets", "none")):
             parts = [
-                VocDetection(root / f"VOC{year}", str(image_set), augment) for year, image_set in self.cfg.data[key]
+                VocDetection(root / f"VOC{year}", str(image_set), augment, self.classes)
+                for year, image_set in self.cfg.data[key]
             ]
             sets.append(parts[0] if len(parts) == 1 else ConcatDataset(parts))
         return tuple(sets)
@@ -183,7 +185,9 @@ class _VocDetectionTask(Task):
         from torchmetrics.detection import MeanAveragePrecision
 
         model.eval()
+        # COCO's limit: each image's 100 best detections count (SSD returns up to 200; the rest are ignored)
         metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
+        metric.warn_on_many_detections = False
         for images, targets in loader:
             detections = model([i.to(device) for i in images])
             metric.update(

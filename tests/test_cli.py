@@ -9,7 +9,7 @@ import pytest
     [
         (
             ["task=nope"],
-            "unknown task 'nope'; choose one of: cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, retinanet_voc, ssd_voc, vgg16_cifar100",
+            "unknown task 'nope'; choose one of: cifar_mosaic, cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, retinanet_voc, ssd_voc, vgg16_cifar100",
         ),
         (
             ["method=nope"],
@@ -74,7 +74,7 @@ def test_subprocess_exit_code_and_no_traceback():
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
-        == "error: unknown task 'imagenet21k'; choose one of: cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, retinanet_voc, ssd_voc, vgg16_cifar100"
+        == "error: unknown task 'imagenet21k'; choose one of: cifar_mosaic, cub200, digits, fcn_voc2011, resnet50_imagenet, resnet56, retinanet_voc, ssd_voc, vgg16_cifar100"
     )
 
 

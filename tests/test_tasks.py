@@ -31,7 +31,7 @@ QUICK = [
 def test_list_shows_every_task(run_cli):
     out = run_cli("list")[1]
     tasks = ("digits", "resnet56", "vgg16_cifar100", "resnet50_imagenet", "cub200", "fcn_voc2011", "ssd_voc")
-    for name in (*tasks, "retinanet_voc"):
+    for name in (*tasks, "retinanet_voc", "cifar_mosaic"):
         assert f"  {name} " in out
 
 

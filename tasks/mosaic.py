@@ -1,0 +1,119 @@
+"""``cifar_mosaic``: a detection benchmark a CPU can run, built from **real** CIFAR-10 images.
+
+Each canvas (``data.size`` pixels square) is another CIFAR image, upscaled and blurred, as a real-image
+background, with 1-4 CIFAR images pasted at random scales and positions; their classes and boxes are the
+annotations. Training canvases draw from the dev set's training pickles, test canvases from its validation
+pickle (``test_batch``), so no image is seen on both sides. The canvases are written once, deterministically
+(``data.mosaic_seed``), in the VOCdevkit layout under ``<results_dir>/data/``, and read by the same loader
+as PASCAL VOC. It is a synthetic layout of real images, not a substitute for VOC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from harness.core.errors import DataError
+from harness.core.locks import file_lock
+from tasks.base import register_task
+from tasks.detection import VocDetection, _VocDetectionTask
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _cifar(root: Path, train: bool):
+    from tasks.cifar import _dataset_class
+
+    try:
+        ds = _dataset_class(10)(str(root), train=train, download=False)
+    except RuntimeError:
+        raise DataError(
+            f"cifar_mosaic: no CIFAR-10 pickles under {root}. Fix: data.root=<dir holding cifar-10-batches-py/>, "
+            "e.g. ../shared/data/cifar10-dev"
+        ) from None
+    return ds.data, np.asarray(ds.targets)
+
+
+def write_mosaic(images: np.ndarray, labels: np.ndarray, out: Path, image_set: str, count: int, spec: dict) -> None:
+    """``count`` canvases of ``images`` into ``out`` (a VOC year folder) as ``ImageSets/Main/<image_set>.txt``."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng([spec["seed"], image_set == "test"])
+    size, (lo, hi) = spec["size"], spec["scale"]
+    ids = []
+    for n in range(count):
+        k = int(rng.integers(spec["objects"][0], spec["objects"][1] + 1))
+        picks = rng.choice(len(images), size=k + 1, replace=False)
+        objects, background = picks[:k], picks[k]
+        while labels[background] in labels[objects]:  # the background shows none of the objects' classes
+            background = int(rng.integers(len(images)))
+        canvas = Image.fromarray(images[background]).resize((size, size), Image.BILINEAR)
+        canvas = canvas.filter(ImageFilter.GaussianBlur(spec["blur"]))
+        xml = []
+        for i in objects:
+            side = int(rng.integers(round(lo * size), round(hi * size) + 1))
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            canvas.paste(Image.fromarray(images[i]).resize((side, side), Image.BILINEAR), (x, y))
+            xml.append(
+                f"<object><name>{CIFAR10_CLASSES[labels[i]]}</name><difficult>0</difficult><bndbox><xmin>{x + 1}"
+                f"</xmin><ymin>{y + 1}</ymin><xmax>{x + side}</xmax><ymax>{y + side}</ymax></bndbox></object>"
+            )
+        image_id = f"{image_set}_{n:06d}"
+        canvas.save(out / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        (out / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>{size}</width><height>{size}</height>"
+            f"<depth>3</depth></size>{''.join(xml)}</annotation>"
+        )
+        ids.append(image_id)
+    (out / "ImageSets" / "Main" / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
+
+
+@register_task
+class CifarMosaicTask(_VocDetectionTask):
+    name = "cifar_mosaic"
+    description = "SSDlite on canvases of real CIFAR-10 images (1-4 objects over a real background), mAP@0.5"
+    classes = CIFAR10_CLASSES
+    num_classes = 11  # 10 classes and the background
+
+    def spec(self) -> dict:
+        d = self.cfg.data
+        return {
+            "size": int(d.size),
+            "train": int(d.canvases_train),
+            "test": int(d.canvases_test),
+            "objects": [int(v) for v in d.objects],
+            "scale": [float(v) for v in d.scale],
+            "blur": float(d.blur),
+            "seed": int(d.mosaic_seed),
+        }
+
+    def devkit(self) -> Path:
+        """The VOC year folder of this spec's canvases, written on first use (once, under a lock)."""
+        spec = self.spec()
+        source = Path(self.cfg.data.root).expanduser().resolve()
+        digest = hashlib.sha256(json.dumps([spec, str(source)], sort_keys=True).encode()).hexdigest()[:12]
+        base = Path(self.cfg.results_dir).expanduser() / "data" / f"cifar_mosaic-{digest}"
+        voc = base / "VOCdevkit" / "VOC2007"
+        if (base / "done").is_file():
+            return voc
+        with file_lock(base.with_suffix(".lock")):
+            if (base / "done").is_file():
+                return voc
+            shutil.rmtree(base, ignore_errors=True)  # a half-written one from a killed job
+            for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+                (voc / sub).mkdir(parents=True, exist_ok=True)
+            for image_set, train in (("trainval", True), ("test", False)):
+                images, labels = _cifar(source, train)
+                write_mosaic(images, labels, voc, image_set, spec["train" if train else "test"], spec)
+            (base / "spec.json").write_text(json.dumps({**spec, "source": str(source)}, indent=1))
+            (base / "done").write_text("")
+        return voc
+
+    def _load_datasets(self):
+        voc = self.devkit()
+        augment = str(self.cfg.data.augment)
+        return VocDetection(voc, "trainval", augment, self.classes), VocDetection(voc, "test", "none", self.classes)
