@@ -275,6 +275,11 @@ RANGES: dict[str, tuple] = {
     "data.val_fraction": ("real", "[0, 1)", True),
     "data.val_seed": ("int", "[0, 4294967295]"),
     "model.kwargs.width": ("int", "[1, 4096]"),
+    "model.kwargs.depth": ("int", "[18, 152]"),
+    "data.canvases_train": ("int", "[1, 10000000]"),
+    "data.canvases_test": ("int", "[1, 10000000]"),
+    "data.blur": ("real", "[0, 1000]"),
+    "data.mosaic_seed": ("int", "[0, 4294967295]"),
     "launcher.timeout_min": ("int", "[1, 10000000]"),
     "launcher.max_parallel": ("int", "[1, 4096]", True),
     "launcher.threads_per_job": ("int", "[1, 4096]", True),
@@ -294,6 +299,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.target": ("macs", "latency"),
     "prune.normalize": ("none", "macs", "memory", "latency"),
     "prune.allocation": ("global", "knapsack"),
+    "data.augment": ("ssd", "flip", "none"),
 }
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.errors import DataError
+from harness.core.errors import ConfigError, DataError
 from harness.core.locks import file_lock
 from tasks.base import register_task
 from tasks.detection import VocDetection, _VocDetectionTask
@@ -79,8 +79,22 @@ class CifarMosaicTask(_VocDetectionTask):
     classes = CIFAR10_CLASSES
     num_classes = 11  # 10 classes and the background
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.spec()  # bad canvas settings stop the run before anything is read or written
+
     def spec(self) -> dict:
         d = self.cfg.data
+        try:
+            lo, hi = (int(v) for v in d.objects)
+            small, large = (float(v) for v in d.scale)
+        except (TypeError, ValueError):
+            lo = hi = small = large = -1
+        if not 1 <= lo <= hi or not 0 < small <= large <= 1:
+            raise ConfigError(
+                f"data.objects must be [min, max] objects per canvas (1 <= min <= max) and data.scale [min, max] "
+                f"sides as shares of the canvas (0 < min <= max <= 1); got {list(d.objects)} and {list(d.scale)}"
+            )
         return {
             "size": int(d.size),
             "train": int(d.canvases_train),

@@ -215,3 +215,15 @@ def test_cifar_mosaic_is_written_once_deterministically_and_read_as_voc(tmp_path
             sides = target["boxes"][:, 2:] - target["boxes"][:, :2]
             assert (sides >= 0.2 * 64 - 1).all() and (sides <= 0.5 * 64 + 1).all()
             assert ((1 <= target["labels"]) & (target["labels"] <= 10)).all()
+
+
+@pytest.mark.quick
+def test_bad_detection_settings_are_one_line_before_anything_runs(run_cli, tmp_path):
+    for bad, hint in (
+        ("data.objects=[3,1]", "data.objects must be [min, max]"),
+        ("data.scale=[0.5,1.5]", "data.scale [min, max]"),
+        ("data.augment=mixup", "data.augment"),
+    ):
+        code, _, err = run_cli("run", "task=cifar_mosaic", bad, f"results_dir={tmp_path}", "quiet=true")
+        assert code == 2 and err.count("\n") == 1 and hint in err, err
+    assert not (tmp_path / "data").exists()  # no canvas written

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from harness.core.errors import ConfigError
+
 from . import register_model
 
 
@@ -87,6 +89,8 @@ def retinanet_resnet_fpn(num_classes: int = 21, size: int = 512, depth: int = 50
     from torchvision.models.detection.retinanet import RetinaNet
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+    if depth not in (18, 34, 50, 101, 152):
+        raise ConfigError(f"model.kwargs.depth={depth}: torchvision's ResNets are 18, 34, 50, 101 or 152 deep")
     resnet = getattr(tvm, f"resnet{depth}")(weights=None)
     # P6 and P7 from P5, as torchvision's retinanet_resnet50_fpn (v1); every layer trainable
     backbone = _resnet_fpn_extractor(resnet, 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
