@@ -299,7 +299,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.target": ("macs", "latency"),
     "prune.normalize": ("none", "macs", "memory", "latency"),
     "prune.allocation": ("global", "knapsack"),
-    "data.augment": ("ssd", "flip", "none"),
+    "data.box_augment": ("ssd", "flip", "none"),
 }
 
 

@@ -163,7 +163,7 @@ class _VocDetectionTask(Task):
     def _load_datasets(self):
         root = Path(self.cfg.data.root).expanduser() / "VOCdevkit"
         sets = []
-        for key, augment in (("train_sets", str(self.cfg.data.augment)), ("test_sets", "none")):
+        for key, augment in (("train_sets", str(self.cfg.data.box_augment)), ("test_sets", "none")):
             parts = [
                 VocDetection(root / f"VOC{year}", str(image_set), augment, self.classes)
                 for year, image_set in self.cfg.data[key]

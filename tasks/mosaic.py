@@ -129,5 +129,5 @@ class CifarMosaicTask(_VocDetectionTask):
 
     def _load_datasets(self):
         voc = self.devkit()
-        augment = str(self.cfg.data.augment)
+        augment = str(self.cfg.data.box_augment)
         return VocDetection(voc, "trainval", augment, self.classes), VocDetection(voc, "test", "none", self.classes)

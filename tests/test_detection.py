@@ -16,9 +16,9 @@ from harness.core.surgery import ChannelPruner
 from tasks import create_task
 from tests.fixtures import make_voc_detection
 
-SMALL = ["model.name=ssdlite320_mobilenet_v3_large", "data.size=160", "data.augment=flip", "data.num_workers=0"]
+SMALL = ["model.name=ssdlite320_mobilenet_v3_large", "data.size=160", "data.box_augment=flip", "data.num_workers=0"]
 # RetinaNet on ResNet-18 at 96 px: ~60 layers to trace instead of SSDlite's ~200 (each pruning step traces)
-TINY = ["task=retinanet_voc", "model.kwargs.depth=18", "data.size=96", "data.augment=flip", "data.num_workers=0"]
+TINY = ["task=retinanet_voc", "model.kwargs.depth=18", "data.size=96", "data.box_augment=flip", "data.num_workers=0"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_a_missing_year_names_the_fix(voc):
 def test_samples_keep_labels_and_difficult_flags_with_their_boxes(voc):
     from tasks.detection import collate_detection
 
-    train, test = _task(voc, "data.augment=ssd").datasets()
+    train, test = _task(voc, "data.box_augment=ssd").datasets()
     torch.manual_seed(0)
     for i in range(len(train)):
         image, target = train[i]
@@ -222,7 +222,7 @@ def test_bad_detection_settings_are_one_line_before_anything_runs(run_cli, tmp_p
     for bad, hint in (
         ("data.objects=[3,1]", "data.objects must be [min, max]"),
         ("data.scale=[0.5,1.5]", "data.scale [min, max]"),
-        ("data.augment=mixup", "data.augment"),
+        ("data.box_augment=mixup", "data.box_augment"),
     ):
         code, _, err = run_cli("run", "task=cifar_mosaic", bad, f"results_dir={tmp_path}", "quiet=true")
         assert code == 2 and err.count("\n") == 1 and hint in err, err
