@@ -96,12 +96,22 @@ def worker(index: int, workers: int) -> int:
     return failures
 
 
-def load_runs():
+def load_runs(experiment: str = "cifar10_dev"):
+    """The FINISHED runs of ``experiment`` in the project's store (an empty frame when none)."""
     from harness.compare import load_runs as load
     from harness.tracking import store_uri
 
-    runs = load(store_uri(None, ROOT / "results"), "cifar10_dev")
-    return runs[runs["status"] == "FINISHED"] if not runs.empty else runs
+    runs = load(store_uri(None, ROOT / "results"), experiment)
+    return runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
+
+
+def seed_metric(experiment: str, method: str, seed: int, metric: str) -> float | None:
+    """``metric`` of ``method``'s finished run at ``seed`` in ``experiment``, or None before it finished."""
+    runs = load_runs(experiment)
+    if runs.empty:
+        return None
+    hit = runs[(runs["tags.method"] == method) & (runs["tags.seed"].astype(int) == seed)]
+    return None if hit.empty else float(hit[f"metrics.{metric}"].iloc[0])
 
 
 def gbn_epochs(target: float, seed: int) -> float | None:

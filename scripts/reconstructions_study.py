@@ -18,9 +18,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import ROOT, cli, finish_report, method_row, paired_verdict, run_workers, sweep, tables  # noqa: E402
+from cifar10_dev_study import (  # noqa: E402
+    OUT,
+    cli,
+    finish_report,
+    load_runs,
+    method_row,
+    paired_verdict,
+    run_workers,
+    seed_metric,
+    sweep,
+    tables,
+)
 
-OUT = ROOT / "results" / "cifar10_dev"
 EXPERIMENT = "cifar10_dev_reconstructions"
 SETTING = ["data.val_fraction=0.1", f"tracking.experiment={EXPERIMENT}", "prune.flops_reduction=0.5"]
 SEEDS = (0, 1, 2)
@@ -41,20 +51,8 @@ def worker(index: int, workers: int) -> int:
     return failures
 
 
-def finished_runs():
-    from harness.compare import load_runs
-    from harness.tracking import store_uri
-
-    runs = load_runs(store_uri(None, ROOT / "results"), EXPERIMENT)
-    return runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
-
-
 def ga_epochs(seed: int) -> float | None:
-    runs = finished_runs()
-    if runs.empty:
-        return None
-    hit = runs[(runs["tags.method"] == "ga") & (runs["tags.seed"].astype(int) == seed)]
-    return None if hit.empty else float(hit["metrics.epochs_after_baseline"].iloc[0])
+    return seed_metric(EXPERIMENT, "ga", seed, "epochs_after_baseline")
 
 
 def label(row) -> str:
@@ -64,7 +62,7 @@ def label(row) -> str:
 
 
 def report() -> int:
-    runs = finished_runs()
+    runs = load_runs(EXPERIMENT)
     if runs.empty:
         print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
         return 1

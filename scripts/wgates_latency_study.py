@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import OUT, ROOT, cell, cli, finish_report, run_workers, sweep  # noqa: E402
+from cifar10_dev_study import OUT, cell, cli, finish_report, load_runs, run_workers, seed_metric, sweep  # noqa: E402
 from latency_study import MATCH, matched_verdict  # noqa: E402
 
 EXPERIMENT = "cifar10_dev_wgates_latency"
@@ -53,21 +53,9 @@ def worker(index: int, workers: int) -> int:
     return failures
 
 
-def finished_runs():
-    from harness.compare import load_runs
-    from harness.tracking import store_uri
-
-    runs = load_runs(store_uri(None, ROOT / "results"), EXPERIMENT)
-    return runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
-
-
 def wgates_cut(seed: int) -> float | None:
     """The latency cut W-Gates' run at ``seed`` measured at the end, or None before it finished."""
-    runs = finished_runs()
-    if runs.empty:
-        return None
-    hit = runs[(runs["tags.method"] == "wgates") & (runs["tags.seed"].astype(int) == seed)]
-    return None if hit.empty else float(hit["metrics.latency_reduction_measured"].iloc[0])
+    return seed_metric(EXPERIMENT, "wgates", seed, "latency_reduction_measured")
 
 
 def label(row) -> str:
@@ -79,15 +67,11 @@ def label(row) -> str:
 def report() -> int:
     import pandas as pd
 
-    from harness.compare import load_runs
-    from harness.tracking import store_uri
-
-    runs = load_runs(store_uri(None, ROOT / "results"), EXPERIMENT)
-    runs = runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
+    runs = load_runs(EXPERIMENT)
     if runs.empty:
         print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
         return 1
-    runs["label"] = runs["tags.method"].map({"l1": "l1", "wgates": "wgates [cost=latency]"})
+    runs["label"] = runs.apply(label, axis=1)
     runs["seed"] = runs["tags.seed"].astype(int)
     runs = runs.drop_duplicates(["label", "seed"])
     rows = []
