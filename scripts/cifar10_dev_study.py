@@ -228,9 +228,9 @@ def paired_verdict(runs, a: str, b: str) -> dict | None:
     }
 
 
-def method_row(name: str, g) -> dict:
+def method_row(name: str, g, batch: int = 128) -> dict:
     """One row of a study's table for the finished runs ``g`` of one method: seeds, accuracies, reductions,
-    speed-up at batch 128, epochs after the baseline and the run's wall time."""
+    speed-up at ``batch``, epochs after the baseline and the run's wall time."""
     return {
         "method": name,
         "seeds": ",".join(map(str, sorted(g["seed"]))),
@@ -239,20 +239,20 @@ def method_row(name: str, g) -> dict:
         "final acc %": cell(list(g["metrics.final_acc"] * 100)),
         "MACs ↓ %": cell(list(g["metrics.flops_reduction"] * 100), ".1f"),
         "params ↓ %": cell(list(g["metrics.params_reduction"] * 100), ".1f"),
-        "speed-up b128": cell(list(g["metrics.latency/b128/speedup"].dropna()), ".2f"),
+        f"speed-up b{batch}": cell(list(g[f"metrics.latency/b{batch}/speedup"].dropna()), ".2f"),
         "epochs after baseline": cell(list(g["metrics.epochs_after_baseline"]), ".1f"),
         "run wall min": cell(list(g["metrics.wall_s"] / 60), ".1f"),
     }
 
 
-def tables(rows: list[dict], verdicts: list[dict], script: str, logs: str) -> list[str]:
+def tables(rows: list[dict], verdicts: list[dict], script: str, logs: str, metric: str = "final accuracy") -> list[str]:
     """A study report's body: the table, the paired differences and the commands that made them."""
     import pandas as pd
 
     return [
         pd.DataFrame(rows).fillna("").to_markdown(index=False, disable_numparse=True),
         "",
-        "## Paired differences (same seed = same baseline), final accuracy",
+        f"## Paired differences (same seed = same baseline), {metric}",
         "",
         pd.DataFrame(verdicts).to_markdown(index=False, disable_numparse=True) if verdicts else "(no pairs yet)",
         "",
