@@ -170,6 +170,9 @@ FAST = {  # each method's schedule cut to a few passes over 6 images (its logic 
     "gbn": ["method=gbn", "method.tick_p=0.1", "method.tick_samples=6", "method.tock_first=false",
             "method.tock_every=0"],
     "gfp": ["method=gfp", "method.channels_per_step=200", "method.interval=1"],
+    "wgates": ["method=wgates", "method.epochs=1"],
+    # RetinaNet's heads have no BN: slimming scores 12 of 22 groups, which hold at most 22.9% of the MACs
+    "slimming": ["method=slimming", "method.sparse_epochs=1", "prune.flops_reduction=0.2"],
 }  # fmt: skip
 
 
@@ -177,14 +180,14 @@ FAST = {  # each method's schedule cut to a few passes over 6 images (its logic 
 def test_a_detector_runs_end_to_end(run_cli, voc, tmp_path_factory, method):
     results = tmp_path_factory.getbasetemp() / "detection_runs"  # one baseline for every method
     code, out, err = run_cli(
-        "run", *TINY, f"data.root={voc}", "data.train_sets=[[2007,trainval]]", *FAST[method],
-        "prune.flops_reduction=0.3", "train.epochs=2", "finetune.epochs=1", "train.batch_size=3",
+        "run", *TINY, f"data.root={voc}", "data.train_sets=[[2007,trainval]]", "prune.flops_reduction=0.3", *FAST[method],
+        "train.epochs=2", "finetune.epochs=1", "train.batch_size=3",
         "finetune.batch_size=3", "measure.repeats=2", "measure.warmup=1", "measure.max_seconds=0",
         "measure.batch_sizes=[1]", f"results_dir={results}", "quiet=true", "--json",
     )  # fmt: skip
     assert code == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert 0.3 <= summary["flops_reduction"] <= 0.36
+    assert summary["target_reduction"] <= summary["flops_reduction"] <= summary["target_reduction"] + 0.06
     assert 0.0 <= summary["final_acc"] <= 1.0 and summary["metric"] == "map50"
     # timed twice: the network alone, and end to end with resizing, decoding and NMS
     assert "scope" not in summary["latency"]["b1"] and summary["latency"]["e2e_b1"]["scope"] == "end to end"
