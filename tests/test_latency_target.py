@@ -131,7 +131,9 @@ def test_latency_target_run_records_requested_predicted_and_measured(run_cli, ti
     assert s["target"] == "latency" and s["latency_reduction_requested"] == 0.1 and s["latency_target_batch"] == 64
     assert "b64" in s["latency"] and "b1" in s["latency"]  # the target batch is measured even if not listed
     assert s["latency_reduction_measured"] == pytest.approx(1 - 1 / s["latency"]["b64"]["speedup"])
-    assert 0 < s["latency_reduction_predicted"] < 1 and s["latency_corrections"]
+    # the table's prediction for the chosen network is recorded; its sign is not asserted: on a loaded
+    # 2-core machine a table of a tiny net can time a narrower layer slower than a wider one
+    assert -1 < s["latency_reduction_predicted"] < 1 and s["latency_corrections"]
     assert s["flops_reduction"] > 0
     tables = list((tmp_path / "results" / "latency_tables").glob("*-b64-*.json"))
     assert len(tables) == 1 and json.loads(tables[0].read_text())["meta"]["batch"] == 64
@@ -182,18 +184,25 @@ STEADY_SHARE = 1.5
 @pytest.fixture
 def steady_device(monkeypatch):
     """The measurements the finish searches on, from a stand-in device: a candidate's latency reduction is
-    exactly ``STEADY_SHARE`` of its MACs reduction, a noiseless rule the lookup table (timed for real) does
-    not know, so the finish's wiring is tested apart from this machine's timing noise. On a loaded 2-core machine
+    exactly ``STEADY_SHARE`` of its MACs reduction, a noiseless rule the lookup table does not know (its
+    "timings" are each layer's MACs plus a constant, also noiseless: a table timed for real on a loaded
+    machine can disagree with the stand-in so much that the knapsack's candidates stop being monotone in
+    it), so the finish's wiring is tested apart from this machine's timing noise. On a loaded 2-core machine
     two real measurements of one digits net differ by up to ~20 points, more than any target check could
     allow; real timing is the benchmark's (benchmarks/latency_target_methods.py,
     results/bench/latency_target_methods.md)."""
+    import harness.latency.table as table
     import harness.latency.target as target
 
     def measured(dense, pruned, x, **_):
         cut = 1 - count_macs_params(pruned, x[:1])[0] / count_macs_params(dense, x[:1])[0]
         return {"speedup": 1 / (1 - STEADY_SHARE * cut)}
 
+    def table_timing(module, x, passes):  # the table's timings: MACs plus a constant per layer, noiseless
+        return 1e-6 * count_macs_params(module, x[:1])[0] * x.shape[0] + 0.01
+
     monkeypatch.setattr(target, "paired_latency", measured)
+    monkeypatch.setattr(table, "timed", table_timing)
 
 
 def assert_finished_on_the_measurement(summary: dict, target: float, step: float = 0.015) -> None:
@@ -320,3 +329,16 @@ def test_the_correction_learns_how_much_the_table_overstates_each_step():
     pruned = pruner.prune_to_target(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float), 0.3)
     assert abs(0.5 * pruner.reduction(pruned) - 0.3) <= cost.tolerance
     assert len(cost.corrections) <= 3, cost.corrections
+
+
+@pytest.mark.quick
+def test_a_noisy_measurement_never_sends_a_positive_target_back_to_the_dense_model():
+    """Measurements that say every candidate overshoots (noise on a tiny network) aim the next prefix
+    below the first; the empty prefix is never measured, since timing the dense model against itself is
+    noise alone, and the run keeps a network that was actually pruned."""
+    model, example = Net().eval(), torch.randn(1, 3, 16, 16)
+    pruner, cost = _measured_pruner(model, example, offset=0.0, target=0.1)
+    cost.measured_reduction = lambda m: 0.1 if pruner.reduction(m) == 0 else 0.6  # noise: "dense meets it"
+    pruned = pruner.prune_to_target(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float), 0.1)
+    assert all(c["prefix"] >= 1 for c in cost.corrections), cost.corrections
+    assert pruner.reduction(pruned) > 0

@@ -102,7 +102,8 @@ class Corrected:
                 nxt = round(lo + (hi - lo) * (target - measured[lo]) / (measured[hi] - measured[lo]))
                 nxt = min(max(nxt, lo + 1), hi - 1)
             else:  # aim the prediction by the miss, at the slope measured so far (1 until two measurements)
-                nxt = smallest_prefix(predicted, trace[-1]["predicted"] + miss / slope(trace), n)
+                # never the empty prefix: its "measurement" is the dense model against itself, noise alone
+                nxt = max(smallest_prefix(predicted, trace[-1]["predicted"] + miss / slope(trace), n), 1)
             if nxt in measured:
                 break
             k = nxt
