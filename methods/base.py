@@ -129,6 +129,16 @@ class Method:
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
         """Refuse (ConfigError, one line) before any training a target or settings this method cannot meet."""
 
+    def refuse_tied_units(self, model: nn.Module, pruner: ChannelPruner, what: str) -> None:
+        """For a method that chooses single channels (``what`` it does): refuse a model whose channels go in
+        units (a grouped convolution's positions, GhostNet's concatenated primary/cheap pairs)."""
+        tied = [key for key, g in pruner.groups(model).items() if g.units]
+        if tied:
+            raise ConfigError(
+                f"{self.name} {what}, which channels tied in units cannot follow (a grouped convolution, or "
+                f"GhostNet's concatenated primary/cheap pairs; group {tied[0]}); choose another method or model"
+            )
+
     def importance(self) -> Importance:
         """The channel criterion: a callable group -> one score per channel (lower goes first)."""
         raise NotImplementedError

@@ -37,7 +37,7 @@ import torch_pruning as tp
 from harness.core import distributed
 from harness.core.errors import ConfigError
 from harness.core.settings import setting
-from harness.core.surgery import ChannelGroup, eval_mode
+from harness.core.surgery import ChannelGroup, ChannelPruner, eval_mode
 from harness.core.train import progress
 from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
@@ -82,6 +82,9 @@ class GAChannelPruning(Method):
     reconstruction = True
     uses_allocation = False  # the sensitivity scan allocates
     uses_normalize = False
+
+    def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
+        self.refuse_tied_units(model, pruner, "evolves keep vectors over single channels")
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         ctx.require_validation("method ga (its sensitivity scan)")

@@ -233,6 +233,7 @@ class MetaPruning(Method):
 
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
         cfg = self.cfg
+        self.refuse_tied_units(model, pruner, "keeps each group's first channels")
         grid = list(cfg.grid)
         if not grid or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in grid):
             raise ConfigError(f"method.grid must be a non-empty list of fractions in (0, 1], got {grid}")

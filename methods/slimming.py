@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from harness.core.errors import ConfigError
 from harness.core.settings import setting
+from harness.core.surgery import root_pairs
 from harness.core.train import TrainingHook
 from methods.base import Method, PruneContext, register_method
 
@@ -44,6 +45,25 @@ class SlimmingSettings:
     )
 
 
+class BNScaleImportance(tp.importance.Importance):
+    """Mean |γ| over the group's BatchNorm layers whose channels are the group's own. Raw, with no per-group
+    normalisation: the paper's threshold is global over all scales. (torch-pruning's BNScaleImportance
+    also averages BatchNorms a concatenation put in with part of the channels, GhostNet's halves, and
+    indexes past the group there.)"""
+
+    @torch.no_grad()
+    def __call__(self, group):
+        own = [(c, c) for c in range(len(group[0].idxs))]
+        scales = [
+            item.dep.target.module.weight.detach()[item.idxs].abs()
+            for item in group
+            if item.dep.handler == tp.prune_batchnorm_out_channels
+            and item.dep.target.module.affine
+            and root_pairs(item) == own
+        ]
+        return torch.stack(scales).mean(0) if scales else None
+
+
 @register_method
 class NetworkSlimming(Method):
     name = "slimming"
@@ -58,8 +78,7 @@ class NetworkSlimming(Method):
             )
 
     def importance(self):
-        # Raw |γ| (no per-group normalisation): the paper's threshold is global over all scales.
-        return tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None)
+        return BNScaleImportance()
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         cfg = self.cfg

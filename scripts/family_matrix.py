@@ -43,6 +43,7 @@ FAMILIES = [
     "timm:convnext_atto",
     "timm:regnetx_002",
     "timm:resnext26ts",
+    "timm:ghostnet_100",
 ]
 # Each method at a token budget (the keys are the methods' own; see harness/conf/method/).
 METHODS = {
@@ -54,6 +55,21 @@ METHODS = {
     "acp": ["method.particles=2", "method.cycles=1", "method.fitness_epochs=0", "method.samples=64"],
     "gal": ["method.epochs=1"],
     "aip": ["method.steps=1", "method.recover_epochs=1"],
+    "gfp": ["method=gfp_cpu", "method.channels_per_step=32", "method.interval=2"],
+    "metapruning": [
+        "method.pruningnet_epochs=1",
+        "method.population=3",
+        "method.generations=1",
+        "method.parents=2",
+        "method.mutations=1",
+        "method.crossovers=1",
+        "method.recalibration_batches=1",
+        "method.grid=[0.25,0.5,0.75,1.0]",
+        "method.window=0.1",
+    ],
+    "ga": ["method.generations=2", "method.kd_epochs=0.5", "method.sensitivity_samples=32"],
+    "wgates": ["method.epochs=1"],
+    "functional": ["method.probe=64"],
 }
 
 
@@ -92,13 +108,15 @@ def one(family: str, method: str, target: float = 0.3) -> dict:
     started = time.perf_counter()
     torch.manual_seed(0)
     try:
-        cfg = compose([f"method={method}", *METHODS[method]])
+        preset = METHODS[method][:1] and METHODS[method][0].startswith("method=")  # a named preset (gfp_cpu)
+        cfg = compose(METHODS[method] if preset else [f"method={method}", *METHODS[method]])
         model = create_model(family, 10).eval()
         example = torch.randn(1, 3, 32, 32)
         last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
         pruner = ChannelPruner(model, example, [last], 0.1)
         pruning = create_method(cfg)
         pruning.check_model(model)  # the checks a run does before training
+        pruning.check_target(model, pruner, target)
         pruner.max_reduction(model)
         model = pruning.prune(model, context(pruner, cfg.method, target)).eval()
         reduction = pruner.reduction(model)

@@ -18,6 +18,7 @@ SUPPORTED = [
     "tv:efficientnet_b0",
     "tv:mnasnet0_5",
     "timm:convnext_atto",
+    "timm:ghostnet_100",
     "timm:regnetx_002",
     "timm:resnext26ts",
     "vgg16_cifar",
@@ -48,10 +49,57 @@ def test_family_prunes_to_30_percent_and_runs(name):
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def _silence(model: nn.Module, group, roots: set[int]) -> None:
+    """Make the outputs of ``group``'s channels at ``roots`` exactly zero: every conv's filter and bias and
+    every BatchNorm's scale and shift on those channels set to 0 (ReLU, hard-swish and the SE gate's
+    product keep a zero a zero)."""
+    from harness.core.surgery import root_pairs
+
+    with torch.no_grad():
+        for item in group:
+            layer, name = item.dep.target.module, getattr(item.dep.handler, "__name__", "")
+            if name != "prune_out_channels" or not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):
+                continue
+            idxs = [c for c, r in root_pairs(item) if r in roots]
+            layer.weight[idxs] = 0
+            if layer.bias is not None:
+                layer.bias[idxs] = 0
+
+
+@pytest.mark.parametrize("name", ["timm:ghostnet_100", "tv:mobilenet_v2", "tv:resnet18"])
+def test_removing_channels_whose_outputs_are_zero_leaves_the_output_unchanged(name):
+    """A check that shapes alone cannot pass: channels silenced in the dense network (their outputs exactly
+    0) are then removed; if the surgery cut any other channel, or a concatenation's partner channel
+    (GhostNet's primary/cheap pairs) went out of step, the logits would move."""
+    torch.manual_seed(0)
+    model = create_model(name, 10).eval()
+    for m in model.modules():  # non-trivial statistics, so that a wrongly kept shift would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.bias.data.uniform_(-0.5, 0.5)
+    example = torch.randn(1, 3, 32, 32)
+    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    pruner = ChannelPruner(model, example, [last], 0.1)
+    chosen = []
+    for key, g in list(pruner.groups(model).items())[::3]:  # every third group: a third of its units
+        units = g.units or [(c,) for c in range(g.channels)]
+        picked = [c for unit in units[1::3] for c in unit]
+        if g.channels - len(picked) >= g.min_keep:
+            _silence(model, g.group, set(picked))
+            chosen += [(key, c) for c in picked]
+    assert chosen
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    pruner.remove(model, chosen)
+    with torch.no_grad():
+        after = model(x)
+    assert pruner.reduction(model) > 0.05
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
+
+
 @pytest.mark.parametrize(
     "model, message",
     [
-        ("timm:ghostnet_100", "GhostNet cannot be pruned by the channel surgery"),
         ("tv:shufflenet_v2_x0_5", "ShuffleNetV2 cannot be pruned by the channel surgery"),
     ],
 )
@@ -83,16 +131,18 @@ def _family_matrix():
 
 
 @pytest.mark.parametrize(
-    "family, method, outcome",
+    "family, method, outcome, needle",
     [
-        ("timm:convnext_atto", "slimming", "refused (exit 2)"),  # LayerNorm: no BatchNorm scale to score
-        ("timm:regnetx_002", "scop", "pruned"),  # grouped convolutions, SCOP's uniform rate
+        ("timm:convnext_atto", "slimming", "refused (exit 2)", "BatchNorm"),  # LayerNorm: no BN scale to score
+        ("timm:regnetx_002", "scop", "pruned", ""),  # grouped convolutions, SCOP's uniform rate
+        ("timm:ghostnet_100", "gbn", "pruned", ""),  # gates on concatenated primary/cheap pairs, ticks in units
+        ("timm:ghostnet_100", "metapruning", "refused (exit 2)", "primary/cheap pairs"),  # first-k channels
     ],
 )
-def test_family_method_matrix_cells(family, method, outcome):
-    """A few cells of scripts/family_matrix.py (results/family_matrix.md has all 80): a method's own
+def test_family_method_matrix_cells(family, method, outcome, needle):
+    """A few cells of scripts/family_matrix.py (results/family_matrix.md has them all): a method's own
     criterion and schedule on a family's structure, pruned to 30% with a forward pass, or one line."""
     cell = _family_matrix().one(family, method)
     assert cell["outcome"] == outcome, cell
     if outcome.startswith("refused"):
-        assert "BatchNorm" in cell["detail"] and "\n" not in cell["detail"]
+        assert needle in cell["detail"] and "\n" not in cell["detail"]

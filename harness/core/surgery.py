@@ -32,7 +32,7 @@ class ChannelGroup:
     group: tp.dependency.Group
     channels: int  # current number of channels
     min_keep: int  # the per-layer minimum (from the dense model's widths)
-    members: list[str]  # names of the conv/linear layers whose outputs are in the group
+    members: list[str]  # names of the conv/linear layers whose outputs are the group's channels, in order
     norms: list[str]  # names of the BatchNorm layers in the group (same channel indices)
     # Channels that can only go together, or None: a grouped convolution on the group's channels keeps
     # the same positions in each of its groups, so position p of every group is one unit.
@@ -140,26 +140,34 @@ class ChannelPruner:
     # --- inspection ------------------------------------------------------------------------
     def groups(self, model: nn.Module) -> dict[str, ChannelGroup]:
         with eval_mode(model):
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=self.example_inputs, unwrapped_parameters=unwrapped_parameters(model)
-            )
+            try:
+                graph = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=self.example_inputs, unwrapped_parameters=unwrapped_parameters(model)
+                )
+            except ZeroDivisionError:  # torch-pruning's index mapping through a reshape of the channel axis
+                raise ConfigError(
+                    f"{type(model).__name__} cannot be pruned by the channel surgery: it reshapes the channel "
+                    "axis (a channel shuffle), which torch-pruning cannot map channels through; choose another model"
+                ) from None
         names = {m: n for n, m in model.named_modules()}
         ignored = [model.get_submodule(n) for n in self.ignored_names]
         out = {}
         for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
-            members = [
-                names[item.dep.target.module]
-                for item in g
-                if item.dep.handler in _OUT_FNS and item.dep.target.module in names
-            ]
+            root = g[0].dep.target.module
+            producers = [item for item in g if item.dep.handler in _OUT_FNS and item.dep.target.module in names]
+            # Layers whose channel c is the group's channel c. Not those a concatenation put in the group
+            # with part of its channels (GhostNet's halves): the methods hook and score these.
+            aligned = lambda item, n=_out_channels(root): root_pairs(item) == [(c, c) for c in range(n)]  # noqa: E731
+            members = [names[item.dep.target.module] for item in producers if aligned(item)] or [names[root]]
             norms = [
                 names[item.dep.target.module]
                 for item in g
-                if item.dep.handler == tp.prune_batchnorm_out_channels and item.dep.target.module in names
+                if item.dep.handler == tp.prune_batchnorm_out_channels
+                and item.dep.target.module in names
+                and aligned(item)
             ]
-            root = g[0].dep.target.module
             units = grouped_conv_units(g, _out_channels(root))
-            min_keep = max(self.min_keep.get(n, 1) for n in members)
+            min_keep = max(self.min_keep.get(names[item.dep.target.module], 1) for item in producers)
             if units:  # at least one whole unit stays
                 min_keep = max(min_keep, len(units[0]))
             out[names[root]] = ChannelGroup(names[root], g, _out_channels(root), min_keep, members, norms, units)
@@ -417,7 +425,8 @@ def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[
     A grouped convolution with g groups of w channels (on its input or its output) stays valid only if
     every group loses the same positions: channel c is position c mod w of group c // w, and the g
     channels at one position form a unit. (torch-pruning's conv in-channel pruning assumes this too.)
-    Units of several grouped layers in one group are merged."""
+    Root channels that reach one layer channel by two paths are tied too (``_channel_ties``).
+    Units of several such layers in one group are merged."""
     parent = list(range(channels))
 
     def find(i: int) -> int:
@@ -426,6 +435,10 @@ def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[
             i = parent[i]
         return i
 
+    def tie(members: list[int]) -> None:
+        for other in members[1:]:
+            parent[find(other)] = find(members[0])
+
     constrained = False
     for item in group:
         layer, handler = item.dep.target.module, item.dep.handler
@@ -433,12 +446,13 @@ def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[
             continue
         width = (layer.out_channels if handler == tp.prune_conv_out_channels else layer.in_channels) // layer.groups
         by_position: dict[int, list[int]] = {}
-        for pos, idx in enumerate(item.idxs):
-            root = int(getattr(idx, "root_idx", pos))
-            by_position.setdefault(int(getattr(idx, "idx", idx)) % width, []).append(root)
+        for idx, root in root_pairs(item):
+            by_position.setdefault(idx % width, []).append(root)
         for members in by_position.values():
-            for other in members[1:]:
-                parent[find(other)] = find(members[0])
+            tie(members)
+        constrained = True
+    for pair in _channel_ties(group):
+        tie(list(pair))
         constrained = True
     if not constrained:
         return None
@@ -446,6 +460,43 @@ def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[
     for c in range(channels):
         units.setdefault(find(c), []).append(c)
     return [tuple(u) for u in units.values()]
+
+
+def _channel_ties(group: tp.dependency.Group) -> list[tuple[int, int]]:
+    """Pairs of root channels that reach one channel of a layer by two paths, so that removing either
+    removes it: a channel-preserving op's (activation, norm, depthwise conv) output c and its input's c
+    belong to one root channel unless a concatenation put both into the group through different channels
+    (GhostNet: primary features concatenated with a depthwise "cheap" copy of them). torch-pruning keeps
+    one root per layer channel when it merges the paths, so the pairs are read edge by edge."""
+    kinds = {tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.BN, tp.ops.OPTYPE.DEPTHWISE_CONV, tp.ops.OPTYPE.ELEMENTWISE}
+    roots: dict[tuple[int, int], int] = {}  # (id of graph node, its output channel) -> root channel
+    outputs = [item for item in group if getattr(item.dep.handler, "__name__", "") == "prune_out_channels"]
+    for item in outputs:
+        for idx, root in root_pairs(item):
+            roots[(id(item.dep.target), idx)] = root
+    ties = []
+    for item in outputs:
+        node = item.dep.target
+        preserving = node.type in (tp.ops.OPTYPE.BN, tp.ops.OPTYPE.ELEMENTWISE) or _is_depthwise(node.module)
+        if not preserving or len(node.inputs) != 1 or node.inputs[0].type not in kinds:
+            continue
+        multiplier = node.module.out_channels // node.module.in_channels if _is_depthwise(node.module) else 1
+        for c, root in root_pairs(item):
+            other = roots.get((id(node.inputs[0]), c // multiplier))
+            if other is not None and other != root:
+                ties.append((root, other))
+    return ties
+
+
+def root_pairs(item) -> list[tuple[int, int]]:
+    """(channel of the item's layer, channel of the group's root it goes with): torch-pruning's merged
+    groups keep the second in ``root_idxs``; they coincide when a group has no concatenation or split."""
+    idxs = [int(i) for i in item.idxs]
+    return list(zip(idxs, [int(r) for r in getattr(item, "root_idxs", None) or idxs]))
+
+
+def _is_depthwise(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
 
 
 def complete_units(idxs: list[int], units: list[tuple[int, ...]], channels: int) -> list[int]:
