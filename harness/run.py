@@ -519,31 +519,24 @@ class _Phases:
             sizes = list(cfg.measure.batch_sizes)
             if self.latency_target and int(cfg.measure.target_batch) not in sizes:
                 sizes.append(int(cfg.measure.target_batch))
-            latency = compare_latency(
-                dense,
-                model,
-                task.example_input,
-                sizes,
-                self.device,
-                warmup=cfg.measure.warmup,
-                repeats=cfg.measure.repeats,
-                max_seconds=float(cfg.measure.max_seconds),
-                interval=float(cfg.measure.interval),
-            )
-            if task.end_to_end_input(1) is not None:  # a detector: also timed with its post-processing
-                self.say("[measure] latency end to end (with post-processing)")
-                whole = compare_latency(
+            scopes = [("", task.example_input, sizes, {})]  # the network alone, at every batch size asked
+            if task.has_post_processing:  # a detector: also timed whole, through decoding and NMS
+                scopes.append(("e2e_", task.end_to_end_input, list(cfg.measure.batch_sizes), {"scope": "end to end"}))
+            for prefix, inputs, batch_sizes, extra in scopes:
+                if prefix:
+                    self.say("[measure] latency end to end (with post-processing)")
+                timed = compare_latency(
                     dense,
                     model,
-                    task.end_to_end_input,
-                    cfg.measure.batch_sizes,
+                    inputs,
+                    batch_sizes,
                     self.device,
                     warmup=cfg.measure.warmup,
                     repeats=cfg.measure.repeats,
                     max_seconds=float(cfg.measure.max_seconds),
                     interval=float(cfg.measure.interval),
                 )
-                latency.update({f"e2e_{k}": {**v, "scope": "end to end"} for k, v in whole.items()})
+                latency.update({f"{prefix}{k}": {**v, **extra} for k, v in timed.items()})
         summary = {
             "task": task.name,
             "method": cfg.method.name,

@@ -69,8 +69,12 @@ class Task:
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         return torch.randn(batch_size, *self.input_shape)
 
+    # Whether the whole model is more than its network (a detector's resizing, decoding and NMS): then
+    # ``end_to_end_input`` gives its inputs and the run times it whole beside the network alone.
+    has_post_processing: ClassVar[bool] = False
+
     def end_to_end_input(self, batch_size: int) -> list[torch.Tensor] | None:
-        """Inputs of the whole model when it is more than its network (a detector's images, timed through
+        """Inputs of the whole model when ``has_post_processing`` (a detector's images, timed through
         resizing, decoding and NMS beside the network alone); None: the network is the whole model."""
         return None
 

@@ -135,6 +135,7 @@ class _VocDetectionTask(Task):
     classes: tuple[str, ...] = VOC_CLASSES
     num_classes = 21  # 20 classes and the background
     metric = "map50"
+    has_post_processing = True
 
     @property
     def input_shape(self):
