@@ -209,7 +209,12 @@ def paired_verdict(runs, a: str, b: str) -> dict | None:
     seeds = sorted(set(fa.index) & set(fb.index))
     if not seeds:
         return None
-    mean, lo, hi = t_interval([100 * (fa[s] - fb[s]) for s in seeds])
+    return {"pair": f"{a} − {b}", "n seeds": len(seeds), **difference(a, b, [100 * (fa[s] - fb[s]) for s in seeds])}
+
+
+def difference(a: str, b: str, points: list[float]) -> dict:
+    """Paired differences ``a`` − ``b`` (points of final accuracy): their mean, 95% t interval and verdict."""
+    mean, lo, hi = t_interval(points)
     verdict = (
         "one seed: no interval"
         if math.isnan(lo)
@@ -220,8 +225,6 @@ def paired_verdict(runs, a: str, b: str) -> dict | None:
         else "no difference shown"
     )
     return {
-        "pair": f"{a} − {b}",
-        "n seeds": len(seeds),
         "mean Δ final acc (points)": f"{mean:+.2f}",
         "95% t interval": "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]",
         "verdict": verdict,

@@ -16,13 +16,12 @@ their measured latency reductions match within 2 points; the pairs left out are 
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar10_dev_study import OUT, cell, cli, finish_report, load_runs, run_workers, sweep, t_interval  # noqa: E402
+from cifar10_dev_study import OUT, cell, cli, difference, finish_report, load_runs, run_workers, sweep  # noqa: E402
 
 SEEDS = (0, 1, 2)
 TARGETS = "0.5,0.3"
@@ -126,18 +125,8 @@ def matched_verdict(runs, a: str, b: str) -> dict | None:
     row = {"pair": f"{a} − {b}", "matched seeds": len(seeds), "left out (latency differs)": len(both) - len(seeds)}
     if not seeds:
         return {**row, "mean Δ final acc (points)": "–", "95% t interval": "–", "verdict": "no matched seed"}
-    mean, lo, hi = t_interval([100 * (fa.at[s, "metrics.final_acc"] - fb.at[s, "metrics.final_acc"]) for s in seeds])
-    verdict = (
-        "one seed: no interval"
-        if math.isnan(lo)
-        else f"{a} ahead"
-        if lo > 0
-        else f"{b} ahead"
-        if hi < 0
-        else "no difference shown"
-    )
-    interval = "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
-    return {**row, "mean Δ final acc (points)": f"{mean:+.2f}", "95% t interval": interval, "verdict": verdict}
+    acc = "metrics.final_acc"
+    return {**row, **difference(a, b, [100 * (fa.at[s, acc] - fb.at[s, acc]) for s in seeds])}
 
 
 def run(workers: int) -> int:

@@ -28,3 +28,11 @@ def test_equal_budget_controls_are_labelled_apart():
     assert study.label(row) == "l1"
     assert study.label({**row, "params.finetune.epochs": "17"}) == "l1+ft"
     assert study.label({"tags.method": "gbn_cpu", "params.finetune.epochs": "8"}) == "gbn_cpu"
+
+
+def test_a_difference_names_the_side_its_interval_excludes_zero_for():
+    assert study.difference("gbn", "l1", [2.0, 2.5, 3.0])["verdict"] == "gbn ahead"
+    assert study.difference("gbn", "l1", [-2.0, -2.5, -3.0])["verdict"] == "l1 ahead"
+    assert study.difference("gbn", "l1", [-2.0, 2.5, 0.1])["verdict"] == "no difference shown"
+    one = study.difference("gbn", "l1", [1.0])
+    assert one["verdict"] == "one seed: no interval" and one["95% t interval"] == "–"
