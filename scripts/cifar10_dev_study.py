@@ -105,6 +105,18 @@ def load_runs(experiment: str = "cifar10_dev"):
     return runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
 
 
+def labelled_runs(experiment: str, label=lambda row: row["tags.method"]):
+    """The finished runs of ``experiment``, one per (label, seed), with columns ``label`` (from ``label`` of a
+    row) and ``seed``; None, after saying so, when none has finished yet."""
+    runs = load_runs(experiment)
+    if runs.empty:
+        print(f"no finished runs in experiment {experiment} yet", file=sys.stderr)
+        return None
+    runs["label"] = runs.apply(label, axis=1)
+    runs["seed"] = runs["tags.seed"].astype(int)
+    return runs.drop_duplicates(["label", "seed"])
+
+
 def seed_metric(experiment: str, method: str, seed: int, metric: str) -> float | None:
     """``metric`` of ``method``'s finished run at ``seed`` in ``experiment``, or None before it finished."""
     runs = load_runs(experiment)

@@ -20,7 +20,7 @@ from cifar10_dev_study import (  # noqa: E402
     ROOT,
     cli,
     finish_report,
-    load_runs,
+    labelled_runs,
     method_row,
     paired_verdict,
     run_workers,
@@ -63,13 +63,9 @@ def worker(index: int, workers: int) -> int:
 
 
 def report() -> int:
-    runs = load_runs(EXPERIMENT)
-    if runs.empty:
-        print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
+    runs = labelled_runs(EXPERIMENT)
+    if runs is None:
         return 1
-    runs["seed"] = runs["tags.seed"].astype(int)
-    runs["label"] = runs["tags.method"]
-    runs = runs.drop_duplicates(["label", "seed"])
     rows = [method_row(name, g, batch=32) for name, g in runs.groupby("label")]
     for row in rows:  # the task's metric is mAP@0.5, not an accuracy
         for key in [k for k in row if "acc" in k]:

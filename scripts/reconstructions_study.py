@@ -22,7 +22,7 @@ from cifar10_dev_study import (  # noqa: E402
     OUT,
     cli,
     finish_report,
-    load_runs,
+    labelled_runs,
     method_row,
     paired_verdict,
     run_workers,
@@ -62,13 +62,9 @@ def label(row) -> str:
 
 
 def report() -> int:
-    runs = load_runs(EXPERIMENT)
-    if runs.empty:
-        print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
+    runs = labelled_runs(EXPERIMENT, label)
+    if runs is None:
         return 1
-    runs["label"] = runs.apply(label, axis=1)
-    runs["seed"] = runs["tags.seed"].astype(int)
-    runs = runs.drop_duplicates(["label", "seed"])
     rows = []
     for name, g in runs.groupby("label"):
         rows.append(method_row(name, g))

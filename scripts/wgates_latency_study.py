@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_dev_study import OUT, cell, cli, finish_report, load_runs, run_workers, seed_metric, sweep  # noqa: E402
+from cifar10_dev_study import OUT, cell, cli, finish_report, labelled_runs, run_workers, seed_metric, sweep  # noqa: E402
 from latency_study import MATCH, matched_verdict  # noqa: E402
 
 EXPERIMENT = "cifar10_dev_wgates_latency"
@@ -67,13 +67,9 @@ def label(row) -> str:
 def report() -> int:
     import pandas as pd
 
-    runs = load_runs(EXPERIMENT)
-    if runs.empty:
-        print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
+    runs = labelled_runs(EXPERIMENT, label)
+    if runs is None:
         return 1
-    runs["label"] = runs.apply(label, axis=1)
-    runs["seed"] = runs["tags.seed"].astype(int)
-    runs = runs.drop_duplicates(["label", "seed"])
     rows = []
     for name, g in runs.groupby("label"):
         rows.append(
