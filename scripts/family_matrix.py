@@ -44,6 +44,7 @@ FAMILIES = [
     "timm:regnetx_002",
     "timm:resnext26ts",
     "timm:ghostnet_100",
+    "tv:shufflenet_v2_x0_5",
 ]
 # Each method at a token budget (the keys are the methods' own; see harness/conf/method/).
 METHODS = {

@@ -66,7 +66,7 @@ def _silence(model: nn.Module, group, roots: set[int]) -> None:
                 layer.bias[idxs] = 0
 
 
-@pytest.mark.parametrize("name", ["timm:ghostnet_100", "tv:mobilenet_v2", "tv:resnet18"])
+@pytest.mark.parametrize("name", ["timm:ghostnet_100", "tv:shufflenet_v2_x0_5", "tv:mobilenet_v2", "tv:resnet18"])
 def test_removing_channels_whose_outputs_are_zero_leaves_the_output_unchanged(name):
     """A check that shapes alone cannot pass: channels silenced in the dense network (their outputs exactly
     0) are then removed; if the surgery cut any other channel, or a concatenation's partner channel
@@ -97,24 +97,56 @@ def test_removing_channels_whose_outputs_are_zero_leaves_the_output_unchanged(na
     assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
 
 
-@pytest.mark.parametrize(
-    "model, message",
-    [
-        ("tv:shufflenet_v2_x0_5", "ShuffleNetV2 cannot be pruned by the channel surgery"),
-    ],
-)
-def test_unsupported_family_exits_2_with_one_line_before_training(run_cli, tmp_path, model, message):
+def test_shufflenet_keeps_torchvisions_function_with_its_shuffle_as_a_layer():
+    import torchvision
+
+    from tasks.models.shufflenet import ChannelShuffle
+
+    torch.manual_seed(0)
+    reference = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    model = create_model("tv:shufflenet_v2_x0_5", 10).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    assert sum(isinstance(m, ChannelShuffle) for m in model.modules()) == 16  # one per block
+    pruner = ChannelPruner(model, torch.randn(1, 3, 32, 32), [model.fc], 0.1)
+    kept_whole = {"stage2.0.branch2.5", "stage3.3.branch2.5", "stage4.0.branch1.2"}  # they feed a shuffle
+    assert not kept_whole & set(pruner.groups(model))
+
+
+class _UnmarkedShuffle(nn.Module):
+    """A channel shuffle written inline, as a user's model would have it."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.conv(x)
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def test_an_unmarked_channel_shuffle_exits_2_with_one_line_naming_the_fix(run_cli, tmp_path, monkeypatch):
+    from tasks import models
+
+    monkeypatch.setitem(models._REGISTRY, "unmarked_shuffle", _UnmarkedShuffle)
     code, out, err = run_cli(
         "run",
         "task=resnet56",
-        f"model={model}",
+        "model=unmarked_shuffle",
         "method=l1",
         "prune.flops_reduction=0.3",
         f"data.root={tmp_path / 'no-data'}",
         f"results_dir={tmp_path}",
         "tracking=none",
     )
-    assert code == 2 and message in err, err
+    assert code == 2 and "_UnmarkedShuffle cannot be pruned by the channel surgery" in err, err
+    assert "channel shuffle" in err and "fixed_channels" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 

@@ -57,6 +57,31 @@ def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]] | N
     return declared() if callable(declared) else None
 
 
+class _FixedWidth(tp.pruner.BasePruningFunc):
+    """torch-pruning's handler for a layer whose channels must not change (``fixed_channels``): groups that
+    reach it are left out, so these never run."""
+
+    # Distinct functions on purpose: torch-pruning couples a layer's inputs to its outputs when its two
+    # handlers are the same one, and a shuffle's output channel c is not its input channel c.
+    def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        raise RuntimeError(f"{type(layer).__name__} keeps its output channels")
+
+    def prune_in_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        raise RuntimeError(f"{type(layer).__name__} keeps its input channels")
+
+    def get_out_channels(self, layer: nn.Module) -> None:
+        return None
+
+    def get_in_channels(self, layer: nn.Module) -> None:
+        return None
+
+
+def fixed_width_layers(model: nn.Module) -> dict[type, _FixedWidth]:
+    """{layer type: handler} for the layers a model marks ``fixed_channels`` (ShuffleNetV2's channel shuffle):
+    traced as single nodes, and no channel that reaches them is pruned."""
+    return {type(m): _FixedWidth() for m in model.modules() if getattr(m, "fixed_channels", False)}
+
+
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """(MACs, params) of one forward pass on ``example_inputs``, counted by torch-pruning (MACs, not FLOPs)."""
     with eval_mode(model), torch.no_grad():
@@ -139,20 +164,23 @@ class ChannelPruner:
 
     # --- inspection ------------------------------------------------------------------------
     def groups(self, model: nn.Module) -> dict[str, ChannelGroup]:
+        fixed = fixed_width_layers(model)
         with eval_mode(model):
             try:
                 graph = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=self.example_inputs, unwrapped_parameters=unwrapped_parameters(model)
+                    model,
+                    example_inputs=self.example_inputs,
+                    unwrapped_parameters=unwrapped_parameters(model),
+                    customized_pruners=fixed or None,
                 )
             except ZeroDivisionError:  # torch-pruning's index mapping through a reshape of the channel axis
-                raise ConfigError(
-                    f"{type(model).__name__} cannot be pruned by the channel surgery: it reshapes the channel "
-                    "axis (a channel shuffle), which torch-pruning cannot map channels through; choose another model"
-                ) from None
+                raise _reshape_refusal(model) from None
         names = {m: n for n, m in model.named_modules()}
         ignored = [model.get_submodule(n) for n in self.ignored_names]
         out = {}
         for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+            if fixed and any(type(item.dep.target.module) in fixed for item in g):
+                continue  # reaches a layer whose channels must not change
             root = g[0].dep.target.module
             producers = [item for item in g if item.dep.handler in _OUT_FNS and item.dep.target.module in names]
             # Layers whose channel c is the group's channel c. Not those a concatenation put in the group
@@ -371,6 +399,8 @@ class ChannelPruner:
             self.remove(pruned, everything)
             return self.reduction(pruned)
         except (RuntimeError, ZeroDivisionError, IndexError, ValueError) as e:
+            if "is invalid for input of size" in str(e):  # a view of the channel axis broke: a shuffle's
+                raise _reshape_refusal(model) from None
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(
                 f"{type(model).__name__} cannot be pruned by the channel surgery: removing channels "
@@ -397,6 +427,14 @@ def smallest_prefix(reduction_at: Callable[[int], float], goal: float, n: int, l
         else:
             lo = mid + 1
     return lo
+
+
+def _reshape_refusal(model: nn.Module) -> ConfigError:
+    return ConfigError(
+        f"{type(model).__name__} cannot be pruned by the channel surgery: it reshapes the channel axis (a channel "
+        "shuffle?), which torch-pruning cannot map channels through; choose another model, or make that step a "
+        "layer marked fixed_channels (tasks/models/shufflenet.py does so for ShuffleNetV2)"
+    )
 
 
 def check_supported(model: nn.Module) -> None:
