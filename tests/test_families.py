@@ -168,6 +168,7 @@ def _family_matrix():
         ("timm:convnext_atto", "slimming", "refused (exit 2)", "BatchNorm"),  # LayerNorm: no BN scale to score
         ("timm:regnetx_002", "scop", "pruned", ""),  # grouped convolutions, SCOP's uniform rate
         ("timm:ghostnet_100", "gbn", "pruned", ""),  # gates on concatenated primary/cheap pairs, ticks in units
+        ("tv:shufflenet_v2_x0_5", "gbn", "pruned", ""),  # gates only where no shuffle is reached
         ("timm:ghostnet_100", "metapruning", "refused (exit 2)", "primary/cheap pairs"),  # first-k channels
     ],
 )
