@@ -526,7 +526,7 @@ def _channel_ties(group: tp.dependency.Group) -> list[tuple[int, int]]:
     return ties
 
 
-def root_pairs(item) -> list[tuple[int, int]]:
+def root_pairs(item: tp._helpers.GroupItem) -> list[tuple[int, int]]:
     """(channel of the item's layer, channel of the group's root it goes with): torch-pruning's merged
     groups keep the second in ``root_idxs``; they coincide when a group has no concatenation or split."""
     idxs = [int(i) for i in item.idxs]
