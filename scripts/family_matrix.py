@@ -13,6 +13,7 @@ not accuracy. Methods that need a teacher (GAL, AIP) train a student against it 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -149,14 +150,29 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--out", default="results/family_matrix.md")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--cells",
+        type=Path,
+        help="a JSON-lines file of finished cells: those in it are reused, new ones appended (resumable; "
+        "several processes over different --families can share it)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    started = time.time()
+    done = {}
+    if args.cells and args.cells.exists():
+        for line in args.cells.read_text().splitlines():
+            cell = json.loads(line)
+            done[(cell["family"], cell["method"])] = cell
     rows = []
     for family in args.families:
         for method in args.methods:
-            rows.append(one(family, method))
-            r = rows[-1]
+            r = done.get((family, method))
+            if r is None:
+                r = one(family, method)
+                if args.cells:
+                    with open(args.cells, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+            rows.append(r)
             print(f"{family:24s} {method:9s} {r['outcome']:16s} {r['detail'][:90]} ({r['seconds']:.1f} s)", flush=True)
     import pandas as pd
 
@@ -173,7 +189,8 @@ def main() -> int:
             f"they prune (token budgets: {budgets}). "
             f"{sum(table['outcome'] == 'pruned')} of {len(table)} pruned, "
             f"{sum(table['outcome'].str.startswith('refused'))} refused with one line, "
-            f"{sum(table['outcome'] == 'DEFECT')} defects. Wall time {(time.time() - started) / 60:.1f} min.",
+            f"{sum(table['outcome'] == 'DEFECT')} defects. Time over all cells {table['seconds'].sum() / 60:.1f} "
+            f"min at {args.threads} thread(s) per process.",
             "",
             grid.to_markdown(),
             "",

@@ -204,7 +204,10 @@ def test_torchrun_methods_decide_once_for_both_ranks(tmp_path, method):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary,) = json_lines(proc.stdout)
     assert summary["world_size"] == 2
-    assert 0.5 <= summary["flops_reduction"] <= 0.53, summary["flops_reduction"]
+    # MetaPruning picks, by validation accuracy, any candidate inside its cost window [0.5, 0.55]; which one
+    # wins moves with the thread count's rounding. The others finish at the target, within a step of it.
+    top = 0.55 if "method=metapruning" in method else 0.53
+    assert 0.5 <= summary["flops_reduction"] <= top, summary["flops_reduction"]
     assert summary["final_acc"] >= 0.9, summary
     # Each rank decided on its own from statistics summed (or broadcast) over the ranks: the same network.
     assert len(set(summary["ddp_pruned_checksums"])) == 1, summary["ddp_pruned_checksums"]
