@@ -1,6 +1,6 @@
 """Does prune.target=latency meet its request for every method? ResNet-56 and VGG-16 (32x32) on this CPU.
 
-    python benchmarks/latency_target_methods.py run [--methods gbn_cpu scop ...] [--models resnet56 vgg16_cifar]
+    python benchmarks/latency_target_methods.py run [--methods gbn_cpu scop ...] [--models resnet56 vgg16_cifar] [--batches 1 64]
     python benchmarks/latency_target_methods.py report      # results/bench/latency_target_methods.md
 
 The companion of benchmarks/latency_target.py (L1's ranking through the pruner alone): here each method
@@ -12,11 +12,16 @@ fine-tune; VGG-16 gets 10 classes (CIFAR-10 images). One thread (the other core 
 64, requests of 30% and 50%. "measured" is the run's own final paired measurement at the target batch
 (dense vs pruned in alternating pairs, its 95% interval); "measurements" how many candidates the last step
 timed (the correction, ``ChannelPruner.finish``).
+
+``report`` keeps every finished cell in results/bench/latency_target_methods.rows.jsonl (committed), so the
+table survives a new checkout whose MLflow store is empty: a cell in the store replaces its row there, the
+others stay. Notes written by hand go in latency_target_methods.notes.md, appended below the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import subprocess
@@ -30,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 EXPERIMENT = "latency_target_methods"
 OUT = ROOT / "results" / "bench" / "latency_target_methods.md"
 LOG = ROOT / "results" / "bench" / "latency_target_methods.log"
+ROWS = OUT.with_suffix(".rows.jsonl")
+NOTES = OUT.with_suffix(".notes.md")
+CELL = ("method", "model", "batch", "requested ↓ %")
 COMMON = [
     "task=resnet56",
     "budget=cifar10_dev",
@@ -64,13 +72,13 @@ MODELS = ("resnet56", "vgg16_cifar")
 BATCHES = (1, 64)
 
 
-def run(methods: list[str], models: list[str]) -> int:
+def run(methods: list[str], models: list[str], batches: list[int]) -> int:
     LOG.parent.mkdir(parents=True, exist_ok=True)
     failures = 0
     with open(LOG, "a") as log:
         for name in methods:  # every case of one method before the next: a partial table is whole rows
             for model in models:
-                for batch in BATCHES:
+                for batch in batches:
                     cmd = [sys.executable, "-m", "harness", "sweep", *COMMON, f"model={model}", *METHODS[name]]
                     cmd += [f"measure.target_batch={batch}", f"measure.batch_sizes=[{batch}]"]
                     started = time.time()
@@ -84,19 +92,17 @@ def run(methods: list[str], models: list[str]) -> int:
     return failures
 
 
-def report() -> int:
-    import pandas as pd
-
+def store_rows() -> list[dict]:
+    """One row per finished cell of the store (a cell rerun with other settings: the latest counts)."""
     from harness.compare import load_runs
     from harness.tracking import store_uri
 
     runs = load_runs(store_uri(None, ROOT / "results"), EXPERIMENT)
     if runs.empty:
-        print("no runs yet: python benchmarks/latency_target_methods.py run", file=sys.stderr)
-        return 1
+        return []
     runs = runs[runs["status"] == "FINISHED"].sort_values("start_time")
     cell = ["tags.method", "params.model.name", "params.measure.target_batch", "params.prune.latency_reduction"]
-    runs = runs.drop_duplicates(cell, keep="last")  # a cell rerun with other settings: the latest counts
+    runs = runs.drop_duplicates(cell, keep="last")
     rows = []
     for _, r in runs.iterrows():
         requested = 100 * float(r["params.prune.latency_reduction"])
@@ -106,7 +112,7 @@ def report() -> int:
             {
                 "method": r["tags.method"],
                 "model": r["params.model.name"],
-                "batch": int(float(r["params.measure.target_batch"])),
+                "batch": str(int(float(r["params.measure.target_batch"]))),
                 "requested ↓ %": f"{requested:.0f}",
                 "predicted ↓ %": f"{100 * float(r['metrics.latency_reduction_predicted']):.1f}",
                 "measured ↓ % [95%]": f"{measured:.1f} [{lo:.1f}, {hi:.1f}]",
@@ -114,27 +120,62 @@ def report() -> int:
                 "within 5": "yes" if abs(measured - requested) <= 5 else "no",
                 "MACs ↓ %": f"{100 * float(r['metrics.flops_reduction']):.1f}",
                 "run s": f"{(r['end_time'] - r['start_time']).total_seconds():.0f}",
+                "finished": r["end_time"].strftime("%Y-%m-%d %H:%M"),
+                "run id": r["run_id"],
             }
         )
-    table = pd.DataFrame(rows).sort_values(["method", "model", "batch", "requested ↓ %"])
+    return rows
+
+
+def kept_rows() -> dict[tuple, dict]:
+    """The committed rows by cell, those of the store laid over them (and written back)."""
+
+    rows = {}
+    if ROWS.exists():
+        for line in ROWS.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[tuple(row[k] for k in CELL)] = row
+    for row in store_rows():
+        rows[tuple(row[k] for k in CELL)] = row
+    ROWS.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+    return rows
+
+
+def report() -> int:
+    import pandas as pd
+
+    rows = kept_rows()
+    if not rows:
+        print("no runs yet: python benchmarks/latency_target_methods.py run", file=sys.stderr)
+        return 1
+    table = pd.DataFrame(list(rows.values())).drop(columns=["finished", "run id"], errors="ignore")
+    order = table.assign(_b=table["batch"].astype(int), _r=table["requested ↓ %"].astype(float))
+    table = table.loc[order.sort_values(["method", "model", "_b", "_r"]).index]
     ok = int((table["within 5"] == "yes").sum())
+    cases = len(MODELS) * len(BATCHES) * 2
+    complete = [m for m, g in table.groupby("method") if len(g) == cases]
     text = "\n".join(
         [
             "# Latency targets for every method: requested vs measured",
             "",
-            "`python benchmarks/latency_target_methods.py run` then `report` (the settings: the script's docstring)",
+            "`python benchmarks/latency_target_methods.py run` then `report` (the settings: the script's docstring;"
+            " every cell's row, with its MLflow run id and when it finished: latency_target_methods.rows.jsonl)",
             "",
             f"CPU {platform.processor() or platform.machine()}, 1 thread, eager PyTorch, float32; latency = ms per "
             "forward pass of the batch (median of paired timings); near-untrained weights (one baseline epoch on "
             "512 images), no fine-tune. 'predicted' is the lookup table's figure for the final network, "
             "'measured' the run's final paired measurement with its 95% interval.",
             "",
-            f"**{ok} of {len(table)} runs within 5 points of the request.**",
+            f"**{ok} of {len(table)} runs within 5 points of the request.** Methods with all {cases} cases: "
+            f"{', '.join(complete) or 'none yet'}.",
             "",
             table.to_markdown(index=False, disable_numparse=True),
             "",
         ]
     )
+    if NOTES.exists():
+        text += "\n" + NOTES.read_text()
     OUT.write_text(text)
     print(text)
     return 0
@@ -144,9 +185,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("run", "report"))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), choices=list(BATCHES))
     args = p.parse_args()
-    return run(args.methods, args.models) if args.command == "run" else report()
+    return run(args.methods, args.models, args.batches) if args.command == "run" else report()
 
 
 if __name__ == "__main__":
