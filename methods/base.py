@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
 from harness.core.step import SupervisedStep, TrainStep
-from harness.core.surgery import ChannelPruner, Importance
+from harness.core.surgery import ChannelGroup, ChannelPruner, Importance
 from harness.core.train import TrainingHook
 
 
@@ -129,10 +129,10 @@ class Method:
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
         """Refuse (ConfigError, one line) before any training a target or settings this method cannot meet."""
 
-    def refuse_tied_units(self, model: nn.Module, pruner: ChannelPruner, what: str) -> None:
-        """For a method that chooses single channels (``what`` it does): refuse a model whose channels go in
-        units (a grouped convolution's positions, GhostNet's concatenated primary/cheap pairs)."""
-        tied = [key for key, g in pruner.groups(model).items() if g.units]
+    def refuse_tied_units(self, groups: dict[str, ChannelGroup], what: str) -> None:
+        """For a method that chooses single channels (``what`` it does): refuse a model whose channel
+        ``groups`` go in units (a grouped convolution's positions, GhostNet's concatenated primary/cheap pairs)."""
+        tied = [key for key, g in groups.items() if g.units]
         if tied:
             raise ConfigError(
                 f"{self.name} {what}, which channels tied in units cannot follow (a grouped convolution, or "

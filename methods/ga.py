@@ -84,7 +84,7 @@ class GAChannelPruning(Method):
     uses_normalize = False
 
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
-        self.refuse_tied_units(model, pruner, "evolves keep vectors over single channels")
+        self.refuse_tied_units(pruner.groups(model), "evolves keep vectors over single channels")
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         ctx.require_validation("method ga (its sensitivity scan)")

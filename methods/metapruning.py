@@ -35,6 +35,7 @@ import torch_pruning as tp
 from omegaconf import OmegaConf
 
 from harness.core import distributed
+from harness.core.convs import is_grouped
 from harness.core.errors import ConfigError, NumericalError
 from harness.core.hooks import per_channel
 from harness.core.settings import setting
@@ -218,7 +219,7 @@ class MetaPruning(Method):
     # --- checks before any training ------------------------------------------------------------
     def check_model(self, model: nn.Module) -> None:
         for name, m in model.named_modules():
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+            if is_grouped(m):
                 raise ConfigError(
                     f"metapruning keeps each group's first channels, which a grouped convolution ({name}) "
                     "cannot do; choose another method or model"
@@ -233,7 +234,8 @@ class MetaPruning(Method):
 
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
         cfg = self.cfg
-        self.refuse_tied_units(model, pruner, "keeps each group's first channels")
+        groups = pruner.groups(model)
+        self.refuse_tied_units(groups, "keeps each group's first channels")
         grid = list(cfg.grid)
         if not grid or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in grid):
             raise ConfigError(f"method.grid must be a non-empty list of fractions in (0, 1], got {grid}")
@@ -242,7 +244,7 @@ class MetaPruning(Method):
                 "metapruning: method.mutations + method.crossovers and method.parents must not exceed "
                 f"method.population={cfg.population}"
             )
-        draws = _Candidates(WidthSpace(model, pruner), grid, target, float(cfg.window), random.Random(0))
+        draws = _Candidates(WidthSpace(model, pruner, groups=groups), grid, target, float(cfg.window), random.Random(0))
         if not draws.reachable(200):
             raise ConfigError(
                 f"metapruning: no width vector of the grid lands in the window [{target}, {target + cfg.window:.3f}] "

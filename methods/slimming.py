@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from harness.core.errors import ConfigError
 from harness.core.settings import setting
-from harness.core.surgery import root_pairs
+from harness.core.surgery import is_aligned
 from harness.core.train import TrainingHook
 from methods.base import Method, PruneContext, register_method
 
@@ -53,13 +53,13 @@ class BNScaleImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group):
-        own = [(c, c) for c in range(len(group[0].idxs))]
+        channels = len(group[0].idxs)
         scales = [
             item.dep.target.module.weight.detach()[item.idxs].abs()
             for item in group
             if item.dep.handler == tp.prune_batchnorm_out_channels
             and item.dep.target.module.affine
-            and root_pairs(item) == own
+            and is_aligned(item, channels)
         ]
         return torch.stack(scales).mean(0) if scales else None
 

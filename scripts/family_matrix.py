@@ -188,12 +188,12 @@ def main() -> int:
             *(
                 [
                     f"Cells from {args.cells} (each computed once, by one of the processes that shared the file, "
-                    "over some of the families; their seconds were timed on a machine those processes shared)."
+                    "over some of the families; their seconds were timed on a machine those processes shared).",
+                    "",
                 ]
                 if args.cells
                 else []
             ),
-            "",
             "Untrained weights, 32x32 inputs, 10 classes, 64 synthetic samples for the methods that train while "
             f"they prune (token budgets: {budgets}). "
             f"{sum(table['outcome'] == 'pruned')} of {len(table)} pruned, "

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from harness.core.convs import is_depthwise
+
 NORMALIZE = ("none", "macs", "memory", "latency")
 _FLOOR = {"latency": 1e-6}  # a saving of 0 would make a score infinite; counts floor at 1
 
@@ -163,12 +165,11 @@ def _geometry(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, _Laye
         def hook(module, inputs, output):
             if isinstance(module, nn.Conv2d):
                 kernel = module.kernel_size[0] * module.kernel_size[1]
-                dw = module.groups > 1 and module.groups == module.in_channels == module.out_channels
                 layers[name] = _Layer(
                     kernel,
                     output.shape[2] * output.shape[3],
                     module.groups,
-                    dw,
+                    is_depthwise(module),
                     module.in_channels,
                     module.out_channels,
                 )

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from harness.core.allocation import knapsack
+from harness.core.convs import is_depthwise, is_grouped
 from harness.core.costs import NORMALIZE, ChannelCosts, normalized
 from harness.core.errors import ConfigError
 
@@ -185,20 +186,20 @@ class ChannelPruner:
             producers = [item for item in g if item.dep.handler in _OUT_FNS and item.dep.target.module in names]
             # Layers whose channel c is the group's channel c. Not those a concatenation put in the group
             # with part of its channels (GhostNet's halves): the methods hook and score these.
-            aligned = lambda item, n=_out_channels(root): root_pairs(item) == [(c, c) for c in range(n)]  # noqa: E731
-            members = [names[item.dep.target.module] for item in producers if aligned(item)] or [names[root]]
+            channels = _out_channels(root)
+            members = [names[i.dep.target.module] for i in producers if is_aligned(i, channels)] or [names[root]]
             norms = [
                 names[item.dep.target.module]
                 for item in g
                 if item.dep.handler == tp.prune_batchnorm_out_channels
                 and item.dep.target.module in names
-                and aligned(item)
+                and is_aligned(item, channels)
             ]
-            units = grouped_conv_units(g, _out_channels(root))
+            units = grouped_conv_units(g, channels)
             min_keep = max(self.min_keep.get(names[item.dep.target.module], 1) for item in producers)
             if units:  # at least one whole unit stays
                 min_keep = max(min_keep, len(units[0]))
-            out[names[root]] = ChannelGroup(names[root], g, _out_channels(root), min_keep, members, norms, units)
+            out[names[root]] = ChannelGroup(names[root], g, channels, min_keep, members, norms, units)
         return out
 
     def channel_costs(self, model: nn.Module, groups: dict[str, ChannelGroup] | None = None) -> ChannelCosts:
@@ -448,15 +449,6 @@ def check_supported(model: nn.Module) -> None:
             )
 
 
-def _is_grouped(layer: nn.Module) -> bool:
-    """A grouped convolution that is not depthwise (depthwise ones prune channel by channel)."""
-    return (
-        isinstance(layer, nn.Conv2d)
-        and layer.groups > 1
-        and not (layer.groups == layer.in_channels == layer.out_channels)
-    )
-
-
 def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[int, ...]] | None:
     """The channels of a group that must be removed together, or None when any channel may go alone.
 
@@ -480,7 +472,7 @@ def grouped_conv_units(group: tp.dependency.Group, channels: int) -> list[tuple[
     constrained = False
     for item in group:
         layer, handler = item.dep.target.module, item.dep.handler
-        if not _is_grouped(layer) or handler not in (tp.prune_conv_out_channels, tp.prune_conv_in_channels):
+        if not is_grouped(layer) or handler not in (tp.prune_conv_out_channels, tp.prune_conv_in_channels):
             continue
         width = (layer.out_channels if handler == tp.prune_conv_out_channels else layer.in_channels) // layer.groups
         by_position: dict[int, list[int]] = {}
@@ -515,10 +507,10 @@ def _channel_ties(group: tp.dependency.Group) -> list[tuple[int, int]]:
     ties = []
     for item in outputs:
         node = item.dep.target
-        preserving = node.type in (tp.ops.OPTYPE.BN, tp.ops.OPTYPE.ELEMENTWISE) or _is_depthwise(node.module)
+        preserving = node.type in (tp.ops.OPTYPE.BN, tp.ops.OPTYPE.ELEMENTWISE) or is_depthwise(node.module)
         if not preserving or len(node.inputs) != 1 or node.inputs[0].type not in kinds:
             continue
-        multiplier = node.module.out_channels // node.module.in_channels if _is_depthwise(node.module) else 1
+        multiplier = node.module.out_channels // node.module.in_channels if is_depthwise(node.module) else 1
         for c, root in root_pairs(item):
             other = roots.get((id(node.inputs[0]), c // multiplier))
             if other is not None and other != root:
@@ -533,8 +525,11 @@ def root_pairs(item: tp._helpers.GroupItem) -> list[tuple[int, int]]:
     return list(zip(idxs, [int(r) for r in getattr(item, "root_idxs", None) or idxs]))
 
 
-def _is_depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
+def is_aligned(item: tp._helpers.GroupItem, channels: int) -> bool:
+    """Whether the item's layer channel c is its group's channel c for all ``channels`` of the group: not so
+    for a layer a concatenation put in the group with part of its channels (GhostNet's halves), which
+    methods must neither gate nor score as the group's."""
+    return root_pairs(item) == [(c, c) for c in range(channels)]
 
 
 def complete_units(idxs: list[int], units: list[tuple[int, ...]], channels: int) -> list[int]:

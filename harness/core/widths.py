@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.errors import ConfigError
-from harness.core.surgery import ChannelPruner, Importance
+from harness.core.surgery import ChannelGroup, ChannelPruner, Importance
 
 
 class WidthSpace:
@@ -21,9 +21,15 @@ class WidthSpace:
     ``importance`` chooses which channels a width keeps (its most important ones, e.g. ACP's largest-L1
     filters); without it a width keeps the group's *first* channels (MetaPruning's rule)."""
 
-    def __init__(self, model: nn.Module, pruner: ChannelPruner, importance: Importance | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        pruner: ChannelPruner,
+        importance: Importance | None = None,
+        groups: dict[str, ChannelGroup] | None = None,
+    ):
         self.model, self.pruner = model, pruner
-        groups = pruner.groups(model)
+        groups = groups if groups is not None else pruner.groups(model)
         self.keys = list(groups)
         self.low = [groups[k].min_keep for k in self.keys]
         self.high = [groups[k].channels for k in self.keys]

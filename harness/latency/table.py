@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from harness.core.convs import is_depthwise
 from harness.core.locks import file_lock
 from harness.core.surgery import ChannelPruner
 from harness.latency.measure import device_name, passes_for, timed
@@ -115,7 +116,7 @@ def _traced_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, t
     def hook(module, inputs, _output):
         x = inputs[0]
         if isinstance(module, nn.Conv2d):
-            depthwise = module.groups > 1 and module.groups == module.in_channels
+            depthwise = is_depthwise(module)
             shape = LayerShape(
                 "depthwise" if depthwise else "conv",
                 tuple(module.kernel_size),
