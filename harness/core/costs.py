@@ -169,7 +169,8 @@ def _geometry(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, _Laye
                     kernel,
                     output.shape[2] * output.shape[3],
                     module.groups,
-                    is_depthwise(module),
+                    # with a channel multiplier its outputs are counted as a grouped conv's (as before)
+                    is_depthwise(module) and module.out_channels == module.in_channels,
                     module.in_channels,
                     module.out_channels,
                 )
