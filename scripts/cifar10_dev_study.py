@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "cifar10_dev"
+KEPT_RUNS = ROOT / "results" / "runs"  # every study's finished runs, committed (the MLflow store is not)
+_KEPT_COLUMNS = {"run_id", "status", "start_time", "end_time", "experiment_id"}
 COMMON = [
     "task=resnet56",
     "model=resnet20",
@@ -97,12 +99,32 @@ def worker(index: int, workers: int) -> int:
 
 
 def load_runs(experiment: str = "cifar10_dev"):
-    """The FINISHED runs of ``experiment`` in the project's store (an empty frame when none)."""
+    """The FINISHED runs of ``experiment``: those in the project's store and those kept in
+    results/runs/<experiment>.jsonl (committed), the store's replacing kept ones with the same run id. The
+    store's are written back there, so that a study's tables survive a checkout whose store is empty (the
+    store is not committed); an empty frame when there are none."""
+    import pandas as pd
+
     from harness.compare import load_runs as load
+    from harness.core.locks import file_lock
     from harness.tracking import store_uri
 
     runs = load(store_uri(None, ROOT / "results"), experiment)
-    return runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
+    runs = runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
+    kept_file = KEPT_RUNS / f"{experiment}.jsonl"
+    with file_lock(kept_file.with_suffix(".lock")):
+        kept = pd.DataFrame()
+        if kept_file.exists() and kept_file.stat().st_size:
+            kept = pd.read_json(kept_file, lines=True, dtype=False)  # params stay strings, as MLflow gives them
+            for column in ("start_time", "end_time"):
+                kept[column] = pd.to_datetime(kept[column], utc=True)
+        if not runs.empty:
+            kept = kept[~kept["run_id"].isin(runs["run_id"])] if not kept.empty else kept
+            columns = [c for c in runs.columns if c in _KEPT_COLUMNS or c.startswith(("params.", "metrics.", "tags."))]
+            kept = pd.concat([kept, runs[columns]], ignore_index=True).sort_values("start_time")
+            kept_file.parent.mkdir(parents=True, exist_ok=True)
+            kept.to_json(kept_file, orient="records", lines=True, date_format="iso")
+    return kept.copy()
 
 
 def labelled_runs(experiment: str, label=lambda row: row["tags.method"]):

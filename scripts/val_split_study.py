@@ -26,6 +26,7 @@ from cifar10_dev_study import (  # noqa: E402
     cell,
     cli,
     finish_report,
+    load_runs,
     method_row,
     paired_verdict,
     run_workers,
@@ -73,11 +74,7 @@ def label(row) -> str:
 
 
 def report() -> int:
-    from harness.compare import load_runs
-    from harness.tracking import store_uri
-
-    runs = load_runs(store_uri(None, ROOT / "results"), EXPERIMENT)
-    runs = runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
+    runs = load_runs(EXPERIMENT)
     if runs.empty:
         print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
         return 1

@@ -36,3 +36,39 @@ def test_a_difference_names_the_side_its_interval_excludes_zero_for():
     assert study.difference("gbn", "l1", [-2.0, 2.5, 0.1])["verdict"] == "no difference shown"
     one = study.difference("gbn", "l1", [1.0])
     assert one["verdict"] == "one seed: no interval" and one["95% t interval"] == "–"
+
+
+@pytest.mark.quick
+def test_finished_runs_outlive_the_store_that_held_them(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import harness.compare
+
+    def frame(run_id: str, status: str, acc: float) -> dict:
+        return {
+            "run_id": run_id,
+            "status": status,
+            "start_time": pd.Timestamp("2026-12-02 10:00", tz="UTC"),
+            "end_time": pd.Timestamp("2026-12-02 11:00", tz="UTC"),
+            "params.prune.flops_reduction": "0.5",
+            "metrics.final_acc": acc,
+            "tags.method": "l1",
+            "artifact_uri": "file:///nowhere",  # not kept
+        }
+
+    store = pd.DataFrame([frame("a", "FINISHED", 0.61), frame("b", "RUNNING", 0.0)])
+    monkeypatch.setattr(harness.compare, "load_runs", lambda uri, experiment: store)
+    monkeypatch.setattr(study, "KEPT_RUNS", tmp_path)
+    first = study.load_runs("exp")
+    assert list(first["run_id"]) == ["a"]  # only finished runs
+
+    store = pd.DataFrame([frame("a", "FINISHED", 0.62), frame("c", "FINISHED", 0.70)])  # a re-read replaces
+    assert sorted(study.load_runs("exp")["run_id"]) == ["a", "c"]
+
+    store = pd.DataFrame()  # a new checkout: the store is empty, the committed file is not
+    kept = study.load_runs("exp").set_index("run_id")
+    assert sorted(kept.index) == ["a", "c"]
+    assert kept.loc["a", "metrics.final_acc"] == 0.62
+    assert kept.loc["a", "params.prune.flops_reduction"] == "0.5"  # params stay strings, as MLflow gives them
+    assert "artifact_uri" not in kept.columns
+    assert str(kept["end_time"].dtype).startswith("datetime64")
