@@ -156,6 +156,18 @@ class TeacherStudent:
 StudentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
+def _student_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, trained: list, what: str, step: int) -> float:
+    """One optimiser step on ``loss`` (gradients averaged over the ranks); its value, refused when not finite."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NumericalError(f"{what} became {value} at step {step}; lower the lr (method.lr)")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(trained)
+    optimizer.step()
+    return value
+
+
 def distill_epoch(
     student: nn.Module,
     ts: TeacherStudent,
@@ -184,14 +196,7 @@ def distill_epoch(
         student_logits = student(x)
         terms = ts.discriminator_step(teacher_logits, student_logits)
         losses = student_loss(y.to(device, non_blocking=True), student_logits, teacher_logits)
-        loss = sum(losses.values())
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NumericalError(f"{desc}: the student's loss became {value} at step {i}; lower method.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(trained)
-        optimizer.step()
+        value = _student_step(sum(losses.values()), optimizer, trained, f"{desc}: the student's loss", i)
         if after_step is not None:
             after_step(i)
         agree = (pooled(student_logits).argmax(1) == pooled(teacher_logits).argmax(1)).float().mean().item()
@@ -242,13 +247,7 @@ def distill(
             teacher_logits = teacher(x)
         logits = student(x)
         loss = alpha * kd_loss(logits, teacher_logits, temperature) + (1 - alpha) * loss_fn(logits, y)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NumericalError(f"{desc}: the distillation loss became {value} at step {i + 1}; lower the lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(params)
-        optimizer.step()
+        value = _student_step(loss, optimizer, params, f"{desc}: the distillation loss", i + 1)
         agree = (pooled(logits).argmax(1) == pooled(teacher_logits).argmax(1)).float().mean().item()
         sums["loss"] += value * len(x)
         sums["agreement"] += agree * len(x)
