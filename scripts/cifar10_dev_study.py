@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "cifar10_dev"
-KEPT_RUNS = ROOT / "results" / "runs"  # every study's finished runs, committed (the MLflow store is not)
+KEPT_RUNS = ROOT / "results" / "study_runs"  # every study's finished runs, committed (the MLflow store is not)
 _KEPT_COLUMNS = {"run_id", "status", "start_time", "end_time", "experiment_id"}
 COMMON = [
     "task=resnet56",
@@ -100,7 +100,7 @@ def worker(index: int, workers: int) -> int:
 
 def load_runs(experiment: str = "cifar10_dev"):
     """The FINISHED runs of ``experiment``: those in the project's store and those kept in
-    results/runs/<experiment>.jsonl (committed), the store's replacing kept ones with the same run id. The
+    results/study_runs/<experiment>.jsonl (committed), the store's replacing kept ones with the same run id. The
     store's are written back there, so that a study's tables survive a checkout whose store is empty (the
     store is not committed); an empty frame when there are none."""
     import pandas as pd
