@@ -194,12 +194,14 @@ def test_a_world_size_without_a_rendezvous_is_one_line_exit_2(run_cli, tmp_path,
         ],
         ["method=ga", "method.generations=5", "method.kd_epochs=0.5", "method.sensitivity_samples=128"],
         ["method=wgates", "finetune.epochs=4"],  # its gates close half the channels at once: more recovery
+        ["method=functional", "method.probe=64"],
     ],
-    ids=["gfp", "metapruning", "ga", "wgates"],
+    ids=["gfp", "metapruning", "ga", "wgates", "functional"],
 )
 def test_torchrun_methods_decide_once_for_both_ranks(tmp_path, method):
     """Also the end-to-end check of these methods on digits under torchrun (the single-process paths are
-    tested in-process in tests/test_gfp.py, test_metapruning.py, test_ga.py and test_wgates.py)."""
+    tested in-process in tests/test_gfp.py, test_metapruning.py, test_ga.py, test_wgates.py and
+    test_functional.py)."""
     proc = torchrun(tmp_path, *method)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary,) = json_lines(proc.stdout)
@@ -212,13 +214,15 @@ def test_torchrun_methods_decide_once_for_both_ranks(tmp_path, method):
     # Each rank decided on its own from statistics summed (or broadcast) over the ranks: the same network.
     assert len(set(summary["ddp_pruned_checksums"])) == 1, summary["ddp_pruned_checksums"]
     client, (run,) = mlflow_runs(tmp_path)
-    reconstructed = method[0] in ("method=ga", "method=wgates")  # no public code: rebuilt from the papers
+    reconstructed = method[0] in ("method=ga", "method=wgates", "method=functional")  # rebuilt from the papers
     assert run.data.tags["reconstruction"] == str(reconstructed).lower()
     if method[0] == "method=ga":  # sensitivity on the validation split, one GA per group, rank 0's choice
         assert summary["prune_epochs"] > 0.5  # its distillation counted
         assert any(k.startswith("ga/") and k.endswith("/rel_error") for k in run.data.metrics)
     elif method[0] == "method=wgates":
         assert "wgates/closed_by_gates" in run.data.metrics
+    elif method[0] == "method=functional":  # clustered on rank 0's probe responses, broadcast
+        assert "functional/threshold" in run.data.metrics
     elif "method=gfp_cpu" in method:
         assert summary["prune_epochs"] > 0  # the pruning phase trains, and that is counted
         assert run.data.tags["normalize"] == "memory"  # the method's own, recorded
