@@ -106,12 +106,14 @@ def context(pruner: ChannelPruner, method_cfg, target: float) -> PruneContext:
     )
 
 
-def one(family: str, method: str, target: float = 0.3) -> dict:
+def one(family: str, method: str, target: float = 0.3, overrides: tuple[str, ...] = ()) -> dict:
+    """One cell: ``method`` (at its token budget in METHODS, then ``overrides``) on ``family``."""
     started = time.perf_counter()
     torch.manual_seed(0)
     try:
         preset = METHODS[method][:1] and METHODS[method][0].startswith("method=")  # a named preset (gfp_cpu)
-        cfg = compose(METHODS[method] if preset else [f"method={method}", *METHODS[method]])
+        budget = METHODS[method] if preset else [f"method={method}", *METHODS[method]]
+        cfg = compose([*budget, *overrides])
         model = create_model(family, 10).eval()
         example = torch.randn(1, 3, 32, 32)
         last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
