@@ -72,3 +72,23 @@ def test_finished_runs_outlive_the_store_that_held_them(tmp_path, monkeypatch):
     assert kept.loc["a", "params.prune.flops_reduction"] == "0.5"  # params stay strings, as MLflow gives them
     assert "artifact_uri" not in kept.columns
     assert str(kept["end_time"].dtype).startswith("datetime64")
+
+
+@pytest.mark.quick
+def test_the_gfp_metapruning_study_labels_each_control_by_the_budget_it_matches(monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "gfp_metapruning_study", Path(__file__).parents[1] / "scripts" / "gfp_metapruning_study.py"
+    )
+    gm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gm)
+    epochs = {("gfp_cpu", 0): 12.6, ("metapruning_cpu", 0): 41.3}
+    monkeypatch.setattr(gm, "seed_metric", lambda exp, method, seed, metric: epochs.get((method, seed)))
+    row = {"tags.method": "l1", "tags.seed": "0", "params.finetune.epochs": "8"}
+    assert gm.label(row) == "l1"
+    assert gm.label({**row, "params.finetune.epochs": "13"}) == "l1+ft"
+    assert gm.label({**row, "params.finetune.epochs": "41"}) == "l1+ft·mp"
+    assert gm.label({**row, "tags.method": "random", "params.finetune.epochs": "13"}) == "random+ft"
+    search = {"tags.method": "metapruning_cpu", "tags.seed": "0", "params.method.population": "8"}
+    assert gm.label(search) == "metapruning (24 cand.)"
+    assert gm.label({**search, "params.method.population": "16"}) == "metapruning_cpu"
+    assert gm.label({"tags.method": "acp", "tags.seed": "0", "params.method.particles": "8"}) == "acp (24 cand.)"
