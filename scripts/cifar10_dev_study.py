@@ -17,6 +17,7 @@ seeds), the paired differences with 95% t intervals, and the trade-off plots.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -55,10 +56,54 @@ RECIPES = (
 
 
 def sweep(args: list[str], log) -> int:
-    cmd = [sys.executable, "-m", "harness", "sweep", *COMMON, *args]
-    log.write(f"$ {shlex.join(cmd)}\n")
+    """The harness's sweep over ``args`` (comma lists expand to a grid), less the grid points whose run is
+    already kept in results/study_runs/: the MLflow store's skip_finished cannot see those in a new checkout,
+    whose store is empty, so a study stopped in one checkout goes on in another where it left off."""
+    overrides = [*COMMON, *args]
+    kept = kept_run_keys(_experiment(overrides))
+    todo = []
+    for point in grid(args):
+        if kept and run_key_of([*COMMON, *point]) in kept:
+            log.write(f"[kept] {shlex.join(point)}: finished in {KEPT_RUNS}, skipped\n")
+        else:
+            todo.append(point)
+    failures = 0
+    for point in todo if len(todo) < len(grid(args)) else [args]:
+        cmd = [sys.executable, "-m", "harness", "sweep", *COMMON, *point]
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        failures += subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log) != 0
     log.flush()
-    return subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log)
+    return failures
+
+
+def grid(args: list[str]) -> list[list[str]]:
+    """Every grid point of ``args``, as the harness's sweep expands them: ``key=a,b`` gives one point per value."""
+    choices = [[f"{a.split('=', 1)[0]}={v}" for v in a.split("=", 1)[1].split(",")] if "," in a else [a] for a in args]
+    return [list(point) for point in itertools.product(*choices)]
+
+
+def _experiment(overrides: list[str]) -> str:
+    return [o.split("=", 1)[1] for o in overrides if o.startswith("tracking.experiment=")][-1]
+
+
+def run_key_of(overrides: list[str]) -> str:
+    from harness.checkpoint import run_key
+    from harness.config import compose
+
+    return run_key(compose(overrides))
+
+
+def kept_run_keys(experiment: str) -> set[str]:
+    """The run keys of the finished runs kept for ``experiment`` in results/study_runs/ (committed)."""
+    kept_file = KEPT_RUNS / f"{experiment}.jsonl"
+    if not kept_file.exists():
+        return set()
+    return {
+        row["tags.run_key"]
+        for line in kept_file.read_text().splitlines()
+        if line.strip() and (row := json.loads(line)).get("status") == "FINISHED" and row.get("tags.run_key")
+    }
 
 
 def cells() -> list[tuple[float, int]]:

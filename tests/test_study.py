@@ -92,3 +92,32 @@ def test_the_gfp_metapruning_study_labels_each_control_by_the_budget_it_matches(
     assert gm.label(search) == "metapruning (24 cand.)"
     assert gm.label({**search, "params.method.population": "16"}) == "metapruning_cpu"
     assert gm.label({"tags.method": "acp", "tags.seed": "0", "params.method.particles": "8"}) == "acp (24 cand.)"
+
+
+@pytest.mark.quick
+def test_a_study_goes_on_in_a_new_checkout_where_it_left_off(tmp_path, monkeypatch):
+    """The store is empty in a new checkout; the runs kept in results/study_runs/ are not run again."""
+    import io
+    import json
+
+    args = ["tracking.experiment=exp", "method=l1,random", "seed=0"]
+    l1_key = study.run_key_of([*study.COMMON, "tracking.experiment=exp", "method=l1", "seed=0"])
+    random_key = study.run_key_of([*study.COMMON, "tracking.experiment=exp", "method=random", "seed=0"])
+    assert l1_key != random_key
+    monkeypatch.setattr(study, "KEPT_RUNS", tmp_path)
+    launched = []
+    monkeypatch.setattr(study.subprocess, "call", lambda cmd, **kw: launched.append(cmd[4:]) or 0)
+
+    assert study.sweep(args, io.StringIO()) == 0  # nothing kept: the whole grid in one sweep, as before
+    assert launched == [[*study.COMMON, *args]]
+
+    rows = [
+        {"run_id": "a", "status": "FINISHED", "tags.run_key": l1_key},
+        {"run_id": "b", "status": "FAILED", "tags.run_key": random_key},  # a failed run is run again
+    ]
+    (tmp_path / "exp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    launched.clear()
+    log = io.StringIO()
+    assert study.sweep(args, log) == 0
+    assert launched == [[*study.COMMON, "tracking.experiment=exp", "method=random", "seed=0"]]
+    assert "[kept] tracking.experiment=exp method=l1 seed=0" in log.getvalue()
