@@ -342,3 +342,39 @@ def test_a_noisy_measurement_never_sends_a_positive_target_back_to_the_dense_mod
     pruned = pruner.prune_to_target(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float), 0.1)
     assert all(c["prefix"] >= 1 for c in cost.corrections), cost.corrections
     assert pruner.reduction(pruned) > 0
+
+
+class Plain(nn.Module):
+    """Two 3x3 convolutions at 8x8 of a given width: a narrow and a wide one share their layer shapes."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
+
+
+@pytest.mark.quick
+def test_a_wider_model_widens_the_grid_a_narrower_one_timed(tmp_path, one_thread):
+    """A layer shape timed for a narrow model is looked up for a wider one within timed points, never
+    extrapolated past the narrow grid's top; the narrow model's points stay as they were."""
+    example = torch.randn(1, 3, 8, 8)
+    narrow, wide = Plain(8).eval(), Plain(40).eval()
+    table = LatencyTable(4, torch.device("cpu"), tmp_path)
+    table.prepare(narrow, example, lambda: [])
+    shape = layers_of(narrow, example)[1][0]
+    before = json.loads(json.dumps(table.data["layers"][shape.key()]))
+    assert before["in"][-1] == 8 and before["out"][-1] == 8
+    again = LatencyTable(4, torch.device("cpu"), tmp_path)
+    again.prepare(wide, example, lambda: [])
+    entry = again.data["layers"][shape.key()]
+    assert entry["in"][-1] == 40 and entry["out"][-1] == 40 and 24 in entry["in"]
+    assert again._lookup(shape, 40, 40) == pytest.approx(entry["ms"][-1][-1])  # a timed point
+    for i, row in zip(before["in"], before["ms"]):
+        for o, ms in zip(before["out"], row):
+            assert entry["ms"][entry["in"].index(i)][entry["out"].index(o)] == ms
+    # The narrow model's cached line was fitted on the same timings: it is reused, not refitted.
+    third = LatencyTable(4, torch.device("cpu"), tmp_path)
+    assert third.prepare(narrow, example, lambda: pytest.fail("refitted")) == table.line

@@ -232,7 +232,8 @@ class LatencyTable:
     def prepare(self, dense: nn.Module, example: torch.Tensor, narrowed: Callable[[], list[nn.Module]]) -> dict:
         """Time every layer shape of ``dense`` (those not already in the cached table) and, unless this model's
         line is cached, fit the calibration line on ``dense`` and the uniformly narrowed copies that
-        ``narrowed()`` builds (only then: building them traces the model four times). Returns the line."""
+        ``narrowed()`` builds (only then: building them traces the model four times), also when the table's sum
+        for ``dense`` is no longer the one the cached line was fitted on. Returns the line."""
         layers = layers_of(dense, example)
         model_key = hashlib.sha256(json.dumps([(s.key(), i, o) for s, i, o in layers]).encode()).hexdigest()[:16]
         with file_lock(self.path.with_suffix(".lock")):
@@ -241,7 +242,9 @@ class LatencyTable:
                 self.data["layers"].update(cached.get("layers", {}))
                 self.data["calibration"].update(cached.get("calibration", {}))
             changed = self._fill(layers) > 0
-            if model_key not in self.data["calibration"]:
+            line = self.data["calibration"].get(model_key)
+            # A line fitted before one of this model's layer grids was widened (or re-timed) is refitted.
+            if line is None or not math.isclose(line["table_ms"][0], self.table_ms(dense, example), rel_tol=1e-9):
                 self.data["calibration"][model_key] = self._calibrate([dense, *narrowed()], example)
                 changed = True
             self.line = self.data["calibration"][model_key]
@@ -253,11 +256,24 @@ class LatencyTable:
         return self.line
 
     def _fill(self, layers) -> int:
-        """Time the grid of every layer shape not in the table yet; returns how many points were timed."""
+        """Time the grid of every layer shape not in the table yet, and widen the grid of a shape whose
+        cached grid stops short of the widths asked for (a narrower model timed it first: VGG-16's 64-wide
+        3x3 convolutions at 32x32 share their shape with ResNet-56's 16-wide ones, and a lookup past the
+        grid's top would extrapolate); returns how many points were timed."""
         by_shape: dict[LayerShape, list[tuple[int, int]]] = {}
         for shape, cin, cout in layers:
             by_shape.setdefault(shape, []).append((cin, cout))
-        todo = {s: w for s, w in by_shape.items() if s.key() not in self.data["layers"]}
+        todo = {}
+        for shape, widths in by_shape.items():
+            step = shape.groups
+            ins = _axis([w[0] for w in widths], step, self.align)
+            outs = [0] if shape.op in _ONE_AXIS else _axis([w[1] for w in widths], step, self.align)
+            cached = self.data["layers"].get(shape.key())
+            if cached is None:
+                todo[shape] = (ins, outs, {})
+            elif ins[-1] > cached["in"][-1] or outs[-1] > cached["out"][-1]:
+                known = {(i, o): ms for i, row in zip(cached["in"], cached["ms"]) for o, ms in zip(cached["out"], row)}
+                todo[shape] = (sorted({*ins, *cached["in"]}), sorted({*outs, *cached["out"]}), known)
         if not todo:
             return 0
         points = 0
@@ -265,14 +281,15 @@ class LatencyTable:
             f"[latency] timing {len(todo)} layer shapes at batch {self.batch} for the lookup table "
             f"({self.path.name}; once per device, threads and batch)"
         )
-        for shape, widths in todo.items():
-            step = shape.groups
-            ins = _axis([w[0] for w in widths], step, self.align)
-            outs = [0] if shape.op in _ONE_AXIS else _axis([w[1] for w in widths], step, self.align)
-            ms = self._time_grid(shape, [(i, o) for i in ins for o in outs])
-            grid = [ms[k * len(outs) : (k + 1) * len(outs)] for k in range(len(ins))]
-            points += len(ins) * len(outs)
-            self.data["layers"][shape.key()] = {"in": ins, "out": outs, "ms": grid}
+        for shape, (ins, outs, known) in todo.items():
+            missing = [(i, o) for i in ins for o in outs if (i, o) not in known]
+            known = {**known, **dict(zip(missing, self._time_grid(shape, missing)))}
+            points += len(missing)
+            self.data["layers"][shape.key()] = {
+                "in": ins,
+                "out": outs,
+                "ms": [[known[i, o] for o in outs] for i in ins],
+            }
         return points
 
     def _time_grid(self, shape: LayerShape, widths: list[tuple[int, int]], chunk: int = 32) -> list[float]:
