@@ -6,8 +6,8 @@ layer is timed on its own, at its input's spatial size and the run's batch size,
 that grows with the width too, residual adds and pooling, is timed the same way over its channel count
 (found by tracing the forward pass's functions, so a functional ``out + identity`` counts). A model's
 prediction is the sum over all of these, mapped to whole-model milliseconds by a line fitted to real
-measurements of the dense model and of copies narrowed uniformly (that line absorbs what is left: the
-framework's per-layer overhead).
+measurements of the dense model, of copies narrowed uniformly and of a few cut non-uniformly at random
+(that line absorbs what is left: the framework's per-layer overhead).
 
 Tables are cached under ``<results_dir>/latency_tables/``, one JSON file per device, torch threads,
 batch size and torch version; a layer shape is timed once and reused by every model that has it. The
@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import platform
+import random
 import re
 import statistics
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from harness.latency.measure import device_name, passes_for, timed
 # dense model has; with prune.round_to the multiples of round_to instead.
 ALIGN, MAX_POINTS = 8, 16
 FRACTIONS = (1.0, 0.8, 0.6, 0.45, 0.3)  # uniform widths the calibration line is fitted on
+RANDOM_CUTS = 3  # and this many non-uniform cuts
 TIMINGS = 5  # median of this many timings per grid point
 CALIBRATION_ROUNDS = 9
 
@@ -315,7 +317,9 @@ class LatencyTable:
         return [statistics.median(r[k] for r in rounds) for k in range(len(widths))]
 
     def _calibrate(self, models: list[nn.Module], example: torch.Tensor) -> dict:
-        """Least-squares line real_ms = a * table_ms + b over ``models``, timed in interleaved rounds."""
+        """Least-squares line real_ms = a * table_ms + b over ``models`` (the first one dense), timed in
+        interleaved rounds. Each model's time is the dense model's median times the median of its per-round
+        ratio to the dense model: a change of load between rounds moves both sides of a ratio, not the fit."""
         x = example.new_empty((self.batch, *example.shape[1:])).normal_()
         table = [self.table_ms(m, example) for m in models]
         for m in models:
@@ -323,7 +327,8 @@ class LatencyTable:
         with torch.inference_mode():
             passes = [passes_for(m, x) for m in models]
             rounds = [[timed(m, x, p) for m, p in zip(models, passes)] for _ in range(CALIBRATION_ROUNDS)]
-        real = [statistics.median(r[j] for r in rounds) for j in range(len(models))]
+        dense_ms = statistics.median(r[0] for r in rounds)
+        real = [dense_ms * statistics.median(r[j] / r[0] for r in rounds) for j in range(len(models))]
         n, mx, my = len(real), statistics.mean(table), statistics.mean(real)
         sxx = sum((t - mx) ** 2 for t in table)
         a = sum((t - mx) * (r - my) for t, r in zip(table, real)) / sxx if sxx > 0 else 0.0
@@ -390,12 +395,17 @@ def _lerp(a: float, b: float, f: float) -> float:
     return max(0.0, a + (b - a) * f)
 
 
-def narrowed_copies(model: nn.Module, pruner: ChannelPruner) -> list[nn.Module]:
+def narrowed_copies(model: nn.Module, pruner: ChannelPruner, random_cuts: int = RANDOM_CUTS) -> list[nn.Module]:
     """Copies of ``model`` with every prunable group cut uniformly to each of FRACTIONS (less the dense
-    1.0), each group kept at its minimum or above: the calibration line's other points."""
+    1.0), then ``random_cuts`` copies with each group cut to its own random fraction in [0.3, 1] (seeded):
+    the calibration line's other points. Pruning rarely cuts uniformly, so the line's error is also read
+    where the table's per-layer errors do not cancel."""
     copies = []
-    for fraction in FRACTIONS[1:]:
-        groups = pruner.groups(model)
-        widths = {k: max(g.min_keep, round(fraction * g.channels)) for k, g in groups.items()}
+    groups = pruner.groups(model)
+    rng = random.Random(0)
+    cuts = [dict.fromkeys(groups, f) for f in FRACTIONS[1:]]
+    cuts += [{k: rng.uniform(FRACTIONS[-1], 1.0) for k in groups} for _ in range(random_cuts)]
+    for fractions in cuts:
+        widths = {k: max(g.min_keep, round(fractions[k] * g.channels)) for k, g in groups.items()}
         copies.append(pruner.shrink_to(copy.deepcopy(model), widths))
     return copies
