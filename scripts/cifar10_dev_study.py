@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "cifar10_dev"
 KEPT_RUNS = ROOT / "results" / "study_runs"  # every study's finished runs, committed (the MLflow store is not)
+KEPT_BASELINES = ROOT / "results" / "study_baselines"  # the baselines they started from, committed (the cache is not)
+BASELINES = ROOT / "results" / "baselines"  # the harness's baseline cache: results_dir/baselines/<task>/<key>/
 _KEPT_COLUMNS = {"run_id", "status", "start_time", "end_time", "experiment_id"}
 COMMON = [
     "task=resnet56",
@@ -169,7 +172,35 @@ def load_runs(experiment: str = "cifar10_dev"):
             kept = pd.concat([kept, runs[columns]], ignore_index=True).sort_values("start_time")
             kept_file.parent.mkdir(parents=True, exist_ok=True)
             kept.to_json(kept_file, orient="records", lines=True, date_format="iso")
+            keep_baselines(kept)
     return kept.copy()
+
+
+def keep_baselines(runs) -> None:
+    """Copy the baselines ``runs`` started from (tags ``task`` and ``baseline_key``) from the harness's cache
+    to results/study_baselines/ (committed), so that a study going on in a new checkout prunes the very
+    baselines its earlier runs pruned, and does not train them again (``restore_baselines``)."""
+    if "tags.baseline_key" not in runs:
+        return
+    for task, key in runs[["tags.task", "tags.baseline_key"]].dropna().drop_duplicates().itertuples(index=False):
+        cached, kept = BASELINES / task / key, KEPT_BASELINES / task / key
+        if (cached / "model.pt").is_file() and not (kept / "model.pt").is_file():
+            kept.mkdir(parents=True, exist_ok=True)
+            for name in ("meta.json", "model.pt"):  # model.pt last: its presence marks a whole copy
+                shutil.copyfile(cached / name, kept / name)
+
+
+def restore_baselines() -> int:
+    """Copy every kept baseline that the harness's cache lacks back into it; returns how many."""
+    restored = 0
+    for kept in sorted(KEPT_BASELINES.glob("*/*/model.pt")):
+        cached = BASELINES / kept.parent.relative_to(KEPT_BASELINES)
+        if not (cached / "model.pt").is_file():
+            cached.mkdir(parents=True, exist_ok=True)
+            for name in ("model.pt", "meta.json"):  # the cache reads meta.json as the mark of a whole copy
+                shutil.copyfile(kept.parent / name, cached / name)
+            restored += 1
+    return restored
 
 
 def labelled_runs(experiment: str, label=lambda row: row["tags.method"]):
@@ -228,6 +259,8 @@ def run_study(workers: int) -> int:
 def run_workers(script: str, workers: int, wall_log: Path) -> int:
     """Start ``script _worker i workers`` for each i, wait, and append the wall time to ``wall_log``."""
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
+    if restored := restore_baselines():
+        print(f"restored {restored} baselines kept in {KEPT_BASELINES}", flush=True)
     started = time.time()
     procs = [
         subprocess.Popen([sys.executable, script, "_worker", str(i), str(workers)], cwd=ROOT) for i in range(workers)

@@ -121,3 +121,29 @@ def test_a_study_goes_on_in_a_new_checkout_where_it_left_off(tmp_path, monkeypat
     assert study.sweep(args, log) == 0
     assert launched == [[*study.COMMON, "tracking.experiment=exp", "method=random", "seed=0"]]
     assert "[kept] tracking.experiment=exp method=l1 seed=0" in log.getvalue()
+
+
+@pytest.mark.quick
+def test_a_study_keeps_the_baselines_its_runs_pruned(tmp_path, monkeypatch):
+    """A new checkout's baseline cache is empty: the kept baselines go back into it, byte for byte."""
+    import pandas as pd
+
+    monkeypatch.setattr(study, "BASELINES", tmp_path / "cache")
+    monkeypatch.setattr(study, "KEPT_BASELINES", tmp_path / "kept")
+    folder = tmp_path / "cache" / "resnet56" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"weights")
+    (folder / "meta.json").write_text('{"key": "abc"}')
+    runs = pd.DataFrame(
+        [
+            {"tags.task": "resnet56", "tags.baseline_key": "abc"},
+            {"tags.task": "resnet56", "tags.baseline_key": "gone"},  # not in this cache: nothing to keep
+            {"tags.task": None, "tags.baseline_key": None},  # a run that failed before its baseline
+        ]
+    )
+    study.keep_baselines(runs)
+    assert sorted(p.name for p in (tmp_path / "kept" / "resnet56").iterdir()) == ["abc"]
+    assert study.restore_baselines() == 0  # the cache has it
+    (folder / "model.pt").unlink(), (folder / "meta.json").unlink()
+    assert study.restore_baselines() == 1
+    assert (folder / "model.pt").read_bytes() == b"weights" and (folder / "meta.json").read_text() == '{"key": "abc"}'
