@@ -58,21 +58,21 @@ RECIPES = (
 )  # one-cycle + zero-init last BN
 
 
-def sweep(args: list[str], log) -> int:
-    """The harness's sweep over ``args`` (comma lists expand to a grid), less the grid points whose run is
-    already kept in results/study_runs/: the MLflow store's skip_finished cannot see those in a new checkout,
-    whose store is empty, so a study stopped in one checkout goes on in another where it left off."""
-    overrides = [*COMMON, *args]
-    kept = kept_run_keys(_experiment(overrides))
+def sweep(args: list[str], log, common: list[str] = COMMON) -> int:
+    """The harness's sweep over ``common`` and ``args`` (comma lists expand to a grid), less the grid points
+    whose run is already kept in results/study_runs/: the MLflow store's skip_finished cannot see those in a
+    new checkout, whose store is empty, so a study stopped in one checkout goes on in another where it left
+    off."""
+    kept = kept_run_keys(_experiment([*common, *args]))
     todo = []
     for point in grid(args):
-        if kept and run_key_of([*COMMON, *point]) in kept:
+        if kept and run_key_of([*common, *point]) in kept:
             log.write(f"[kept] {shlex.join(point)}: finished in {KEPT_RUNS}, skipped\n")
         else:
             todo.append(point)
     failures = 0
     for point in todo if len(todo) < len(grid(args)) else [args]:
-        cmd = [sys.executable, "-m", "harness", "sweep", *COMMON, *point]
+        cmd = [sys.executable, "-m", "harness", "sweep", *common, *point]
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         failures += subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log) != 0

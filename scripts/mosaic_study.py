@@ -24,6 +24,7 @@ from cifar10_dev_study import (  # noqa: E402
     method_row,
     paired_verdict,
     run_workers,
+    sweep,
     tables,
 )
 
@@ -47,18 +48,12 @@ WALL = OUT / "wall_time.log"
 
 
 def worker(index: int, workers: int) -> int:
-    import shlex
-    import subprocess
-
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
     failures = 0
     with open(OUT / "logs" / f"worker{index}.log", "a") as log:
         for seed in SEEDS[index::workers]:
             for method in METHODS:
-                cmd = [sys.executable, "-m", "harness", "sweep", *COMMON, *BUDGET, f"method={method}", f"seed={seed}"]
-                log.write(f"$ {shlex.join(cmd)}\n")
-                log.flush()
-                failures += subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log) != 0
+                failures += sweep([*BUDGET, f"method={method}", f"seed={seed}"], log, common=COMMON) != 0
     return failures
 
 
