@@ -34,6 +34,11 @@ def data_identity(data: dict) -> dict:
     return data
 
 
+def baseline_seed(cfg: DictConfig) -> int:
+    """The seed the baseline trains with: ``baseline_seed`` when set, else the run's own."""
+    return int(cfg.seed if cfg.get("baseline_seed") is None else cfg.baseline_seed)
+
+
 def baseline_key(cfg: DictConfig) -> str:
     data = {
         k: v for k, v in data_identity(OmegaConf.to_container(cfg.data, resolve=True)).items() if k not in _DATA_IGNORED
@@ -43,7 +48,7 @@ def baseline_key(cfg: DictConfig) -> str:
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": data,
         "train": OmegaConf.to_container(cfg.train, resolve=True),
-        "seed": cfg.seed,
+        "seed": baseline_seed(cfg),
         "regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True),
     }
     if distributed.world_size() > 1:  # trained by N processes, each on its shard: N times the batch

@@ -35,6 +35,8 @@ def run_key(cfg: DictConfig) -> str:
         data["prune"].pop("allocation")
     if data["prune"].get("normalize") is None:  # the method's own normalisation: keys made before it existed stay
         data["prune"].pop("normalize", None)
+    if data.get("baseline_seed") is None:  # the run's own seed: keys made before baseline_seed existed stay
+        data.pop("baseline_seed", None)
     if distributed.world_size() > 1:  # N processes train with N times the batch: another run
         data["world_size"] = distributed.world_size()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

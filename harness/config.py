@@ -254,6 +254,7 @@ _PHASE = {
 }
 RANGES: dict[str, tuple] = {
     "seed": ("int", "[0, 4294967295]"),
+    "baseline_seed": ("int", "[0, 4294967295]", True),
     "threads": ("int", "[1, 4096]", True),
     "prune.flops_reduction": ("real", "[0, 1)"),
     "prune.min_channels_ratio": ("real", "[0, 1)"),

@@ -83,7 +83,7 @@ def run(cfg: DictConfig) -> dict:
             f"method {cfg.method.name} reads the model's class scores on (input, label) batches, but task "
             f"{task.name} trains through its own losses (a detector); choose one of: {', '.join(usable)}"
         )
-    seed_everything(cfg.seed)
+    seed_everything(baseline_cache.baseline_seed(cfg))  # the model's initial weights are the baseline's
     model = task.build_model()
     pruner = ChannelPruner(
         model,
@@ -227,10 +227,10 @@ class _Phases:
         )
 
     # --- helpers ---------------------------------------------------------------------------
-    def loader(self, ds, batch_size, shuffle):
+    def loader(self, ds, batch_size, shuffle, seed: int | None = None):
         """A training loader (``shuffle``) gives each rank its shard in a distributed run; evaluation
-        loaders give every rank the whole split."""
-        gen = torch.Generator().manual_seed(self.cfg.seed)
+        loaders give every rank the whole split. Shuffled by ``seed`` (the run's seed by default)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed if seed is None else seed)
         sampler = distributed.ShardSampler(ds, gen) if shuffle and distributed.is_distributed() else None
         return DataLoader(
             ds,
@@ -265,13 +265,13 @@ class _Phases:
     def log_epochs(self, prefix):
         return lambda epoch, metrics: self.tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, epoch)
 
-    def train_with_regularizer(self, m, **kwargs):
+    def train_with_regularizer(self, m, seed: int | None = None, **kwargs):
         """Train with the regulariser's layers attached (ANL), and detach them afterwards."""
         hooks = list(kwargs.pop("hooks", []))
         if self.regularizer is not None:
             hooks.append(self.regularizer.attach(m))
         try:
-            return self.fit(m, **kwargs, hooks=hooks, seed=self.cfg.seed)
+            return self.fit(m, **kwargs, hooks=hooks, seed=self.cfg.seed if seed is None else seed)
         finally:
             if self.regularizer is not None:
                 self.regularizer.detach()
@@ -350,9 +350,11 @@ class _Phases:
         def train_baseline(m, resume=None, save_partial=None):
             say(f"[baseline] training {cfg.model.name} on {task.name} for {cfg.train.epochs} epochs")
             history = list(resume["history"]) if resume else []
+            seed = baseline_cache.baseline_seed(cfg)
             self.train_with_regularizer(
                 m,
-                loader=self.loader(self.train_set, cfg.train.batch_size, True),
+                seed=seed,
+                loader=self.loader(self.train_set, cfg.train.batch_size, True, seed),
                 recipe=cfg.train,
                 evaluate=self.evaluate,
                 desc="train",

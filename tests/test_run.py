@@ -73,6 +73,20 @@ def test_baseline_is_shared_and_runs_are_deterministic(run_cli, tiny_digits):
     assert first["channels"] != other["channels"]  # random and l1 really choose differently
 
 
+def test_runs_of_other_seeds_can_share_one_baseline(run_cli, tiny_digits, tmp_path):
+    """baseline_seed=0 under seed=1: seed 0's baseline, seed 1's pruning; trained afresh, the same baseline."""
+    args = [*tiny_digits, "tracking=none", "method=random", "finetune.epochs=0", "measure.batch_sizes=[1]", "--json"]
+    own = last_json(run_cli("run", *args, "seed=0")[1])
+    shared = last_json(run_cli("run", *args, "seed=1", "baseline_seed=0")[1])
+    assert shared["baseline_reused"] and shared["base_acc"] == own["base_acc"]
+    assert shared["channels"] != own["channels"]  # seed 1's random choice, on seed 0's baseline
+    fresh = last_json(run_cli("run", *args, "seed=1", "baseline_seed=0", f"results_dir={tmp_path / 'other'}")[1])
+    assert not fresh["baseline_reused"]
+    assert fresh["base_acc"] == own["base_acc"] and fresh["final_acc"] == shared["final_acc"]
+    code, _, err = run_cli("run", *args, "baseline_seed=-1")
+    assert code == 2 and "baseline_seed" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resnet_on_the_cifar_fixture(run_cli, tmp_path):
     make_cifar10(tmp_path / "data", per_batch=8, n_test=16)
     code, out, err = run_cli(
