@@ -87,6 +87,8 @@ def label(row) -> str:
             if mp is not None and int(float(row["params.finetune.epochs"])) == round(mp)
             else f"{method}+ft"
         )
+    if method == "metapruning_cpu" and str(row.get("params.method.grid", "")).startswith("[0.1,"):
+        return "metapruning_cpu, grid 0.10-1.00"  # the preset before its grid started at 0.40 (docs/methods.md)
     if method == "acp" and row.get("params.method.particles") == "8":
         return "acp (24 cand.)"
     if method == "metapruning_cpu" and row.get("params.method.population") == "8":

@@ -91,6 +91,9 @@ def test_the_gfp_metapruning_study_labels_each_control_by_the_budget_it_matches(
     search = {"tags.method": "metapruning_cpu", "tags.seed": "0", "params.method.population": "8"}
     assert gm.label(search) == "metapruning (24 cand.)"
     assert gm.label({**search, "params.method.population": "16"}) == "metapruning_cpu"
+    old_grid = {**search, "params.method.population": "16", "params.method.grid": "[0.1, 0.13, 0.16]"}
+    assert gm.label(old_grid) == "metapruning_cpu, grid 0.10-1.00"
+    assert gm.label({**old_grid, "params.method.grid": "[0.4, 0.43, 0.46]"}) == "metapruning_cpu"
     assert gm.label({"tags.method": "acp", "tags.seed": "0", "params.method.particles": "8"}) == "acp (24 cand.)"
 
 
