@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from harness.core.surgery import ChannelPruner, count_macs_params
@@ -56,3 +58,22 @@ def dense_and_pruned(name: str, target: float, round_to: int | None = None, seed
     pruner = ChannelPruner(pruned, x, [output_layer(pruned)], 0.1, round_to)
     pruner.prune_to_target(pruned, FilterL1Importance(), target)
     return dense, pruned.eval(), size, count_macs_params(dense, x)[0], count_macs_params(pruned, x)[0]
+
+
+def untrained_with_table(name: str, batch: int, results: Path):
+    """The untrained model ``name`` of MODELS (seed 0, eval mode), a batch-1 example and a batch of ``batch``,
+    a ChannelPruner over it (10% per-layer minimum) and its latency table at ``batch`` under ``results``,
+    prepared (timed and calibrated); with the line and the seconds the preparation took."""
+    import time
+
+    from harness.latency.table import LatencyTable, narrowed_copies
+
+    model_name, classes, size = MODELS[name]
+    torch.manual_seed(0)
+    dense = create_model(model_name, classes).eval()
+    example, x = torch.randn(1, 3, size, size), torch.randn(batch, 3, size, size)
+    pruner = ChannelPruner(dense, example, [output_layer(dense)], 0.1)
+    table = LatencyTable(batch, torch.device("cpu"), results)
+    started = time.perf_counter()
+    line = table.prepare(dense, example, lambda: narrowed_copies(dense, pruner))
+    return dense, example, x, pruner, table, line, time.perf_counter() - started

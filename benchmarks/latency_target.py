@@ -29,17 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import MODELS, output_layer  # noqa: E402
+from benchmarks.common import untrained_with_table  # noqa: E402
 from harness.core.errors import ConfigError  # noqa: E402
 from harness.core.surgery import (
-    ChannelPruner,  # noqa: E402
     count_macs_params,  # noqa: E402
 )
 from harness.latency.measure import paired_latency  # noqa: E402
-from harness.latency.table import LatencyTable, narrowed_copies  # noqa: E402
 from harness.latency.target import Corrected, PredictedLatency, reduction_from_speedup  # noqa: E402
 from methods.l1 import FilterL1Importance  # noqa: E402
-from tasks.models import create_model  # noqa: E402
 
 
 def measure(dense, pruned, x, seconds: float) -> dict:
@@ -56,15 +53,7 @@ def measure(dense, pruned, x, seconds: float) -> dict:
 
 
 def case(name: str, batch: int, targets: list[float], results: Path, args_seconds: float = 10.0) -> list[dict]:
-    model_name, classes, size = MODELS[name]
-    torch.manual_seed(0)
-    dense = create_model(model_name, classes).eval()
-    example, x = torch.randn(1, 3, size, size), torch.randn(batch, 3, size, size)
-    pruner = ChannelPruner(dense, example, [output_layer(dense)], 0.1)
-    table = LatencyTable(batch, torch.device("cpu"), results)
-    started = time.perf_counter()
-    line = table.prepare(dense, example, lambda: narrowed_copies(dense, pruner))
-    built = time.perf_counter() - started
+    dense, example, x, pruner, table, line, built = untrained_with_table(name, batch, results)
     predicted = PredictedLatency(table)
     rows = []
     for target in targets:

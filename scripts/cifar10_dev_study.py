@@ -64,14 +64,14 @@ def sweep(args: list[str], log, common: list[str] = COMMON) -> int:
     new checkout, whose store is empty, so a study stopped in one checkout goes on in another where it left
     off."""
     kept = kept_run_keys(_experiment([*common, *args]))
-    todo = []
-    for point in grid(args):
+    points, todo = grid(args), []
+    for point in points:
         if kept and run_key_of([*common, *point]) in kept:
             log.write(f"[kept] {shlex.join(point)}: finished in {KEPT_RUNS}, skipped\n")
         else:
             todo.append(point)
     failures = 0
-    for point in todo if len(todo) < len(grid(args)) else [args]:
+    for point in todo if len(todo) < len(points) else [args]:
         cmd = [sys.executable, "-m", "harness", "sweep", *common, *point]
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()

@@ -245,8 +245,9 @@ class LatencyTable:
                 self.data["calibration"].update(cached.get("calibration", {}))
             changed = self._fill(layers) > 0
             line = self.data["calibration"].get(model_key)
+            dense_table_ms = sum(self._lookup(shape, cin, cout) for shape, cin, cout in layers)
             # A line fitted before one of this model's layer grids was widened (or re-timed) is refitted.
-            if line is None or not math.isclose(line["table_ms"][0], self.table_ms(dense, example), rel_tol=1e-9):
+            if line is None or not math.isclose(line["table_ms"][0], dense_table_ms, rel_tol=1e-9):
                 self.data["calibration"][model_key] = self._calibrate([dense, *narrowed()], example)
                 changed = True
             self.line = self.data["calibration"][model_key]
