@@ -146,11 +146,12 @@ def worker(index: int, workers: int) -> int:
     return failures
 
 
-def load_runs(experiment: str = "cifar10_dev"):
+def load_runs(experiment: str = "cifar10_dev", keep: bool = True):
     """The FINISHED runs of ``experiment``: those in the project's store and those kept in
-    results/study_runs/<experiment>.jsonl (committed), the store's replacing kept ones with the same run id. The
-    store's are written back there, so that a study's tables survive a checkout whose store is empty (the
-    store is not committed); an empty frame when there are none."""
+    results/study_runs/<experiment>.jsonl (committed), the store's replacing kept ones with the same run id. With
+    ``keep`` (what a report does) the store's are written back there and their baselines copied
+    (``keep_baselines``), so that a study's tables survive a checkout whose store is empty (the store is not
+    committed); workers only read. An empty frame when there are none."""
     import pandas as pd
 
     from harness.compare import load_runs as load
@@ -170,6 +171,7 @@ def load_runs(experiment: str = "cifar10_dev"):
             kept = kept[~kept["run_id"].isin(runs["run_id"])] if not kept.empty else kept
             columns = [c for c in runs.columns if c in _KEPT_COLUMNS or c.startswith(("params.", "metrics.", "tags."))]
             kept = pd.concat([kept, runs[columns]], ignore_index=True).sort_values("start_time")
+        if keep and not runs.empty:
             kept_file.parent.mkdir(parents=True, exist_ok=True)
             kept.to_json(kept_file, orient="records", lines=True, date_format="iso")
             keep_baselines(kept)
@@ -203,10 +205,11 @@ def restore_baselines() -> int:
     return restored
 
 
-def labelled_runs(experiment: str, label=lambda row: row["tags.method"]):
-    """The finished runs of ``experiment``, one per (label, seed), with columns ``label`` (from ``label`` of a
-    row) and ``seed``; None, after saying so, when none has finished yet."""
-    runs = load_runs(experiment)
+def labelled_runs(experiment: str, label=lambda row: row["tags.method"], runs=None):
+    """The finished runs of ``experiment`` (``runs`` when the caller already loaded them), one per (label, seed),
+    with columns ``label`` (from ``label`` of a row) and ``seed``; None, after saying so, when none has finished
+    yet."""
+    runs = load_runs(experiment) if runs is None else runs
     if runs.empty:
         print(f"no finished runs in experiment {experiment} yet", file=sys.stderr)
         return None
@@ -215,9 +218,10 @@ def labelled_runs(experiment: str, label=lambda row: row["tags.method"]):
     return runs.drop_duplicates(["label", "seed"])
 
 
-def seed_metric(experiment: str, method: str, seed: int, metric: str) -> float | None:
-    """``metric`` of ``method``'s finished run at ``seed`` in ``experiment``, or None before it finished."""
-    runs = load_runs(experiment)
+def seed_metric(experiment: str, method: str, seed: int, metric: str, runs=None) -> float | None:
+    """``metric`` of ``method``'s finished run at ``seed`` in ``experiment`` (looked up in ``runs`` when given),
+    or None before it finished."""
+    runs = load_runs(experiment, keep=False) if runs is None else runs
     if runs.empty:
         return None
     hit = runs[(runs["tags.method"] == method) & (runs["tags.seed"].astype(int) == seed)]
@@ -227,7 +231,7 @@ def seed_metric(experiment: str, method: str, seed: int, metric: str) -> float |
 def gbn_epochs(target: float, seed: int) -> float | None:
     """Gate Decorator's epochs after the baseline at this cell (from the store, else from the committed
     record results/cifar10_dev/runs.json), or None while it has not finished."""
-    runs = load_runs()
+    runs = load_runs(keep=False)
     if not runs.empty:
         hit = runs[
             (runs["tags.method"] == "gbn_cpu")
@@ -379,6 +383,15 @@ def tables(rows: list[dict], verdicts: list[dict], script: str, logs: str, metri
         "```",
         "",
     ]
+
+
+def study_report(runs, pairs, header: list[str], script: str, logs: str, wall_log: Path, out: Path, extra=None) -> int:
+    """The report every study writes: one row per label (``method_row``, then the columns ``extra(g)`` adds for
+    the label's runs ``g``), the paired verdicts of the (a, b) ``pairs`` both sides have, the ``header`` lines
+    above, the commands below, the wall time last; written to ``out``."""
+    rows = [{**method_row(name, g), **(extra(g) if extra else {})} for name, g in runs.groupby("label")]
+    verdicts = [v for a, b in pairs if (v := paired_verdict(runs, a, b))]
+    return finish_report([*header, "", *tables(rows, verdicts, script, logs)], wall_log, out)
 
 
 def cell(values: list[float], fmt: str = ".2f") -> str:

@@ -21,20 +21,19 @@ baseline per seed, the reconstructions study's too); runs go to the MLflow exper
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10_dev_study import (  # noqa: E402
     OUT,
     cli,
-    finish_report,
     labelled_runs,
-    method_row,
-    paired_verdict,
+    load_runs,
     run_workers,
     seed_metric,
+    study_report,
     sweep,
-    tables,
 )
 
 EXPERIMENT = "cifar10_dev_gfp_metapruning"
@@ -77,11 +76,13 @@ def worker(index: int, workers: int) -> int:
     return failures
 
 
-def label(row) -> str:
+def label(row, runs=None) -> str:
+    """The row's name in the table; ``runs`` (the study's finished runs) tells which control matched
+    metapruning_cpu's epochs."""
     method = row["tags.method"]
     if method in ("l1", "random") and int(float(row["params.finetune.epochs"])) != FINETUNE_EPOCHS:
         seed = int(row["tags.seed"])
-        mp = seed_metric(EXPERIMENT, "metapruning_cpu", seed, "epochs_after_baseline")
+        mp = seed_metric(EXPERIMENT, "metapruning_cpu", seed, "epochs_after_baseline", runs=runs)
         return (
             f"{method}+ft·mp"
             if mp is not None and int(float(row["params.finetune.epochs"])) == round(mp)
@@ -97,23 +98,16 @@ def label(row) -> str:
 
 
 def report() -> int:
-    runs = labelled_runs(EXPERIMENT, label)
+    runs = load_runs(EXPERIMENT)  # read once: the labels look up metapruning_cpu's epochs in it
+    runs = labelled_runs(EXPERIMENT, partial(label, runs=runs), runs=runs)
     if runs is None:
         return 1
-    rows = []
-    for name, g in runs.groupby("label"):
-        row = method_row(name, g)
-        for metric, column in (("acp/candidates_trained", "candidates"), ("metapruning/candidates", "candidates")):
-            if f"metrics.{metric}" in g and g[f"metrics.{metric}"].notna().any():
-                row[column] = ", ".join(f"{v:.0f}" for v in g[f"metrics.{metric}"].dropna())
-        rows.append(row)
     pairs = [
         *(("gfp_cpu", b) for b in ("l1", "random", "gbn_cpu", "l1+ft", "random+ft")),
         *(("metapruning_cpu", b) for b in ("l1", "random", "gbn_cpu", "gfp_cpu", "l1+ft·mp")),
         ("metapruning (24 cand.)", "acp (24 cand.)"),
     ]
-    verdicts = [v for a, b in pairs if (v := paired_verdict(runs, a, b))]
-    lines = [
+    header = [
         "# Group Fisher pruning and MetaPruning on real CIFAR-10 images (shared/data/cifar10-dev), 50% MACs",
         "",
         "ResNet-20 (41.2 M MACs), budget=cifar10_dev (30-epoch one-cycle baseline, 8-epoch cosine fine-tune), "
@@ -130,10 +124,19 @@ def report() -> int:
         "their *epochs after baseline* and *run wall min* are the cost of getting there. MACs at batch 1 "
         "(1 MAC = 2 FLOPs); speed-up = dense ÷ pruned median ms per batch of 128, eager PyTorch, 1 thread, CPU, "
         "measured while another worker trained (±10%). Spread: sample std over seeds; '–' for one seed.",
-        "",
-        *tables(rows, verdicts, "gfp_metapruning_study.py", "logs/gfp_metapruning_worker*.log: every command"),
     ]
-    return finish_report(lines, WALL, OUT / "gfp_metapruning.md")
+    logs = "logs/gfp_metapruning_worker*.log: every command"
+    return study_report(
+        runs, pairs, header, "gfp_metapruning_study.py", logs, WALL, OUT / "gfp_metapruning.md", candidates
+    )
+
+
+def candidates(g) -> dict:
+    """The searches' candidate counts, for the rows that have them."""
+    for metric in ("acp/candidates_trained", "metapruning/candidates"):
+        if f"metrics.{metric}" in g and g[f"metrics.{metric}"].notna().any():
+            return {"candidates": ", ".join(f"{v:.0f}" for v in g[f"metrics.{metric}"].dropna())}
+    return {}
 
 
 def run(workers: int) -> int:

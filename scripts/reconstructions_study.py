@@ -21,14 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10_dev_study import (  # noqa: E402
     OUT,
     cli,
-    finish_report,
     labelled_runs,
-    method_row,
-    paired_verdict,
     run_workers,
     seed_metric,
+    study_report,
     sweep,
-    tables,
 )
 
 EXPERIMENT = "cifar10_dev_reconstructions"
@@ -65,14 +62,10 @@ def report() -> int:
     runs = labelled_runs(EXPERIMENT, label)
     if runs is None:
         return 1
-    rows = []
-    for name, g in runs.groupby("label"):
-        rows.append(method_row(name, g))
     names = sorted(runs["label"].unique())
     controls = ("l1", "random", "gbn_cpu", "l1+ft")
     pairs = [(a, b) for a in names if a not in controls for b in controls]
-    verdicts = [v for a, b in pairs if (v := paired_verdict(runs, a, b))]
-    lines = [
+    header = [
         "# Reconstructed methods on real CIFAR-10 images (shared/data/cifar10-dev), 50% MACs, CPU budget",
         "",
         "ResNet-20 (41.2 M MACs), budget=cifar10_dev (30-epoch one-cycle baseline, 8-epoch cosine fine-tune for "
@@ -88,10 +81,9 @@ def report() -> int:
         "`l1` run trained the seed's baseline too. MACs at batch 1 "
         "(1 MAC = 2 FLOPs); speed-up = dense ÷ pruned median ms per batch of 128, eager PyTorch, 1 thread, CPU, "
         "measured while another worker trained (±10%). Spread: sample std over seeds; '–' for one seed.",
-        "",
-        *tables(rows, verdicts, "reconstructions_study.py", "logs/reconstructions_worker*.log: every command"),
     ]
-    return finish_report(lines, WALL, OUT / "reconstructions.md")
+    logs = "logs/reconstructions_worker*.log: every command"
+    return study_report(runs, pairs, header, "reconstructions_study.py", logs, WALL, OUT / "reconstructions.md")
 
 
 def main() -> int:

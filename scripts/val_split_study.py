@@ -25,13 +25,10 @@ from cifar10_dev_study import (  # noqa: E402
     ROOT,
     cell,
     cli,
-    finish_report,
-    load_runs,
-    method_row,
-    paired_verdict,
+    labelled_runs,
     run_workers,
+    study_report,
     sweep,
-    tables,
 )
 
 OUT = ROOT / "results" / "cifar10_dev"
@@ -74,20 +71,9 @@ def label(row) -> str:
 
 
 def report() -> int:
-    runs = load_runs(EXPERIMENT)
-    if runs.empty:
-        print(f"no finished runs in experiment {EXPERIMENT} yet", file=sys.stderr)
+    runs = labelled_runs(EXPERIMENT, label)
+    if runs is None:
         return 1
-    runs["label"] = runs.apply(label, axis=1)
-    runs["seed"] = runs["tags.seed"].astype(int)
-    rows = []
-    for name, g in runs.groupby("label"):
-        row = method_row(name, g)
-        if "metrics.acp/candidates_trained" in g and g["metrics.acp/candidates_trained"].notna().any():
-            row["ACP candidates trained"] = cell(list(g["metrics.acp/candidates_trained"].dropna()), ".0f")
-        if "metrics.gal/natural_reduction" in g and g["metrics.gal/natural_reduction"].notna().any():
-            row["GAL natural MACs ↓ %"] = cell(list(g["metrics.gal/natural_reduction"].dropna() * 100), ".1f")
-        rows.append(row)
     names = sorted(runs["label"].unique())
     controls = ("gbn_cpu", "l1", "random")
     pairs = [(a, b) for a in names if a not in controls for b in controls] + [
@@ -95,8 +81,7 @@ def report() -> int:
         ("gbn_cpu", "random"),
         ("l1", "random"),
     ]
-    verdicts = [v for a, b in pairs if (v := paired_verdict(runs, a, b))]
-    lines = [
+    header = [
         "# GAL, AIP, SCOP and ACP on real CIFAR-10 images (shared/data/cifar10-dev), 50% MACs, CPU budget",
         "",
         "ResNet-20 (41.2 M MACs), budget=cifar10_dev (30-epoch one-cycle baseline, 8-epoch cosine fine-tune for "
@@ -124,10 +109,20 @@ def report() -> int:
         "run (baseline reused, so pruning + fine-tune + measurement) on 1 thread beside another worker; the "
         "fine-tune is the same for all, so the difference to `l1` is a method's own cost (ACP's search); the "
         "first `random` runs shared the cores with a test suite too, hence their 15 minutes.",
-        "",
-        *tables(rows, verdicts, "val_split_study.py", "logs/val_split_worker*.log hold every sweep command"),
     ]
-    return finish_report(lines, OUT / "val_split_wall_time.log", OUT / "val_split_table.md")
+    logs = "logs/val_split_worker*.log hold every sweep command"
+    wall, out = OUT / "val_split_wall_time.log", OUT / "val_split_table.md"
+    return study_report(runs, pairs, header, "val_split_study.py", logs, wall, out, search_costs)
+
+
+def search_costs(g) -> dict:
+    """ACP's trained candidates and GAL's natural reduction, for the rows that have them."""
+    columns = {}
+    if "metrics.acp/candidates_trained" in g and g["metrics.acp/candidates_trained"].notna().any():
+        columns["ACP candidates trained"] = cell(list(g["metrics.acp/candidates_trained"].dropna()), ".0f")
+    if "metrics.gal/natural_reduction" in g and g["metrics.gal/natural_reduction"].notna().any():
+        columns["GAL natural MACs ↓ %"] = cell(list(g["metrics.gal/natural_reduction"].dropna() * 100), ".1f")
+    return columns
 
 
 def main() -> int:

@@ -65,6 +65,9 @@ def test_finished_runs_outlive_the_store_that_held_them(tmp_path, monkeypatch):
     store = pd.DataFrame([frame("a", "FINISHED", 0.62), frame("c", "FINISHED", 0.70)])  # a re-read replaces
     assert sorted(study.load_runs("exp")["run_id"]) == ["a", "c"]
 
+    store = pd.DataFrame([frame("d", "FINISHED", 0.5)])  # a worker's read keeps nothing: a report does
+    assert sorted(study.load_runs("exp", keep=False)["run_id"]) == ["a", "c", "d"]
+
     store = pd.DataFrame()  # a new checkout: the store is empty, the committed file is not
     kept = study.load_runs("exp").set_index("run_id")
     assert sorted(kept.index) == ["a", "c"]
@@ -82,7 +85,7 @@ def test_the_gfp_metapruning_study_labels_each_control_by_the_budget_it_matches(
     gm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gm)
     epochs = {("gfp_cpu", 0): 12.6, ("metapruning_cpu", 0): 41.3}
-    monkeypatch.setattr(gm, "seed_metric", lambda exp, method, seed, metric: epochs.get((method, seed)))
+    monkeypatch.setattr(gm, "seed_metric", lambda exp, method, seed, metric, runs=None: epochs.get((method, seed)))
     row = {"tags.method": "l1", "tags.seed": "0", "params.finetune.epochs": "8"}
     assert gm.label(row) == "l1"
     assert gm.label({**row, "params.finetune.epochs": "13"}) == "l1+ft"
@@ -150,3 +153,29 @@ def test_a_study_keeps_the_baselines_its_runs_pruned(tmp_path, monkeypatch):
     (folder / "model.pt").unlink(), (folder / "meta.json").unlink()
     assert study.restore_baselines() == 1
     assert (folder / "model.pt").read_bytes() == b"weights" and (folder / "meta.json").read_text() == '{"key": "abc"}'
+
+
+@pytest.mark.quick
+def test_a_study_report_has_a_row_per_label_the_extra_columns_and_the_pairs_verdicts(tmp_path):
+    import pandas as pd
+
+    def run(label: str, seed: int, acc: float) -> dict:
+        metrics = {"base_acc": 0.7, "pruned_acc": 0.3, "final_acc": acc, "flops_reduction": 0.5}
+        metrics |= {"params_reduction": 0.4, "latency/b128/speedup": 1.5, "epochs_after_baseline": 8, "wall_s": 60}
+        return {"label": label, "seed": seed, **{f"metrics.{k}": v for k, v in metrics.items()}}
+
+    runs = pd.DataFrame([run("gfp", s, 0.66 + 0.01 * s) for s in range(3)] + [run("l1", s, 0.6) for s in range(3)])
+    out = tmp_path / "table.md"
+    extra = lambda g: {"note": "search"} if (g["label"] == "gfp").all() else {}  # noqa: E731
+    assert (
+        study.study_report(
+            runs, [("gfp", "l1"), ("gfp", "none")], ["# Title"], "s.py", "logs", tmp_path / "w", out, extra
+        )
+        == 0
+    )
+    text = out.read_text()
+    assert text.startswith("# Title\n")
+    table = [line for line in text.splitlines() if line.split("|")[1:2] and line.split("|")[1].strip() in ("gfp", "l1")]
+    assert len(table) == 2 and "search" in table[0] and "67.00 ± 1.00" in table[0]
+    assert "gfp − l1" in text and "gfp ahead" in text and "gfp − none" not in text  # a pair with no runs is left out
+    assert "python scripts/s.py report" in text
