@@ -6,7 +6,8 @@ import json
 import sys
 
 
-def keys() -> dict[str, dict[str, str]]:
+def keys(select=lambda overrides: True) -> dict[str, dict[str, str]]:
+    """The keys of every combination whose overrides ``select`` accepts (all of them by default)."""
     from harness.baseline import baseline_key
     from harness.checkpoint import run_key
     from harness.config import compose, group_options
@@ -26,7 +27,7 @@ def keys() -> dict[str, dict[str, str]]:
             ["model=resnet20", "task=resnet56", "budget=cifar10_dev"],
         )
     ]
-    for overrides in combos:
+    for overrides in filter(select, combos):
         cfg = compose(overrides)
         out[" ".join(overrides)] = {"run": run_key(cfg), "baseline": baseline_key(cfg)}
     return out
