@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import random
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from harness.core.errors import ConfigError
 from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params
 from harness.core.train import CountingLoader, total_epochs, train
 from harness.latency import target as latency_target
+from harness.latency.gate import GatedLoader
 from harness.latency.measure import compare_latency
 from harness.tracking import flatten, make_tracker
 from methods import METHODS, PruneContext, create_method, create_regularizer
@@ -65,6 +67,7 @@ class Reporter:
 def run(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    os.environ["HARNESS_PAUSE_OTHERS"] = "1" if cfg.measure.get("pause_others", True) else "0"  # latency/gate.py
     device = distributed.setup(resolve_device(cfg.device))
     if not distributed.is_main():  # rank 0 prints; the others stay silent
         cfg = cfg.copy()
@@ -232,7 +235,7 @@ class _Phases:
         loaders give every rank the whole split. Shuffled by ``seed`` (the run's seed by default)."""
         gen = torch.Generator().manual_seed(self.cfg.seed if seed is None else seed)
         sampler = distributed.ShardSampler(ds, gen) if shuffle and distributed.is_distributed() else None
-        return DataLoader(
+        loader = DataLoader(
             ds,
             batch_size=int(batch_size),
             shuffle=shuffle and sampler is None,
@@ -243,6 +246,7 @@ class _Phases:
             pin_memory=self.device.type == "cuda",
             drop_last=False,
         )
+        return GatedLoader(loader)  # waits while another harness process on this machine times latency
 
     def evaluate(self, m) -> dict:
         return self.task.evaluate(distributed.sync_buffers(m), self.test_loader, self.device)

@@ -7,6 +7,21 @@ import torch
 warnings.filterwarnings("ignore", module="sqlalchemy")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_latency_gate(tmp_path_factory):
+    """The suite's runs pause for each other's latency timings (harness.latency.gate), not for work that
+    shares the machine with the suite: their lock files live in the suite's own folder (subprocesses too)."""
+    import os
+
+    saved = os.environ.get("HARNESS_GATE_DIR")
+    os.environ["HARNESS_GATE_DIR"] = str(tmp_path_factory.mktemp("latency-gate"))
+    yield
+    if saved is None:
+        os.environ.pop("HARNESS_GATE_DIR", None)
+    else:
+        os.environ["HARNESS_GATE_DIR"] = saved
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``python -m harness`` in-process; returns (exit code, stdout, stderr)."""

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from harness.latency.gate import measuring
+
 Forward = Callable[[torch.Tensor], object]  # a module, a compiled model, an ONNX Runtime runner
 
 
@@ -29,9 +31,10 @@ def latency_ms(model: nn.Module, example: torch.Tensor, *, warmup: int = 5, repe
     module (put in eval mode) or any callable taking ``example`` (a compiled model, an ONNX Runtime session)."""
     if isinstance(model, nn.Module):
         model.eval()
-    for _ in range(warmup):
-        model(example)
-    return statistics.median(timed(model, example, 1) for _ in range(repeats))
+    with measuring():
+        for _ in range(warmup):
+            model(example)
+        return statistics.median(timed(model, example, 1) for _ in range(repeats))
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
@@ -70,26 +73,27 @@ def paired_latency(
     for m in (dense, pruned):
         if isinstance(m, nn.Module):
             m.eval()
-    for _ in range(max(1, warmup)):
-        dense(x), pruned(x)
-    passes = passes_for(dense, x)
-    dense_ms, pruned_ms, ratios = [], [], []
-    started, converged, ci = time.perf_counter(), False, None
-    while True:
-        if len(ratios) % 2 == 0:
-            d, p = timed(dense, x, passes), timed(pruned, x, passes)
-        else:
-            p, d = timed(pruned, x, passes), timed(dense, x, passes)
-        dense_ms.append(d), pruned_ms.append(p), ratios.append(d / p)
-        if len(ratios) < max(1, min_pairs):
-            continue
-        ci = median_interval(ratios)
-        median = statistics.median(ratios)
-        if ci is not None and max(median - ci[0], ci[1] - median) <= interval * median:
-            converged = True
-            break
-        if time.perf_counter() - started >= max_seconds:
-            break
+    with measuring() as calm:
+        for _ in range(max(1, warmup)):
+            dense(x), pruned(x)
+        passes = passes_for(dense, x)
+        dense_ms, pruned_ms, ratios = [], [], []
+        started, converged, ci = time.perf_counter(), False, None
+        while True:
+            if len(ratios) % 2 == 0:
+                d, p = timed(dense, x, passes), timed(pruned, x, passes)
+            else:
+                p, d = timed(pruned, x, passes), timed(dense, x, passes)
+            dense_ms.append(d), pruned_ms.append(p), ratios.append(d / p)
+            if len(ratios) < max(1, min_pairs):
+                continue
+            ci = median_interval(ratios)
+            median = statistics.median(ratios)
+            if ci is not None and max(median - ci[0], ci[1] - median) <= interval * median:
+                converged = True
+                break
+            if time.perf_counter() - started >= max_seconds:
+                break
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "dense_ms": statistics.median(dense_ms),
@@ -103,6 +107,8 @@ def paired_latency(
         "passes_per_timing": passes,
         "converged": converged,
         "seconds": time.perf_counter() - started,
+        "others_paused": calm["others_paused"],  # the machine's other harness runs held (harness.latency.gate)
+        "others_wait_s": calm["waited_s"],
     }
 
 

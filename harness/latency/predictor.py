@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from harness.core.surgery import ChannelPruner, eval_mode
 from harness.core.train import progress
+from harness.latency.gate import measuring
 from harness.latency.measure import passes_for, timed
 
 
@@ -52,7 +53,7 @@ def time_random_widths(
         share = torch.ones(len(keys)) if i == 0 else low + (1 - low) * torch.rand(len(keys), generator=generator)
         widths = {k: max(groups[k].min_keep, round(float(f) * groups[k].channels)) for k, f in zip(keys, share)}
         net = pruner.shrink_to(copy.deepcopy(model), widths).eval()
-        with eval_mode(net), torch.no_grad():
+        with eval_mode(net), torch.no_grad(), measuring():
             passes = passes_for(net, batch)
             ms.append(statistics.median(timed(net, batch, passes) for _ in range(repeats)))
         fractions.append(torch.tensor([widths[k] / groups[k].channels for k in keys]))

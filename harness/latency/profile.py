@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from harness.latency.gate import measuring
 from harness.latency.measure import timed
 
 CONV, LINEAR, BN, ACT, POOL, OTHER, BLOCK = (
@@ -179,6 +180,7 @@ def _macs_and_widths(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, 
 
 
 @torch.inference_mode()
+@measuring()
 def profile_models(
     dense: nn.Module, pruned: nn.Module, x: torch.Tensor, *, passes: int = 20, warmup: int = 3
 ) -> Profile:

@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from harness.core.convs import is_depthwise
 from harness.core.locks import file_lock
 from harness.core.surgery import ChannelPruner
+from harness.latency.gate import measuring
 from harness.latency.measure import device_name, passes_for, timed
 
 # Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
@@ -311,10 +312,11 @@ class LatencyTable:
         modules = [_layer(shape, i, o).to(self.device).eval() for i, o in widths]
         inputs = {i: _input(shape, i, self.batch, self.device) for i, _ in widths}
         passes = []
-        for module, (i, _) in zip(modules, widths):
-            module(inputs[i]), module(inputs[i])
-            passes.append(passes_for(module, inputs[i]))
-        rounds = [[timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(TIMINGS)]
+        with measuring():
+            for module, (i, _) in zip(modules, widths):
+                module(inputs[i]), module(inputs[i])
+                passes.append(passes_for(module, inputs[i]))
+            rounds = [[timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(TIMINGS)]
         return [statistics.median(r[k] for r in rounds) for k in range(len(widths))]
 
     def _calibrate(self, models: list[nn.Module], example: torch.Tensor) -> dict:
@@ -325,7 +327,7 @@ class LatencyTable:
         table = [self.table_ms(m, example) for m in models]
         for m in models:
             m.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), measuring():
             passes = [passes_for(m, x) for m in models]
             rounds = [[timed(m, x, p) for m, p in zip(models, passes)] for _ in range(CALIBRATION_ROUNDS)]
         dense_ms = statistics.median(r[0] for r in rounds)
