@@ -176,8 +176,12 @@ def run(cfg: DictConfig) -> dict:
 
 
 # What each batch size's latency logs to MLflow (latency/b<N>/<name>): medians, the speed-up's 95%
-# interval and quartiles, and how many dense/pruned pairs were timed.
-_LATENCY_METRICS = ("dense_ms", "pruned_ms", "speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3", "pairs")
+# interval and quartiles, how many dense/pruned pairs were timed, and whether the machine's other harness
+# runs were held meanwhile (others_paused 1/0, others_wait_s: harness/latency/gate.py).
+_LATENCY_METRICS = (
+    *("dense_ms", "pruned_ms", "speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3", "pairs"),
+    *("others_paused", "others_wait_s"),
+)
 
 
 def _record_end(tracker, e: BaseException) -> None:
@@ -591,9 +595,9 @@ class _Phases:
         for key, lat in latency.items():
             flat.update(
                 {
-                    f"latency/{key}/{k}": v
+                    f"latency/{key}/{k}": float(v)
                     for k, v in lat.items()
-                    if k in _LATENCY_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    if k in _LATENCY_METRICS and isinstance(v, (int, float))
                 }
             )
         tracker.log_metrics(flat)

@@ -48,6 +48,8 @@ def test_full_run_is_recorded_in_mlflow_with_a_reloadable_model(run_cli, tiny_di
     assert len(client.get_metric_history(run.info.run_id, "baseline/acc")) == 2  # per epoch
     assert len(client.get_metric_history(run.info.run_id, "finetune/acc")) == 1
     assert len(client.get_metric_history(run.info.run_id, "prune/macs")) == 2  # dense + one pruning step
+    assert run.data.metrics["latency/b64/others_paused"] == 1.0  # nothing else of the suite's was training
+    assert 0 <= run.data.metrics["latency/b64/others_wait_s"] < 60
 
     local = client.download_artifacts(run.info.run_id, "model/pruned_model.pt", str(tmp_path))
     model = load_pruned(local)
