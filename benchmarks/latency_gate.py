@@ -1,7 +1,7 @@
 """Does pausing the machine's other harness runs (harness/latency/gate.py) make a latency measurement taken
 beside a training job read as one taken on an idle machine? On this CPU, 1 thread per process.
 
-    python benchmarks/latency_gate.py [--rounds 3] [--batches 1 64] [--out results/bench/latency_gate.md]
+    python benchmarks/latency_gate.py [--rounds 3] [--batches 1 64] [--threads 1] [--out results/bench/latency_gate.md]
 
 Run it with nothing else on the machine. What is timed: untrained ResNet-56 against a copy with every
 prunable group cut to half its channels, in alternating pairs (harness.latency.measure.paired_latency, what
@@ -82,9 +82,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, default=1, help="of the measurement (the trainer has 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "latency_gate.md")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="latency-gate-bench-"))
     os.environ["HARNESS_GATE_DIR"] = str(folder)  # this benchmark's processes only (inherited by the trainers)
     torch.manual_seed(0)
@@ -131,9 +132,10 @@ def main() -> int:
     lines = [
         "# Latency measured beside a training job, with and without the gate (harness/latency/gate.py)",
         "",
-        f"`python benchmarks/latency_gate.py --rounds {args.rounds} --batches {' '.join(map(str, args.batches))}`, "
+        f"`python benchmarks/latency_gate.py --rounds {args.rounds} --batches {' '.join(map(str, args.batches))} "
+        f"--threads {args.threads}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, torch "
-        f"{torch.__version__}, {os.cpu_count()} cores, 1 thread per process, eager, CPU, {wall / 60:.1f} min. "
+        f"{torch.__version__}, {os.cpu_count()} cores, the measurement on {args.threads} thread(s), the trainer on 1, eager, CPU, {wall / 60:.1f} min. "
         "Untrained ResNet-56 (32x32) against a copy with every prunable group at half its channels; the trainer "
         "is ResNet-20 training on batches of 128. Medians over rounds; *dense ms ÷ idle*: the dense model's "
         "median ms relative to the same round's idle measurement (median [min, max] over rounds); *interval "
