@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
             f"or a width search), so prune.normalize={cfg.prune.normalize} would be ignored; drop it"
         )
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
-    # reachability is checked on its latency table (prepare_latency_target).
+    # reachability and the method's own checks run on its latency table (prepare_latency_target).
     method.check_model(model)
     if target > 0 and not latency_target:
         method.check_target(model, pruner, target)
@@ -348,6 +348,7 @@ class _Phases:
         self.tracker.set_tags({"latency_table": table.path.name})
         if pruner.max_reduction(model) < self.target:
             raise ConfigError(pruner.unreachable_message(model, self.target))
+        self.method.check_target(model, pruner, self.target)  # now on the predicted latency, not the MACs
 
     def baseline(self, model):
         cfg, task, say = self.cfg, self.task, self.say

@@ -156,7 +156,7 @@ class WGates(Method):
     uses_normalize = False
 
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
-        if self.cfg.cost == "latency":  # only MACs targets reach this check
+        if self.cfg.cost == "latency" and pruner.cost_name == "macs":
             raise ConfigError(
                 "method.cost=latency trains against latency measured at measure.target_batch: use it with "
                 "prune.target=latency prune.latency_reduction=<r>, or set method.cost=flops"

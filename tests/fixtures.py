@@ -1,4 +1,4 @@
-"""Tiny datasets generated in the real on-disk formats."""
+"""Tiny datasets generated in the real on-disk formats, and a stand-in for the latency table's cost."""
 
 from __future__ import annotations
 
@@ -222,3 +222,29 @@ def make_voc_detection(root: Path, n_trainval: int = 6, n_test: int = 3, size=(9
             )
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
     return Path(root)
+
+
+class ToyLatency:
+    """A stand-in for the latency table's cost (harness.latency.target.PredictedLatency): every conv and
+    linear costs a fixed 0.05 ms plus its MACs at 1e-6 ms each, so the per-layer overhead is large."""
+
+    name, target_key, what = "latency_ms", "prune.latency_reduction", "the predicted latency"
+
+    def layer_ms(self, model, x):
+        from harness.latency.table import named_layers_of
+
+        def ms(shape, cin, cout):
+            k = shape.kernel[0] * shape.kernel[1] if shape.kernel else 1
+            area = shape.size[0] * shape.size[1] if len(shape.size) == 2 else 1
+            return 0.05 + 1e-6 * cin * cout * k * area
+
+        return {n: (lambda cin, cout, s=s: ms(s, cin, cout)) for n, (s, _, _) in named_layers_of(model, x).items()}
+
+    def __call__(self, model, x):
+        from harness.latency.table import named_layers_of
+
+        times = self.layer_ms(model, x)
+        return sum(times[n](cin, cout) for n, (_, cin, cout) in named_layers_of(model, x).items())
+
+    def correct(self, prefix, target, build, predicted, n):
+        return prefix

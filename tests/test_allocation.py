@@ -12,6 +12,7 @@ from harness.core.surgery import ChannelPruner, channel_widths
 from methods.l1 import FilterL1Importance
 from tasks.models import create_model
 from tests.conftest import last_json
+from tests.fixtures import ToyLatency
 
 
 @pytest.mark.quick
@@ -60,32 +61,6 @@ def test_bad_allocations_exit_2_with_one_line(run_cli, tmp_path, overrides, says
     assert not (tmp_path / "baselines").exists()
 
 
-class _ToyLatency:
-    """A stand-in for the latency table's cost (harness.latency.target.PredictedLatency): every conv and
-    linear costs a fixed 0.05 ms plus its MACs at 1e-6 ms each, so the per-layer overhead is large."""
-
-    name, target_key, what = "latency_ms", "prune.latency_reduction", "the predicted latency"
-
-    def layer_ms(self, model, x):
-        from harness.latency.table import named_layers_of
-
-        def ms(shape, cin, cout):
-            k = shape.kernel[0] * shape.kernel[1] if shape.kernel else 1
-            area = shape.size[0] * shape.size[1] if len(shape.size) == 2 else 1
-            return 0.05 + 1e-6 * cin * cout * k * area
-
-        return {n: (lambda cin, cout, s=s: ms(s, cin, cout)) for n, (s, _, _) in named_layers_of(model, x).items()}
-
-    def __call__(self, model, x):
-        from harness.latency.table import named_layers_of
-
-        times = self.layer_ms(model, x)
-        return sum(times[n](cin, cout) for n, (_, cin, cout) in named_layers_of(model, x).items())
-
-    def correct(self, prefix, target, build, predicted, n):
-        return prefix
-
-
 def test_knapsack_and_normalize_work_on_a_latency_cost():
     torch.manual_seed(0)
     model = create_model("digits_resnet", 10, width=16)
@@ -93,7 +68,7 @@ def test_knapsack_and_normalize_work_on_a_latency_cost():
     widths = {}
     for allocation, normalize in (("global", "none"), ("knapsack", "none"), ("global", "latency")):
         pruner = ChannelPruner(model, x, [model.fc], 0.1, allocation=allocation, normalize=normalize)
-        pruner.use_cost(_ToyLatency(), model)
+        pruner.use_cost(ToyLatency(), model)
         pruned = pruner.prune_to_target(copy.deepcopy(model), FilterL1Importance(), 0.3)
         assert 0.3 <= pruner.reduction(pruned) <= 0.33, (allocation, normalize)
         widths[allocation, normalize] = channel_widths(pruned)
@@ -109,7 +84,7 @@ def test_latency_saved_per_channel_is_the_tables_difference():
     x = torch.randn(1, 1, 8, 8)
     pruner = ChannelPruner(model, x, [model.fc], 0.1)
     groups = pruner.groups(model)
-    toy = _ToyLatency()
+    toy = ToyLatency()
     costs = ChannelCosts(model, x, groups, toy.layer_ms(model, x))
     saved = costs.per_channel("latency")
     for key, g in groups.items():  # removing one channel from the real network saves exactly that much

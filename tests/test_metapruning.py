@@ -3,6 +3,7 @@ window, never reads the test split, never loses its best, resumes identically; b
 The run on digits is in tests/test_distributed.py (under torchrun)."""
 
 import copy
+import random
 
 import pytest
 import torch
@@ -13,11 +14,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from harness.config import compose
 from harness.core.surgery import ChannelPruner
 from harness.core.widths import WidthSpace
+from harness.latency.table import named_layers_of
 from methods import create_method
 from methods.base import PruneContext
-from methods.metapruning import Encoding, _cropped, _dense_state, build_pruningnet
+from methods.metapruning import Encoding, _Candidates, _cropped, _dense_state, build_pruningnet
 from tasks.digits import DigitsTask
 from tasks.models import create_model
+from tests.fixtures import ToyLatency
 
 SMALL = [
     "method=metapruning",
@@ -144,3 +147,42 @@ def test_bad_metapruning_values_exit_2_with_one_line(run_cli, tmp_path, override
     assert code == 2, err
     assert expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "baselines").exists()  # refused before any training
+
+
+class _WidthDependentOverhead(ToyLatency):
+    """The toy latency plus work the layers' sum leaves out and that shrinks with the widths (BN, adds)."""
+
+    def __call__(self, model, x):
+        return super().__call__(model, x) + 2e-4 * sum(cout for _, _, cout in named_layers_of(model, x).values())
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("cost", ["macs", "latency"])
+def test_the_screen_estimates_a_candidate_without_building_it(cost):
+    """A draw is screened by the layers' MACs or table times at its widths before the network is built: the
+    estimate lies within the screen's margin of the exact reduction, and a screened-out draw is not built."""
+    model = _model(16)
+    pruner = ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.1)
+    if cost == "latency":
+        pruner.use_cost(_WidthDependentOverhead(), model)
+    draws = _Candidates(WidthSpace(model, pruner), [0.25, 0.4, 0.55, 0.7, 0.85, 1.0], 0.5, 0.05, random.Random(0))
+    errors = []
+    for _ in range(20):
+        genes = draws.random()
+        errors.append(draws.encoding.reduction(genes) - draws.estimate(genes))
+    assert max(abs(e) for e in errors) < _Candidates.SCREEN_MARGIN and max(abs(e) for e in errors) > 0
+    built = []
+    draws.encoding.space.build = lambda widths: built.append(widths)  # any exact count now fails loudly
+    far = draws.encoding.uniform(len(draws.encoding.fractions) - 1)  # full width: 0% reduction
+    assert not draws.fits(far) and not built
+
+
+@pytest.mark.quick
+def test_a_window_random_draws_cannot_fill_is_refused_with_the_grids_reach():
+    model = _model(16)
+    pruner = ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.1)
+    space = WidthSpace(model, pruner)
+    assert _Candidates(space, [0.25, 0.4, 0.55, 0.7, 0.85, 1.0], 0.5, 0.05, random.Random(0)).unreachable(200) is None
+    # widths 0.85-1.0 reduce the MACs by at most ~25%: a 50% window is out of reach, said with the reach
+    why = _Candidates(space, [0.85, 1.0], 0.5, 0.05, random.Random(0)).unreachable(200)
+    assert why and "none of 200 random width vectors" in why and "uniform widths 1.00-0.85 reduce it by 0.000-0." in why

@@ -134,6 +134,18 @@ class ChannelCosts:
             total += layer.kernel * layer.spatial * out * fan_in
         return total
 
+    def total(self, live: dict[str, int] | None = None) -> float:
+        """The conv and linear layers' cost at the ``live`` widths in this object's ``kind``: their MACs, or,
+        with the latency table's layer times, the sum of their predicted ms (no BN alone, adds or pooling)."""
+        if self.layer_ms is None:
+            return self.total_macs(live)
+        live = {**self.channels, **(live or {})}
+        return sum(
+            ms(self._live_in(name, live), self._live_out(name, live))
+            for name, ms in self.layer_ms.items()
+            if name in self.layers
+        )
+
     def _live_out(self, name: str, live: dict[str, int]) -> int:
         key = self.out_group.get(name)
         return live[key] if key is not None else self.layers[name].out_channels

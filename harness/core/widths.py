@@ -6,7 +6,7 @@ swarm and MetaPruning's evolution both search, so that the two can be compared c
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -107,8 +107,3 @@ class GridEncoding:
 
     def uniform(self, index: int) -> tuple[int, ...]:
         return (index,) * self.genes
-
-    def window_reachable(self, target: float, tolerance: float, tries: Callable[[], tuple[int, ...]], n: int) -> bool:
-        """Whether some encoding lands in [target, target + tolerance]: the uniform ones, then ``n`` draws."""
-        candidates = [self.uniform(i) for i in range(len(self.fractions))] + [tries() for _ in range(n)]
-        return any(self.space.in_window(self.widths(g), target, tolerance) for g in candidates)
