@@ -15,21 +15,31 @@ TRAINER = textwrap.dedent(
     """
     import json, sys, time
     from harness.latency.gate import gated
-    seconds, items, out = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    seconds, items, out, inner = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     spans = []
-    for i in gated(range(items)):
+
+    def work():
         start = time.monotonic()
-        time.sleep(seconds)  # the batch's work
+        time.sleep(seconds)
         spans.append((start, time.monotonic()))
+
+    for i in gated(range(items)):
+        work()  # the batch's work; with inner > 0, then a loop over another gated loader (an evaluation
+        for j in gated(range(inner)):  # inside training) and more work
+            work()
+        if inner:
+            work()
         with open(out, "w") as f:
             json.dump(spans, f)
     """
 )
 
 
-def start_trainer(tmp_path, seconds: float, items: int):
+def start_trainer(tmp_path, seconds: float, items: int, inner: int = 0):
     out = tmp_path / "spans.json"
-    proc = subprocess.Popen([sys.executable, "-c", TRAINER, str(seconds), str(items), str(out)], env=os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, str(seconds), str(items), str(out), str(inner)], env=os.environ
+    )
     deadline = time.monotonic() + 60
     while not (out.exists() and out.read_text()):  # it has trained a batch
         assert time.monotonic() < deadline and proc.poll() is None, "the trainer did not start"
@@ -48,6 +58,24 @@ def test_no_batch_of_another_process_runs_while_one_measures(tmp_path):
     spans = json.loads(out.read_text())
     assert state["others_paused"] and state["waited_s"] < 1.0
     assert any(end <= entered for _, end in spans) and any(start >= left for start, _ in spans)  # ran around it
+    overlapping = [(s, e) for s, e in spans if s < left and e > entered]
+    assert not overlapping, f"batches ran while measuring: {overlapping} within [{entered}, {left}]"
+
+
+@pytest.mark.quick
+def test_a_loop_inside_another_processs_batch_neither_stalls_nor_overlaps_a_measurement(tmp_path):
+    """The inner loop of a nested pair (an evaluation inside a training batch) neither waits at the gate while
+    its outer batch holds the machine busy (the measurer would wait out its whole wait_s) nor lets go of the
+    outer batch's hold when it ends (the rest of the outer batch would overlap the measurement)."""
+    proc, out = start_trainer(tmp_path, 0.02, 30, inner=3)
+    with gate.measuring(wait_s=5) as state:
+        entered = time.monotonic()
+        time.sleep(0.6)
+        left = time.monotonic()
+    assert proc.wait(timeout=60) == 0
+    spans = json.loads(out.read_text())
+    assert state["others_paused"] and state["waited_s"] < 1.0, state
+    assert any(start >= left for start, _ in spans)
     overlapping = [(s, e) for s, e in spans if s < left and e > entered]
     assert not overlapping, f"batches ran while measuring: {overlapping} within [{entered}, {left}]"
 

@@ -37,6 +37,7 @@ WAIT_S = 60.0  # at most this long for other runs' batches in flight, then time 
 _files: dict[tuple[int, str], int] = {}
 _depth = 0  # measuring() is re-entrant: the table's calibration inside a latency target's search
 _outer: dict = {}  # the outermost measurement's state, which nested ones report
+_held = 0  # this process's gated loops now inside an item: only the outermost takes and drops ``busy``
 
 
 def folder() -> Path:
@@ -103,17 +104,23 @@ def gated(iterable: Iterable) -> Iterator:
     """``iterable``'s items, each fetched and worked on only while no other run is timing latency: the gate is
     passed before each item (waiting out a measurement), and ``busy`` held until the next item is asked for
     (the loop body's work) or the loop ends."""
+    global _held
     if not enabled():
         yield from iterable
         return
     gate, busy = _fd("gate"), _fd("busy")
     items = iter(iterable)
     while True:
-        holding = not _depth  # inside this process's own measurement: nothing to wait for
+        # Inside this process's own measurement there is nothing to wait for; inside an outer loop's item
+        # (an evaluation within a training batch) the outer loop holds ``busy``: waiting at the gate here
+        # would stall the measurer for its whole wait, and dropping ``busy`` (one lock per process) would
+        # let the rest of the outer item overlap a measurement.
+        holding = not _depth and not _held
         if holding:
             fcntl.flock(gate, fcntl.LOCK_SH)
             fcntl.flock(gate, fcntl.LOCK_UN)
             fcntl.flock(busy, fcntl.LOCK_SH)
+            _held += 1
         try:
             try:
                 item = next(items)
@@ -121,8 +128,10 @@ def gated(iterable: Iterable) -> Iterator:
                 return
             yield item
         finally:
-            if holding and not _depth:
-                fcntl.flock(busy, fcntl.LOCK_UN)
+            if holding:
+                _held -= 1
+                if not _depth:
+                    fcntl.flock(busy, fcntl.LOCK_UN)
 
 
 class GatedLoader:
