@@ -70,6 +70,19 @@ METHODS = {
     # (at lr 0.01 and 0.001, masks from N(0,1) or from 1); with 5 epochs it runs.
     "gal": ["method=gal", "method.epochs=1", "train.epochs=5"],
     "aip": ["method=aip", "method.steps=2", "method.recover_epochs=1", "train.epochs=5"],
+    # The reconstructions added after the first sessions; GA distils too (its KD after the groups).
+    "ga": [
+        "method=ga",
+        "method.sensitivity_samples=128",
+        "method.ratios=[0.3,0.6,0.9]",
+        "method.population=8",
+        "method.generations=2",
+        "method.rescore=0",
+        "method.kd_epochs=0.5",
+        "train.epochs=5",
+    ],
+    "wgates": ["method=wgates", "method.cost=latency", "method.epochs=1", "method.latency_samples=16"],
+    "functional": ["method=functional", "method.probe=64"],
 }
 MODELS = ("resnet56", "vgg16_cifar")
 BATCHES = (1, 64)
