@@ -39,6 +39,7 @@ from harness.core.errors import ConfigError
 from harness.core.settings import setting
 from harness.core.surgery import ChannelGroup, ChannelPruner, eval_mode
 from harness.core.train import progress
+from harness.latency.gate import gated
 from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
 from methods.teacher import distill
@@ -374,7 +375,7 @@ def genetic_search(
     pop = repaired(torch.rand(population, channels, generator=generator) < keep / channels, keep, generator)
     fit = errors(gram, pop)
     history = [float(fit.min())]
-    for _ in range(generations):
+    for _ in gated(range(generations)):  # a pause point while another run times latency
         elite = pop[int(torch.argmin(fit))]
         drawn = torch.randint(population, (population, tournament), generator=generator)
         parents = pop[drawn.gather(1, fit[drawn].argmin(1, keepdim=True)).squeeze(1)]

@@ -42,6 +42,7 @@ from harness.core.settings import setting
 from harness.core.surgery import ChannelPruner, replace_module
 from harness.core.train import make_optimizer, make_scheduler, progress
 from harness.core.widths import GridEncoding, WidthSpace
+from harness.latency.gate import gated
 from methods.base import Method, PruneContext, register_method
 
 AUTHORS_GRID = [round(0.10 + 0.03 * i, 2) for i in range(31)]  # 0.10, 0.13, ..., 1.00
@@ -346,7 +347,7 @@ class MetaPruning(Method):
             bn.reset_running_stats()
             bn.momentum = None  # a cumulative average over the batches
         net.train()
-        for x in batches:
+        for x in gated(batches):  # a pause point while another run times latency, as a loader's batch is
             net(x.to(ctx.device))
         for bn in norms:
             bn.momentum = 0.1

@@ -64,17 +64,20 @@ def test_no_batch_of_another_process_runs_while_one_measures(tmp_path):
 
 @pytest.mark.quick
 def test_a_loop_inside_another_processs_batch_neither_stalls_nor_overlaps_a_measurement(tmp_path):
-    """The inner loop of a nested pair (an evaluation inside a training batch) neither waits at the gate while
-    its outer batch holds the machine busy (the measurer would wait out its whole wait_s) nor lets go of the
-    outer batch's hold when it ends (the rest of the outer batch would overlap the measurement)."""
-    proc, out = start_trainer(tmp_path, 0.02, 30, inner=3)
-    with gate.measuring(wait_s=5) as state:
+    """The inner loop of a nested pair (an evaluation inside a training batch, a search's steps) is where a
+    long outer item pauses: the measurer starts within an inner step, not after the whole outer item; the
+    inner loop neither waits at the gate while its outer item holds the machine busy (the measurer would
+    wait out its whole wait_s) nor lets go of the outer item's hold when it ends (the rest of the outer item
+    would overlap the measurement)."""
+    proc, out = start_trainer(tmp_path, 0.02, 8, inner=40)  # an outer item lasts 0.8 s and more
+    time.sleep(0.3)  # well inside an outer item: only its inner loop's boundaries can pause it
+    with gate.measuring(wait_s=0.5) as state:
         entered = time.monotonic()
         time.sleep(0.6)
         left = time.monotonic()
     assert proc.wait(timeout=60) == 0
     spans = json.loads(out.read_text())
-    assert state["others_paused"] and state["waited_s"] < 1.0, state
+    assert state["others_paused"] and state["waited_s"] < 0.3, state
     assert any(start >= left for start, _ in spans)
     overlapping = [(s, e) for s, e in spans if s < left and e > entered]
     assert not overlapping, f"batches ran while measuring: {overlapping} within [{entered}, {left}]"

@@ -112,10 +112,22 @@ class CountingLoader:
 
 
 def progress(iterable: Iterable, *, desc: str, quiet: bool, total: int | None = None) -> Iterable:
+    """``iterable`` with a progress bar; each item is also a pause point while another harness run on the
+    machine times latency (``harness.latency.gate``): a method's long loops (ticks, candidates, groups) pause
+    there as its data loaders do."""
     from tqdm.auto import tqdm
 
+    from harness.latency.gate import gated
+
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
     return tqdm(
-        iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=quiet or not sys.stderr.isatty()
+        gated(iterable),
+        desc=desc,
+        total=total,
+        leave=False,
+        dynamic_ncols=True,
+        disable=quiet or not sys.stderr.isatty(),
     )
 
 

@@ -111,16 +111,20 @@ def gated(iterable: Iterable) -> Iterator:
     gate, busy = _fd("gate"), _fd("busy")
     items = iter(iterable)
     while True:
-        # Inside this process's own measurement there is nothing to wait for; inside an outer loop's item
-        # (an evaluation within a training batch) the outer loop holds ``busy``: waiting at the gate here
-        # would stall the measurer for its whole wait, and dropping ``busy`` (one lock per process) would
-        # let the rest of the outer item overlap a measurement.
+        # Inside this process's own measurement there is nothing to wait for. Inside an outer loop's item
+        # (an evaluation within a training batch, a search's inner steps) the outer loop holds ``busy``: the
+        # item boundary is still a pause point, but only by letting go of ``busy`` while it waits (waiting
+        # at the gate while holding it would stall the measurer for its whole wait), and only when a
+        # measurer has closed the gate (one lock per process: dropping it otherwise would let the rest of
+        # the outer item overlap a measurement that starts meanwhile).
         holding = not _depth and not _held
         if holding:
             fcntl.flock(gate, fcntl.LOCK_SH)
             fcntl.flock(gate, fcntl.LOCK_UN)
             fcntl.flock(busy, fcntl.LOCK_SH)
             _held += 1
+        elif not _depth:
+            _pause_inside(gate, busy)
         try:
             try:
                 item = next(items)
@@ -132,6 +136,20 @@ def gated(iterable: Iterable) -> Iterator:
                 _held -= 1
                 if not _depth:
                     fcntl.flock(busy, fcntl.LOCK_UN)
+
+
+def _pause_inside(gate: int, busy: int) -> None:
+    """A pause point inside an item this process holds ``busy`` for: when a measurer has closed the gate,
+    let go of ``busy`` (so that its measurement can start), wait at the gate, then hold ``busy`` again."""
+    try:
+        fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fcntl.flock(busy, fcntl.LOCK_UN)
+        fcntl.flock(gate, fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(busy, fcntl.LOCK_SH)
+    else:
+        fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 class GatedLoader:
