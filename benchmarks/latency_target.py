@@ -8,7 +8,7 @@ with L1-norm's channel ranking (untrained weights: latency does not depend on th
 - *table only*: the per-layer lookup table (harness/latency/table.py) predicts the latency of every
   candidate and the pruner takes the shortest prefix of the ranking predicted to meet the request;
 - *table + measured* (what `prune.target=latency` runs do): the same, corrected by real paired
-  measurements of the candidate (at most 5, 10 s each) while the measured reduction misses by more than 2 points.
+  measurements of the candidate (at most 5, 8 once bracketed; 10 s each) while the measured reduction misses by more than 2 points.
 
 Each pruned model's reduction is then measured afresh, dense and pruned in alternating pairs until the
 speed-up's 95% interval is within +-3% (or 20 s): the "measured" column, with that interval. The table

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.core.surgery import ChannelPruner, count_macs_params
+from harness.core.surgery import ChannelPruner, count_macs_params, smallest_prefix
 from harness.latency.table import LatencyTable, _axis, layers_of, named_layers_of, narrowed_copies
 from tests.conftest import last_json
 
@@ -112,6 +112,36 @@ def test_the_table_choice_is_corrected_by_measurement():
     measured = 1 - count_macs_params(pruned, example)[0] / pruner.base_macs - 0.15
     assert abs(measured - 0.3) <= correction.tolerance + 0.02  # within tolerance, up to one channel's step
     assert len(correction.corrections) >= 2 and correction.corrections[0]["measured"] < 0.3 - correction.tolerance
+
+
+@pytest.mark.quick
+def test_a_bracketed_correction_aims_along_the_prediction_not_the_prefix():
+    """A removal order whose predicted cut grows as (k/n)^4 (GA's allocation sequence and a uniform width
+    scale are far from linear in their index) and a measurement twice the prediction: aiming inside the
+    bracket along the prefix took 5 measurements and stopped 4.7 points short; along the prediction, 3."""
+    from harness.latency.target import Corrected
+
+    n = 1000
+    predicted = lambda k: (k / n) ** 4  # noqa: E731
+    correction = Corrected(cost=None, measured_reduction=lambda k: min(1.0, 2 * predicted(k)), measured_from=0.5)
+    k = correction.correct(smallest_prefix(predicted, 0.5, n), 0.5, lambda k: k, predicted, n)
+    assert abs(2 * predicted(k) - 0.5) <= correction.tolerance
+    assert len(correction.corrections) <= 4
+    measured = [c["measured"] for c in correction.corrections]
+    assert min(measured) < 0.5 - correction.tolerance < 0.5 + correction.tolerance < max(measured)  # bracketed
+
+
+@pytest.mark.quick
+def test_a_bracketed_correction_may_measure_past_five_but_stops_at_its_cap():
+    """Once one measurement lies below the target and one above, up to ``bracketed`` measurements in all;
+    a measurement that never lands within tolerance (noise flipping sides) stops there."""
+    from harness.latency.target import Corrected
+
+    n, flips = 1000, iter(range(100))
+    noisy = lambda k: k / n + (0.1 if next(flips) % 2 else -0.1)  # noqa: E731  (always 10 points off)
+    correction = Corrected(cost=None, measured_reduction=noisy, measured_from=0.5)
+    correction.correct(500, 0.5, lambda k: k, lambda k: k / n, n)
+    assert len(correction.corrections) == correction.bracketed == 8
 
 
 def test_latency_target_run_records_requested_predicted_and_measured(run_cli, tiny_digits, tmp_path, one_thread):

@@ -53,7 +53,13 @@ class Corrected:
     measured_from: float = 0.0
     tolerance: float = 0.02
     corrections: list[dict] = field(default_factory=list)  # what each measurement gave, for the run's log
+    searches: int = 5  # measurements while the target is not bracketed yet
+    bracketed: int = 8  # measurements in all once it is
     measured = True
+
+    @staticmethod
+    def is_bracketed(measured: dict[int, float], target: float) -> bool:
+        return any(m < target for m in measured.values()) and any(m > target for m in measured.values())
 
     @property
     def name(self) -> str:
@@ -76,30 +82,37 @@ class Corrected:
     def correct(
         self, k: int, target: float, build: Callable[[int], nn.Module], predicted: Callable[[int], float], n: int
     ) -> int:
-        """The cost's prefix length ``k`` corrected by real measurements, at most 5 of them, until one is
-        within ``tolerance`` of ``target``. The next prefix comes from the cost (its prediction aimed by the
-        last miss, scaled by the measured-per-predicted slope of the last two measurements) until one
-        measurement lies below the target and one above; from then on from the
-        straight line between the closest two on either side, strictly inside that bracket. Returns the
-        prefix measured closest."""
+        """The cost's prefix length ``k`` corrected by real measurements until one is within ``tolerance`` of
+        ``target``: at most ``searches`` of them while every measurement lies on one side of the target, at
+        most ``bracketed`` in all once one lies below and one above. The next prefix comes from the cost (its
+        prediction aimed by the last miss, scaled by the measured-per-predicted slope of the last two
+        measurements) until the target is bracketed; from then on from the straight line between the
+        closest measurement on either side, drawn over the *prediction* (a removal order's prefix can be far
+        from linear in its cost: GA's allocation sequence, a uniform width scale), strictly inside the
+        bracket. Returns the prefix measured closest."""
         if target < self.measured_from - 1e-9:
             return k
         measured: dict[int, float] = {}
+        predicted_at: dict[int, float] = {}
         trace: list[dict] = []  # this search's measurements, in order
-        for _ in range(5):
-            measured[k] = self.measured_reduction(build(k))
+        while len(trace) < (self.bracketed if self.is_bracketed(measured, target) else self.searches):
+            measured[k], predicted_at[k] = self.measured_reduction(build(k)), predicted(k)
             miss = target - measured[k]
-            trace.append({"prefix": k, "predicted": predicted(k), "measured": measured[k]})
+            trace.append({"prefix": k, "predicted": predicted_at[k], "measured": measured[k]})
             self.corrections.append(trace[-1])
             if abs(miss) <= self.tolerance:
                 break
-            below = [j for j, m in measured.items() if m < target]
-            above = [j for j, m in measured.items() if m > target]
-            if below and above:
-                lo, hi = max(below), min(above)  # the tightest bracket by position: noise can reorder values
+            if self.is_bracketed(measured, target):
+                lo = max(j for j, m in measured.items() if m < target)  # the tightest bracket by position:
+                hi = min(j for j, m in measured.items() if m > target)  # noise can reorder values
                 if hi - lo <= 1:  # nothing between them (or noise put a longer prefix below a shorter one)
                     break
-                nxt = round(lo + (hi - lo) * (target - measured[lo]) / (measured[hi] - measured[lo]))
+                share = (target - measured[lo]) / (measured[hi] - measured[lo])
+                if predicted_at[hi] > predicted_at[lo]:
+                    aim = predicted_at[lo] + share * (predicted_at[hi] - predicted_at[lo])
+                    nxt = smallest_prefix(predicted, aim, hi, lo)
+                else:  # the prediction does not rise across the bracket: fall back to the position
+                    nxt = round(lo + (hi - lo) * share)
                 nxt = min(max(nxt, lo + 1), hi - 1)
             else:  # aim the prediction by the miss, at the slope measured so far (1 until two measurements)
                 # never the empty prefix: its "measurement" is the dense model against itself, noise alone
