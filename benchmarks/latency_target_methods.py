@@ -1,6 +1,7 @@
 """Does prune.target=latency meet its request for every method? ResNet-56 and VGG-16 (32x32) on this CPU.
 
     python benchmarks/latency_target_methods.py run [--methods gbn_cpu scop ...] [--models resnet56 vgg16_cifar] [--batches 1 64]
+    python benchmarks/latency_target_methods.py run --methods scop --models resnet56 --batches 64 --requests 0.5 --rerun
     python benchmarks/latency_target_methods.py report      # results/bench/latency_target_methods.md
 
 The companion of benchmarks/latency_target.py (L1's ranking through the pruner alone): here each method
@@ -47,10 +48,8 @@ COMMON = [
     "train.epochs=1",
     "finetune.epochs=0",
     "prune.target=latency",
-    "prune.latency_reduction=0.3,0.5",
     "threads=1",
     "measure.max_seconds=10",
-    "skip_finished=true",
     "quiet=true",
     f"tracking.experiment={EXPERIMENT}",
 ]
@@ -88,14 +87,17 @@ MODELS = ("resnet56", "vgg16_cifar")
 BATCHES = (1, 64)
 
 
-def run(methods: list[str], models: list[str], batches: list[int]) -> int:
+def run(methods: list[str], models: list[str], batches: list[int], requests: str, rerun: bool) -> int:
+    """Every case of the methods, models and batches given, at the ``requests`` (a comma list); ``rerun``
+    runs a finished cell again (its latest run is the table's row: say why in the notes)."""
+    common = [*COMMON, f"prune.latency_reduction={requests}", f"skip_finished={str(not rerun).lower()}"]
     LOG.parent.mkdir(parents=True, exist_ok=True)
     failures = 0
     with open(LOG, "a") as log:
         for name in methods:  # every case of one method before the next: a partial table is whole rows
             for model in models:
                 for batch in batches:
-                    cmd = [sys.executable, "-m", "harness", "sweep", *COMMON, f"model={model}", *METHODS[name]]
+                    cmd = [sys.executable, "-m", "harness", "sweep", *common, f"model={model}", *METHODS[name]]
                     cmd += [f"measure.target_batch={batch}", f"measure.batch_sizes=[{batch}]"]
                     started = time.time()
                     log.write(f"$ {shlex.join(cmd)}\n")
@@ -203,8 +205,12 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), choices=list(BATCHES))
+    p.add_argument("--requests", default="0.3,0.5", help="requested latency reductions, a comma list")
+    p.add_argument("--rerun", action="store_true", help="run finished cells again (skip_finished=false)")
     args = p.parse_args()
-    return run(args.methods, args.models, args.batches) if args.command == "run" else report()
+    if args.command == "report":
+        return report()
+    return run(args.methods, args.models, args.batches, args.requests, args.rerun)
 
 
 if __name__ == "__main__":
