@@ -463,10 +463,12 @@ class _Candidates:
         margin = self.SCREEN_MARGIN
         return self.target - margin <= self.estimate(genes) <= self.target + self.window + margin
 
-    def fits(self, genes: tuple[int, ...]) -> bool:
-        if not self.screened(genes):
-            return False
+    def in_window(self, genes: tuple[int, ...]) -> bool:
+        """The exact test, on the network built at ``genes``' widths."""
         return self.encoding.space.in_window(self.encoding.widths(genes), self.target, self.window)
+
+    def fits(self, genes: tuple[int, ...]) -> bool:
+        return self.screened(genes) and self.in_window(genes)
 
     def unreachable(self, draws: int, exact: int = 50) -> str | None:
         """Why a generation of random encodings could not be filled, or None: none of ``draws`` random
@@ -476,7 +478,7 @@ class _Candidates:
             genes = self.random()
             if not self.screened(genes):
                 continue
-            if self.encoding.space.in_window(self.encoding.widths(genes), self.target, self.window):
+            if self.in_window(genes):
                 return None
             built += 1
             if built >= exact:
