@@ -2,6 +2,7 @@
 
     python benchmarks/latency_target_methods.py run [--methods gbn_cpu scop ...] [--models resnet56 vgg16_cifar] [--batches 1 64]
     python benchmarks/latency_target_methods.py run --methods scop --models resnet56 --batches 64 --requests 0.5 --rerun
+    python benchmarks/latency_target_methods.py run --methods metapruning_cpu --models vgg16_cifar --extra method.generator_hidden=8
     python benchmarks/latency_target_methods.py report      # results/bench/latency_target_methods.md
 
 The companion of benchmarks/latency_target.py (L1's ranking through the pruner alone): here each method
@@ -87,9 +88,10 @@ MODELS = ("resnet56", "vgg16_cifar")
 BATCHES = (1, 64)
 
 
-def run(methods: list[str], models: list[str], batches: list[int], requests: str, rerun: bool) -> int:
+def run(methods: list[str], models: list[str], batches: list[int], requests: str, rerun: bool, extra: list[str]) -> int:
     """Every case of the methods, models and batches given, at the ``requests`` (a comma list); ``rerun``
-    runs a finished cell again (its latest run is the table's row: say why in the notes)."""
+    runs a finished cell again (its latest run is the table's row: say why in the notes); ``extra`` overrides
+    follow the method's (a setting a case needs, e.g. a grid that reaches it: say so in the notes)."""
     common = [*COMMON, f"prune.latency_reduction={requests}", f"skip_finished={str(not rerun).lower()}"]
     LOG.parent.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -97,7 +99,7 @@ def run(methods: list[str], models: list[str], batches: list[int], requests: str
         for name in methods:  # every case of one method before the next: a partial table is whole rows
             for model in models:
                 for batch in batches:
-                    cmd = [sys.executable, "-m", "harness", "sweep", *common, f"model={model}", *METHODS[name]]
+                    cmd = [sys.executable, "-m", "harness", "sweep", *common, f"model={model}", *METHODS[name], *extra]
                     cmd += [f"measure.target_batch={batch}", f"measure.batch_sizes=[{batch}]"]
                     started = time.time()
                     log.write(f"$ {shlex.join(cmd)}\n")
@@ -207,10 +209,11 @@ def main() -> int:
     p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), choices=list(BATCHES))
     p.add_argument("--requests", default="0.3,0.5", help="requested latency reductions, a comma list")
     p.add_argument("--rerun", action="store_true", help="run finished cells again (skip_finished=false)")
+    p.add_argument("--extra", nargs="*", default=[], help="overrides after the method's, e.g. method.grid=[...]")
     args = p.parse_args()
     if args.command == "report":
         return report()
-    return run(args.methods, args.models, args.batches, args.requests, args.rerun)
+    return run(args.methods, args.models, args.batches, args.requests, args.rerun, args.extra)
 
 
 if __name__ == "__main__":
