@@ -11,6 +11,8 @@ import pytest
 
 from harness.latency import gate
 
+pytestmark = pytest.mark.timing  # its timings want the machine to itself (tests/conftest.py)
+
 TRAINER = textwrap.dedent(
     """
     import json, sys, time

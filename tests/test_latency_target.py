@@ -10,6 +10,8 @@ from harness.core.surgery import ChannelPruner, count_macs_params, smallest_pref
 from harness.latency.table import LatencyTable, _axis, layers_of, named_layers_of, narrowed_copies
 from tests.conftest import last_json
 
+pytestmark = pytest.mark.timing  # its timings want the machine to itself (tests/conftest.py)
+
 
 class Net(nn.Module):
     def __init__(self):

@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import last_json
 
+pytestmark = pytest.mark.timing  # its timings want the machine to itself (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
