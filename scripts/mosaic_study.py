@@ -5,8 +5,9 @@ fewer MACs over 3 seeds, with measured speed-up.
     python scripts/mosaic_study.py run [--workers 2]   # resumable (skip_finished); one seed per worker
     python scripts/mosaic_study.py report              # results/cifar_mosaic/table.md
 
-Settings: the task's defaults (SSDlite-MobileNetV3 at 128 px, 2,000 training and 500 test canvases, a
-60-epoch cosine baseline, 15-epoch fine-tune) unless ``BUDGET`` below says otherwise; 1 thread per worker.
+Settings: the task's defaults (SSDlite-MobileNetV3 at 128 px, 12,000 training and 500 test canvases, a
+12-epoch cosine baseline: recipe 4 of results/cifar_mosaic/recipe.md; a 2-epoch fine-tune; ~12 min an epoch
+on one thread) unless ``BUDGET`` below says otherwise; 1 thread per worker.
 One baseline (``baseline_seed=0``: a baseline costs hours on a CPU) for every seed, so the seeds vary the
 pruning and the fine-tuning only, and the paired differences are over those.
 Methods are compared only once the baseline reaches mAP@0.5 >= 0.3 (``report`` says when it does not).
