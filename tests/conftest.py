@@ -26,11 +26,14 @@ def own_latency_gate(tmp_path_factory):
         os.environ["HARNESS_GATE_DIR"] = saved
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """With pytest-xdist (the README's ``-n 2 --dist loadgroup``): the SLURM tests share one worker, since
-    the local controller's one node runs their jobs one or two at a time and their deadlines assume so."""
+    the local controller's one node runs their jobs one or two at a time and their deadlines assume so.
+    The tests of the PostgreSQL-backed server join them (one of them submits a SLURM job): its fixture is
+    module-scoped, and tests split over two workers would start the database and server twice (~45 s each)."""
     for item in items:
-        if "slurm" in item.nodeid:
+        if "slurm" in item.nodeid or "postgres_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
