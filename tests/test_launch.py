@@ -140,6 +140,7 @@ def test_sigint_on_the_waiting_parent_cancels_its_jobs_and_marks_them_killed(tmp
     deadline = time.time() + 120
     while time.time() < deadline and statuses() != ["RUNNING", "RUNNING"]:
         time.sleep(1)
+    assert statuses() == ["RUNNING", "RUNNING"], "the two jobs did not start within 120 s (an overloaded machine?)"
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
