@@ -11,7 +11,7 @@ import json
 import re
 import sys
 
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, Terminated
 
 EPILOG = """examples:
   python -m harness run task=digits method=l1 prune.flops_reduction=0.5
@@ -100,11 +100,6 @@ def _parser() -> argparse.ArgumentParser:
         "--models", action="store_true", help="the registered model names (besides tv:<name> and timm:<name>)"
     )
     return p
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's kill or preemption): unwinds like Ctrl-C, so the run is marked KILLED
-    and its checkpoint kept for the next attempt."""
 
 
 def _on_sigterm(signum, frame):

@@ -28,7 +28,7 @@ from harness import baseline as baseline_cache
 from harness.artifacts import model_from_payload, pruned_payload, save_pruned
 from harness.checkpoint import RunCheckpoint
 from harness.core import distributed
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, Terminated
 from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params
 from harness.core.train import CountingLoader, total_epochs, train
 from harness.latency import target as latency_target
@@ -187,11 +187,14 @@ _LATENCY_METRICS = (
 def _record_end(tracker, e: BaseException) -> None:
     """Mark the run KILLED or FAILED with the reason, even if a signal lands meanwhile: torchrun SIGTERMs
     the survivors of a dead rank just as their next collective fails, and Python runs that signal's
-    handler at the first line of the error path (the caller retries). SIGTERM is held back while recording."""
-    status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
-    reason = distributed.failure_reason(e)
+    handler at the first line of the error path (the caller retries). SIGTERM is held back while recording.
+
+    A SIGTERM under data parallelism is a cancelled job (KILLED) only if every rank got it; torchrun also
+    sends it to the survivors of a rank that died, and that run FAILED (``distributed.all_ranks_stopping``)."""
     with _sigterm_deferred():
-        tracker.end(status, reason=reason)
+        peer_gone = isinstance(e, Terminated) and not distributed.all_ranks_stopping()
+        killed = isinstance(e, (KeyboardInterrupt, SystemExit)) and not peer_gone
+        tracker.end("KILLED" if killed else "FAILED", reason=distributed.failure_reason(e, peer_gone=peer_gone))
 
 
 @contextlib.contextmanager

@@ -120,7 +120,11 @@ def test_killing_one_rank_fails_the_run_and_the_same_command_resumes_it(tmp_path
         assert proc.poll() is None, proc.communicate()[1][-3000:]
 
     _wait_for_finetune_checkpoint(tmp_path, alive, epoch=2)
+    rank0 = _rank_pid(str(tmp_path), 0)
     os.kill(_rank_pid(str(tmp_path), 1), signal.SIGKILL)
+    # torchrun SIGTERMs the survivor too; sent at once, it lands before rank 0's next collective breaks
+    # (the race that once recorded KILLED): rank 0 must still find its peer gone and record FAILED.
+    os.kill(rank0, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and not json_lines(out)
     client, (run,) = mlflow_runs(tmp_path)
@@ -231,3 +235,31 @@ def test_torchrun_methods_decide_once_for_both_ranks(tmp_path, method):
     else:  # trained from scratch with the task's recipe (3 epochs here), the PruningNet's epoch counted too
         assert summary["prune_epochs"] >= 3 + 1
         assert client.get_metric_history(run.info.run_id, "metapruning/from_scratch")[0].value == 1.0
+
+
+def _stopping_worker(rank: int, store_path: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from harness.core import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    verdicts = []
+    if rank == 0:  # stops alone first, as torchrun's survivor of a SIGKILLed rank 1 does
+        verdicts.append(distributed.all_ranks_stopping(timeout_s=1.0))
+    else:
+        time.sleep(2.0)
+    start = time.monotonic()
+    verdicts.append(distributed.all_ranks_stopping(timeout_s=5.0))  # now both stop (rank 0 a second time)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"verdicts": verdicts, "s": time.monotonic() - start}))
+    dist.destroy_process_group()
+
+
+def test_a_sigterm_is_a_cancelled_job_only_if_every_rank_got_it(tmp_path):
+    """torchrun SIGTERMs the survivors of a dead rank: that run FAILED ("another rank stopped"), where a
+    cancelled job, which signals every rank, is KILLED. The ranks tell the two apart through the store."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_stopping_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["verdicts"] == [False, True] and rank1["verdicts"] == [True], (rank0, rank1)
+    assert rank1["s"] < 2.0, rank1  # no waiting out the timeout once every rank has arrived

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -202,10 +203,34 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
-def failure_reason(e: BaseException) -> str:
-    """What to record as a failed run's reason; a collective that broke names the likely cause."""
+def all_ranks_stopping(timeout_s: float = 5.0) -> bool:
+    """Whether every rank is stopping too (a cancelled or preempted job signals them all), rather than
+    this one alone because another rank died first (torchrun then SIGTERMs the survivors). Each stopping
+    rank leaves its mark in the process group's store, which outlives any one worker under torchrun;
+    marks missing after ``timeout_s`` (or a store that went with rank 0) mean a peer is gone. Idempotent:
+    the run loop may record its end more than once."""
+    if not is_distributed():
+        return True
+    keys = [f"harness/stopping/{r}" for r in range(world_size())]
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(timedelta(seconds=timeout_s))
+        store.set(keys[rank()], "1")
+        deadline = time.monotonic() + timeout_s
+        while not store.check(keys):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+    except Exception:  # noqa: BLE001 - the store is unreachable: its host, a peer, is gone
+        return False
+
+
+def failure_reason(e: BaseException, peer_gone: bool = False) -> str:
+    """What to record as a failed run's reason; a collective that broke, or a stop because a peer had
+    (``peer_gone``, see ``all_ranks_stopping``), names the likely cause."""
     text = f"{type(e).__name__}: {e}"
-    if (
+    if peer_gone or (
         is_distributed()
         and isinstance(e, (dist.DistError, RuntimeError))
         and any(s in str(e) for s in ("Connection closed", "Connection reset", "Broken pipe", "Gloo", "NCCL"))

@@ -21,3 +21,8 @@ class NumericalError(HarnessError):
     """The loss became NaN or infinite."""
 
     exit_code = 4
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill or preemption, or torchrun stopping the survivors of a dead rank):
+    unwinds like Ctrl-C, so the run's checkpoint is kept for the next attempt."""
