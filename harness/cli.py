@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     sub = p.add_subparsers(
-        dest="command", metavar="{run,sweep,compare,bench,export,profile,list}", parser_class=_Parser
+        dest="command", metavar="{run,sweep,compare,bench,export,profile,retime,list}", parser_class=_Parser
     )
     sub.required = True
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
@@ -91,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("source", help="a pruned_model.pt saved by a run, or an MLflow run id")
     pr.add_argument("overrides", nargs="*", metavar="key=value")
+    rt = sub.add_parser(
+        "retime",
+        help="several pruned models of one architecture (files or MLflow run ids) and their dense original "
+        "timed together in interleaved rounds, comparable with each other: [batch=128] [threads=1] "
+        "[seconds=120] [log=true]",
+    )
+    rt.add_argument("items", nargs="+", metavar="RUN_ID|FILE|key=value", help="the models (one or more), then options")
+    rt.set_defaults(overrides=[])
     ls = sub.add_parser("list", help="the tasks, budgets and methods, one line each; --method NAME: its settings")
     ls.add_argument(
         "--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help"
@@ -139,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             from harness.profile import profile_command
 
             return profile_command(args)
+        if args.command == "retime":
+            from harness.retime import retime_command
+
+            return retime_command(args)
         if args.command == "compare":
             from harness.report import compare_command
 

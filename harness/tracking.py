@@ -454,14 +454,17 @@ class StoreReader:
         run_id: str,
         artifacts: dict[str, str | os.PathLike] | list[tuple[str, str | os.PathLike]],
         metrics: dict[str, float],
+        tags: dict[str, str] | None = None,
     ) -> None:
-        """Add files ({artifact folder: path}, or (folder, path) pairs) and metrics to an existing run (an
-        export of its model, a profile)."""
+        """Add files ({artifact folder: path}, or (folder, path) pairs), metrics and tags to an existing run
+        (an export of its model, a profile, a retiming)."""
         client = self._client()
         for folder, path in artifacts.items() if isinstance(artifacts, dict) else artifacts:
             client.log_artifact(run_id, str(path), folder)
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
 
 
 def open_store(uri: str) -> StoreReader:

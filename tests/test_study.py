@@ -179,3 +179,37 @@ def test_a_study_report_has_a_row_per_label_the_extra_columns_and_the_pairs_verd
     assert len(table) == 2 and "search" in table[0] and "67.00 ± 1.00" in table[0]
     assert "gfp − l1" in text and "gfp ahead" in text and "gfp − none" not in text  # a pair with no runs is left out
     assert "python scripts/s.py report" in text
+
+
+@pytest.mark.quick
+def test_the_latency_study_matches_arms_on_their_retimed_latency_where_they_were_timed_together():
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location(
+        "latency_study", Path(__file__).parents[1] / "scripts" / "latency_study.py"
+    )
+    ls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ls)
+
+    def run(run_id, arm, seed, at_end, retimed=None, with_=None):
+        row = {"run_id": run_id, "label": f"l1 [{arm}]", "seed": seed, "batch": 128, "metrics.final_acc": 0.6,
+               "metrics.latency_reduction_measured": at_end, "metrics.retime/b128/reduction": retimed,
+               "tags.retime/b128/with": with_}  # fmt: skip
+        cut, retimed_flag = ls.measured_cut(row, 128)
+        return {**row, "cut": cut, "retimed": retimed_flag}
+
+    runs = pd.DataFrame(
+        [
+            # seed 0: 6 points apart as each run measured itself, 1 point apart timed together: matched
+            run("a0", "global", 0, 0.30, 0.30, "b0"),
+            run("b0", "knapsack", 0, 0.36, 0.31, "a0"),
+            # seed 1: never retimed, 5 points apart at run end: left out
+            run("a1", "global", 1, 0.50),
+            run("b1", "knapsack", 1, 0.55, float("nan")),
+        ]
+    )
+    row = ls.matched_verdict(runs, "l1 [knapsack]", "l1 [global]")
+    assert (row["matched seeds"], row["of them retimed together"], row["left out (latency differs)"]) == (1, 1, 1)
+    indexed = runs.set_index("run_id")
+    assert ls.timed_together(indexed, ["a0", "b0"], 128) and not ls.timed_together(indexed, ["a1", "b1"], 128)
+    assert not ls.timed_together(indexed, ["a0", "b0", "a1"], 128)  # a third run not in that pass: retime again

@@ -112,6 +112,73 @@ def paired_latency(
     }
 
 
+@torch.inference_mode()
+def interleaved_latency(
+    models: dict[str, Forward],
+    reference: str,
+    x: torch.Tensor,
+    *,
+    warmup: int,
+    min_rounds: int,
+    max_seconds: float,
+    interval: float = 0.03,
+) -> dict[str, dict]:
+    """Time several models of one input in *rounds*: each round times every model once, in an order rotated
+    round by round, so that a change of the machine's speed (on a shared CPU it moves by a third within
+    minutes, and not alike for every model) hits all of them alike. Each model's speed-up over ``reference``
+    is the median, over rounds, of the reference's ms ÷ the model's ms in the same round, with its 95%
+    interval; rounds are added until every interval is within ±``interval`` of its median (relative), or
+    ``max_seconds`` have passed; at least ``min_rounds``. Models timed separately, minutes apart, cannot be
+    compared this closely: their own intervals are narrower than the drift between them."""
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not among the models")
+    names = list(models)
+    for m in models.values():
+        if isinstance(m, nn.Module):
+            m.eval()
+    with measuring() as calm:
+        for _ in range(max(1, warmup)):
+            for m in models.values():
+                m(x)
+        passes = passes_for(models[reference], x)
+        ms: dict[str, list[float]] = {n: [] for n in names}
+        started, converged, rounds = time.perf_counter(), False, 0
+        while True:
+            shift = rounds % len(names)
+            for n in names[shift:] + names[:shift]:
+                ms[n].append(timed(models[n], x, passes))
+            rounds += 1
+            if rounds < max(1, min_rounds):
+                continue
+            speedups = {n: [r / t for r, t in zip(ms[reference], ms[n])] for n in names if n != reference}
+            intervals = {n: median_interval(v) for n, v in speedups.items()}
+            if all(
+                ci is not None and max(med - ci[0], ci[1] - med) <= interval * med
+                for n, ci in intervals.items()
+                for med in [statistics.median(speedups[n])]
+            ):
+                converged = True
+                break
+            if time.perf_counter() - started >= max_seconds:
+                break
+    out = {}
+    for n in names:
+        ratios = [r / t for r, t in zip(ms[reference], ms[n])]
+        ci = median_interval(ratios) if n != reference else None
+        out[n] = {
+            "ms": statistics.median(ms[n]),
+            "speedup": statistics.median(ratios),
+            "speedup_lo": ci[0] if ci else None,
+            "speedup_hi": ci[1] if ci else None,
+            "rounds": rounds,
+            "passes_per_timing": passes,
+            "converged": converged,
+            "seconds": time.perf_counter() - started,
+            "others_paused": calm["others_paused"],
+        }
+    return out
+
+
 def on_cuda(x: torch.Tensor | list[torch.Tensor]) -> bool:
     """Whether an input (one tensor, or a detector's list of images) lives on a CUDA device."""
     return (x if isinstance(x, torch.Tensor) else x[0]).is_cuda
