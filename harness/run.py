@@ -293,7 +293,8 @@ class _Phases:
     # --- the phases ------------------------------------------------------------------------
     def execute(self, model, state: dict | None) -> dict:
         cfg, task = self.cfg, self.task
-        started = time.time()
+        # wall_s sums every attempt of a resumed run (up to each one's last checkpoint), not the last alone
+        started = self.started = time.time() - float((state or {}).get("elapsed_s", 0.0))
         self.train_set, val_set, test_set = task.splits()
         self.test_loader = self.loader(test_set, max(cfg.train.batch_size, 256), False)
         self.val_loader = self.loader(val_set, max(cfg.train.batch_size, 256), False) if val_set else None
@@ -427,6 +428,7 @@ class _Phases:
                     "method": st,
                     "train_samples": train_loader.samples,
                     "mlflow_run_id": tracker.run_id or "",
+                    "elapsed_s": time.time() - self.started,
                 }
             ),
             resume_state=method_state,
@@ -493,6 +495,7 @@ class _Phases:
             "mlflow_run_id": self.tracker.run_id or "",
             "measures": measures,
             "model": pruned_payload(model, self.task.model_spec()),
+            "elapsed_s": time.time() - self.started,
         }
         if train_state is not None:
             state["train"] = train_state

@@ -205,8 +205,12 @@ def test_kill_then_the_same_command_resumes_to_the_same_result(tmp_path, uninter
     assert code in (-signal.SIGKILL, 143), (code, err)
     (killed,) = _runs(results)
     assert killed.info.status == ("RUNNING" if sig == signal.SIGKILL else "KILLED")
+    before = _stage(results)
+    before_s = before.get("elapsed_s", 0.0) if before else 0.0
+    assert phase == "baseline" or before_s > 0  # pruning and fine-tune checkpoints carry the time so far
 
     resumed = _run_to_end(results)
+    assert resumed["wall_s"] > before_s  # the whole run's time, not only the last attempt's
     assert resumed["mlflow_run_id"] == killed.info.run_id  # continued into the same MLflow run
     for key in ("final_acc", "pruned_acc", "base_acc", "final_macs", "final_params", "channels"):
         assert resumed[key] == uninterrupted[key], key
