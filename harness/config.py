@@ -157,6 +157,18 @@ def parse_options(command: str, options: dict[str, str | None], overrides: list[
     return out
 
 
+def number_option(command: str, opts: dict, key: str, low: float, high: float, kind: type = int):
+    """``opts[key]`` (text, from ``parse_options``) as an int or float in [low, high]; ConfigError otherwise."""
+    try:
+        value = kind(opts[key])
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not low <= value <= high:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{command}: {key} must be {what} in [{low:g}, {high:g}], got {opts[key]!r}")
+    return value
+
+
 def _last_wins(overrides: list[str]) -> list[str]:
     """A key given twice takes its last value (base settings, then overrides), for groups too."""
     last = {item.partition("=")[0].lstrip("+~"): i for i, item in enumerate(overrides)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,21 +32,12 @@ OPTIONS = {
 }
 
 
-def _int(opts: dict, key: str, low: int, high: int) -> int:
-    try:
-        value = int(opts[key])
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise ConfigError(f"profile: {key} must be an integer in [{low}, {high}], got {opts[key]!r}")
-    return value
-
-
 def profile_command(args) -> int:
-    from harness.config import parse_options
+    from harness.config import number_option, parse_options
     from harness.latency import profile as prof
 
     opts = parse_options("profile", OPTIONS, args.overrides)
+    _int = partial(number_option, "profile")
     batch, threads = _int(opts, "batch", 1, 4096), _int(opts, "threads", 1, 512)
     passes, warmup, top = _int(opts, "passes", 3, 10000), _int(opts, "warmup", 0, 1000), _int(opts, "top", 1, 1000)
     if opts["device"] not in ("cpu", "cuda"):

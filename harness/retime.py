@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,30 +36,21 @@ OPTIONS = {
 }
 
 
-def _number(opts: dict, key: str, kind, low: float, high: float):
-    try:
-        value = kind(opts[key])
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise ConfigError(f"retime: {key} must be a {kind.__name__} in [{low:g}, {high:g}], got {opts[key]!r}")
-    return value
-
-
 def _options(overrides: list[str]) -> dict:
-    from harness.config import parse_options
+    from harness.config import number_option, parse_options
 
     opts = parse_options("retime", OPTIONS, overrides)
+    _number = partial(number_option, "retime")
     parsed = {
         "batches": [],
-        "threads": _number(opts, "threads", int, 1, 512),
-        "seconds": _number(opts, "seconds", float, 1, 86400),
-        "min_rounds": _number(opts, "min_rounds", int, 6, 100000),
-        "interval": _number(opts, "interval", float, 0.001, 1),
-        "warmup": _number(opts, "warmup", int, 0, 1000),
+        "threads": _number(opts, "threads", 1, 512),
+        "seconds": _number(opts, "seconds", 1, 86400, float),
+        "min_rounds": _number(opts, "min_rounds", 6, 100000),
+        "interval": _number(opts, "interval", 0.001, 1, float),
+        "warmup": _number(opts, "warmup", 0, 1000),
     }
     for b in str(opts["batch"]).split(","):
-        parsed["batches"].append(_number({"batch": b.strip()}, "batch", int, 1, 4096))
+        parsed["batches"].append(_number({"batch": b.strip()}, "batch", 1, 4096))
     if opts["device"] not in ("cpu", "cuda"):
         raise ConfigError(f"retime: device must be cpu or cuda, got {opts['device']!r}")
     if opts["device"] == "cuda" and not torch.cuda.is_available():
