@@ -1,4 +1,5 @@
-"""``python -m harness retime <run id | pruned_model.pt> ... [batch=128] [threads=1] [seconds=120] [log=true]``
+"""``python -m harness retime <run id | pruned_model.pt> ... [batch=128] [threads=1] [seconds=120] [log=true]
+[missing=fail|skip]``
 
 Times several pruned models of one architecture and their dense original *together*, in interleaved rounds
 (harness.latency.measure.interleaved_latency), so that their latencies can be compared with each other: each
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -30,6 +32,7 @@ OPTIONS = {
     "warmup": "3",
     "device": "cpu",
     "log": "true",
+    "missing": "fail",
     "out": None,
     "tracking.uri": None,
     "results_dir": "results",
@@ -55,6 +58,8 @@ def _options(overrides: list[str]) -> dict:
         raise ConfigError(f"retime: device must be cpu or cuda, got {opts['device']!r}")
     if opts["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("retime: device=cuda but no CUDA device is visible; use device=cpu")
+    if opts["missing"] not in ("fail", "skip"):
+        raise ConfigError(f"retime: missing must be fail or skip, got {opts['missing']!r}")
     if str(opts["log"]).lower() not in ("true", "false"):
         raise ConfigError(f"retime: log must be true or false, got {opts['log']!r}")
     return {**opts, **parsed, "log": str(opts["log"]).lower() == "true"}
@@ -75,8 +80,16 @@ def retime_command(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         loaded = []  # (label, run id or None, store uri, payload)
         for i, source in enumerate(sources):
-            path, run_id, uri = fetch_pruned(source, opts["tracking.uri"], opts["results_dir"], Path(tmp) / str(i))
+            try:
+                path, run_id, uri = fetch_pruned(source, opts["tracking.uri"], opts["results_dir"], Path(tmp) / str(i))
+            except ConfigError as e:
+                if opts["missing"] == "fail":
+                    raise
+                print(f"skipped (missing=skip): {e}", file=sys.stderr)
+                continue
             loaded.append((run_id or str(path), run_id, uri, read_payload(path)))
+    if not loaded:
+        raise ConfigError("retime: none of the models given could be loaded")
     specs = {json.dumps(_architecture(p, label), sort_keys=True) for label, _, _, p in loaded}
     if len(specs) > 1:
         names = sorted({p["spec"]["name"] for _, _, _, p in loaded})

@@ -228,6 +228,34 @@ def seed_metric(experiment: str, method: str, seed: int, metric: str, runs=None)
     return None if hit.empty else float(hit[f"metrics.{metric}"].iloc[0])
 
 
+def retimed_with(row, other: str, batch: int) -> bool:
+    """Whether the run ``row`` was retimed at ``batch`` in the same pass as the run ``other``."""
+    together = row.get(f"tags.retime/b{batch}/with")
+    return isinstance(together, str) and other in together.split(",")
+
+
+def timed_together(runs, batch: int) -> bool:
+    """Whether every one of ``runs`` (finished runs) was retimed at ``batch`` in one pass with all the others."""
+    rows = [row for _, row in runs.iterrows()]
+    return all(retimed_with(a, b["run_id"], batch) for a in rows for b in rows if a["run_id"] != b["run_id"])
+
+
+def retime(runs, batch: int, log, seconds: int = 300) -> int:
+    """Time the final models of ``runs`` (finished runs of one architecture) together at ``batch``, 1 thread, in
+    interleaved rounds (``python -m harness retime``), unless they already were, all in one pass: each run's own
+    measurement was taken when it ended, minutes or hours from the others', and the machine's speed drifts by
+    more than its interval between them (benchmarks/retime_drift.py). 1 if the command failed."""
+    if len(runs) < 2 or timed_together(runs, batch):
+        return 0
+    cmd = [sys.executable, "-m", "harness", "retime", *sorted(runs["run_id"]), f"batch={batch}", "threads=1"]
+    cmd += [f"seconds={seconds}", "missing=skip"]  # a run whose model file is gone is named in the log
+    log.write(f"$ {shlex.join(cmd)}\n")
+    log.flush()
+    failed = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log) != 0
+    log.flush()
+    return int(failed)
+
+
 def gbn_epochs(target: float, seed: int) -> float | None:
     """Gate Decorator's epochs after the baseline at this cell (from the store, else from the committed
     record results/cifar10_dev/runs.json), or None while it has not finished."""

@@ -19,8 +19,6 @@ interleaved rounds) and the report matches arms on those figures where both were
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,12 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cifar10_dev_study import (  # noqa: E402
     OUT,
-    ROOT,
     cell,
     cli,
     difference,
     finish_report,
     load_runs,
+    retime,
+    retimed_with,
     run_workers,
     sweep,
 )
@@ -60,12 +59,12 @@ def worker(index: int, workers: int) -> int:
                 for arm in arms:
                     args = [f"method={method}", *ARMS[arm], *LATENCY, *AT_BATCH[128], f"seed={seed}"]
                     failures += sweep([*args, f"prune.latency_reduction={TARGETS}"], log) != 0
-            failures += retime(seed, 128, log)
+            failures += retime_seed(seed, 128, log)
         if index == 0:
             for arm in METHOD_ARMS["l1"]:
                 args = ["method=l1", *ARMS[arm], *LATENCY, *AT_BATCH[1], "seed=0", "prune.latency_reduction=0.5"]
                 failures += sweep(args, log) != 0
-            failures += retime(0, 1, log)
+            failures += retime_seed(0, 1, log)
     return failures
 
 
@@ -82,33 +81,12 @@ def latency_runs(runs=None):
     return runs
 
 
-def retime(seed: int, batch: int, log) -> int:
-    """Time ``seed``'s final models at ``batch`` together (``python -m harness retime``), unless they already
-    were, all of them in one pass; 1 if the command failed."""
+def retime_seed(seed: int, batch: int, log) -> int:
+    """Time ``seed``'s final models at ``batch`` together (``cifar10_dev_study.retime``)."""
     runs = latency_runs()
     if runs.empty:
         return 0
-    runs = runs[(runs["seed"] == seed) & (runs["batch"] == batch)]
-    ids = sorted(runs["run_id"])
-    if len(ids) < 2 or timed_together(runs.set_index("run_id"), ids, batch):
-        return 0
-    cmd = [sys.executable, "-m", "harness", "retime", *ids, f"batch={batch}", "threads=1", "seconds=300"]
-    log.write(f"$ {shlex.join(cmd)}\n")
-    log.flush()
-    failed = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log) != 0
-    log.flush()
-    return int(failed)
-
-
-def timed_together(runs, ids: list[str], batch: int) -> bool:
-    """Whether the runs ``ids`` (``runs`` indexed by run id) were all retimed at ``batch`` in one pass."""
-    return all(retimed_with(runs.loc[i], j, batch) for i in ids for j in ids if j != i)
-
-
-def retimed_with(row, other: str, batch: int) -> bool:
-    """Whether the run ``row`` was retimed at ``batch`` in the same pass as the run ``other``."""
-    together = row.get(f"tags.retime/b{batch}/with")
-    return isinstance(together, str) and other in together.split(",")
+    return retime(runs[(runs["seed"] == seed) & (runs["batch"] == batch)], batch, log)
 
 
 def measured_cut(row, batch: int) -> tuple[float, bool]:

@@ -98,6 +98,18 @@ def test_retime_bad_input_is_one_line_exit_2(run_cli, two_runs, tmp_path):
         (["batch=8"], "needs the models"),
         ([ids[0], ids[0]], "named twice"),
         (["0" * 32], "run id"),
+        ([ids[0], "missing=maybe"], "missing must be fail or skip"),
+        (["0" * 32, "missing=skip"], "none of the models"),
     ):
         code, out, err = run_cli("retime", *args, f"results_dir={results}")
-        assert code == 2 and err.count("\n") == 1 and needle in err, (args, err)
+        assert code == 2 and err.strip().splitlines()[-1].count(needle) == 1, (args, err)
+        assert err.count("\n") == 1 or "missing=skip" in args, (args, err)
+
+
+def test_retime_with_missing_skip_times_the_models_it_has(run_cli, two_runs):
+    results, ids = two_runs
+    gone = "0" * 32
+    args = [ids[0], gone, "missing=skip", "batch=4", "seconds=1", "min_rounds=6", "log=false"]
+    code, out, err = run_cli("retime", *args, f"results_dir={results}")
+    assert code == 0, err
+    assert f"| 4 | {ids[0]} |" in out and gone not in out and "skipped (missing=skip)" in err and gone in err

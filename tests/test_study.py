@@ -210,6 +210,6 @@ def test_the_latency_study_matches_arms_on_their_retimed_latency_where_they_were
     )
     row = ls.matched_verdict(runs, "l1 [knapsack]", "l1 [global]")
     assert (row["matched seeds"], row["of them retimed together"], row["left out (latency differs)"]) == (1, 1, 1)
-    indexed = runs.set_index("run_id")
-    assert ls.timed_together(indexed, ["a0", "b0"], 128) and not ls.timed_together(indexed, ["a1", "b1"], 128)
-    assert not ls.timed_together(indexed, ["a0", "b0", "a1"], 128)  # a third run not in that pass: retime again
+    pick = lambda *ids: runs[runs["run_id"].isin(ids)]  # noqa: E731
+    assert study.timed_together(pick("a0", "b0"), 128) and not study.timed_together(pick("a1", "b1"), 128)
+    assert not study.timed_together(pick("a0", "b0", "a1"), 128)  # a run not in that pass: retime them again
