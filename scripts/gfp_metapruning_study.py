@@ -27,9 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10_dev_study import (  # noqa: E402
     OUT,
+    cell,
     cli,
     labelled_runs,
     load_runs,
+    retime,
     run_workers,
     seed_metric,
     study_report,
@@ -73,6 +75,9 @@ def worker(index: int, workers: int) -> int:
                         failures += go([f"method={control}", f"finetune.epochs={round(epochs)}", f"seed={seed}"])
             for args in SEARCHES.values():
                 failures += go([*args, f"seed={seed}"])
+            runs = load_runs(EXPERIMENT, keep=False)
+            if not runs.empty:
+                failures += retime(runs[runs["tags.seed"].astype(int) == seed], 128, log)
     return failures
 
 
@@ -123,20 +128,30 @@ def report() -> int:
         "candidates (ACP fine-tunes each 1 epoch before scoring it; MetaPruning recalibrates BN on 10 batches); "
         "their *epochs after baseline* and *run wall min* are the cost of getting there. MACs at batch 1 "
         "(1 MAC = 2 FLOPs); speed-up = dense ÷ pruned median ms per batch of 128, eager PyTorch, 1 thread, CPU, "
-        "measured while another worker trained (±10%). Spread: sample std over seeds; '–' for one seed.",
+        "measured by each run when it ended, while another worker trained (±10%); *retimed*: each seed's final "
+        "models timed together afterwards in interleaved rounds (`python -m harness retime`, 1 thread, batch 128, "
+        "the other worker paused), the column to compare methods by (seed 0's first five runs and seed 1's "
+        "gfp_cpu lost their model files with a removed worktree and have none). Spread: sample std over seeds; "
+        "'–' for one seed.",
     ]
     logs = "logs/gfp_metapruning_worker*.log: every command"
     return study_report(
-        runs, pairs, header, "gfp_metapruning_study.py", logs, WALL, OUT / "gfp_metapruning.md", candidates
+        runs, pairs, header, "gfp_metapruning_study.py", logs, WALL, OUT / "gfp_metapruning.md", extra_columns
     )
 
 
-def candidates(g) -> dict:
-    """The searches' candidate counts, for the rows that have them."""
+def extra_columns(g) -> dict:
+    """The speed-up retimed together with the seed's other runs, and the searches' candidate counts."""
+    retimed = "metrics.retime/b128/speedup"
+    timed = g[g[retimed].notna()] if retimed in g else g.iloc[:0]
+    seeds = ", ".join(map(str, sorted(timed["seed"])))
+    out = {
+        "speed-up b128 retimed": f"{cell(list(timed[retimed]))} (seed{'s' * (len(timed) > 1)} {seeds})" if seeds else ""
+    }
     for metric in ("acp/candidates_trained", "metapruning/candidates"):
         if f"metrics.{metric}" in g and g[f"metrics.{metric}"].notna().any():
-            return {"candidates": ", ".join(f"{v:.0f}" for v in g[f"metrics.{metric}"].dropna())}
-    return {}
+            return {**out, "candidates": ", ".join(f"{v:.0f}" for v in g[f"metrics.{metric}"].dropna())}
+    return out
 
 
 def run(workers: int) -> int:
