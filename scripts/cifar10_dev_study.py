@@ -256,6 +256,16 @@ def retime(runs, batch: int, log, seconds: int = 300) -> int:
     return int(failed)
 
 
+def retimed_column(g, batch: int) -> dict:
+    """A study table's column for the runs ``g`` of one label: their speed-up at ``batch`` as retimed together
+    with the other runs of their seed (``retime``), over the seeds that were, named."""
+    metric = f"metrics.retime/b{batch}/speedup"
+    timed = g[g[metric].notna()] if metric in g else g.iloc[:0]
+    seeds = ", ".join(map(str, sorted(timed["seed"])))
+    text = f"{cell(list(timed[metric]))} (seed{'s' * (len(timed) > 1)} {seeds})" if seeds else ""
+    return {f"speed-up b{batch} retimed": text}
+
+
 def gbn_epochs(target: float, seed: int) -> float | None:
     """Gate Decorator's epochs after the baseline at this cell (from the store, else from the committed
     record results/cifar10_dev/runs.json), or None while it has not finished."""

@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10_dev_study import (  # noqa: E402
     OUT,
-    cell,
     cli,
     labelled_runs,
     load_runs,
     retime,
+    retimed_column,
     run_workers,
     seed_metric,
     study_report,
@@ -142,12 +142,7 @@ def report() -> int:
 
 def extra_columns(g) -> dict:
     """The speed-up retimed together with the seed's other runs, and the searches' candidate counts."""
-    retimed = "metrics.retime/b128/speedup"
-    timed = g[g[retimed].notna()] if retimed in g else g.iloc[:0]
-    seeds = ", ".join(map(str, sorted(timed["seed"])))
-    out = {
-        "speed-up b128 retimed": f"{cell(list(timed[retimed]))} (seed{'s' * (len(timed) > 1)} {seeds})" if seeds else ""
-    }
+    out = retimed_column(g, 128)
     for metric in ("acp/candidates_trained", "metapruning/candidates"):
         if f"metrics.{metric}" in g and g[f"metrics.{metric}"].notna().any():
             return {**out, "candidates": ", ".join(f"{v:.0f}" for v in g[f"metrics.{metric}"].dropna())}
