@@ -180,3 +180,17 @@ def test_knapsack_and_normalised_runs_are_rows_of_their_own(tmp_path):
     table = aggregate(load_runs(uri, "harness"))[0]["digits"]
     assert sorted(table["method"]) == ["l1", "l1 [knapsack, ÷latency]"]
     assert table.set_index("method").loc["l1", "n"] == 2
+
+
+def test_retimed_speed_ups_are_columns_of_their_own(store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    runs = load_runs(store, "harness")
+    l1 = runs[(runs["tags.method"] == "l1") & (runs["status"] == "FINISHED")]
+    for run_id, seed in zip(l1["run_id"], l1["tags.seed"]):  # as `python -m harness retime` logs them
+        client.log_metric(run_id, "retime/b128/speedup", {"0": 1.9, "1": 2.1, "2": 2.0}[seed])
+    table = aggregate(load_runs(store, "harness"))[0]["resnet56"].set_index("method")
+    retimed = table["speed-up b128 retimed"]
+    assert set(retimed.dropna().round(3)) == {1.95, 2.1}  # l1's two setups: fine-tune 40 (seeds 0, 2), 10 (seed 1)
+    assert math.isnan(retimed.loc["gbn"]) and table.loc["gbn", "speed-up b128"] == 2.5
