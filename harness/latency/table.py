@@ -38,7 +38,7 @@ from harness.core.convs import is_depthwise
 from harness.core.locks import file_lock
 from harness.core.surgery import ChannelPruner
 from harness.latency.gate import measuring
-from harness.latency.measure import device_name, passes_for, timed
+from harness.latency.measure import device_name, interleaved_latency, passes_for, timed
 
 # Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
 # aligned widths, so the table must see them), coarser above (at most 16 points), plus every width the
@@ -321,17 +321,16 @@ class LatencyTable:
 
     def _calibrate(self, models: list[nn.Module], example: torch.Tensor) -> dict:
         """Least-squares line real_ms = a * table_ms + b over ``models`` (the first one dense), timed in
-        interleaved rounds. Each model's time is the dense model's median times the median of its per-round
-        ratio to the dense model: a change of load between rounds moves both sides of a ratio, not the fit."""
+        interleaved rounds (``interleaved_latency``, an odd number of them). Each model's time is the dense
+        model's median divided by its median per-round speed-up: a change of load between rounds moves both
+        sides of a ratio, not the fit."""
         x = example.new_empty((self.batch, *example.shape[1:])).normal_()
         table = [self.table_ms(m, example) for m in models]
-        for m in models:
-            m.eval()
-        with torch.inference_mode(), measuring():
-            passes = [passes_for(m, x) for m in models]
-            rounds = [[timed(m, x, p) for m, p in zip(models, passes)] for _ in range(CALIBRATION_ROUNDS)]
-        dense_ms = statistics.median(r[0] for r in rounds)
-        real = [dense_ms * statistics.median(r[j] / r[0] for r in rounds) for j in range(len(models))]
+        timed_together = interleaved_latency(
+            {str(j): m for j, m in enumerate(models)}, "0", x, warmup=1, min_rounds=CALIBRATION_ROUNDS, max_seconds=0
+        )
+        dense_ms = timed_together["0"]["ms"]
+        real = [dense_ms / timed_together[str(j)]["speedup"] for j in range(len(models))]
         n, mx, my = len(real), statistics.mean(table), statistics.mean(real)
         sxx = sum((t - mx) ** 2 for t in table)
         a = sum((t - mx) * (r - my) for t, r in zip(table, real)) / sxx if sxx > 0 else 0.0
