@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import last_json
 
-pytestmark = pytest.mark.timing  # its timings want the machine to itself (tests/conftest.py)
+# Its timings want the machine to itself (tests/conftest.py); one worker builds the module's run, not each.
+pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("profile")]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import torch
 
 from tests.conftest import last_json
 
+pytestmark = pytest.mark.xdist_group("retime")  # one worker builds the module's two runs, not each worker
+
 
 class _Fake:
     """A 'model' whose timing is ``cost`` times the machine's current slowness (see _fake_clock)."""
