@@ -81,7 +81,11 @@ def report() -> int:
     baseline = runs.drop_duplicates("seed")["metrics.base_acc"]
     names = sorted(runs["label"].unique())
     verdicts = [
-        v for a in names if a != "random" for b in ("random", "l1") if a != b and (v := paired_verdict(runs, a, b))
+        {k.replace("final acc", "final mAP@0.5"): x for k, x in v.items()}  # the task's metric, not an accuracy
+        for a in names
+        if a != "random"
+        for b in ("random", "l1")
+        if a != b and (v := paired_verdict(runs, a, b))
     ]
     weak = baseline.min() < MIN_BASELINE_MAP
     lines = [
