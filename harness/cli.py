@@ -18,6 +18,7 @@ EPILOG = """examples:
   python -m harness run task=resnet56 method=l1 data.root=~/data seed=1 --json
   python -m harness sweep task=digits method=gbn,l1,random seed=0,1,2 launcher=slurm --wait
   python -m harness compare task=digits --out results/digits
+  python -m harness retime <run id> <run id> ... batch=128   # several runs' models timed together
   python -m harness export results/runs/<...>/pruned_model.pt format=onnx
   python -m harness list
 """
