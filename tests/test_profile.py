@@ -6,8 +6,7 @@ import pytest
 
 from tests.conftest import last_json
 
-# Its timings want the machine to itself (tests/conftest.py); one worker builds the module's run, not each.
-pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("profile")]
+pytestmark = pytest.mark.xdist_group("profile")  # one worker builds the module's run, not each
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +29,7 @@ def digits_run(tmp_path_factory):
     return results, last_json(out.getvalue())["mlflow_run_id"]
 
 
+@pytest.mark.timing  # its timings want the machine to itself (tests/conftest.py)
 def test_profile_of_a_run_writes_the_table_and_chart_and_logs_them(run_cli, digits_run):
     results, run_id = digits_run
     code, out, err = run_cli("profile", run_id, f"results_dir={results}", "batch=64", "threads=1", "passes=15")
@@ -56,6 +56,7 @@ def test_profile_of_a_run_writes_the_table_and_chart_and_logs_them(run_cli, digi
     assert "profile/b64_fixed_share" in client.get_run(run_id).data.metrics
 
 
+@pytest.mark.timing
 def test_profile_of_a_file_writes_beside_it(run_cli, digits_run, tmp_path):
     results, run_id = digits_run
     (model,) = (results / "mlruns").rglob("pruned_model.pt")
