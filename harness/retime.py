@@ -12,7 +12,6 @@ every run gets the figures under ``retime/b<batch>/`` and a tag naming the runs 
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import tempfile
 from functools import partial
@@ -101,7 +100,7 @@ def retime_command(args) -> int:
     models = {"dense": dense_from_payload(payload).to(device)}
     models.update({label: model_from_payload(p).to(device) for label, _, _, p in loaded})
     shape = input_shape(payload, loaded[0][0])
-    where = device_name(device) if device.type == "cuda" else f"cpu:{platform.machine()}"
+    where = device_name(device)
     rows = []
     for batch in opts["batches"]:
         x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)

@@ -240,11 +240,30 @@ def timed_together(runs, batch: int) -> bool:
     return all(retimed_with(a, b["run_id"], batch) for a in rows for b in rows if a["run_id"] != b["run_id"])
 
 
-def retime(runs, batch: int, log, seconds: int = 300) -> int:
+def has_model(row, store: str | None = None) -> bool:
+    """Whether the run ``row``'s pruned-model file is still in the artifacts of ``store`` (default: the project's
+    store): local artifacts are checked, a remote store's are assumed there."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import store_uri
+
+    try:
+        uri = MlflowClient(store or store_uri(None, ROOT / "results")).get_run(row["run_id"]).info.artifact_uri
+    except Exception:  # a kept run that this store never held
+        return False
+    if not uri.startswith("file://"):
+        return True
+    return (Path(uri.removeprefix("file://")) / "model" / "pruned_model.pt").is_file()
+
+
+def retime(runs, batch: int, log, seconds: int = 300, store: str | None = None) -> int:
     """Time the final models of ``runs`` (finished runs of one architecture) together at ``batch``, 1 thread, in
     interleaved rounds (``python -m harness retime``), unless they already were, all in one pass: each run's own
     measurement was taken when it ended, minutes or hours from the others', and the machine's speed drifts by
     more than its interval between them (benchmarks/retime_drift.py). 1 if the command failed."""
+    runs = runs[
+        runs.apply(has_model, axis=1, store=store)
+    ]  # else a run whose file is gone re-triggers the pass at every start
     if len(runs) < 2 or timed_together(runs, batch):
         return 0
     cmd = [sys.executable, "-m", "harness", "retime", *sorted(runs["run_id"]), f"batch={batch}", "threads=1"]

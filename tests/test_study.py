@@ -213,3 +213,23 @@ def test_the_latency_study_matches_arms_on_their_retimed_latency_where_they_were
     pick = lambda *ids: runs[runs["run_id"].isin(ids)]  # noqa: E731
     assert study.timed_together(pick("a0", "b0"), 128) and not study.timed_together(pick("a1", "b1"), 128)
     assert not study.timed_together(pick("a0", "b0", "a1"), 128)  # a run not in that pass: retime them again
+
+
+def test_a_study_retimes_only_the_runs_whose_model_file_is_still_there(tmp_path):
+    import io
+
+    import mlflow
+    import pandas as pd
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(store)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    kept, gone = (client.create_run(experiment).info.run_id for _ in range(2))
+    (tmp_path / "pruned_model.pt").write_bytes(b"x")
+    client.log_artifact(kept, str(tmp_path / "pruned_model.pt"), "model")
+    assert study.has_model({"run_id": kept}, store) and not study.has_model({"run_id": gone}, store)
+    assert not study.has_model({"run_id": "0" * 32}, store)  # kept in the jsonl, never in this store
+    log = io.StringIO()
+    # one run with a model left: nothing to time it against, so no pass (and no command) at all
+    assert study.retime(pd.DataFrame({"run_id": [kept, gone]}), 128, log, store=store) == 0
+    assert log.getvalue() == ""

@@ -53,7 +53,6 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return ordered[k - 1], ordered[n - k]
 
 
-@torch.inference_mode()
 def paired_latency(
     dense: Forward,
     pruned: Forward,
@@ -65,51 +64,24 @@ def paired_latency(
     interval: float = 0.03,
 ) -> dict:
     """Time ``dense`` and ``pruned`` on ``x`` in alternating pairs until the speed-up's 95% interval is
-    within ±``interval`` of its median (relative), or ``max_seconds`` have passed; at least ``min_pairs``.
+    within ±``interval`` of its median (relative), or ``max_seconds`` have passed; at least ``min_pairs``:
+    ``interleaved_latency`` of the two (a round of two models is a pair, its order alternating).
 
-    A timing covers enough forward passes to last ~2 ms (sub-millisecond passes are dominated by timer
-    and scheduler noise); the ms reported are per forward pass of the batch. ``dense`` and ``pruned`` are
-    modules (put in eval mode) or any callables taking ``x`` (a compiled model, an ONNX Runtime session)."""
-    for m in (dense, pruned):
-        if isinstance(m, nn.Module):
-            m.eval()
-    with measuring() as calm:
-        for _ in range(max(1, warmup)):
-            dense(x), pruned(x)
-        passes = passes_for(dense, x)
-        dense_ms, pruned_ms, ratios = [], [], []
-        started, converged, ci = time.perf_counter(), False, None
-        while True:
-            if len(ratios) % 2 == 0:
-                d, p = timed(dense, x, passes), timed(pruned, x, passes)
-            else:
-                p, d = timed(pruned, x, passes), timed(dense, x, passes)
-            dense_ms.append(d), pruned_ms.append(p), ratios.append(d / p)
-            if len(ratios) < max(1, min_pairs):
-                continue
-            ci = median_interval(ratios)
-            median = statistics.median(ratios)
-            if ci is not None and max(median - ci[0], ci[1] - median) <= interval * median:
-                converged = True
-                break
-            if time.perf_counter() - started >= max_seconds:
-                break
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {
-        "dense_ms": statistics.median(dense_ms),
-        "pruned_ms": statistics.median(pruned_ms),
-        "speedup": statistics.median(ratios),
-        "speedup_lo": ci[0] if ci else None,
-        "speedup_hi": ci[1] if ci else None,
-        "speedup_q1": quartiles[0],
-        "speedup_q3": quartiles[2],
-        "pairs": len(ratios),
-        "passes_per_timing": passes,
-        "converged": converged,
-        "seconds": time.perf_counter() - started,
-        "others_paused": calm["others_paused"],  # the machine's other harness runs held (harness.latency.gate)
-        "others_wait_s": calm["waited_s"],
-    }
+    ``dense`` and ``pruned`` are modules (put in eval mode) or any callables taking ``x`` (a compiled model,
+    an ONNX Runtime session)."""
+    timed_pair = interleaved_latency(
+        {"dense": dense, "pruned": pruned},
+        "dense",
+        x,
+        warmup=warmup,
+        min_rounds=min_pairs,
+        max_seconds=max_seconds,
+        interval=interval,
+    )
+    d, p = timed_pair["dense"], timed_pair["pruned"]
+    speedup = {k: p[k] for k in ("speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3")}
+    common = {k: p[k] for k in ("passes_per_timing", "converged", "seconds", "others_paused", "others_wait_s")}
+    return {"dense_ms": d["ms"], "pruned_ms": p["ms"], **speedup, "pairs": p["rounds"], **common}
 
 
 @torch.inference_mode()
@@ -127,9 +99,12 @@ def interleaved_latency(
     round by round, so that a change of the machine's speed (on a shared CPU it moves by a third within
     minutes, and not alike for every model) hits all of them alike. Each model's speed-up over ``reference``
     is the median, over rounds, of the reference's ms ÷ the model's ms in the same round, with its 95%
-    interval; rounds are added until every interval is within ±``interval`` of its median (relative), or
-    ``max_seconds`` have passed; at least ``min_rounds``. Models timed separately, minutes apart, cannot be
-    compared this closely: their own intervals are narrower than the drift between them."""
+    interval and quartiles; rounds are added until every interval is within ±``interval`` of its median
+    (relative), or ``max_seconds`` have passed; at least ``min_rounds``. Models timed separately, minutes
+    apart, cannot be compared this closely: their own intervals are narrower than the drift between them.
+
+    A timing covers enough forward passes to last ~2 ms (sub-millisecond passes are dominated by timer and
+    scheduler noise); the ms reported are per forward pass of the batch."""
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not among the models")
     names = list(models)
@@ -140,43 +115,53 @@ def interleaved_latency(
         for _ in range(max(1, warmup)):
             for m in models.values():
                 m(x)
-        passes = {n: passes_for(m, x) for n, m in models.items()}  # each timing lasts ~2 ms or more
+        passes = {n: passes_for(m, x) for n, m in models.items()}
         ms: dict[str, list[float]] = {n: [] for n in names}
+        ratios: dict[str, list[float]] = {n: [] for n in names}
         started, converged, rounds = time.perf_counter(), False, 0
         while True:
             shift = rounds % len(names)
             for n in names[shift:] + names[:shift]:
                 ms[n].append(timed(models[n], x, passes[n]))
+            for n in names:
+                ratios[n].append(ms[reference][-1] / ms[n][-1])
             rounds += 1
             if rounds < max(1, min_rounds):
                 continue
-            speedups = {n: [r / t for r, t in zip(ms[reference], ms[n])] for n in names if n != reference}
-            intervals = {n: median_interval(v) for n, v in speedups.items()}
-            if all(
-                ci is not None and max(med - ci[0], ci[1] - med) <= interval * med
-                for n, ci in intervals.items()
-                for med in [statistics.median(speedups[n])]
-            ):
+            intervals = {n: median_interval(ratios[n]) for n in names if n != reference}
+            if all(within(ratios[n], ci, interval) for n, ci in intervals.items()):
                 converged = True
                 break
             if time.perf_counter() - started >= max_seconds:
                 break
+    seconds = time.perf_counter() - started
     out = {}
     for n in names:
-        ratios = [r / t for r, t in zip(ms[reference], ms[n])]
-        ci = median_interval(ratios) if n != reference else None
+        ci = median_interval(ratios[n]) if n != reference else None
+        quartiles = statistics.quantiles(ratios[n], n=4) if rounds > 1 else [ratios[n][0]] * 3
         out[n] = {
             "ms": statistics.median(ms[n]),
-            "speedup": statistics.median(ratios),
+            "speedup": statistics.median(ratios[n]),
             "speedup_lo": ci[0] if ci else None,
             "speedup_hi": ci[1] if ci else None,
+            "speedup_q1": quartiles[0],
+            "speedup_q3": quartiles[2],
             "rounds": rounds,
             "passes_per_timing": passes[n],
             "converged": converged,
-            "seconds": time.perf_counter() - started,
-            "others_paused": calm["others_paused"],
+            "seconds": seconds,
+            "others_paused": calm["others_paused"],  # the machine's other harness runs held (harness.latency.gate)
+            "others_wait_s": calm["waited_s"],
         }
     return out
+
+
+def within(values: list[float], ci: tuple[float, float] | None, interval: float) -> bool:
+    """Whether the interval ``ci`` of the median of ``values`` lies within ±``interval`` (relative) of it."""
+    if ci is None:
+        return False
+    median = statistics.median(values)
+    return max(median - ci[0], ci[1] - median) <= interval * median
 
 
 def on_cuda(x: torch.Tensor | list[torch.Tensor]) -> bool:
