@@ -7,10 +7,17 @@ import torch
 import torch.nn as nn
 
 from harness.core.surgery import ChannelPruner, count_macs_params, smallest_prefix
-from harness.latency.table import LatencyTable, _axis, layers_of, named_layers_of, narrowed_copies
+from harness.latency.table import (
+    LOOKUPS,
+    LatencyTable,
+    LayerShape,
+    _axis,
+    _rounded_up,
+    layers_of,
+    named_layers_of,
+    narrowed_copies,
+)
 from tests.conftest import last_json
-
-pytestmark = pytest.mark.timing  # its timings want the machine to itself (tests/conftest.py)
 
 
 class Net(nn.Module):
@@ -51,6 +58,7 @@ class Residual(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+@pytest.mark.timing  # asserts that narrower layers time faster: wants the machine to itself
 def test_residual_adds_and_pooling_are_in_the_table_but_not_among_the_prunable_layers(tmp_path, one_thread):
     model, example = Residual().eval(), torch.randn(1, 3, 16, 16)
     found = [(s.op, s.size, cin, cout) for s, cin, cout in layers_of(model, example)]
@@ -64,8 +72,38 @@ def test_residual_adds_and_pooling_are_in_the_table_but_not_among_the_prunable_l
     entry = table.data["layers"][pooled.key()]
     assert entry["out"] == [0] and 16 in entry["in"] and all(ms[0] > 0 for ms in entry["ms"])
     assert table._lookup(pooled, 4, 0) < table._lookup(pooled, 16, 0)  # a narrower input pools faster
-    narrow = narrowed_copies(model, pruner)[-1]
-    assert table.table_ms(narrow, example) < table.table_ms(model, example)
+    narrowest = narrowed_copies(model, pruner)[3]  # every group at 30%: 16 -> 5 channels (8 rounded up)
+    for lookup in LOOKUPS:
+        assert table.table_ms(narrowest, example, lookup) < table.table_ms(model, example, lookup)
+
+
+@pytest.mark.parametrize(
+    "probe, shares",
+    [
+        ([1.0, 2.0, 2.0], [1.0, 1.0]),  # g + 1 costs the whole step to g + 8: a vector block
+        ([1.0, 1.125, 2.0], [0.0, 0.0]),  # an eighth of it: linear
+        ([1.0, 1.5625, 2.0], [0.5, 0.5]),  # half way between the two
+        ([1.0, 1.01, 1.01], [0.0, 0.0]),  # a step within the timing noise: linear
+    ],
+)
+def test_a_layer_shapes_step_share_is_read_from_a_probe_just_past_an_aligned_width(tmp_path, probe, shares):
+    table = LatencyTable(8, torch.device("cpu"), tmp_path)
+    asked = []
+    table._time_points = lambda shape, points, rounds: asked.append(points) or probe
+    entry = {"in": [1, 8, 16, 24, 32], "out": [1, 8, 16, 24, 32, 40, 48], "ms": []}
+    conv = LayerShape("conv", (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8))
+    assert table._step_shares(conv, entry) == pytest.approx(shares)
+    assert asked == [[(16, 48), (17, 48), (24, 48)], [(32, 32), (32, 33), (32, 40)]]  # each axis at g = 16 or 32
+    asked.clear()  # ResNet-56's 16-wide layers: their only probe is at 8
+    assert table._step_shares(conv, {"in": [1, 8, 16], "out": [1, 8, 16], "ms": []}) == pytest.approx(shares)
+    assert asked == [[(8, 16), (9, 16), (16, 16)], [(16, 8), (16, 9), (16, 16)]]
+    grouped = LayerShape("conv", (3, 3), (1, 1), (1, 1), (1, 1), 4, (8, 8))
+    assert table._step_shares(grouped, entry) == [0.0, 0.0]  # its widths are multiples of its groups
+
+
+def test_a_width_is_looked_up_at_the_next_aligned_width_never_past_the_next_grid_point():
+    axis = [1, 8, 16, 20]
+    assert [_rounded_up(axis, w, 8) for w in (1, 2, 8, 9, 16, 17, 20, 23)] == [1, 8, 8, 16, 16, 20, 20, 23]
 
 
 def test_grid_axes_hold_aligned_widths_the_dense_widths_and_group_multiples():
@@ -75,6 +113,7 @@ def test_grid_axes_hold_aligned_widths_the_dense_widths_and_group_multiples():
     assert all(p % 4 == 0 for p in _axis([128, 36], 4))
 
 
+@pytest.mark.timing  # asserts that narrower layers time faster: wants the machine to itself
 def test_table_interpolates_between_timed_points_and_is_reused_from_its_cache(tmp_path, one_thread):
     torch.manual_seed(0)
     model, example = Net().eval(), torch.randn(1, 3, 16, 16)
@@ -83,6 +122,8 @@ def test_table_interpolates_between_timed_points_and_is_reused_from_its_cache(tm
     table = LatencyTable(8, torch.device("cpu"), tmp_path)
     line = table.prepare(model, example, lambda: [narrow])
     assert table.path.is_file() and line["models"] == 2 and line["a"] > 0
+    assert line["lookup"] == "stepped"
+    assert all(len(e["step"]) == 2 and all(0 <= x <= 1 for x in e["step"]) for e in table.data["layers"].values())
     layers = layers_of(model, example)
     shape, cin, cout = layers[2]  # conv 64 -> 96: both widths are grid points, so the lookup is the timing
     entry = table.data["layers"][shape.key()]
@@ -90,6 +131,11 @@ def test_table_interpolates_between_timed_points_and_is_reused_from_its_cache(tm
     assert table._lookup(shape, cin, cout) == pytest.approx(timed)
     i, o = entry["in"].index(24), entry["out"].index(40)  # 28 -> 44 lies halfway between grid points
     corners = [entry["ms"][i + di][o + do] for di in (0, 1) for do in (0, 1)]
+    assert table._lookup(shape, 28, 44, stepped=False) == pytest.approx(sum(corners) / 4)
+    # a layer shape whose kernels compute channels in whole vector blocks: 28 -> 44 costs what 32 -> 48 does
+    entry["step"] = [1.0, 1.0]
+    assert table._lookup(shape, 28, 44) == pytest.approx(entry["ms"][i + 1][o + 1])
+    entry["step"] = [0.0, 0.0]
     assert table._lookup(shape, 28, 44) == pytest.approx(sum(corners) / 4)
     # A second table on the same device, threads and batch times nothing: it reads the cached file.
     again = LatencyTable(8, torch.device("cpu"), tmp_path)
@@ -407,6 +453,7 @@ def test_a_wider_model_widens_the_grid_a_narrower_one_timed(tmp_path, one_thread
     for i, row in zip(before["in"], before["ms"]):
         for o, ms in zip(before["out"], row):
             assert entry["ms"][entry["in"].index(i)][entry["out"].index(o)] == ms
+    assert entry["step"] == before["step"]  # probed once: the lines fitted with it stay valid
     # The narrow model's cached line was fitted on the same timings: it is reused, not refitted.
     third = LatencyTable(4, torch.device("cpu"), tmp_path)
     assert third.prepare(narrow, example, lambda: pytest.fail("refitted")) == table.line

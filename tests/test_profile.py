@@ -56,7 +56,6 @@ def test_profile_of_a_run_writes_the_table_and_chart_and_logs_them(run_cli, digi
     assert "profile/b64_fixed_share" in client.get_run(run_id).data.metrics
 
 
-@pytest.mark.timing
 def test_profile_of_a_file_writes_beside_it(run_cli, digits_run, tmp_path):
     results, run_id = digits_run
     (model,) = (results / "mlruns").rglob("pruned_model.pt")

@@ -7,7 +7,11 @@ that grows with the width too, residual adds and pooling, is timed the same way 
 (found by tracing the forward pass's functions, so a functional ``out + identity`` counts). A model's
 prediction is the sum over all of these, mapped to whole-model milliseconds by a line fitted to real
 measurements of the dense model, of copies narrowed uniformly and of a few cut non-uniformly at random
-(that line absorbs what is left: the framework's per-layer overhead).
+(that line absorbs what is left: the framework's per-layer overhead). Kernels compute channels in vector
+blocks, so a width just past a multiple of 8 may cost what the next multiple costs, or not: it depends on the
+kernel, the widths and the batch (VGG-16's wide layers at batch 64 here: yes; ResNet-56's 16-wide ones: no).
+Each layer shape's grid is therefore probed once per axis just past an aligned width, and the lookup moves a
+width that share of the way up to the next aligned width before interpolating (``_step_shares``).
 
 Tables are cached under ``<results_dir>/latency_tables/``, one JSON file per device, torch threads,
 batch size and torch version; a layer shape is timed once and reused by every model that has it. The
@@ -48,6 +52,10 @@ FRACTIONS = (1.0, 0.8, 0.6, 0.45, 0.3)  # uniform widths the calibration line is
 RANDOM_CUTS = 3  # and this many non-uniform cuts
 TIMINGS = 5  # median of this many timings per grid point
 CALIBRATION_ROUNDS = 9
+# How a width between grid points is looked up: interpolated linearly, or first moved up towards the next
+# aligned width by the share its layer shape's probe measured (``_step_shares``; what the table predicts with).
+LOOKUPS = ("linear", "stepped")
+PROBE_ROUNDS = 7
 
 
 @dataclass(frozen=True)
@@ -248,7 +256,9 @@ class LatencyTable:
             line = self.data["calibration"].get(model_key)
             dense_table_ms = sum(self._lookup(shape, cin, cout) for shape, cin, cout in layers)
             # A line fitted before one of this model's layer grids was widened (or re-timed) is refitted.
-            if line is None or not math.isclose(line["table_ms"][0], dense_table_ms, rel_tol=1e-9):
+            # So is one fitted before the lookup was stepped (it interpolated linearly then).
+            stale = line is None or line.get("lookup") != "stepped"
+            if stale or not math.isclose(line["table_ms"][0], dense_table_ms, rel_tol=1e-9):
                 self.data["calibration"][model_key] = self._calibrate([dense, *narrowed()], example)
                 changed = True
             self.line = self.data["calibration"][model_key]
@@ -274,27 +284,61 @@ class LatencyTable:
             outs = [0] if shape.op in _ONE_AXIS else _axis([w[1] for w in widths], step, self.align)
             cached = self.data["layers"].get(shape.key())
             if cached is None:
-                todo[shape] = (ins, outs, {})
+                todo[shape] = (ins, outs, {}, None)
             elif ins[-1] > cached["in"][-1] or outs[-1] > cached["out"][-1]:
                 known = {(i, o): ms for i, row in zip(cached["in"], cached["ms"]) for o, ms in zip(cached["out"], row)}
-                todo[shape] = (sorted({*ins, *cached["in"]}), sorted({*outs, *cached["out"]}), known)
+                # its probed step shares stay too: lines fitted with them stay valid
+                todo[shape] = (
+                    sorted({*ins, *cached["in"]}),
+                    sorted({*outs, *cached["out"]}),
+                    known,
+                    cached.get("step"),
+                )
+        unprobed = [shape for shape in by_shape if shape not in todo and "step" not in self.data["layers"][shape.key()]]
+        for shape in unprobed:  # cached before shapes were probed
+            self.data["layers"][shape.key()]["step"] = self._step_shares(shape, self.data["layers"][shape.key()])
         if not todo:
-            return 0
-        points = 0
+            return len(unprobed)
+        points = len(unprobed)
         self.say(
             f"[latency] timing {len(todo)} layer shapes at batch {self.batch} for the lookup table "
             f"({self.path.name}; once per device, threads and batch)"
         )
-        for shape, (ins, outs, known) in todo.items():
+        for shape, (ins, outs, known, step) in todo.items():
             missing = [(i, o) for i in ins for o in outs if (i, o) not in known]
             known = {**known, **dict(zip(missing, self._time_grid(shape, missing)))}
             points += len(missing)
-            self.data["layers"][shape.key()] = {
-                "in": ins,
-                "out": outs,
-                "ms": [[known[i, o] for o in outs] for i in ins],
-            }
+            entry = {"in": ins, "out": outs, "ms": [[known[i, o] for o in outs] for i in ins]}
+            self.data["layers"][shape.key()] = {**entry, "step": step or self._step_shares(shape, entry)}
         return points
+
+    def _step_shares(self, shape: LayerShape, entry: dict) -> list[float]:
+        """[input axis, output axis]: how much of the step to the next aligned width a width just past an
+        aligned one already costs, 0 (linear: a channel costs its share) to 1 (a vector block: it costs the
+        whole step). Probed once per axis at an aligned width g in the grid with g + align in it too (a
+        multiple of 2 x align where one is; the other axis at its widest): r = (t(g+1) - t(g)) / (t(g+align) - t(g)) is
+        1/align when linear and 1 when stepped; the share is (align x r - 1) / (align - 1), in [0, 1]. An axis
+        too narrow to probe, or whose step is within the timing noise (under 2%), is linear."""
+        shares = []
+        if shape.groups > 1:  # a grouped conv's widths are multiples of its groups: nothing to probe between
+            return [0.0, 0.0]
+        for axis, other in ((entry["in"], entry["out"]), (entry["out"], entry["in"])):
+            candidates = [g for g in axis if g % self.align == 0 and g + self.align in axis]
+            # a multiple of 2 x align too where there is one: g + 1 then crosses a block of either size
+            candidates = [g for g in candidates if g % (2 * self.align) == 0] or candidates
+            if len(axis) < 3 or not candidates or axis == [0]:
+                shares.append(0.0)
+                continue
+            g = candidates[len(candidates) // 2]
+            wide = other[-1]
+            points = [(w, wide) if axis is entry["in"] else (wide, w) for w in (g, g + 1, g + self.align)]
+            t0, t1, t8 = self._time_points(shape, points, PROBE_ROUNDS)
+            if t8 - t0 < 0.02 * t0:
+                shares.append(0.0)
+                continue
+            r = (t1 - t0) / (t8 - t0)
+            shares.append(min(1.0, max(0.0, (self.align * r - 1) / (self.align - 1))))
+        return shares
 
     def _time_grid(self, shape: LayerShape, widths: list[tuple[int, int]], chunk: int = 32) -> list[float]:
         """Median ms per pass of the layer at each (input, output) width, timed in interleaved rounds (every
@@ -307,7 +351,7 @@ class LatencyTable:
         ]
 
     @torch.inference_mode()
-    def _time_points(self, shape: LayerShape, widths: list[tuple[int, int]]) -> list[float]:
+    def _time_points(self, shape: LayerShape, widths: list[tuple[int, int]], rounds: int = TIMINGS) -> list[float]:
         torch.manual_seed(0)
         modules = [_layer(shape, i, o).to(self.device).eval() for i, o in widths]
         inputs = {i: _input(shape, i, self.batch, self.device) for i, _ in widths}
@@ -316,8 +360,8 @@ class LatencyTable:
             for module, (i, _) in zip(modules, widths):
                 module(inputs[i]), module(inputs[i])
                 passes.append(passes_for(module, inputs[i]))
-            rounds = [[timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(TIMINGS)]
-        return [statistics.median(r[k] for r in rounds) for k in range(len(widths))]
+            timings = [[timed(m, inputs[i], p) for m, (i, _), p in zip(modules, widths, passes)] for _ in range(rounds)]
+        return [statistics.median(r[k] for r in timings) for k in range(len(widths))]
 
     def _calibrate(self, models: list[nn.Module], example: torch.Tensor) -> dict:
         """Least-squares line real_ms = a * table_ms + b over ``models`` (the first one dense), timed in
@@ -325,34 +369,20 @@ class LatencyTable:
         model's median divided by its median per-round speed-up: a change of load between rounds moves both
         sides of a ratio, not the fit."""
         x = example.new_empty((self.batch, *example.shape[1:])).normal_()
-        table = [self.table_ms(m, example) for m in models]
         timed_together = interleaved_latency(
             {str(j): m for j, m in enumerate(models)}, "0", x, warmup=1, min_rounds=CALIBRATION_ROUNDS, max_seconds=0
         )
         dense_ms = timed_together["0"]["ms"]
         real = [dense_ms / timed_together[str(j)]["speedup"] for j in range(len(models))]
-        n, mx, my = len(real), statistics.mean(table), statistics.mean(real)
-        sxx = sum((t - mx) ** 2 for t in table)
-        a = sum((t - mx) * (r - my) for t, r in zip(table, real)) / sxx if sxx > 0 else 0.0
-        b = my - a * mx
-        if a <= 0:  # the measurements did not resolve a slope: proportional to the table instead
-            a, b = real[0] / table[0], 0.0
-        fitted = [a * t + b for t in table]
-        return {
-            "a": a,
-            "b": b,
-            "table_ms": table,
-            "real_ms": real,
-            "max_rel_error": max(abs(f - r) / r for f, r in zip(fitted, real)),
-            "models": n,
-        }
+        return {**fit_line([self.table_ms(m, example) for m in models], real), "lookup": "stepped"}
 
     # --- predicting ----------------------------------------------------------------------------
-    def table_ms(self, model: nn.Module, example: torch.Tensor) -> float:
-        """The sum of the table's times over ``model``'s layers (timing any layer shape it lacks)."""
+    def table_ms(self, model: nn.Module, example: torch.Tensor, lookup: str = "stepped") -> float:
+        """The sum of the table's times over ``model``'s layers (timing any layer shape it lacks), looked up
+        as ``lookup`` (``LOOKUPS``; the other one is for comparison)."""
         layers = layers_of(model, example)
         self._fill(layers)
-        return sum(self._lookup(shape, cin, cout) for shape, cin, cout in layers)
+        return sum(self._lookup(shape, cin, cout, lookup == "stepped") for shape, cin, cout in layers)
 
     def predict(self, model: nn.Module, example: torch.Tensor) -> float:
         """Predicted ms per batch of ``model`` (``example`` is a batch-1 input)."""
@@ -363,18 +393,24 @@ class LatencyTable:
     def layer_ms(self, model: nn.Module, example: torch.Tensor) -> dict[str, Callable[[int, int], float]]:
         """{conv or linear layer name: ms per batch at given (input, output) widths}, scaled by the
         calibration's slope: each layer's share of the predicted latency (prune.normalize=latency and
-        prune.allocation=knapsack cost channels with it)."""
+        prune.allocation=knapsack cost channels with it). Interpolated linearly, not stepped: a channel's
+        marginal saving must be an average rate, not 0 below a step and a whole step above it (every
+        aligned width would look free to keep)."""
         layers = named_layers_of(model, example)
         self._fill(list(layers.values()))
         slope = self.line["a"] if self.line else 1.0
         return {
-            name: (lambda cin, cout, shape=shape: slope * self._lookup(shape, max(1, cin), max(1, cout)))
+            name: (lambda cin, cout, shape=shape: slope * self._lookup(shape, max(1, cin), max(1, cout), False))
             for name, (shape, _, _) in layers.items()
         }
 
-    def _lookup(self, shape: LayerShape, cin: int, cout: int) -> float:
+    def _lookup(self, shape: LayerShape, cin: float, cout: float, stepped: bool = True) -> float:
         entry = self.data["layers"][shape.key()]
         ins, outs, ms = entry["in"], entry["out"], entry["ms"]
+        if stepped:
+            share_in, share_out = entry.get("step", (0.0, 0.0))
+            cin += share_in * (_rounded_up(ins, cin, self.align) - cin)
+            cout += share_out * (_rounded_up(outs, cout, self.align) - cout)
         i, fi = _bracket(ins, cin)
         if len(outs) == 1:
             return _lerp(ms[i][0], ms[i + 1][0] if len(ins) > 1 else ms[i][0], fi)
@@ -382,6 +418,35 @@ class LatencyTable:
         low = _lerp(ms[i][o], ms[i][o + 1], fo)
         high = _lerp(ms[i + 1][o], ms[i + 1][o + 1], fo) if len(ins) > 1 else low
         return _lerp(low, high, fi) if len(ins) > 1 else low
+
+
+def fit_line(table: list[float], real: list[float]) -> dict:
+    """Least-squares line real_ms = a * table_ms + b (the first point the dense model's), with its worst
+    relative error on those points; proportional to the table if the points resolve no positive slope."""
+    n, mx, my = len(real), statistics.mean(table), statistics.mean(real)
+    sxx = sum((t - mx) ** 2 for t in table)
+    a = sum((t - mx) * (r - my) for t, r in zip(table, real)) / sxx if sxx > 0 else 0.0
+    b = my - a * mx
+    if a <= 0:
+        a, b = real[0] / table[0], 0.0
+    fitted = [a * t + b for t in table]
+    return {
+        "a": a,
+        "b": b,
+        "table_ms": table,
+        "real_ms": real,
+        "max_rel_error": max(abs(f - r) / r for f, r in zip(fitted, real)),
+        "models": n,
+    }
+
+
+def _rounded_up(axis: list[int], width: int, align: int) -> int:
+    """The width a vector kernel pays for: the next multiple of ``align`` (on this project's AVX-512 CPU a 3x3
+    conv at batch 64, 8x8 input, 64 channels in, takes 2.4-2.5 ms at 24-32 output channels and 3.3-3.5 at
+    33-42), never past the next grid point (a dense width need not be aligned)."""
+    if width in axis or width > axis[-1]:
+        return width
+    return min(-(-width // align) * align, next(a for a in axis if a >= width))
 
 
 def _bracket(axis: list[int], value: int) -> tuple[int, float]:
