@@ -316,9 +316,10 @@ class LatencyTable:
         """[input axis, output axis]: how much of the step to the next aligned width a width just past an
         aligned one already costs, 0 (linear: a channel costs its share) to 1 (a vector block: it costs the
         whole step). Probed once per axis at an aligned width g in the grid with g + align in it too (a
-        multiple of 2 x align where one is; the other axis at its widest): r = (t(g+1) - t(g)) / (t(g+align) - t(g)) is
-        1/align when linear and 1 when stepped; the share is (align x r - 1) / (align - 1), in [0, 1]. An axis
-        too narrow to probe, or whose step is within the timing noise (under 2%), is linear."""
+        multiple of 2 x align where one is; the other axis at its widest): r = (t(g+1) - t(g)) /
+        (t(g+align) - t(g)) is 1/align when linear and 1 when stepped; the share is (align x r - 1) /
+        (align - 1), in [0, 1]. An axis too narrow to probe, or whose step is within the timing noise (under
+        2%), is linear."""
         shares = []
         if shape.groups > 1:  # a grouped conv's widths are multiples of its groups: nothing to probe between
             return [0.0, 0.0]
