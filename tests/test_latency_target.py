@@ -461,10 +461,11 @@ def test_a_wider_model_widens_the_grid_a_narrower_one_timed(tmp_path, one_thread
 
 def test_a_methods_own_checks_run_on_the_latency_table_before_training(run_cli, shared_results, one_thread):
     """MetaPruning's window is checked on the predicted latency (it used to be skipped for latency targets and
-    the search drew for hours): widths 0.9-1.0 cannot cut half the latency, refused before the baseline."""
+    the search drew for hours): widths 0.9-1.0 cannot cut 30% of the latency (the per-layer
+    minimums reach about 50%), refused before the baseline."""
     code, _, err = run_cli(
         "run", "task=digits", "method=metapruning", "method.grid=[0.9,1.0]", "prune.target=latency",
-        "prune.latency_reduction=0.5", "measure.target_batch=64", "measure.batch_sizes=[1]", "threads=1",
+        "prune.latency_reduction=0.3", "measure.target_batch=64", "measure.batch_sizes=[1]", "threads=1",
         f"results_dir={shared_results}", "tracking=none", "train.epochs=1000", "quiet=true",
     )  # fmt: skip
     assert code == 2 and "metapruning: none of" in err and "window" in err, err
