@@ -243,12 +243,10 @@ def timed_together(runs, batch: int) -> bool:
 def has_model(row, store: str | None = None) -> bool:
     """Whether the run ``row``'s pruned-model file is still in the artifacts of ``store`` (default: the project's
     store): local artifacts are checked, a remote store's are assumed there."""
-    from mlflow.tracking import MlflowClient
-
-    from harness.tracking import store_uri
+    from harness.tracking import open_store, store_uri
 
     try:
-        uri = MlflowClient(store or store_uri(None, ROOT / "results")).get_run(row["run_id"]).info.artifact_uri
+        uri = open_store(store or store_uri(None, ROOT / "results")).client().get_run(row["run_id"]).info.artifact_uri
     except Exception:  # a kept run that this store never held
         return False
     if not uri.startswith("file://"):
