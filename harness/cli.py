@@ -11,7 +11,7 @@ import json
 import re
 import sys
 
-from harness.core.errors import HarnessError, Terminated
+from harness.core.errors import HarnessError, Terminated, raise_terminated
 
 EPILOG = """examples:
   python -m harness run task=digits method=l1 prune.flops_reduction=0.5
@@ -111,16 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, raise_terminated)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after flags (run --json task=x seed=1): collect the stragglers.

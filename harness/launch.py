@@ -28,7 +28,7 @@ import submitit
 from omegaconf import DictConfig
 
 from harness.config import compose
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, raise_terminated
 
 
 def split_values(value: str) -> list[str]:
@@ -84,6 +84,12 @@ class HarnessJob(submitit.helpers.Checkpointable):
         if _job_tasks() > 1:  # a DDP job: rank, world size and rendezvous from SLURM
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
             _note_preemption(preempted)
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local" and threading.current_thread() is threading.main_thread():
+            # submit() started the local controllers ignoring Ctrl-C, and this process inherited it; and
+            # submitit's jobs ignore SIGTERM (SLURM's warning before a kill), which for a local job only
+            # comes from ``wait`` cancelling it (through the controller): stop and record the run KILLED.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, raise_terminated)
         cfg = compose([*overrides, "launcher=inline", "quiet=true"])
         try:
             with run_slot(self.slots, self.max_parallel):
@@ -227,8 +233,27 @@ def submit(overrides: list[str]) -> tuple[DictConfig, list[list[str]], list]:
     if cfg.launcher.name == "slurm":
         warn_sqlite_writers(cfg, len(grid))
     max_parallel = cfg.launcher.get("max_parallel")
-    jobs = executor.map_array(HarnessJob(max_parallel, Path(cfg.results_dir).resolve() / "jobs" / "slots"), grid)
+    job = HarnessJob(max_parallel, Path(cfg.results_dir).resolve() / "jobs" / "slots")
+    with _controllers_ignore_sigint(cfg.launcher.name == "local"):
+        jobs = executor.map_array(job, grid)
     return cfg, grid, jobs
+
+
+@contextlib.contextmanager
+def _controllers_ignore_sigint(local: bool):
+    """Start submitit's local job controllers with SIGINT ignored (the jobs restore it). On SIGINT, a
+    controller SIGINTs its job and SIGKILLs it a second later: too soon for a loaded machine to record
+    the run's end, so a Ctrl-C at the terminal, which reaches the whole process group, left runs RUNNING.
+    Now the job takes Ctrl-C itself, and ``wait`` cancels with SIGTERM, which the controller forwards
+    and then waits for."""
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _without_credentials(override: str) -> str:
@@ -249,9 +274,20 @@ def wait(jobs) -> list[dict]:
         for job in jobs:
             with contextlib.suppress(Exception):
                 if not job.done():
-                    job.cancel()
+                    _cancel(job)
         print(f"interrupted: cancelled the unfinished jobs of {len(jobs)}", file=sys.stderr)
         raise
+
+
+def _cancel(job) -> None:
+    """scancel for SLURM jobs; SIGTERM to a local job's controller, which forwards it to the job and waits
+    for it to record its run's end (submitit's ``cancel`` sends SIGINT, which the controller ignores:
+    ``_controllers_ignore_sigint``)."""
+    process = getattr(job, "_process", None)  # submitit's LocalJob keeps its controller here
+    if isinstance(job, submitit.LocalJob) and process is not None:
+        process.send_signal(signal.SIGTERM)
+    else:
+        job.cancel()
 
 
 def _results(jobs) -> list[dict]:

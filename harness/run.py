@@ -134,29 +134,31 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("skip_finished") and (done := distributed.broadcast(tracker.find_finished(key))):
         say(f"[skip] MLflow run {done['mlflow_run_id']} already finished this config (skip_finished=true)")
         return {"skipped": True, "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), **done}
-    if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
-        say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
-    else:
-        tracker.start(
-            flatten(cfg),
-            tags={
-                "task": task.name,
-                "method": cfg.method.name,
-                "seed": cfg.seed,
-                "run_key": key,
-                "regularizer": cfg.regularizer.name,
-                "normalize": pruner.normalize,
-                "allocation": pruner.allocation,
-                "reconstruction": str(bool(getattr(method, "reconstruction", False))).lower(),
-                **{f"ddp_{k}": v for k, v in distributed.describe().items()},
-                "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",
-            },
-        )
-    if state is None or state["stage"] == "start":
-        # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
-        state = None
-        checkpoint.save({"stage": "start", "mlflow_run_id": tracker.run_id or ""})
+    # From here on an interrupt, wherever it lands, ends the run it finds (KILLED or FAILED), never leaving
+    # it RUNNING: ``tracker.end`` does nothing before the run exists.
     try:
+        if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
+            say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
+        else:
+            tracker.start(
+                flatten(cfg),
+                tags={
+                    "task": task.name,
+                    "method": cfg.method.name,
+                    "seed": cfg.seed,
+                    "run_key": key,
+                    "regularizer": cfg.regularizer.name,
+                    "normalize": pruner.normalize,
+                    "allocation": pruner.allocation,
+                    "reconstruction": str(bool(getattr(method, "reconstruction", False))).lower(),
+                    **{f"ddp_{k}": v for k, v in distributed.describe().items()},
+                    "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",
+                },
+            )
+        if state is None or state["stage"] == "start":
+            # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
+            state = None
+            checkpoint.save({"stage": "start", "mlflow_run_id": tracker.run_id or ""})
         phases = _Phases(
             cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say, latency_target
         )

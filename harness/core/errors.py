@@ -26,3 +26,8 @@ class NumericalError(HarnessError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's kill or preemption, or torchrun stopping the survivors of a dead rank):
     unwinds like Ctrl-C, so the run's checkpoint is kept for the next attempt."""
+
+
+def raise_terminated(signum, frame):
+    """A SIGTERM handler: unwind as ``Terminated``."""
+    raise Terminated(f"signal {signum}")
