@@ -240,13 +240,12 @@ def timed_together(runs, batch: int) -> bool:
     return all(retimed_with(a, b["run_id"], batch) for a in rows for b in rows if a["run_id"] != b["run_id"])
 
 
-def has_model(row, store: str | None = None) -> bool:
-    """Whether the run ``row``'s pruned-model file is still in the artifacts of ``store`` (default: the project's
-    store): local artifacts are checked, a remote store's are assumed there."""
-    from harness.tracking import open_store, store_uri
-
+def has_model(row, client) -> bool:
+    """Whether the run ``row``'s pruned-model file is still in the artifacts of ``client``'s store (an MLflow
+    client: ``harness.tracking.open_store(uri).client()``): local artifacts are checked, a remote store's are
+    assumed there."""
     try:
-        uri = open_store(store or store_uri(None, ROOT / "results")).client().get_run(row["run_id"]).info.artifact_uri
+        uri = client.get_run(row["run_id"]).info.artifact_uri
     except Exception:  # a kept run that this store never held
         return False
     if not uri.startswith("file://"):
@@ -258,10 +257,12 @@ def retime(runs, batch: int, log, seconds: int = 300, store: str | None = None) 
     """Time the final models of ``runs`` (finished runs of one architecture) together at ``batch``, 1 thread, in
     interleaved rounds (``python -m harness retime``), unless they already were, all in one pass: each run's own
     measurement was taken when it ended, minutes or hours from the others', and the machine's speed drifts by
-    more than its interval between them (benchmarks/retime_drift.py). 1 if the command failed."""
-    runs = runs[
-        runs.apply(has_model, axis=1, store=store)
-    ]  # else a run whose file is gone re-triggers the pass at every start
+    more than its interval between them (benchmarks/retime_drift.py). ``store``: the MLflow store (default: the
+    project's). 1 if the command failed."""
+    from harness.tracking import open_store, store_uri
+
+    client = open_store(store or store_uri(None, ROOT / "results")).client()
+    runs = runs[runs.apply(has_model, axis=1, client=client)]  # else a run whose file is gone re-triggers the pass
     if len(runs) < 2 or timed_together(runs, batch):
         return 0
     cmd = [sys.executable, "-m", "harness", "retime", *sorted(runs["run_id"]), f"batch={batch}", "threads=1"]

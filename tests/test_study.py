@@ -227,8 +227,8 @@ def test_a_study_retimes_only_the_runs_whose_model_file_is_still_there(tmp_path)
     kept, gone = (client.create_run(experiment).info.run_id for _ in range(2))
     (tmp_path / "pruned_model.pt").write_bytes(b"x")
     client.log_artifact(kept, str(tmp_path / "pruned_model.pt"), "model")
-    assert study.has_model({"run_id": kept}, store) and not study.has_model({"run_id": gone}, store)
-    assert not study.has_model({"run_id": "0" * 32}, store)  # kept in the jsonl, never in this store
+    assert study.has_model({"run_id": kept}, client) and not study.has_model({"run_id": gone}, client)
+    assert not study.has_model({"run_id": "0" * 32}, client)  # kept in the jsonl, never in this store
     log = io.StringIO()
     # one run with a model left: nothing to time it against, so no pass (and no command) at all
     assert study.retime(pd.DataFrame({"run_id": [kept, gone]}), 128, log, store=store) == 0

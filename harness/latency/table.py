@@ -320,14 +320,14 @@ class LatencyTable:
         (t(g+align) - t(g)) is 1/align when linear and 1 when stepped; the share is (align x r - 1) /
         (align - 1), in [0, 1]. An axis too narrow to probe, or whose step is within the timing noise (under
         2%), is linear."""
-        shares = []
         if shape.groups > 1:  # a grouped conv's widths are multiples of its groups: nothing to probe between
             return [0.0, 0.0]
+        shares = []
         for axis, other in ((entry["in"], entry["out"]), (entry["out"], entry["in"])):
             candidates = [g for g in axis if g % self.align == 0 and g + self.align in axis]
             # a multiple of 2 x align too where there is one: g + 1 then crosses a block of either size
             candidates = [g for g in candidates if g % (2 * self.align) == 0] or candidates
-            if len(axis) < 3 or not candidates or axis == [0]:
+            if len(axis) < 3 or not candidates:
                 shares.append(0.0)
                 continue
             g = candidates[len(candidates) // 2]
@@ -441,7 +441,7 @@ def fit_line(table: list[float], real: list[float]) -> dict:
     }
 
 
-def _rounded_up(axis: list[int], width: int, align: int) -> int:
+def _rounded_up(axis: list[int], width: float, align: int) -> float:
     """The width a vector kernel pays for: the next multiple of ``align`` (on this project's AVX-512 CPU a 3x3
     conv at batch 64, 8x8 input, 64 channels in, takes 2.4-2.5 ms at 24-32 output channels and 3.3-3.5 at
     33-42), never past the next grid point (a dense width need not be aligned)."""
@@ -450,7 +450,7 @@ def _rounded_up(axis: list[int], width: int, align: int) -> int:
     return min(-(-width // align) * align, next(a for a in axis if a >= width))
 
 
-def _bracket(axis: list[int], value: int) -> tuple[int, float]:
+def _bracket(axis: list[int], value: float) -> tuple[int, float]:
     """Index i and fraction f with value = axis[i] + f * (axis[i+1] - axis[i]); extrapolates linearly
     past the ends (f < 0 or > 1). A one-point axis gives (0, 0)."""
     if len(axis) == 1:
