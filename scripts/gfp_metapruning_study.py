@@ -134,6 +134,9 @@ def report() -> int:
         "gfp_cpu lost their model files with a removed worktree and have none). Spread: sample std over seeds; "
         "'–' for one seed.",
     ]
+    notes = OUT / "gfp_metapruning.notes.md"  # findings written by hand, kept below the header
+    if notes.exists():
+        header += ["", notes.read_text().strip()]
     logs = "logs/gfp_metapruning_worker*.log: every command"
     return study_report(
         runs, pairs, header, "gfp_metapruning_study.py", logs, WALL, OUT / "gfp_metapruning.md", extra_columns
