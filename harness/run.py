@@ -29,7 +29,7 @@ from harness.artifacts import model_from_payload, pruned_payload, save_pruned
 from harness.checkpoint import RunCheckpoint
 from harness.core import distributed
 from harness.core.errors import ConfigError, Terminated
-from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params
+from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params, eval_mode
 from harness.core.train import CountingLoader, total_epochs, train
 from harness.latency import target as latency_target
 from harness.latency.gate import GatedLoader
@@ -258,7 +258,14 @@ class _Phases:
         return GatedLoader(loader)  # waits while another harness process on this machine times latency
 
     def evaluate(self, m) -> dict:
-        return self.task.evaluate(distributed.sync_buffers(m), self.test_loader, self.device)
+        return self._evaluate(m, self.test_loader)
+
+    def _evaluate(self, m, loader) -> dict:
+        # A method may evaluate inside its own training loop (Group Fisher every 10th decision): the model goes
+        # back to the mode it was in, or the rest of that epoch would train with BN frozen (a detector's
+        # forward would return detections, not losses).
+        with eval_mode(m):
+            return self.task.evaluate(distributed.sync_buffers(m), loader, self.device)
 
     def score(self, m) -> float:
         return self.evaluate(m)[self.task.metric]
@@ -269,11 +276,11 @@ class _Phases:
             raise ConfigError(
                 f"method {self.cfg.method.name} needs a validation split; set data.val_fraction (e.g. 0.1)"
             )
-        return self.task.evaluate(distributed.sync_buffers(m), self.val_loader, self.device)[self.task.metric]
+        return self._evaluate(m, self.val_loader)[self.task.metric]
 
     def quick_score(self, m) -> float:
         """The metric on one fixed held-out batch: cheap enough for every pruning step."""
-        return self.task.evaluate(distributed.sync_buffers(m), [self.held_out], self.device)[self.task.metric]
+        return self._evaluate(m, [self.held_out])[self.task.metric]
 
     def log_epochs(self, prefix):
         return lambda epoch, metrics: self.tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, epoch)

@@ -170,3 +170,39 @@ def test_budget_preset_overrides_the_task_recipe():
     assert (cfg.finetune.epochs, cfg.finetune.tail_epochs, cfg.data.check_integrity) == (8, 0, False)
     assert (cfg.method.name, cfg.method.impl, cfg.method.tick_lr) == ("gbn_cpu", "gbn", 1e-3)  # gbn's other keys
     assert compose(["task=resnet56"]).finetune.tail_epochs == 10  # no budget: the paper recipe
+
+
+def test_a_method_evaluating_inside_its_training_loop_keeps_training_in_train_mode(run_cli, tiny_digits, tmp_path):
+    """Group Fisher evaluates every 10th decision mid-epoch: the rest of that epoch trained with BN frozen
+    (and a detector's forward returned detections instead of losses) until evaluation restored the mode."""
+    import torch_pruning as tp
+
+    from methods import METHODS
+    from methods.base import Method, register_method
+
+    modes = []
+
+    @register_method
+    class EvaluatesMidEpoch(Method):
+        name = "evaluates_mid_epoch_test"
+        description = "records model.training around each of the context's evaluations"
+        settings = None
+
+        def prune(self, model, ctx):
+            for evaluate in (ctx.quick_evaluate, ctx.evaluate, ctx.validate):
+                model.train()
+                evaluate(model)
+                modes.append(model.training)
+                model.eval()
+                evaluate(model)
+                modes.append(model.training)
+            return ctx.pruner.prune_to_target(model, tp.importance.RandomImportance(), ctx.target)
+
+    try:
+        code, out, err = run_cli(
+            "run", *tiny_digits, "method=evaluates_mid_epoch_test", "data.val_fraction=0.1", "prune.flops_reduction=0.3"
+        )
+        assert code == 0, err
+        assert modes == [True, False] * 3
+    finally:
+        METHODS.entries.pop("evaluates_mid_epoch_test", None)
