@@ -90,6 +90,12 @@ def report() -> int:
     lines = [
         "# Group Fisher pruning on real CIFAR-10 images (shared/data/cifar10-dev), CPU budget",
         "",
+        "> **Caveat (found 2026-12-03, commit 9f8a493):** every `gfp`/`gfp_cpu` run below trained part of its "
+        "pruning phase in eval mode: Group Fisher evaluates every 10th decision mid-epoch and the model stayed in "
+        "eval mode (BN frozen) until the next epoch began, 24 of gfp_cpu's ~148 pruning iterations here. The "
+        "fine-tune that follows was not affected. These rows are to be rerun with the fix; until then read them "
+        "as Group Fisher with that defect.",
+        "",
         "ResNet-20, `budget=cifar10_dev` (the baseline recipe and 8-epoch fine-tune of results/cifar10_dev/table.md),"
         " 50% fewer MACs, accuracy on the 1,020-image validation file, final epoch. `gfp_cpu`: Group Fisher with"
         " memory normalisation, 4 channels masked every 5 iterations while training at 0.04 x the fine-tune lr;"
