@@ -1,5 +1,7 @@
 """Errors a user can fix. The CLI prints them as one line, without a traceback."""
 
+from typing import NoReturn
+
 
 class HarnessError(Exception):
     exit_code = 1
@@ -28,6 +30,6 @@ class Terminated(KeyboardInterrupt):
     unwinds like Ctrl-C, so the run's checkpoint is kept for the next attempt."""
 
 
-def raise_terminated(signum, frame):
+def raise_terminated(signum: int, frame: object) -> NoReturn:
     """A SIGTERM handler: unwind as ``Terminated``."""
     raise Terminated(f"signal {signum}")
