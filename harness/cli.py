@@ -11,7 +11,7 @@ import json
 import re
 import sys
 
-from harness.core.errors import HarnessError, Terminated, raise_terminated
+from harness.core.errors import ConfigError, HarnessError, Terminated, raise_terminated
 
 EPILOG = """examples:
   python -m harness run task=digits method=l1 prune.flops_reduction=0.5
@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("items", nargs="+", metavar="RUN_ID|FILE|key=value", help="the models (one or more), then options")
     rt.set_defaults(overrides=[])
+    sp = sub.add_parser(
+        "supersede",
+        help="mark finished runs found wrong (a defect fixed since): skip_finished runs their configs again, "
+        'compare and the studies leave them out, the records stay: RUN_ID... reason="..." [tracking.uri=]',
+    )
+    sp.add_argument("items", nargs="+", metavar="RUN_ID|key=value", help="the run ids, then reason= (required)")
+    sp.set_defaults(overrides=[])
     ls = sub.add_parser("list", help="the tasks, budgets and methods, one line each; --method NAME: its settings")
     ls.add_argument(
         "--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help"
@@ -148,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             from harness.retime import retime_command
 
             return retime_command(args)
+        if args.command == "supersede":
+            return _supersede([*args.items, *args.overrides])
         if args.command == "compare":
             from harness.report import compare_command
 
@@ -216,6 +225,25 @@ def _sweep(args) -> int:
     if getattr(args, "json", False) and len(rows) == 1 and rows[0]["status"] == "DONE":
         print(json.dumps({k: v for k, v in rows[0].items() if k not in ("job", "status")}))
     return 0 if all(r["status"] == "DONE" for r in rows) else 1
+
+
+def _supersede(items: list[str]) -> int:
+    from harness.tracking import open_store, store_uri
+
+    run_ids = [i for i in items if "=" not in i]
+    opts = dict(i.split("=", 1) for i in items if "=" in i)
+    unknown = sorted(set(opts) - {"reason", "tracking.uri", "results_dir"})
+    if unknown:
+        raise ConfigError(f"supersede takes reason=, tracking.uri= and results_dir=, not {unknown[0]}=")
+    if not run_ids or not opts.get("reason", "").strip():
+        raise ConfigError('supersede needs the run ids and why: supersede RUN_ID... reason="what was wrong"')
+    store = open_store(store_uri(opts.get("tracking.uri"), opts.get("results_dir", "results")))
+    store.supersede(run_ids, opts["reason"].strip())
+    print(
+        f"superseded {len(run_ids)} run(s): skip_finished=true runs their configs again; compare and the "
+        "studies leave them out; the records stay in MLflow (tag harness.superseded)"
+    )
+    return 0
 
 
 def _list(args) -> int:

@@ -29,11 +29,12 @@ _SETUP_PREFIXES = (
 )
 
 
-def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """Every run of ``experiment`` in the store at ``tracking_uri`` (harness.tracking's reading side)."""
+def load_runs(tracking_uri: str, experiment: str, superseded: bool = False) -> pd.DataFrame:
+    """Every run of ``experiment`` in the store at ``tracking_uri`` (harness.tracking's reading side); runs
+    marked superseded only with ``superseded``."""
     from harness.tracking import open_store
 
-    return open_store(tracking_uri).runs(experiment)
+    return open_store(tracking_uri).runs(experiment, superseded=superseded)
 
 
 def setup_columns(runs: pd.DataFrame) -> list[str]:

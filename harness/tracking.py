@@ -233,6 +233,7 @@ class MlflowTracker(NullTracker):
             [self.experiment_id],
             f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'",
         )
+        runs = [r for r in runs if SUPERSEDED_TAG not in r.data.tags]  # found wrong after the fact: run again
         if not runs:
             return None
         run = runs[0]
@@ -393,6 +394,10 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+# A run found wrong after it finished carries this tag, with the reason (``StoreReader.supersede``).
+SUPERSEDED_TAG = "harness.superseded"
+
+
 class StoreReader:
     """The reading side of a tracking store: runs, their params, metrics and artifacts. A store that does
     not exist yet reads as empty (reading never creates one)."""
@@ -415,9 +420,10 @@ class StoreReader:
     def exists(self) -> bool:
         return not self.uri.startswith("sqlite:///") or Path(self.uri[10:].split("?")[0]).is_file()
 
-    def runs(self, experiment: str):
+    def runs(self, experiment: str, superseded: bool = False):
         """Every run of ``experiment`` as a pandas DataFrame (columns run_id, status, params.*, metrics.*,
-        tags.*), without the reports' own runs; empty when the store or the experiment does not exist."""
+        tags.*), without the reports' own runs, nor runs marked superseded (``supersede``) unless
+        ``superseded``; empty when the store or the experiment does not exist."""
         import pandas as pd
 
         if not self.exists():
@@ -431,7 +437,22 @@ class StoreReader:
             runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas", max_results=50000)
         if "tags.harness.kind" in runs:
             runs = runs[runs["tags.harness.kind"].fillna("") != "report"]
+        if not superseded and f"tags.{SUPERSEDED_TAG}" in runs:
+            runs = runs[runs[f"tags.{SUPERSEDED_TAG}"].isna()]
         return runs.reset_index(drop=True)
+
+    def supersede(self, run_ids: list[str], reason: str) -> None:
+        """Mark runs found wrong after they finished (a defect fixed since): ``skip_finished`` runs their configs
+        again, and ``compare`` and the studies leave them out; their records stay. TrackingError (one line) for
+        a run the store does not hold, before any is marked."""
+        client = self._client()
+        for run_id in run_ids:
+            try:
+                client.get_run(run_id)
+            except Exception:
+                raise TrackingError(f"the tracking store {self.uri} holds no run {run_id}") from None
+        for run_id in run_ids:
+            client.set_tag(run_id, SUPERSEDED_TAG, reason[:5000])
 
     def metric_history(self, run_id: str, key: str) -> dict[int, float]:
         """{step: value} of one metric of one run."""

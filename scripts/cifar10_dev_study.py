@@ -158,20 +158,24 @@ def load_runs(experiment: str = "cifar10_dev", keep: bool = True):
     from harness.core.locks import file_lock
     from harness.tracking import store_uri
 
-    runs = load(store_uri(None, ROOT / "results"), experiment)
-    runs = runs[runs["status"] == "FINISHED"].copy() if not runs.empty else runs
+    runs = load(store_uri(None, ROOT / "results"), experiment, superseded=True)
+    column = "tags.harness.superseded"  # runs found wrong after they finished (python -m harness supersede)
+    superseded = set(runs.loc[runs[column].notna(), "run_id"]) if column in runs else set()
+    runs = runs[(runs["status"] == "FINISHED") & ~runs["run_id"].isin(superseded)].copy() if not runs.empty else runs
     kept_file = KEPT_RUNS / f"{experiment}.jsonl"
     with file_lock(kept_file.with_suffix(".lock")):
-        kept = pd.DataFrame()
+        kept, dropped = pd.DataFrame(), pd.Series(dtype=bool)
         if kept_file.exists() and kept_file.stat().st_size:
             kept = pd.read_json(kept_file, lines=True, dtype=False)  # params stay strings, as MLflow gives them
-            for column in ("start_time", "end_time"):
-                kept[column] = pd.to_datetime(kept[column], utc=True)
+            for time_column in ("start_time", "end_time"):
+                kept[time_column] = pd.to_datetime(kept[time_column], utc=True)
+            dropped = kept["run_id"].isin(superseded)
+            kept = kept[~dropped]
         if not runs.empty:
             kept = kept[~kept["run_id"].isin(runs["run_id"])] if not kept.empty else kept
             columns = [c for c in runs.columns if c in _KEPT_COLUMNS or c.startswith(("params.", "metrics.", "tags."))]
             kept = pd.concat([kept, runs[columns]], ignore_index=True).sort_values("start_time")
-        if keep and not runs.empty:
+        if keep and (not runs.empty or dropped.any()):  # a superseded run leaves the record too
             kept_file.parent.mkdir(parents=True, exist_ok=True)
             kept.to_json(kept_file, orient="records", lines=True, date_format="iso")
             keep_baselines(kept)

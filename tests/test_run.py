@@ -162,6 +162,26 @@ def test_skip_finished_reuses_a_finished_run_of_the_same_config(run_cli, tiny_di
     )
 
 
+def test_a_superseded_run_is_run_again_and_left_out_of_comparisons_but_kept(run_cli, tiny_digits, tmp_path):
+    from harness.compare import load_runs
+
+    results = tmp_path / "results"
+    args = [*tiny_digits, "method=random", "measure.batch_sizes=[1]", "--json", "skip_finished=true"]
+    first = last_json(run_cli("run", *args)[1])["mlflow_run_id"]
+    code, out, err = run_cli("supersede", first, f"results_dir={results}")
+    assert code == 2 and err.strip().startswith("error: supersede needs the run ids and why")
+    code, out, err = run_cli("supersede", "0" * 32, "reason=x", f"results_dir={results}")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "holds no run" in err
+    code, out, err = run_cli("supersede", first, "reason=trained in eval mode", f"results_dir={results}")
+    assert code == 0 and "superseded 1 run" in out
+    again = last_json(run_cli("run", *args)[1])
+    assert not again.get("skipped") and again["mlflow_run_id"] != first  # skip_finished runs the config again
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    assert list(load_runs(uri, "harness")["run_id"]) == [again["mlflow_run_id"]]
+    every = load_runs(uri, "harness", superseded=True).set_index("run_id")
+    assert every.loc[first, "tags.harness.superseded"] == "trained in eval mode" and len(every) == 2
+
+
 def test_budget_preset_overrides_the_task_recipe():
     from harness.config import compose
 
