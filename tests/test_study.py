@@ -57,7 +57,7 @@ def test_finished_runs_outlive_the_store_that_held_them(tmp_path, monkeypatch):
         }
 
     store = pd.DataFrame([frame("a", "FINISHED", 0.61), frame("b", "RUNNING", 0.0)])
-    monkeypatch.setattr(harness.compare, "load_runs", lambda uri, experiment: store)
+    monkeypatch.setattr(harness.compare, "load_runs", lambda uri, experiment, superseded=False: store)
     monkeypatch.setattr(study, "KEPT_RUNS", tmp_path)
     first = study.load_runs("exp")
     assert list(first["run_id"]) == ["a"]  # only finished runs
@@ -75,6 +75,12 @@ def test_finished_runs_outlive_the_store_that_held_them(tmp_path, monkeypatch):
     assert kept.loc["a", "params.prune.flops_reduction"] == "0.5"  # params stay strings, as MLflow gives them
     assert "artifact_uri" not in kept.columns
     assert str(kept["end_time"].dtype).startswith("datetime64")
+
+    found_wrong = {**frame("a", "FINISHED", 0.62), "tags.harness.superseded": "a defect fixed since"}
+    store = pd.DataFrame([found_wrong, frame("c", "FINISHED", 0.70)])  # python -m harness supersede a
+    assert list(study.load_runs("exp")["run_id"]) == ["c"]
+    store = pd.DataFrame()  # and it left the committed record too
+    assert list(study.load_runs("exp")["run_id"]) == ["c"]
 
 
 @pytest.mark.quick
