@@ -60,14 +60,14 @@ RECIPES = (
 
 def sweep(args: list[str], log, common: list[str] = COMMON) -> int:
     """The harness's sweep over ``common`` and ``args`` (comma lists expand to a grid), less the grid points
-    whose run is already kept in results/study_runs/: the MLflow store's skip_finished cannot see those in a
-    new checkout, whose store is empty, so a study stopped in one checkout goes on in another where it left
-    off."""
+    whose run already finished (``kept_run_keys``: also those kept in results/study_runs/, which the MLflow
+    store's skip_finished cannot see in a new checkout, whose store is empty, so a study stopped in one
+    checkout goes on in another where it left off; a superseded run is run again)."""
     kept = kept_run_keys(_experiment([*common, *args]))
     points, todo = grid(args), []
     for point in points:
         if kept and run_key_of([*common, *point]) in kept:
-            log.write(f"[kept] {shlex.join(point)}: finished in {KEPT_RUNS}, skipped\n")
+            log.write(f"[kept] {shlex.join(point)}: finished (the store or {KEPT_RUNS}), skipped\n")
         else:
             todo.append(point)
     failures = 0
@@ -98,15 +98,12 @@ def run_key_of(overrides: list[str]) -> str:
 
 
 def kept_run_keys(experiment: str) -> set[str]:
-    """The run keys of the finished runs kept for ``experiment`` in results/study_runs/ (committed)."""
-    kept_file = KEPT_RUNS / f"{experiment}.jsonl"
-    if not kept_file.exists():
+    """The run keys of the finished runs of ``experiment``, in the store or kept in results/study_runs/
+    (committed), less those marked superseded (``load_runs``)."""
+    runs = load_runs(experiment, keep=False)
+    if runs.empty or "tags.run_key" not in runs:
         return set()
-    return {
-        row["tags.run_key"]
-        for line in kept_file.read_text().splitlines()
-        if line.strip() and (row := json.loads(line)).get("status") == "FINISHED" and row.get("tags.run_key")
-    }
+    return set(runs.loc[runs["status"] == "FINISHED", "tags.run_key"].dropna())
 
 
 def cells() -> list[tuple[float, int]]:
@@ -156,10 +153,10 @@ def load_runs(experiment: str = "cifar10_dev", keep: bool = True):
 
     from harness.compare import load_runs as load
     from harness.core.locks import file_lock
-    from harness.tracking import store_uri
+    from harness.tracking import SUPERSEDED_TAG, store_uri
 
     runs = load(store_uri(None, ROOT / "results"), experiment, superseded=True)
-    column = "tags.harness.superseded"  # runs found wrong after they finished (python -m harness supersede)
+    column = f"tags.{SUPERSEDED_TAG}"  # runs found wrong after they finished (python -m harness supersede)
     superseded = set(runs.loc[runs[column].notna(), "run_id"]) if column in runs else set()
     runs = runs[(runs["status"] == "FINISHED") & ~runs["run_id"].isin(superseded)].copy() if not runs.empty else runs
     kept_file = KEPT_RUNS / f"{experiment}.jsonl"

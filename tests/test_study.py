@@ -53,6 +53,7 @@ def test_finished_runs_outlive_the_store_that_held_them(tmp_path, monkeypatch):
             "params.prune.flops_reduction": "0.5",
             "metrics.final_acc": acc,
             "tags.method": "l1",
+            "tags.run_key": f"key-{run_id}",
             "artifact_uri": "file:///nowhere",  # not kept
         }
 
@@ -81,6 +82,7 @@ def test_finished_runs_outlive_the_store_that_held_them(tmp_path, monkeypatch):
     assert list(study.load_runs("exp")["run_id"]) == ["c"]
     store = pd.DataFrame()  # and it left the committed record too
     assert list(study.load_runs("exp")["run_id"]) == ["c"]
+    assert study.kept_run_keys("exp") == {"key-c"}  # so a study's own skip runs its config again
 
 
 @pytest.mark.quick
@@ -123,9 +125,10 @@ def test_a_study_goes_on_in_a_new_checkout_where_it_left_off(tmp_path, monkeypat
     assert study.sweep(args, io.StringIO()) == 0  # nothing kept: the whole grid in one sweep, as before
     assert launched == [[*study.COMMON, *args]]
 
+    when = {"start_time": "2026-12-02T10:00:00Z", "end_time": "2026-12-02T11:00:00Z"}  # as load_runs writes them
     rows = [
-        {"run_id": "a", "status": "FINISHED", "tags.run_key": l1_key},
-        {"run_id": "b", "status": "FAILED", "tags.run_key": random_key},  # a failed run is run again
+        {"run_id": "a", "status": "FINISHED", "tags.run_key": l1_key, **when},
+        {"run_id": "b", "status": "FAILED", "tags.run_key": random_key, **when},  # a failed run is run again
     ]
     (tmp_path / "exp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     launched.clear()
