@@ -1,6 +1,7 @@
 """prune.target=latency: the per-layer latency table, the pruner's correction by measurement, the run."""
 
 import json
+from collections import defaultdict
 
 import pytest
 import torch
@@ -190,6 +191,31 @@ def test_a_bracketed_correction_may_measure_past_five_but_stops_at_its_cap():
     correction = Corrected(cost=None, measured_reduction=noisy, measured_from=0.5)
     correction.correct(500, 0.5, lambda k: k, lambda k: k / n, n)
     assert len(correction.corrections) == correction.bracketed == 8
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("confirm", [True, False])
+def test_a_candidate_within_tolerance_is_confirmed_by_a_second_measurement(confirm):
+    """Prefix 300 of 1000 (a true cut of 30%, the request) measures 31% once and 37% the second time: on
+    the first measurement alone it is accepted; on the mean of two (34%) the search goes on and keeps a
+    candidate whose two measurements agree."""
+    from harness.latency.target import Corrected
+
+    n, seen = 1000, defaultdict(int)
+
+    def measure(k: int) -> float:
+        seen[k] += 1
+        return k / n + ({1: 0.01, 2: 0.07}[seen[k]] if k == 300 else 0.0)
+
+    correction = Corrected(cost=None, measured_reduction=measure, measured_from=0.3, confirm=confirm)
+    k = correction.correct(300, 0.3, lambda k: k, lambda k: k / n, n)
+    if not confirm:
+        assert k == 300 and len(correction.corrections) == 1
+        return
+    assert k != 300 and abs(k / n - 0.3) <= correction.tolerance, correction.corrections
+    first, second = correction.corrections[:2]
+    assert (first["measured"], second["measured"], second.get("confirming")) == pytest.approx((0.31, 0.37, True))
+    assert correction.corrections[-1] == {"prefix": k, "predicted": k / n, "measured": k / n, "confirming": True}
 
 
 def test_latency_target_run_records_requested_predicted_and_measured(run_cli, tiny_digits, tmp_path, one_thread):
@@ -406,7 +432,8 @@ def test_the_correction_learns_how_much_the_table_overstates_each_step():
     cost.measured_reduction = lambda m: 0.5 * pruner.reduction(m)
     pruned = pruner.prune_to_target(model, lambda g: torch.arange(len(g[0].idxs), dtype=torch.float), 0.3)
     assert abs(0.5 * pruner.reduction(pruned) - 0.3) <= cost.tolerance
-    assert len(cost.corrections) <= 3, cost.corrections
+    candidates = [c for c in cost.corrections if not c.get("confirming")]
+    assert len(candidates) <= 3 and cost.corrections[-1]["confirming"], cost.corrections
 
 
 @pytest.mark.quick

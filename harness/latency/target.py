@@ -55,6 +55,7 @@ class Corrected:
     corrections: list[dict] = field(default_factory=list)  # what each measurement gave, for the run's log
     searches: int = 5  # measurements while the target is not bracketed yet
     bracketed: int = 8  # measurements in all once it is
+    confirm: bool = True  # time a candidate within tolerance once more and accept on the mean of the two
     measured = True
 
     @staticmethod
@@ -89,17 +90,27 @@ class Corrected:
         measurements) until the target is bracketed; from then on from the straight line between the
         closest measurement on either side, drawn over the *prediction* (a removal order's prefix can be far
         from linear in its cost: GA's allocation sequence, a uniform width scale), strictly inside the
-        bracket. Returns the prefix measured closest."""
+        bracket. A candidate measured within tolerance is measured again (``confirm``) and judged on the mean
+        of the two: one paired measurement of a VGG-16 at batch 64 was accepted at 31.4% for 30% and
+        measured 35.7% at the run's end. Returns the prefix measured closest (means where measured twice)."""
         if target < self.measured_from - 1e-9:
             return k
         measured: dict[int, float] = {}
         predicted_at: dict[int, float] = {}
-        trace: list[dict] = []  # this search's measurements, in order
-        while len(trace) < (self.bracketed if self.is_bracketed(measured, target) else self.searches):
-            measured[k], predicted_at[k] = self.measured_reduction(build(k)), predicted(k)
+        trace: list[dict] = []  # this search's candidates, in order (a confirmed one once, with its mean)
+        taken = 0  # measurements, confirmations included: the caps count these
+        while taken < (self.bracketed if self.is_bracketed(measured, target) else self.searches):
+            candidate = build(k)
+            measured[k], predicted_at[k] = self.measured_reduction(candidate), predicted(k)
+            taken += 1
+            self.corrections.append({"prefix": k, "predicted": predicted_at[k], "measured": measured[k]})
+            if self.confirm and abs(target - measured[k]) <= self.tolerance:
+                again = self.measured_reduction(candidate)
+                taken += 1
+                self.corrections.append({**self.corrections[-1], "measured": again, "confirming": True})
+                measured[k] = (measured[k] + again) / 2
             miss = target - measured[k]
             trace.append({"prefix": k, "predicted": predicted_at[k], "measured": measured[k]})
-            self.corrections.append(trace[-1])
             if abs(miss) <= self.tolerance:
                 break
             if self.is_bracketed(measured, target):
