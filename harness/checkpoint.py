@@ -2,14 +2,18 @@
 
 One file per run configuration, ``<results_dir>/checkpoints/<key>.pt``, replaced atomically at every
 epoch and phase boundary (the one before kept as ``<key>.pt.prev``) and loaded with
-``weights_only=True``. The key hashes the composed config (less the keys that only change how a run is
+``weights_only=True``. While a run goes on it holds ``<key>.lock`` (``RunCheckpoint.held``), so that a
+second process started on the same config (a sweep launched twice) is refused instead of sharing the file
+and the MLflow run. The key hashes the composed config (less the keys that only change how a run is
 shown, launched or measured), so running the same command again finds it. A finished run deletes its checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness.artifacts import atomic_save
 from harness.baseline import data_identity
 from harness.core import distributed
-from harness.core.errors import DataError
+from harness.core.errors import DataError, RunBusy
+from harness.core.locks import LockTimeout, file_lock
 
 # Keys that change how a run is shown, launched or measured, not what it trains.
 _NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measure")
@@ -46,11 +51,37 @@ class RunCheckpoint:
     """The newest checkpoint and, as ``<key>.pt.prev``, the one before it: a checkpoint found corrupt at
     resume (a torn write, a full disk, a bad sector) falls back to the previous one, never half-loads."""
 
+    lock_wait_s = 90.0  # how long a run waits for another process on its config before it is refused
+
     def __init__(self, cfg: DictConfig):
         self.key = run_key(cfg)
         self.path = Path(cfg.results_dir) / "checkpoints" / f"{self.key}.pt"
         self.previous = self.path.with_name(self.path.name + ".prev")
         self.note: str | None = None  # what load() had to do, for the run's log
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold this config's lock (``<key>.lock``, ``harness.core.locks``) while the block runs; rank 0 takes
+        it, every rank learns the outcome. A holder that died is broken at once on its own host and after
+        60 s without heartbeat from another, so a requeued SLURM job on any node waits out a dead
+        predecessor (``lock_wait_s`` > 60 s). Still held after that: ``RunBusy`` naming the holder, before
+        anything is read or recorded."""
+        error = None
+        with contextlib.ExitStack() as stack:
+            if distributed.is_main():
+                lock = self.path.with_suffix(".lock")
+                try:
+                    stack.enter_context(file_lock(lock, timeout=self.lock_wait_s))
+                except LockTimeout as e:
+                    host, pid = ((e.owner or "").split(" ") + ["?", "?"])[:2]
+                    error = (
+                        f"this config is being run now by pid {pid} on {host} (lock {lock}); wait for it to end, "
+                        "or change seed= or results_dir= to run another copy"
+                    )
+            error = distributed.broadcast(error)
+            if error:
+                raise RunBusy(error)
+            yield
 
     def load(self) -> dict | None:
         if not self.path.exists() and not self.previous.exists():

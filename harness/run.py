@@ -116,65 +116,66 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(pruner.unreachable_message(model, target))
 
     checkpoint = RunCheckpoint(cfg)
-    state = None
-    if str(cfg.resume).lower() == "false":
-        checkpoint.clear()
-    else:
-        state = distributed.broadcast(checkpoint.load() if distributed.is_main() else None)
-        if checkpoint.note:  # shown even with quiet=true: the user should know a checkpoint was bad
-            print(f"warning: {checkpoint.note}", file=sys.stderr, flush=True)
-        if state is None and str(cfg.resume).lower() == "true":
-            raise ConfigError(
-                f"resume=true but there is no checkpoint at {checkpoint.path} for this config; "
-                "run without resume= to start"
-            )
-
-    tracker = make_tracker(cfg)
-    key = checkpoint.key
-    if cfg.get("skip_finished") and (done := distributed.broadcast(tracker.find_finished(key))):
-        say(f"[skip] MLflow run {done['mlflow_run_id']} already finished this config (skip_finished=true)")
-        return {"skipped": True, "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), **done}
-    # From here on an interrupt, wherever it lands, ends the run it finds (KILLED or FAILED), never leaving
-    # it RUNNING: ``tracker.end`` does nothing before the run exists.
-    try:
-        if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
-            say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
+    with checkpoint.held():  # a second process on this config is refused, not let share the file
+        state = None
+        if str(cfg.resume).lower() == "false":
+            checkpoint.clear()
         else:
-            tracker.start(
-                flatten(cfg),
-                tags={
-                    "task": task.name,
-                    "method": cfg.method.name,
-                    "seed": cfg.seed,
-                    "run_key": key,
-                    "regularizer": cfg.regularizer.name,
-                    "normalize": pruner.normalize,
-                    "allocation": pruner.allocation,
-                    "reconstruction": str(bool(getattr(method, "reconstruction", False))).lower(),
-                    **{f"ddp_{k}": v for k, v in distributed.describe().items()},
-                    "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",
-                },
+            state = distributed.broadcast(checkpoint.load() if distributed.is_main() else None)
+            if checkpoint.note:  # shown even with quiet=true: the user should know a checkpoint was bad
+                print(f"warning: {checkpoint.note}", file=sys.stderr, flush=True)
+            if state is None and str(cfg.resume).lower() == "true":
+                raise ConfigError(
+                    f"resume=true but there is no checkpoint at {checkpoint.path} for this config; "
+                    "run without resume= to start"
+                )
+
+        tracker = make_tracker(cfg)
+        key = checkpoint.key
+        if cfg.get("skip_finished") and (done := distributed.broadcast(tracker.find_finished(key))):
+            say(f"[skip] MLflow run {done['mlflow_run_id']} already finished this config (skip_finished=true)")
+            return {"skipped": True, "task": task.name, "method": cfg.method.name, "seed": int(cfg.seed), **done}
+        # From here on an interrupt, wherever it lands, ends the run it finds (KILLED or FAILED), never leaving
+        # it RUNNING: ``tracker.end`` does nothing before the run exists.
+        try:
+            if state and state.get("mlflow_run_id") and tracker.resume(state["mlflow_run_id"]):
+                say(f"[resume] {state['stage']} checkpoint {checkpoint.path}, MLflow run {state['mlflow_run_id']}")
+            else:
+                tracker.start(
+                    flatten(cfg),
+                    tags={
+                        "task": task.name,
+                        "method": cfg.method.name,
+                        "seed": cfg.seed,
+                        "run_key": key,
+                        "regularizer": cfg.regularizer.name,
+                        "normalize": pruner.normalize,
+                        "allocation": pruner.allocation,
+                        "reconstruction": str(bool(getattr(method, "reconstruction", False))).lower(),
+                        **{f"ddp_{k}": v for k, v in distributed.describe().items()},
+                        "mlflow.runName": f"{task.name}-{cfg.method.name}-r{target:g}-s{cfg.seed}",
+                    },
+                )
+            if state is None or state["stage"] == "start":
+                # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
+                state = None
+                checkpoint.save({"stage": "start", "mlflow_run_id": tracker.run_id or ""})
+            phases = _Phases(
+                cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say, latency_target
             )
-        if state is None or state["stage"] == "start":
-            # Nothing to resume from yet but the MLflow run: a kill during the baseline continues into it.
-            state = None
-            checkpoint.save({"stage": "start", "mlflow_run_id": tracker.run_id or ""})
-        phases = _Phases(
-            cfg, task, method, regularizer, pruner, target, device, tracker, checkpoint, say, latency_target
-        )
-        summary = phases.execute(model, state)
-        tracker.flush()  # raises if the store still cannot take what was buffered
-    except BaseException as e:
-        for _ in range(3):  # a signal landing on this very line must not skip the record (see _record_end)
-            try:
-                _record_end(tracker, e)
-                break
-            except KeyboardInterrupt:
-                continue
-        raise
-    tracker.end("FINISHED")
-    checkpoint.clear()
-    return summary
+            summary = phases.execute(model, state)
+            tracker.flush()  # raises if the store still cannot take what was buffered
+        except BaseException as e:
+            for _ in range(3):  # a signal landing on this very line must not skip the record (see _record_end)
+                try:
+                    _record_end(tracker, e)
+                    break
+                except KeyboardInterrupt:
+                    continue
+            raise
+        tracker.end("FINISHED")
+        checkpoint.clear()
+        return summary
 
 
 # What each batch size's latency logs to MLflow (latency/b<N>/<name>): medians, the speed-up's 95%

@@ -162,6 +162,42 @@ def test_skip_finished_reuses_a_finished_run_of_the_same_config(run_cli, tiny_di
     )
 
 
+def test_a_second_process_on_the_same_config_is_refused_and_a_killed_holder_leaves_no_stale_lock(
+    run_cli, tiny_digits, tmp_path, monkeypatch
+):
+    """Two processes on one config would share its checkpoint file and MLflow run: the second is refused
+    (exit 8, one line naming the holder) before anything is recorded; once the holder is killed (SIGKILL:
+    no cleanup runs) the same command runs at once."""
+    import subprocess
+    import sys
+
+    from harness.checkpoint import RunCheckpoint
+    from harness.config import compose
+
+    args = [*tiny_digits, "method=random", "measure.batch_sizes=[1]"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from harness.checkpoint import RunCheckpoint\nfrom harness.config import compose\n"
+         "with RunCheckpoint(compose(sys.argv[1:])).held():\n    print('held', flush=True)\n    time.sleep(120)",
+         *args],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(RunCheckpoint, "lock_wait_s", 0.5)
+        code, out, err = run_cli("run", *args)
+        assert code == 8 and f"being run now by pid {holder.pid} on " in err and err.count("\n") == 1, err
+        assert not RunCheckpoint(compose(args)).path.exists()  # nothing of the run was written
+        assert not (tmp_path / "results" / "mlflow.db").exists() or not _client(tmp_path / "results").search_runs(
+            [e.experiment_id for e in _client(tmp_path / "results").search_experiments()]
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    code, out, err = run_cli("run", *args, "--json")
+    assert code == 0 and last_json(out)["final_acc"] > 0, err
+
+
 def test_a_superseded_run_is_run_again_and_left_out_of_comparisons_but_kept(run_cli, tiny_digits, tmp_path):
     from harness.compare import load_runs
 

@@ -25,6 +25,12 @@ class NumericalError(HarnessError):
     exit_code = 4
 
 
+class RunBusy(HarnessError):
+    """Another process is running the same configuration now (it holds the run's lock)."""
+
+    exit_code = 8
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's kill or preemption, or torchrun stopping the survivors of a dead rank):
     unwinds like Ctrl-C, so the run's checkpoint is kept for the next attempt."""

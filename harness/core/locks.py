@@ -20,7 +20,9 @@ from pathlib import Path
 
 
 class LockTimeout(TimeoutError):
-    pass
+    def __init__(self, message: str, owner: str | None = None):
+        super().__init__(message)
+        self.owner = owner  # "host pid token" of the holder when the wait ended
 
 
 @contextlib.contextmanager
@@ -34,7 +36,8 @@ def file_lock(
     while not _try_create(path, token):
         _break_if_stale(path, stale_after)
         if deadline is not None and time.monotonic() > deadline:
-            raise LockTimeout(f"could not take the lock {path} within {timeout} s (held by {_read(path)!r})")
+            owner = _read(path)
+            raise LockTimeout(f"could not take the lock {path} within {timeout} s (held by {owner!r})", owner)
         time.sleep(poll)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(path, token, heartbeat, stop), daemon=True)
