@@ -235,6 +235,7 @@ class _Phases:
         self.pruner, self.target, self.device, self.latency_target = pruner, target, device, latency_target
         self.tracker, self.checkpoint, self.say = tracker, checkpoint, say
         self.pruned_checksums = None  # a distributed run: each rank's parameter checksum after pruning (agree())
+        self.latency_cost = None  # a latency target's corrected cost (prepare_latency_target)
         self.fit = partial(
             train, step=task.train_step(), device=device, quiet=cfg.quiet, eval_every=int(cfg.measure.eval_every)
         )
@@ -322,6 +323,8 @@ class _Phases:
 
         model, reused, baseline_key = self.baseline(model.to(self.device))
         dense = copy.deepcopy(model).eval()
+        if self.latency_cost is not None:  # its corrections compare with the dense model the end compares with
+            self.latency_cost.compare_with(dense)
         if state is None or state["stage"] == "pruning":
             model, measures = self.prune(model, reused, baseline_key, state)
         else:

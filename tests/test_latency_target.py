@@ -372,6 +372,32 @@ def test_methods_with_their_own_schedule_finish_on_a_measured_latency(
     assert_finished_on_the_measurement(s, 0.2)
 
 
+def test_corrections_time_against_the_trained_baseline_the_final_measurement_uses(
+    run_cli, tiny_digits, monkeypatch, one_thread
+):
+    """The table is built before the baseline trains, on an untrained copy; the corrections at pruning time
+    and the run's final measurement must compare with one and the same dense model, the trained baseline
+    (an untrained VGG-16 timed 1% faster than its trained baseline here: a bias of its own)."""
+    import harness.latency.target as target
+    import harness.run
+
+    seen = {"corrections": [], "final": []}
+    paired, compare = target.paired_latency, harness.run.compare_latency
+    monkeypatch.setattr(
+        target, "paired_latency", lambda dense, *a, **k: seen["corrections"].append(dense) or paired(dense, *a, **k)
+    )
+    monkeypatch.setattr(
+        harness.run, "compare_latency", lambda dense, *a, **k: seen["final"].append(dense) or compare(dense, *a, **k)
+    )
+    code, out, err = run_cli(
+        "run", *tiny_digits, "method=l1", "prune.target=latency", "prune.latency_reduction=0.2",
+        "measure.target_batch=64", "measure.batch_sizes=[1]", "threads=1", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert seen["corrections"] and len(seen["final"]) == 1
+    assert all(dense is seen["final"][0] for dense in seen["corrections"])
+
+
 def _measured_pruner(model, example, offset: float, target: float):
     """A pruner on MACs whose "measurement" is the MACs reduction plus ``offset``: the table errs by -offset."""
     from harness.core.surgery import MacsCost

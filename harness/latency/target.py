@@ -53,6 +53,9 @@ class Corrected:
     measured_from: float = 0.0
     tolerance: float = 0.02
     corrections: list[dict] = field(default_factory=list)  # what each measurement gave, for the run's log
+    # Points the measurements at the trained dense model once there is one (the run's final measurement
+    # compares with it; before the baseline trains, the untrained copy stands in)
+    compare_with: Callable[[nn.Module], None] = lambda dense: None
     searches: int = 5  # measurements while the target is not bracketed yet
     bracketed: int = 8  # measurements in all once it is
     confirm: bool = True  # time a candidate within tolerance once more and accept on the mean of the two
@@ -167,6 +170,7 @@ def prepare(
     device = batch.device
     table = LatencyTable(batch.shape[0], device, results_dir, say=say, align=round_to)
     dense = copy.deepcopy(model).to(device).eval()
+    reference = {"dense": dense}  # the trained baseline replaces it (``Corrected.compare_with``)
     if distributed.is_main():  # one process times; the others would share its cores
         kept, pruner.example_inputs = pruner.example_inputs, example
         try:
@@ -179,7 +183,7 @@ def prepare(
         value = None
         if distributed.is_main():
             timing = paired_latency(
-                dense,
+                reference["dense"],
                 candidate.eval(),
                 batch,
                 warmup=warmup,
@@ -191,5 +195,6 @@ def prepare(
         return float(distributed.broadcast(value))
 
     cost = Corrected(PredictedLatency(table), measured_reduction, measured_from=target)
+    cost.compare_with = lambda trained: reference.update(dense=trained.eval())
     pruner.use_cost(cost, model)
     return table, cost
