@@ -33,27 +33,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ARMS = {"glibc defaults": "0", "fixed thresholds": "1"}
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-def fix_thresholds() -> bool:
-    import ctypes
-
-    mallopt = ctypes.CDLL(None).mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, 32 * 1024**2) == 1 and mallopt(M_TRIM_THRESHOLD, 1024**3) == 1
 
 
 def child(args) -> None:
     import torch
 
     from benchmarks.common import dense_and_pruned
+    from harness.latency import allocator
     from harness.latency.measure import interleaved_latency
 
     torch.set_num_threads(1)
     dense, pruned, size, _, _ = dense_and_pruned(args.model, args.target)
     x = torch.randn(args.batch, 3, size, size)
-    steady = os.environ["ARM"] == "1" and fix_thresholds()
+    steady = os.environ["ARM"] == "1" and allocator.hold_steady()
     reductions = []
     with torch.inference_mode():
         for _ in range(args.repeats):

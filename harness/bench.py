@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from harness.latency import allocator
 from harness.latency.backends import BackendUnavailable, time_backend
 
 
@@ -30,6 +31,7 @@ def bench_command(args) -> int:
         raise ConfigError("bench needs model=<path to a pruned_model.pt saved by a run>")
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))
+    allocator.hold_steady()  # one allocation regime for every timing here (latency/allocator.py)
     path = Path(opts["model"]).expanduser()
     if not path.is_file():
         raise ConfigError(f"model={path} does not exist")

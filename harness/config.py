@@ -353,10 +353,11 @@ def validate(cfg: DictConfig) -> None:
         or (str(cfg.device).startswith("cuda:") and str(cfg.device)[5:].isdigit()),
         f"device must be auto, cpu or cuda[:N], got {cfg.device!r}",
     )
-    need(
-        isinstance(cfg.measure.get("pause_others", True), bool),
-        f"measure.pause_others must be true or false, got {cfg.measure.get('pause_others')!r}",
-    )
+    for flag in ("pause_others", "steady_allocator"):
+        need(
+            isinstance(cfg.measure.get(flag, True), bool),
+            f"measure.{flag} must be true or false, got {cfg.measure.get(flag)!r}",
+        )
     sizes = cfg.measure.batch_sizes
     need(
         isinstance(sizes, ListConfig)

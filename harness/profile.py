@@ -18,6 +18,7 @@ import torch
 
 from harness.artifacts import dense_from_payload, fetch_pruned, input_shape, model_from_payload, read_payload
 from harness.core.errors import ConfigError
+from harness.latency import allocator
 
 OPTIONS = {
     "batch": "64",
@@ -45,6 +46,7 @@ def profile_command(args) -> int:
     if opts["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("profile: device=cuda but no CUDA device is visible; use device=cpu")
     torch.set_num_threads(threads)
+    allocator.hold_steady()  # one allocation regime for every timing here (latency/allocator.py)
     with tempfile.TemporaryDirectory() as tmp:
         path, run_id, uri = fetch_pruned(args.source, opts["tracking.uri"], opts["results_dir"], Path(tmp))
         payload = read_payload(path)

@@ -21,6 +21,7 @@ import torch
 
 from harness.artifacts import dense_from_payload, fetch_pruned, input_shape, model_from_payload, read_payload
 from harness.core.errors import ConfigError
+from harness.latency import allocator
 
 OPTIONS = {
     "batch": "128",
@@ -75,6 +76,7 @@ def retime_command(args) -> int:
     if len(set(sources)) != len(sources):
         raise ConfigError("retime: a model is named twice; name each run id or file once")
     torch.set_num_threads(opts["threads"])
+    allocator.hold_steady()  # one allocation regime for every timing here (latency/allocator.py)
     device = torch.device(opts["device"])
     with tempfile.TemporaryDirectory() as tmp:
         loaded = []  # (label, run id or None, store uri, payload)

@@ -31,6 +31,7 @@ from harness.core import distributed
 from harness.core.errors import ConfigError, Terminated
 from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params, eval_mode
 from harness.core.train import CountingLoader, total_epochs, train
+from harness.latency import allocator
 from harness.latency import target as latency_target
 from harness.latency.gate import GatedLoader
 from harness.latency.measure import compare_latency
@@ -68,6 +69,8 @@ def run(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     os.environ["HARNESS_PAUSE_OTHERS"] = "1" if cfg.measure.get("pause_others", True) else "0"  # latency/gate.py
+    if cfg.measure.get("steady_allocator", True):
+        allocator.hold_steady()  # else the phases of a run time one model differently (latency/allocator.py)
     device = distributed.setup(resolve_device(cfg.device))
     if not distributed.is_main():  # rank 0 prints; the others stay silent
         cfg = cfg.copy()
