@@ -94,8 +94,8 @@ class Corrected:
         closest measurement on either side, drawn over the *prediction* (a removal order's prefix can be far
         from linear in its cost: GA's allocation sequence, a uniform width scale), strictly inside the
         bracket. A candidate measured within tolerance is measured again (``confirm``) and judged on the mean
-        of the two: one paired measurement of a VGG-16 at batch 64 was accepted at 31.4% for 30% and
-        measured 35.7% at the run's end. Returns the prefix measured closest (means where measured twice)."""
+        of the two: a single paired measurement can land points away from the next one of the same network
+        (results/bench/allocator_in_run.md). Returns the prefix measured closest (means where measured twice)."""
         if target < self.measured_from - 1e-9:
             return k
         measured: dict[int, float] = {}
