@@ -92,9 +92,11 @@ def report() -> int:
         "",
         "> **Caveat (found 2026-12-03, commit 9f8a493):** every `gfp`/`gfp_cpu` run below trained part of its "
         "pruning phase in eval mode: Group Fisher evaluates every 10th decision mid-epoch and the model stayed in "
-        "eval mode (BN frozen) until the next epoch began, 24 of gfp_cpu's ~148 pruning iterations here. The "
-        "fine-tune that follows was not affected. These rows are to be rerun with the fix; until then read them "
-        "as Group Fisher with that defect.",
+        "eval mode (BN frozen) until the next epoch began. The fine-tune that follows was not affected. This "
+        "earlier study's runs are not in the current MLflow store and were not rerun; "
+        "results/cifar10_dev/gfp_metapruning.md holds Group Fisher rerun with the fix (3 seeds, the same "
+        "ResNet-20 budget with data.val_fraction=0.1): read this table as Group Fisher with that defect, and "
+        "that one for the method.",
         "",
         "ResNet-20, `budget=cifar10_dev` (the baseline recipe and 8-epoch fine-tune of results/cifar10_dev/table.md),"
         " 50% fewer MACs, accuracy on the 1,020-image validation file, final epoch. `gfp_cpu`: Group Fisher with"

@@ -93,6 +93,7 @@ def report() -> int:
         if a != b and (v := paired_verdict(runs, a, b))
     ]
     weak = baseline.min() < MIN_BASELINE_MAP
+    overrides = "; ".join(f"`{m}`: `{' '.join(o)}`" for m, o in METHOD_OVERRIDES.items())
     lines = [
         "# Detection on cifar_mosaic (real CIFAR-10 images on canvases), SSDlite, 50% fewer MACs, CPU budget",
         "",
@@ -105,9 +106,9 @@ def report() -> int:
         "32 for the network alone (no decoding or NMS), eager PyTorch, 1 thread, CPU, as each run measured it when "
         "it ended (beside another worker, paused by the gate); *retimed*: every run's model timed together "
         "afterwards in interleaved rounds (`python -m harness retime`), the columns to compare methods by. One baseline "
-        "(baseline_seed=0) under every seed: the seeds vary the pruning and the fine-tuning only. `gfp_cpu` here "
-        "masks 64 channels per decision (`method.channels_per_step=64`; the preset's 4 had cut 6% of the MACs "
-        "after 39 min on this network).",
+        "(baseline_seed=0) under every seed: the seeds vary the pruning and the fine-tuning only. Set for this "
+        f"network on top of a preset: {overrides} (gfp_cpu: the preset's 4 channels per decision had cut 6% of "
+        "the MACs after 39 min).",
         "",
         f"**The baselines reach mAP@0.5 {baseline.min():.3f}–{baseline.max():.3f}"
         + (f": below {MIN_BASELINE_MAP}, so the methods are not ranked on them.**" if weak else ".**"),
