@@ -1,9 +1,9 @@
 """Does cost-aware allocation help a criterion at equal *measured* latency? On the real CIFAR-10 images of
 shared/data/cifar10-dev at the cifar10_dev study's CPU budget (ResNet-20, budget=cifar10_dev, its baselines):
 
-- batch 128, `prune.target=latency` at 30% and 50%, seeds 0, 1, 2: `l1` with `prune.allocation=global`
-  (today's default), `knapsack` (HALP) and `prune.normalize=latency`; `gbn_cpu` global and
-  `normalize=latency` (Gate Decorator refuses the knapsack: its ticks choose the widths);
+- batch 128, `prune.target=latency` at 30% and 50%, seeds 0, 1, 2: `l1` and `gbn_cpu`, each with
+  `prune.allocation=global` (the default), `knapsack` (HALP: for Gate Decorator, each tick's cut allocated
+  by the knapsack) and `prune.normalize=latency`;
 - batch 1, 50%, the same three `l1` arms: where per-layer overhead dominates, what does the knapsack keep?
 
     python scripts/latency_study.py run [--workers 1]   # resumable (skip_finished); one worker: the timings
@@ -44,7 +44,7 @@ ARMS = {
     "knapsack": ["prune.allocation=knapsack"],
     "÷latency": ["prune.normalize=latency"],
 }
-METHOD_ARMS = {"l1": ("global", "knapsack", "÷latency"), "gbn_cpu": ("global", "÷latency")}
+METHOD_ARMS = {"l1": ("global", "knapsack", "÷latency"), "gbn_cpu": ("global", "knapsack", "÷latency")}
 LATENCY = ["prune.target=latency"]  # COMMON sets threads=1
 AT_BATCH = {128: ["measure.target_batch=128", "measure.batch_sizes=[1,128]"], 1: ["measure.target_batch=1"]}
 MATCH = 0.02  # arms are compared where their measured latency cuts differ by at most this
