@@ -17,7 +17,6 @@ seeds), the paired differences with 95% t intervals, and the trade-off plots.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -63,8 +62,10 @@ def sweep(args: list[str], log, common: list[str] = COMMON) -> int:
     whose run already finished (``kept_run_keys``: also those kept in results/study_runs/, which the MLflow
     store's skip_finished cannot see in a new checkout, whose store is empty, so a study stopped in one
     checkout goes on in another where it left off; a superseded run is run again)."""
+    from harness.launch import expand_grid
+
     kept = kept_run_keys(_experiment([*common, *args]))
-    points, todo = grid(args), []
+    points, todo = expand_grid(args), []  # as the harness's sweep expands them
     for point in points:
         if kept and run_key_of([*common, *point]) in kept:
             log.write(f"[kept] {shlex.join(point)}: finished (the store or {KEPT_RUNS}), skipped\n")
@@ -78,12 +79,6 @@ def sweep(args: list[str], log, common: list[str] = COMMON) -> int:
         failures += subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=log) != 0
     log.flush()
     return failures
-
-
-def grid(args: list[str]) -> list[list[str]]:
-    """Every grid point of ``args``, as the harness's sweep expands them: ``key=a,b`` gives one point per value."""
-    choices = [[f"{a.split('=', 1)[0]}={v}" for v in a.split("=", 1)[1].split(",")] if "," in a else [a] for a in args]
-    return [list(point) for point in itertools.product(*choices)]
 
 
 def _experiment(overrides: list[str]) -> str:

@@ -110,11 +110,12 @@ def test_the_gfp_metapruning_study_labels_each_control_by_the_budget_it_matches(
 
 @pytest.mark.quick
 def test_a_study_goes_on_in_a_new_checkout_where_it_left_off(tmp_path, monkeypatch):
-    """The store is empty in a new checkout; the runs kept in results/study_runs/ are not run again."""
+    """The store is empty in a new checkout; the runs kept in results/study_runs/ are not run again. A list
+    value's commas (measure.batch_sizes=[1,128]) are not grid axes, as in the harness's sweep."""
     import io
     import json
 
-    args = ["tracking.experiment=exp", "method=l1,random", "seed=0"]
+    args = ["tracking.experiment=exp", "method=l1,random", "measure.batch_sizes=[1,128]", "seed=0"]
     l1_key = study.run_key_of([*study.COMMON, "tracking.experiment=exp", "method=l1", "seed=0"])
     random_key = study.run_key_of([*study.COMMON, "tracking.experiment=exp", "method=random", "seed=0"])
     assert l1_key != random_key
@@ -134,8 +135,10 @@ def test_a_study_goes_on_in_a_new_checkout_where_it_left_off(tmp_path, monkeypat
     launched.clear()
     log = io.StringIO()
     assert study.sweep(args, log) == 0
-    assert launched == [[*study.COMMON, "tracking.experiment=exp", "method=random", "seed=0"]]
-    assert "[kept] tracking.experiment=exp method=l1 seed=0" in log.getvalue()
+    assert launched == [
+        [*study.COMMON, "tracking.experiment=exp", "method=random", "measure.batch_sizes=[1,128]", "seed=0"]
+    ]
+    assert "[kept] tracking.experiment=exp method=l1 'measure.batch_sizes=[1,128]' seed=0" in log.getvalue()
 
 
 @pytest.mark.quick
