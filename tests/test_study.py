@@ -245,3 +245,37 @@ def test_a_study_retimes_only_the_runs_whose_model_file_is_still_there(tmp_path)
     # one run with a model left: nothing to time it against, so no pass (and no command) at all
     assert study.retime(pd.DataFrame({"run_id": [kept, gone]}), 128, log, store=store) == 0
     assert log.getvalue() == ""
+
+
+@pytest.mark.quick
+def test_the_mosaic_study_pairs_gate_decorator_with_l1_fine_tuned_for_as_long(monkeypatch):
+    """l1 with the task's 2-epoch fine-tune is `l1`, with any other length the equal-budget `l1+ft`; the report
+    pairs gbn_cpu with both."""
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location(
+        "mosaic_study", Path(__file__).parents[1] / "scripts" / "mosaic_study.py"
+    )
+    ms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ms)
+
+    def run(method: str, seed: int, final: float, finetune: int = 2, epochs: float = 2.0) -> dict:
+        metrics = {"base_acc": 0.35, "pruned_acc": 0.1, "final_acc": final, "flops_reduction": 0.5, "wall_s": 60}
+        metrics |= {"params_reduction": 0.4, "latency/b32/speedup": 1.4, "epochs_after_baseline": epochs}
+        return {"tags.method": method, "tags.seed": str(seed), "params.finetune.epochs": str(finetune),
+                **{f"metrics.{k}": v for k, v in metrics.items()}}  # fmt: skip
+
+    rows = [run("gbn_cpu", s, 0.38 + 0.002 * s, epochs=10.4) for s in range(3)]
+    rows += [run("l1", s, 0.336 + 0.001 * s) for s in range(3)]
+    rows += [run("l1", s, 0.37 + 0.003 * s, finetune=10, epochs=10.0) for s in range(3)]
+    assert [ms.label(r) for r in rows[3:7]] == ["l1", "l1", "l1", "l1+ft"]
+    lines = []
+    monkeypatch.setattr(
+        ms, "labelled_runs", lambda exp, label: study.labelled_runs(exp, label, runs=pd.DataFrame(rows))
+    )
+    monkeypatch.setattr(ms, "finish_report", lambda text, wall, out: lines.extend(text) or 0)
+    assert ms.report() == 0
+    text = "\n".join(lines)
+    pair = next(line for line in text.splitlines() if "gbn_cpu − l1+ft" in line)
+    assert "+0.90" in pair and "gbn_cpu ahead" in pair  # (38.0, 38.2, 38.4) - (37.0, 37.3, 37.6): +1.0, +0.9, +0.8
+    assert "gbn_cpu − l1 " in text and "l1+ft − l1 " in text
