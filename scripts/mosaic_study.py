@@ -129,6 +129,14 @@ def report() -> int:
         "the MACs after 39 min). `l1+ft`: L1 fine-tuned for as many epochs after the baseline as gbn_cpu "
         "spent at the same seed (rounded), the equal-budget control for Gate Decorator's longer training.",
         "",
+        "**Caveat on the speed-ups.** `l1` and `l1+ft` prune to one architecture at every seed (L1's ranking of "
+        "the same baseline), so their speed-ups differ by measurement alone, and on this network they differ a "
+        "lot: the runs' own b32 readings 1.42 vs 1.29; in the worker's last retime pass (10 pruned models and "
+        "the dense one in one process) l1+ft seed 1 read 1.14x and seeds 0 and 2 1.66-1.67x, reproduced by a "
+        "second 10-model pass (1.15x vs 1.69-1.71x), while 3- and 4-model passes of the same files read all "
+        "three alike (1.86-1.87x; 1.59-1.79x with the dense model at 79-92 ms). How many models one process "
+        "holds changes some models' time by up to 1.5x: read the retimed columns as within ~±25%.",
+        "",
         f"**The baselines reach mAP@0.5 {baseline.min():.3f}–{baseline.max():.3f}"
         + (f": below {MIN_BASELINE_MAP}, so the methods are not ranked on them.**" if weak else ".**"),
         "",
