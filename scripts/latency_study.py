@@ -147,7 +147,9 @@ def report() -> int:
         " rounds, so the machine's drift between runs cancels), which the matching below uses wherever the two"
         " runs were retimed in one pass. Accuracy on the 1,020-image validation file, final epoch. Arms: `global` ranks every channel"
         " against every other; `knapsack` (HALP) keeps per group the widths with the most score under the"
-        " latency table's budget; `÷latency` divides each score by the predicted ms its removal saves.",
+        " latency table's budget; `÷latency` divides each score by the predicted ms its removal saves. l1 fine-tunes"
+        " 8 epochs in every arm; Gate Decorator prunes until the target is met, so its arms train for different"
+        " lengths (*epochs after baseline*): its pairs compare at equal latency, not at equal training.",
         "",
         "Command: `python scripts/latency_study.py run` then `python scripts/latency_study.py report`.",
         "",
