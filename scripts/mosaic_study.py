@@ -101,15 +101,12 @@ def report() -> int:
             row[key.replace("acc", "mAP@0.5")] = row.pop(key)
     baseline = runs.drop_duplicates("seed")["metrics.base_acc"]
     names = sorted(runs["label"].unique())
+    pairs = [(a, b) for a in names if a != "random" for b in ("random", "l1") if a != b] + [EQUAL_BUDGET]
     verdicts = [
         {k.replace("final acc", "final mAP@0.5"): x for k, x in v.items()}  # the task's metric, not an accuracy
-        for a in names
-        if a != "random"
-        for b in ("random", "l1")
-        if a != b and (v := paired_verdict(runs, a, b))
+        for a, b in pairs
+        if (v := paired_verdict(runs, a, b))
     ]
-    if v := paired_verdict(runs, *EQUAL_BUDGET):
-        verdicts.append({k.replace("final acc", "final mAP@0.5"): x for k, x in v.items()})
     weak = baseline.min() < MIN_BASELINE_MAP
     overrides = "; ".join(f"`{m}`: `{' '.join(o)}`" for m, o in METHOD_OVERRIDES.items())
     lines = [
