@@ -8,6 +8,7 @@ registry, shrinks each layer to the saved widths and loads the weights, with ``w
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def atomic_save(obj, path: str | os.PathLike, keep_previous: str | os.PathLike |
         os.replace(tmp, path)
     finally:  # a full disk fails torch.save half-way: leave no partial file behind
         tmp.unlink(missing_ok=True)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 of a state_dict's names, dtypes, shapes and bytes: equal only for bit-identical weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def pruned_payload(model: nn.Module, spec: dict) -> dict:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.artifacts import atomic_save
 from harness.core import distributed
 from harness.core.locks import file_lock
+from harness.core.train import NUMERICS
 
 # Config keys that change what the baseline is. Paths and loader workers do not.
 _DATA_IGNORED = {"root", "download", "num_workers", "check_integrity"}
@@ -50,6 +51,7 @@ def baseline_key(cfg: DictConfig) -> str:
         "train": OmegaConf.to_container(cfg.train, resolve=True),
         "seed": baseline_seed(cfg),
         "regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True),
+        "numerics": NUMERICS,  # other training numerics, other weights from the same config
     }
     if distributed.world_size() > 1:  # trained by N processes, each on its shard: N times the batch
         ident["world_size"] = distributed.world_size()

@@ -24,6 +24,7 @@ from harness.baseline import data_identity
 from harness.core import distributed
 from harness.core.errors import DataError, RunBusy
 from harness.core.locks import LockTimeout, file_lock
+from harness.core.train import NUMERICS
 
 # Keys that change how a run is shown, launched or measured, not what it trains.
 _NOT_IN_KEY = ("quiet", "resume", "skip_finished", "threads", "launcher", "measure")
@@ -44,6 +45,7 @@ def run_key(cfg: DictConfig) -> str:
         data.pop("baseline_seed", None)
     if distributed.world_size() > 1:  # N processes train with N times the batch: another run
         data["world_size"] = distributed.world_size()
+    data["numerics"] = NUMERICS  # a checkpoint of other training numerics would resume into a mixed run
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -19,6 +19,16 @@ from harness.core.errors import NumericalError
 from harness.core.schedules import SCHEDULES  # noqa: F401  (named there for the config check, implemented here)
 from harness.core.step import SupervisedStep, TrainStep
 
+# The version of the training numerics: part of every baseline key and run key, so that a cache or checkpoint
+# made by code that trains other weights from the same config is never reused. Raise it with any change that
+# alters what a seeded run draws or computes (golden hashes: tests/test_numerics.py).
+#   1: up to a482e41. tqdm.auto's asyncio tqdm calls iter() on the iterable it is given; handed a DataLoader,
+#      that built a throwaway iterator each epoch, which drew a base seed from the loader's generator before
+#      the real iterator drew its own and then the shuffle: every epoch's order came after one extra draw.
+#   2: from a482e41 on. The loop's iterable is a generator (latency.gate.gated), which iter() leaves untouched:
+#      one draw, then the shuffle, as a DataLoader does alone.
+NUMERICS = 2
+
 
 class TrainingHook:
     """Base class for what a method or regulariser adds to training. Both methods are optional."""
@@ -121,6 +131,9 @@ def progress(iterable: Iterable, *, desc: str, quiet: bool, total: int | None = 
 
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
+    # tqdm.auto's tqdm calls iter() on what it is given at construction: it must be the generator, never the
+    # loader itself (a throwaway DataLoader iterator draws from the loader's generator and, with workers,
+    # starts them; that was NUMERICS 1).
     return tqdm(
         gated(iterable),
         desc=desc,
