@@ -1,4 +1,4 @@
-"""Does pausing the machine's other harness runs (harness/latency/gate.py) make a latency measurement taken
+"""Does pausing the machine's other harness runs (harness/core/gate.py) make a latency measurement taken
 beside a training job read as one taken on an idle machine? On this CPU, 1 thread per process.
 
     python benchmarks/latency_gate.py [--rounds 3] [--batches 1 64] [--threads 1] [--out results/bench/latency_gate.md]
@@ -44,7 +44,7 @@ from tasks.models.resnet_cifar import resnet56  # noqa: E402
 
 TRAINER = """
 import itertools, sys, torch, torch.nn.functional as F
-from harness.latency.gate import gated
+from harness.core.gate import gated
 from tasks.models.resnet_cifar import resnet20
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -130,7 +130,7 @@ def main() -> int:
                 f"{statistics.median(m['pairs'] for m in ms):.0f} |"
             )
     lines = [
-        "# Latency measured beside a training job, with and without the gate (harness/latency/gate.py)",
+        "# Latency measured beside a training job, with and without the gate (harness/core/gate.py)",
         "",
         f"`python benchmarks/latency_gate.py --rounds {args.rounds} --batches {' '.join(map(str, args.batches))} "
         f"--threads {args.threads}`, "

@@ -16,7 +16,7 @@ The figure of interest is the difference between two models' latency reductions.
 apart, so their own measurements are compared *across* repetitions (model A's from one repetition, B's
 from another); retimed ones within a repetition. Reported: the spread (standard deviation and range) of each
 difference under both, and each model's reduction over repetitions. Like any measurement of the harness, it
-pauses the machine's other harness runs while it times (harness/latency/gate.py).
+pauses the machine's other harness runs while it times (harness/core/gate.py).
 """
 
 from __future__ import annotations

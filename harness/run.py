@@ -29,11 +29,11 @@ from harness.artifacts import model_from_payload, pruned_payload, save_pruned
 from harness.checkpoint import RunCheckpoint
 from harness.core import distributed
 from harness.core.errors import ConfigError, Terminated
+from harness.core.gate import GatedLoader
 from harness.core.surgery import ChannelPruner, channel_widths, count_macs_params, eval_mode
 from harness.core.train import CountingLoader, total_epochs, train
 from harness.latency import allocator
 from harness.latency import target as latency_target
-from harness.latency.gate import GatedLoader
 from harness.latency.measure import compare_latency
 from harness.tracking import flatten, make_tracker
 from methods import METHODS, PruneContext, create_method, create_regularizer
@@ -68,7 +68,7 @@ class Reporter:
 def run(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    os.environ["HARNESS_PAUSE_OTHERS"] = "1" if cfg.measure.get("pause_others", True) else "0"  # latency/gate.py
+    os.environ["HARNESS_PAUSE_OTHERS"] = "1" if cfg.measure.get("pause_others", True) else "0"  # core/gate.py
     if cfg.measure.get("steady_allocator", True):
         allocator.hold_steady()  # else the phases of a run time one model differently (latency/allocator.py)
     device = distributed.setup(resolve_device(cfg.device))
@@ -183,7 +183,7 @@ def run(cfg: DictConfig) -> dict:
 
 # What each batch size's latency logs to MLflow (latency/b<N>/<name>): medians, the speed-up's 95%
 # interval and quartiles, how many dense/pruned pairs were timed, and whether the machine's other harness
-# runs were held meanwhile (others_paused 1/0, others_wait_s: harness/latency/gate.py).
+# runs were held meanwhile (others_paused 1/0, others_wait_s: harness/core/gate.py).
 _LATENCY_METRICS = (
     *("dense_ms", "pruned_ms", "speedup", "speedup_lo", "speedup_hi", "speedup_q1", "speedup_q3", "pairs"),
     *("others_paused", "others_wait_s"),

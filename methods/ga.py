@@ -36,10 +36,10 @@ import torch_pruning as tp
 
 from harness.core import distributed
 from harness.core.errors import ConfigError
+from harness.core.gate import gated
 from harness.core.settings import setting
 from harness.core.surgery import ChannelGroup, ChannelPruner, eval_mode
 from harness.core.train import progress
-from harness.latency.gate import gated
 from methods.base import Method, PruneContext, register_method
 from methods.l1 import FilterL1Importance
 from methods.teacher import distill

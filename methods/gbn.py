@@ -23,12 +23,12 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from harness.core import distributed
-from harness.core.allocation import knapsack_step
+from harness.core.allocation import knapsack_step, rank_channels
 from harness.core.costs import normalized
 from harness.core.hooks import HookSet, channel_scaler, frozen
 from harness.core.masks import ChannelMasks
 from harness.core.settings import setting
-from harness.core.surgery import ChannelGroup, channel_widths, rank_channels
+from harness.core.surgery import ChannelGroup, channel_widths
 from harness.core.train import TrainingHook
 from methods.base import Method, PruneContext, register_method
 

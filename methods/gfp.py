@@ -21,11 +21,12 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from harness.core import distributed
+from harness.core.allocation import rank_channels
 from harness.core.costs import normalized
 from harness.core.hooks import per_channel
 from harness.core.masks import ChannelMasks
 from harness.core.settings import setting
-from harness.core.surgery import ChannelGroup, rank_channels
+from harness.core.surgery import ChannelGroup
 from harness.core.train import progress
 from methods.base import Method, PruneContext, register_method
 

@@ -37,12 +37,12 @@ from omegaconf import OmegaConf
 from harness.core import distributed
 from harness.core.convs import is_grouped
 from harness.core.errors import ConfigError, NumericalError
+from harness.core.gate import gated
 from harness.core.hooks import per_channel
 from harness.core.settings import setting
 from harness.core.surgery import ChannelPruner, replace_module
 from harness.core.train import make_optimizer, make_scheduler, progress
 from harness.core.widths import GridEncoding, WidthSpace
-from harness.latency.gate import gated
 from methods.base import Method, PruneContext, register_method
 
 AUTHORS_GRID = [round(0.10 + 0.03 * i, 2) for i in range(31)]  # 0.10, 0.13, ..., 1.00

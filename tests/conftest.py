@@ -15,7 +15,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # the cores shared out among the 
 
 @pytest.fixture(autouse=True, scope="session")
 def own_latency_gate(tmp_path_factory):
-    """The suite's runs pause for each other's latency timings (harness.latency.gate), not for work that
+    """The suite's runs pause for each other's latency timings (harness.core.gate), not for work that
     shares the machine with the suite: their lock files live in the suite's own folder (subprocesses too)."""
     saved = os.environ.get("HARNESS_GATE_DIR")
     os.environ["HARNESS_GATE_DIR"] = str(tmp_path_factory.mktemp("latency-gate"))

@@ -114,8 +114,7 @@ def test_gate_decorator_takes_both_cost_aware_options(run_cli, tiny_digits):
 def test_a_knapsack_step_keeps_at_least_the_score_of_the_global_step_at_no_more_cost():
     """Under the same additive cost model, the knapsack's cut of one tick keeps at least the score the
     global ranking's cut keeps, and costs no more (it is optimal; the global choice is one candidate)."""
-    from harness.core.allocation import knapsack_step
-    from harness.core.surgery import rank_channels
+    from harness.core.allocation import knapsack_step, rank_channels
 
     torch.manual_seed(0)
     model = create_model("resnet20", 10).eval()

@@ -54,6 +54,58 @@ def test_the_core_and_latency_packages_import_neither_the_application_nor_a_plug
     assert any(m.startswith("harness.core") for m in used)  # the plug-ins do stand on it
 
 
+def module_graph(folder: str) -> dict[str, set[str]]:
+    """{module: the modules of ``folder``'s package it imports (function-level imports included)}."""
+    names = {}
+    for path in files(folder):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {m: {i for i in imports(p) if i in names and i != m} for m, p in names.items()}
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circle_inside_harness():
+    assert import_circles(module_graph("harness")) == []
+    # the finder does find one (harness.core.surgery <-> allocation had one through a function-level import)
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_core_imports_nothing_from_the_latency_package():
+    """harness.latency stands on harness.core, never the other way round (no circle between the packages)."""
+    bad = {
+        str(p.relative_to(ROOT)): sorted(m for m in imports(p) if m.startswith("harness.latency"))
+        for p in files("harness/core")
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
 def test_no_module_but_the_tracker_imports_mlflow():
     offenders = [
         str(p.relative_to(ROOT))

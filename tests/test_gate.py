@@ -1,4 +1,4 @@
-"""harness.latency.gate: while one process times latency, the others' loaders wait between batches."""
+"""harness.core.gate: while one process times latency, the others' loaders wait between batches."""
 
 import json
 import os
@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from harness.latency import gate
+from harness.core import gate
 
 pytestmark = pytest.mark.timing  # its timings want the machine to itself (tests/conftest.py)
 
 TRAINER = textwrap.dedent(
     """
     import json, sys, time
-    from harness.latency.gate import gated
+    from harness.core.gate import gated
     seconds, items, out, inner = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     spans = []
 

@@ -66,8 +66,6 @@ def knapsack_step(
     score is maximal under the cost that removing ``global_step`` (the global ranking's choice) would leave.
     Each group gives up its lowest-scored channels (whole ``units`` of a grouped conv), down to ``floor``;
     its cost (``kind``: macs or latency) is taken at the other groups' live widths."""
-    from harness.core.surgery import rank_channels  # surgery imports this module
-
     units = units or {}
     live = {k: int(torch.isfinite(s).sum()) for k, s in scores.items()}
     taken = {k: sum(1 for g, _ in global_step if g == k) for k in scores}
@@ -89,3 +87,26 @@ def knapsack_step(
         return global_step
     chosen = [c for key, i in picks.items() for c in orders[key][: options[key][i]]]
     return chosen or global_step
+
+
+def rank_channels(
+    scores: dict[str, torch.Tensor], removable: dict[str, int], units: dict[str, list[tuple[int, ...]]] | None = None
+) -> list[tuple[str, int]]:
+    """Global ranking: (group, channel) pairs by ascending score, taking at most ``removable[group]``
+    from each group. Channels scored +inf (already gone) are never listed. In a group with ``units``
+    (grouped convolutions), a unit is ranked by its channels' mean score and listed whole, consecutively."""
+    units = units or {}
+    candidates = []
+    for key, t in scores.items():
+        values = t.tolist()
+        for rank, unit in enumerate(units.get(key) or [(i,) for i in range(len(values))]):
+            score = sum(values[i] for i in unit) / len(unit)
+            if score != float("inf"):
+                candidates.append((score, key, rank, unit))
+    taken: dict[str, int] = {}
+    order = []
+    for _, key, _, unit in sorted(candidates):
+        if taken.get(key, 0) + len(unit) <= removable.get(key, 0):
+            taken[key] = taken.get(key, 0) + len(unit)
+            order += [(key, idx) for idx in unit]
+    return order

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from harness.core.allocation import knapsack
+from harness.core.allocation import knapsack, rank_channels
 from harness.core.convs import is_depthwise, is_grouped
 from harness.core.costs import NORMALIZE, ChannelCosts, normalized
 from harness.core.errors import ConfigError
@@ -540,29 +540,6 @@ def complete_units(idxs: list[int], units: list[tuple[int, ...]], channels: int)
     touched = [u for u in units if selected.intersection(u)]
     chosen = touched if sum(map(len, touched)) < channels else whole
     return sorted(c for u in chosen for c in u)
-
-
-def rank_channels(
-    scores: dict[str, torch.Tensor], removable: dict[str, int], units: dict[str, list[tuple[int, ...]]] | None = None
-) -> list[tuple[str, int]]:
-    """Global ranking: (group, channel) pairs by ascending score, taking at most ``removable[group]``
-    from each group. Channels scored +inf (already gone) are never listed. In a group with ``units``
-    (grouped convolutions), a unit is ranked by its channels' mean score and listed whole, consecutively."""
-    units = units or {}
-    candidates = []
-    for key, t in scores.items():
-        values = t.tolist()
-        for rank, unit in enumerate(units.get(key) or [(i,) for i in range(len(values))]):
-            score = sum(values[i] for i in unit) / len(unit)
-            if score != float("inf"):
-                candidates.append((score, key, rank, unit))
-    taken: dict[str, int] = {}
-    order = []
-    for _, key, _, unit in sorted(candidates):
-        if taken.get(key, 0) + len(unit) <= removable.get(key, 0):
-            taken[key] = taken.get(key, 0) + len(unit)
-            order += [(key, idx) for idx in unit]
-    return order
 
 
 # --- removing whole residual blocks (GAL) ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from harness.core import distributed
 from harness.core.errors import NumericalError
+from harness.core.gate import gated
 from harness.core.schedules import SCHEDULES  # noqa: F401  (named there for the config check, implemented here)
 from harness.core.step import SupervisedStep, TrainStep
 
@@ -123,11 +124,9 @@ class CountingLoader:
 
 def progress(iterable: Iterable, *, desc: str, quiet: bool, total: int | None = None) -> Iterable:
     """``iterable`` with a progress bar; each item is also a pause point while another harness run on the
-    machine times latency (``harness.latency.gate``): a method's long loops (ticks, candidates, groups) pause
+    machine times latency (``harness.core.gate``): a method's long loops (ticks, candidates, groups) pause
     there as its data loaders do."""
     from tqdm.auto import tqdm
-
-    from harness.latency.gate import gated
 
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from harness.latency.gate import measuring
+from harness.core.gate import measuring
 
 Forward = Callable[[torch.Tensor], object]  # a module, a compiled model, an ONNX Runtime runner
 
@@ -150,7 +150,7 @@ def interleaved_latency(
             "passes_per_timing": passes[n],
             "converged": converged,
             "seconds": seconds,
-            "others_paused": calm["others_paused"],  # the machine's other harness runs held (harness.latency.gate)
+            "others_paused": calm["others_paused"],  # the machine's other harness runs held (harness.core.gate)
             "others_wait_s": calm["waited_s"],
         }
     return out

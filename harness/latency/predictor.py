@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from harness.core.gate import measuring
 from harness.core.surgery import ChannelPruner, eval_mode
 from harness.core.train import progress
-from harness.latency.gate import measuring
 from harness.latency.measure import passes_for, timed
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.latency.gate import measuring
+from harness.core.gate import measuring
 from harness.latency.measure import timed
 
 CONV, LINEAR, BN, ACT, POOL, OTHER, BLOCK = (

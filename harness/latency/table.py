@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from harness.core.convs import is_depthwise
+from harness.core.gate import measuring
 from harness.core.locks import file_lock
 from harness.core.surgery import ChannelPruner
-from harness.latency.gate import measuring
 from harness.latency.measure import device_name, interleaved_latency, passes_for, timed
 
 # Grid widths per axis: every multiple of 8 up to 128 channels (CPU and GPU kernels are fastest at
