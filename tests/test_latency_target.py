@@ -379,15 +379,17 @@ def test_corrections_time_against_the_trained_baseline_the_final_measurement_use
     and the run's final measurement must compare with one and the same dense model, the trained baseline
     (an untrained VGG-16 timed 1% faster than its trained baseline here: a bias of its own)."""
     import harness.latency.target as target
-    import harness.run
+    import harness.phases.measure
 
     seen = {"corrections": [], "final": []}
-    paired, compare = target.paired_latency, harness.run.compare_latency
+    paired, compare = target.paired_latency, harness.phases.measure.compare_latency
     monkeypatch.setattr(
         target, "paired_latency", lambda dense, *a, **k: seen["corrections"].append(dense) or paired(dense, *a, **k)
     )
     monkeypatch.setattr(
-        harness.run, "compare_latency", lambda dense, *a, **k: seen["final"].append(dense) or compare(dense, *a, **k)
+        harness.phases.measure,
+        "compare_latency",
+        lambda dense, *a, **k: seen["final"].append(dense) or compare(dense, *a, **k),
     )
     code, out, err = run_cli(
         "run", *tiny_digits, "method=l1", "prune.target=latency", "prune.latency_reduction=0.2",

@@ -7,9 +7,11 @@ Methods and regularisers plug in through ``TrainingHook``: an extra loss term, a
 from __future__ import annotations
 
 import math
+import random
 import sys
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig
@@ -29,6 +31,13 @@ from harness.core.step import SupervisedStep, TrainStep
 #   2: from a482e41 on. The loop's iterable is a generator (latency.gate.gated), which iter() leaves untouched:
 #      one draw, then the shuffle, as a DataLoader does alone.
 NUMERICS = 2
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators from ``seed`` (each phase of a run starts so)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class TrainingHook:

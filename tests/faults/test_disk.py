@@ -52,16 +52,18 @@ def test_disk_full_fails_the_run_and_keeps_the_previous_files(run_cli, tiny_digi
 
 def _kill_after_pruning(run_cli, tiny_digits, monkeypatch):
     """Run until the checkpoint after the first fine-tuning epoch exists, then stop (as a kill would)."""
-    import harness.run
+    import harness.phases
 
-    real = harness.run._Phases.measure
+    real = harness.phases.PHASES
 
     def stop(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.run._Phases, "measure", stop)
+    monkeypatch.setattr(
+        harness.phases, "PHASES", tuple(stop if p is harness.phases.measure.measure else p for p in real)
+    )
     code, _, _ = run_cli("run", *tiny_digits, *ARGS)
-    monkeypatch.setattr(harness.run._Phases, "measure", real)
+    monkeypatch.setattr(harness.phases, "PHASES", real)
     assert code == 130
 
 
