@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
         dest="command", metavar="{run,sweep,compare,bench,export,profile,retime,list}", parser_class=_Parser
     )
     sub.required = True
+    _add_run_commands(sub)
+    _add_model_commands(sub)
+    _add_record_commands(sub)
+    return p
+
+
+def _add_run_commands(sub) -> None:
+    """run, sweep and compare."""
     r = sub.add_parser("run", help="baseline -> prune -> fine-tune -> measure -> record, for one config")
     r.add_argument(
         "overrides",
@@ -72,6 +80,29 @@ def _parser() -> argparse.ArgumentParser:
         help="flag rows further than this many accuracy points from the paper (default 0.5)",
     )
     c.add_argument("--no-log", action="store_true", help="do not log the report to MLflow as a run of its own")
+
+
+def _add_record_commands(sub) -> None:
+    """supersede and list: what marks the records and reads the registries."""
+    sp = sub.add_parser(
+        "supersede",
+        help="mark finished runs found wrong (a defect fixed since): skip_finished runs their configs again, "
+        'compare and the studies leave them out, the records stay: RUN_ID... reason="..." [tracking.uri=]',
+    )
+    sp.add_argument("items", nargs="+", metavar="RUN_ID|key=value", help="the run ids, then reason= (required)")
+    sp.set_defaults(overrides=[])
+    ls = sub.add_parser("list", help="the tasks, budgets and methods, one line each; --method NAME: its settings")
+    ls.add_argument(
+        "--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help"
+    )
+    ls.add_argument("--regularizer", metavar="NAME", help="a regulariser's settings")
+    ls.add_argument(
+        "--models", action="store_true", help="the registered model names (besides tv:<name> and timm:<name>)"
+    )
+
+
+def _add_model_commands(sub) -> None:
+    """bench, export, profile and retime: what works on a saved pruned model."""
     b = sub.add_parser(
         "bench",
         help="latency of a saved pruned model: model=<pruned_model.pt> [batch=1,64] "
@@ -100,22 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("items", nargs="+", metavar="RUN_ID|FILE|key=value", help="the models (one or more), then options")
     rt.set_defaults(overrides=[])
-    sp = sub.add_parser(
-        "supersede",
-        help="mark finished runs found wrong (a defect fixed since): skip_finished runs their configs again, "
-        'compare and the studies leave them out, the records stay: RUN_ID... reason="..." [tracking.uri=]',
-    )
-    sp.add_argument("items", nargs="+", metavar="RUN_ID|key=value", help="the run ids, then reason= (required)")
-    sp.set_defaults(overrides=[])
-    ls = sub.add_parser("list", help="the tasks, budgets and methods, one line each; --method NAME: its settings")
-    ls.add_argument(
-        "--method", metavar="NAME", help="a method's (or preset's) settings: default, accepted values, help"
-    )
-    ls.add_argument("--regularizer", metavar="NAME", help="a regulariser's settings")
-    ls.add_argument(
-        "--models", action="store_true", help="the registered model names (besides tv:<name> and timm:<name>)"
-    )
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,34 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides += extra
     try:
-        if args.command == "list":
-            return _list(args)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "sweep":
-            return _sweep(args)
-        if args.command == "bench":
-            from harness.bench import bench_command
-
-            return bench_command(args)
-        if args.command == "export":
-            from harness.export import export_command
-
-            return export_command(args)
-        if args.command == "profile":
-            from harness.profile import profile_command
-
-            return profile_command(args)
-        if args.command == "retime":
-            from harness.retime import retime_command
-
-            return retime_command(args)
-        if args.command == "supersede":
-            return _supersede([*args.items, *args.overrides])
-        if args.command == "compare":
-            from harness.report import compare_command
-
-            return compare_command(args)
+        return _COMMANDS[args.command](args)
     except HarnessError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
@@ -179,7 +167,30 @@ def main(argv: list[str] | None = None) -> int:
         return 6
     except Exception as e:  # a bug: one line here, the traceback in a file for the report
         return _internal_error(e)
-    return 0
+
+
+def _lazy(module: str, name: str):
+    """A command implemented in ``harness.<module>``, imported when it runs (``import harness`` stays light)."""
+
+    def command(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(f"harness.{module}"), name)(args)
+
+    return command
+
+
+_COMMANDS = {
+    "list": lambda args: _list(args),
+    "run": lambda args: _run(args),
+    "sweep": lambda args: _sweep(args),
+    "bench": _lazy("bench", "bench_command"),
+    "export": _lazy("export", "export_command"),
+    "profile": _lazy("profile", "profile_command"),
+    "retime": _lazy("retime", "retime_command"),
+    "supersede": lambda args: _supersede([*args.items, *args.overrides]),
+    "compare": _lazy("report", "compare_command"),
+}
 
 
 def _internal_error(e: Exception) -> int:

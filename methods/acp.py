@@ -139,13 +139,13 @@ class ACP(Method):
 
     # --- 1. clustering -----------------------------------------------------------------------
     def preliminary_widths(self, model: nn.Module, space: WidthSpace, ctx: PruneContext) -> tuple[int, ...]:
-        cfg = self.cfg
+        settings = self.settings
         groups = ctx.pruner.groups(model)
         sites = {k: groups[k].members[0] for k in space.keys}
-        maps = site_outputs(model, sites, ctx.train_loader, int(cfg.samples), ctx.device)
-        widths_at = lambda eps: space.clip([dbscan_count(maps[k], eps, int(cfg.min_samples)) for k in space.keys])  # noqa: E731
-        if cfg.eps is not None:
-            eps = float(cfg.eps)
+        maps = site_outputs(model, sites, ctx.train_loader, int(settings.samples), ctx.device)
+        widths_at = lambda eps: space.clip([dbscan_count(maps[k], eps, int(settings.min_samples)) for k in space.keys])  # noqa: E731
+        if settings.eps is not None:
+            eps = float(settings.eps)
         else:  # the smallest ε (to 1e-4) whose clustered widths meet the target, or the largest tried
             lo, hi = 0.0, 2.0
             for _ in range(15):
@@ -154,14 +154,14 @@ class ACP(Method):
             eps = hi
         widths = widths_at(eps)
         ctx.log_metrics({"acp/eps": eps, "acp/clustered_reduction": space.reduction(widths)}, 0)
-        return space.repair(widths, ctx.target, self.cfg.exact_target)
+        return space.repair(widths, ctx.target, self.settings.exact_target)
 
     # --- 2 and 3. particle swarm over widths, fitness on the validation split ------------------------
     def search(self, space: WidthSpace, prelim: tuple[int, ...], ctx: PruneContext):
-        cfg = self.cfg
+        settings = self.settings
         rng = random.Random(torch.initial_seed())
-        recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": int(cfg.fitness_epochs), "tail_epochs": 0})
-        total = int(cfg.particles) * (int(cfg.cycles) + 1)
+        recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": int(settings.fitness_epochs), "tail_epochs": 0})
+        total = int(settings.particles) * (int(settings.cycles) + 1)
         bar = progress(range(total), desc="acp candidates", quiet=ctx.quiet)
         fitness = self.fitness = CandidateFitness(space, ctx, recipe, on_call=lambda: bar.update(1))
         best = fitness.best
@@ -170,10 +170,14 @@ class ACP(Method):
         else:
             dims = len(space.keys)
             position = [
-                space.repair(space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target, cfg.exact_target)
-                for i in range(int(cfg.particles))
+                space.repair(
+                    space.clip([w + i * rng.choice((-1, 0, 1)) for w in prelim]), ctx.target, settings.exact_target
+                )
+                for i in range(int(settings.particles))
             ]
-            velocity = [[rng.uniform(-cfg.max_velocity, cfg.max_velocity) for _ in range(dims)] for _ in position]
+            velocity = [
+                [rng.uniform(-settings.max_velocity, settings.max_velocity) for _ in range(dims)] for _ in position
+            ]
             score = [fitness(p) for p in position]
             swarm = {
                 "cycle": 0,
@@ -185,21 +189,24 @@ class ACP(Method):
             self._log_cycle(swarm, best, space, ctx)
             self._save(swarm, prelim, fitness, rng, ctx)
         position, velocity, score, personal = (swarm[k] for k in ("position", "velocity", "score", "personal"))
-        for cycle in range(swarm["cycle"], int(cfg.cycles)):
-            w = cfg.inertia_start - (cfg.inertia_start - cfg.inertia_end) * cycle / max(1, int(cfg.cycles) - 1)
+        for cycle in range(swarm["cycle"], int(settings.cycles)):
+            w = settings.inertia_start - (settings.inertia_start - settings.inertia_end) * cycle / max(
+                1, int(settings.cycles) - 1
+            )
             for i in range(len(position)):
                 r = rng.random()
                 velocity[i] = [
                     max(
-                        -cfg.max_velocity,
+                        -settings.max_velocity,
                         min(
-                            cfg.max_velocity, cfg.constriction * (w * v + cfg.c1 * r * (pb - x) + cfg.c2 * r * (gb - x))
+                            settings.max_velocity,
+                            settings.constriction * (w * v + settings.c1 * r * (pb - x) + settings.c2 * r * (gb - x)),
                         ),
                     )
                     for v, x, pb, gb in zip(velocity[i], position[i], personal[i][1], best["widths"])
                 ]
-                moved = space.clip([x + cfg.step_scale * v for x, v in zip(position[i], velocity[i])])
-                position[i] = space.repair(moved, ctx.target, cfg.exact_target)
+                moved = space.clip([x + settings.step_scale * v for x, v in zip(position[i], velocity[i])])
+                position[i] = space.repair(moved, ctx.target, settings.exact_target)
                 score[i] = fitness(position[i])
                 if score[i] > personal[i][0]:
                     personal[i] = (score[i], position[i])

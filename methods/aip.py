@@ -71,24 +71,26 @@ class AIP(Method):
         return FilterL1Importance()
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg, pruner = self.cfg, ctx.pruner
+        settings, pruner = self.settings, ctx.pruner
         example = pruner.example_inputs
         layers = stage_outputs(model, example)
         with eval_mode(model), torch.no_grad():
             num_outputs = model(example).shape[1]
-        ts = TeacherStudent(model, num_outputs, cfg.lr, cfg.momentum, cfg.weight_decay, attention_layers=layers)
+        ts = TeacherStudent(
+            model, num_outputs, settings.lr, settings.momentum, settings.weight_decay, attention_layers=layers
+        )
         tap = FeatureTap(model, layers)
         ctx.log_metrics({"aip/attention_layers": len(layers)}, 0)
         loss_fn = ctx.loss_fn
 
         def student_loss(labels, student, teacher):
             terms = {
-                "at": cfg.at_weight * attention_loss(tap.features(), ts.teacher_tap.features()),
-                "kd": cfg.kd_weight * kd_loss(student, teacher, cfg.temperature),
-                "adv": cfg.adv_weight * ts.adversarial_loss(student),
+                "at": settings.at_weight * attention_loss(tap.features(), ts.teacher_tap.features()),
+                "kd": settings.kd_weight * kd_loss(student, teacher, settings.temperature),
+                "adv": settings.adv_weight * ts.adversarial_loss(student),
             }
-            if cfg.ce_weight:
-                terms["ce"] = cfg.ce_weight * loss_fn(student, labels)
+            if settings.ce_weight:
+                terms["ce"] = settings.ce_weight * loss_fn(student, labels)
             return terms
 
         epoch, first = 0, 1
@@ -101,17 +103,17 @@ class AIP(Method):
             ctx.restore_rng(state)
             epoch, first = int(state["epoch"]), int(state["round"]) + 1
         try:
-            for step in range(first, int(cfg.steps) + 1):
-                goal = ctx.target * step / int(cfg.steps)
+            for step in range(first, int(settings.steps) + 1):
+                goal = ctx.target * step / int(settings.steps)
                 pruner.prune_to_target(model, self.importance(), goal)
                 reduction = pruner.reduction(model)
                 after_prune = ctx.quick_evaluate(model)
                 # A fresh optimiser each round: the pruned weights are new tensors.
                 opt = torch.optim.SGD(
-                    model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+                    model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
                 )
                 metrics = {}
-                for e in range(int(cfg.recover_epochs)):
+                for e in range(int(settings.recover_epochs)):
                     metrics = distill_epoch(
                         model,
                         ts,
@@ -119,7 +121,7 @@ class AIP(Method):
                         opt,
                         student_loss,
                         device=ctx.device,
-                        desc=f"aip round {step}/{cfg.steps} epoch {e + 1}/{cfg.recover_epochs}",
+                        desc=f"aip round {step}/{settings.steps} epoch {e + 1}/{settings.recover_epochs}",
                         quiet=ctx.quiet,
                     )
                     ctx.log_metrics({f"aip/{k}": v for k, v in metrics.items()}, epoch)

@@ -43,9 +43,10 @@ class AdversarialNoise(TrainingHook):
     description = "Adversarial noise layers (arXiv 1805.08000) on feature maps during training"
     settings = AnlSettings
 
-    def __init__(self, eps: float, prob: float, layers: str):
-        self.eps, self.prob = eps, prob
-        self.pattern = re.compile(layers)
+    def __init__(self, settings: AnlSettings):
+        self.settings = settings  # typed: an instance of its settings dataclass, as a method's
+        self.eps, self.prob = settings.eps, settings.prob
+        self.pattern = re.compile(settings.layers)
         self.grads: dict[str, torch.Tensor] = {}
         self._hooks = HookSet(None, {})
 
@@ -88,7 +89,7 @@ def create_regularizer(cfg) -> AdversarialNoise | None:
     if reg.name == "none":
         return None
     cls = REGULARIZERS.get(reg.name)
-    return cls(**{s: reg[s] for s in settings.defaults(cls.settings)})
+    return cls(settings.instantiate(cls.settings, reg))
 
 
 @register_method

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
+from harness.core.settings import instantiate
 from harness.core.step import SupervisedStep, TrainStep
 from harness.core.surgery import ChannelGroup, ChannelPruner, Importance
 from harness.core.train import TrainingHook
@@ -89,7 +90,8 @@ REGULARIZERS: Registry[type] = Registry("regularizer", "methods")
 
 def register_regularizer(cls: type) -> type:
     """A regulariser of every training phase (``regularizer=<name>``): a TrainingHook with ``attach(model)``
-    and ``detach()``, a ``name``, a ``description`` and ``settings`` (passed to its constructor)."""
+    and ``detach()``, a ``name``, a ``description`` and ``settings`` (an instance of that dataclass, filled from
+    ``regularizer.*``, is passed to its constructor)."""
     return REGULARIZERS.register(cls)
 
 
@@ -121,7 +123,9 @@ class Method:
     needs_scores: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig):
-        self.cfg = cfg  # the method's own config node
+        # The method's own config node, checked, as an instance of its settings dataclass (None without any):
+        # ``self.settings.power`` on the instance, the dataclass itself on the class (``type(self).settings``).
+        self.settings = instantiate(type(self).settings, cfg)
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse (ConfigError, one line) before any training a model this method's criterion cannot score."""

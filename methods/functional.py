@@ -80,9 +80,9 @@ class FunctionalPruning(Method):
         pruner = ctx.pruner
         groups = pruner.groups(model)
         sites = {k: g.members[0] for k, g in groups.items()}
-        responses = site_outputs(model, sites, ctx.train_loader, int(self.cfg.probe), ctx.device, per_image=True)
+        responses = site_outputs(model, sites, ctx.train_loader, int(self.settings.probe), ctx.device, per_image=True)
         activity = {k: rows.mean(1) for k, rows in responses.items()}  # how strongly each channel responds
-        if self.cfg.signature == "actmax":
+        if self.settings.signature == "actmax":
             signatures = {
                 k: self.actmax(model, site, ctx) for k, site in progress(sites.items(), desc="actmax", quiet=ctx.quiet)
             }
@@ -110,24 +110,26 @@ class FunctionalPruning(Method):
 
     def actmax(self, model: nn.Module, site: str, ctx: PruneContext) -> torch.Tensor:
         """(channels, pixels): per channel of ``site``, an input optimised to maximise its mean response."""
-        cfg = self.cfg
+        settings = self.settings
         shape = next(iter(ctx.train_loader))[0].shape[1:]
         channels = _out_channels(model.get_submodule(site))
         generator = torch.Generator().manual_seed(0)
         x = (0.1 * torch.randn(channels, *shape, generator=generator)).to(ctx.device).requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=float(cfg.actmax_lr))
+        opt = torch.optim.Adam([x], lr=float(settings.actmax_lr))
         tap = FeatureTap(model, [site])
         try:
             with eval_mode(model), frozen(model.parameters()):
-                for _ in range(int(cfg.actmax_steps)):
+                for _ in range(int(settings.actmax_steps)):
                     shift = [
                         int(v)
-                        for v in torch.randint(-cfg.actmax_jitter, cfg.actmax_jitter + 1, (2,), generator=generator)
+                        for v in torch.randint(
+                            -settings.actmax_jitter, settings.actmax_jitter + 1, (2,), generator=generator
+                        )
                     ]
                     model(torch.roll(x, shifts=shift, dims=(-2, -1)))
                     out = tap.features()[0]
                     response = out.flatten(2).mean(2) if out.dim() > 2 else out
-                    loss = -response.diagonal().sum() + float(cfg.actmax_l2) * x.pow(2).sum()
+                    loss = -response.diagonal().sum() + float(settings.actmax_l2) * x.pow(2).sum()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

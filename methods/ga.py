@@ -89,13 +89,13 @@ class GAChannelPruning(Method):
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         ctx.require_validation("method ga (its sensitivity scan)")
-        cfg, pruner = self.cfg, ctx.pruner
+        settings, pruner = self.settings, ctx.pruner
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         groups = pruner.groups(model)
         lowest_l1 = {k: torch.argsort(FilterL1Importance()(g.group), stable=True).tolist() for k, g in groups.items()}
-        generator = torch.Generator().manual_seed(int(cfg.seed))
+        generator = torch.Generator().manual_seed(int(settings.seed))
         state = ctx.resume_state
         if state is not None:  # the counts were decided; rebuild the groups done so far, then go on
             counts, done = dict(state["counts"]), list(state["done"])
@@ -106,7 +106,7 @@ class GAChannelPruning(Method):
         else:
             counts, done = self.allocate(model, ctx, groups, lowest_l1), []
             ctx.log_metrics({f"ga/removed/{k}": n for k, n in counts.items()}, 0)
-        kd_steps = round(float(cfg.kd_epochs) * len(ctx.train_loader))
+        kd_steps = round(float(settings.kd_epochs) * len(ctx.train_loader))
         per_group = -(-kd_steps // max(1, len(counts)))
         todo = [k for k in groups if k in counts]
         for step, key in enumerate(progress(todo, desc="ga", quiet=ctx.quiet), 1):
@@ -119,8 +119,8 @@ class GAChannelPruning(Method):
                 ctx.log_metrics({f"ga/{key}/fitness": error}, generation)
             kd = distill(
                 model, teacher, ctx.train_loader, min(per_group, kd_steps - per_group * (step - 1)),
-                loss_fn=ctx.loss_fn, lr=float(cfg.kd_lr), temperature=float(cfg.temperature),
-                alpha=float(cfg.alpha), device=ctx.device, desc=f"ga kd {key}", quiet=ctx.quiet,
+                loss_fn=ctx.loss_fn, lr=float(settings.kd_lr), temperature=float(settings.temperature),
+                alpha=float(settings.alpha), device=ctx.device, desc=f"ga kd {key}", quiet=ctx.quiet,
             )  # fmt: skip
             ctx.log_metrics({f"ga/{key}/{k}": v for k, v in {**metrics, **kd}.items()}, step)
             reduction = pruner.reduction(model)
@@ -166,16 +166,16 @@ class GAChannelPruning(Method):
         self, model: nn.Module, ctx: PruneContext, groups: dict[str, ChannelGroup], lowest_l1: dict[str, list[int]]
     ) -> list[str]:
         """One group key per channel, in the order the greedy allocation removes them."""
-        pruner, cfg = ctx.pruner, self.cfg
+        pruner, settings = ctx.pruner, self.settings
         batches, seen = [], 0
         for x, y in ctx.val_loader:
             batches.append((x.to(ctx.device), y.to(ctx.device)))
             seen += len(x)
-            if seen >= cfg.sensitivity_samples:
+            if seen >= settings.sensitivity_samples:
                 break
         base_loss = held_out_loss(model, batches, ctx.loss_fn)
         options: dict[str, list[tuple[int, float, float]]] = {}  # per group: (removed, loss rise, cost saved)
-        scan = [(k, r) for k in groups for r in sorted(float(r) for r in cfg.ratios)]
+        scan = [(k, r) for k in groups for r in sorted(float(r) for r in settings.ratios)]
         for key, ratio in progress(scan, desc="ga sensitivity", quiet=ctx.quiet):
             g = groups[key]
             n = min(round(ratio * g.channels), g.channels - g.min_keep)
@@ -199,25 +199,27 @@ class GAChannelPruning(Method):
     ) -> tuple[list[int], dict[str, float], list[float]]:
         """The channels of ``group`` to remove (``n_remove`` of them), what the choice's search logged, and the
         GA's best relative error per generation."""
-        cfg = self.cfg
+        settings = self.settings
         consumers = consumer_inputs(group)
         if not consumers:  # nothing reads these channels through a layer the fitness can model
             return lowest_l1[:n_remove], {"fallback_l1": 1.0}, []
-        coarse = contribution_gram(model, consumers, ctx, cfg.samples, cfg.positions, group.channels, generator)
+        coarse = contribution_gram(
+            model, consumers, ctx, settings.samples, settings.positions, group.channels, generator
+        )
         keep = group.channels - n_remove
         population, history = genetic_search(
             coarse,
             keep,
-            population=int(cfg.population),
-            generations=int(cfg.generations),
-            tournament=int(cfg.tournament),
-            mutation=cfg.mutation if cfg.mutation is not None else 1.0 / group.channels,
+            population=int(settings.population),
+            generations=int(settings.generations),
+            tournament=int(settings.tournament),
+            mutation=settings.mutation if settings.mutation is not None else 1.0 / group.channels,
             generator=generator,
         )
         exact = coarse
-        if cfg.rescore:
-            exact = contribution_gram(model, consumers, ctx, 4 * cfg.samples, 0, group.channels, generator)
-            population = population[: int(cfg.rescore)]
+        if settings.rescore:
+            exact = contribution_gram(model, consumers, ctx, 4 * settings.samples, 0, group.channels, generator)
+            population = population[: int(settings.rescore)]
         best = population[int(torch.argmin(errors(exact, population)))]
         l1 = torch.ones(group.channels, dtype=torch.bool)
         l1[lowest_l1[:n_remove]] = False

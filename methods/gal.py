@@ -264,11 +264,11 @@ class GAL(Method):
     uses_allocation = False  # its learned masks choose what goes
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg, pruner = self.cfg, ctx.pruner
+        settings, pruner = self.settings, ctx.pruner
         example = pruner.example_inputs
         blocks = residual_blocks(model, example)
         shares = {b.name: self._removed_share(model, [b], pruner) for b in blocks}
-        structure = choose_structure(cfg.structure, blocks, shares, cfg.max_block_share)
+        structure = choose_structure(settings.structure, blocks, shares, settings.max_block_share)
         if structure == "block":
             reachable = self._removed_share(model, blocks, pruner)
             if reachable < ctx.target:
@@ -281,13 +281,13 @@ class GAL(Method):
                 "gal/structures": len(blocks)
                 if structure == "block"
                 else sum(g.channels for g in pruner.groups(model).values()),
-                "gal/lambda": float(cfg.sparsity),
+                "gal/lambda": float(settings.sparsity),
             },
             0,
         )
         teacher = copy.deepcopy(model)
         generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-        masks = SoftMasks(model, structure, blocks, pruner, cfg.mask_init, generator)
+        masks = SoftMasks(model, structure, blocks, pruner, settings.mask_init, generator)
         try:
             scores = self.learn_masks(model, teacher, masks, ctx)
         finally:
@@ -297,17 +297,17 @@ class GAL(Method):
     # --- learning the masks ----------------------------------------------------------------------
     def learn_masks(self, model: nn.Module, teacher: nn.Module, masks: SoftMasks, ctx: PruneContext) -> dict:
         """Trains the masked student; returns each structure's removal score (``Fista.score``)."""
-        cfg = self.cfg
+        settings = self.settings
         with eval_mode(teacher), torch.no_grad():
             num_outputs = teacher(ctx.pruner.example_inputs).shape[1]
-        ts = TeacherStudent(teacher, num_outputs, cfg.lr, cfg.momentum, cfg.weight_decay)
+        ts = TeacherStudent(teacher, num_outputs, settings.lr, settings.momentum, settings.weight_decay)
         weights = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        fista = Fista(masks.parameters(), lr=cfg.lr, weight=cfg.sparsity)
+        opt = torch.optim.SGD(weights, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        fista = Fista(masks.parameters(), lr=settings.lr, weight=settings.sparsity)
         optimizers = (opt, ts.optimizer, fista)
-        step = scaled_mask_step(int(cfg.mask_step), len(ctx.train_loader))
+        step = scaled_mask_step(int(settings.mask_step), len(ctx.train_loader))
         ctx.log_metrics({"gal/mask_step": step}, 0)
-        if cfg.select == "val":
+        if settings.select == "val":
             ctx.require_validation("method.select=val (or use method.select=last)")
         best = (-math.inf, None)
         start = 0
@@ -316,20 +316,20 @@ class GAL(Method):
 
         def student_loss(labels, student, teacher):  # label-free: ``labels`` is never read
             return {
-                "mse": cfg.mu * F.mse_loss(student, teacher),
+                "mse": settings.mu * F.mse_loss(student, teacher),
                 "adv": ts.adversarial_loss(student),
-                "sparse": cfg.sparsity * masks.l1(),
+                "sparse": settings.sparsity * masks.l1(),
             }
 
-        for epoch in range(start, int(cfg.epochs)):
-            lr = cfg.lr * cfg.lr_gamma ** (epoch // int(cfg.lr_step))
+        for epoch in range(start, int(settings.epochs)):
+            lr = settings.lr * settings.lr_gamma ** (epoch // int(settings.lr_step))
             for o in optimizers:
                 for group in o.param_groups:
                     group["lr"] = lr
 
             def mask_update(i, epoch=epoch):
                 if i % step == 0:  # the authors restart FISTA's momentum on an lr decay's first batch
-                    fista.step(restart=epoch % int(cfg.lr_step) == 0 and i == 1)
+                    fista.step(restart=epoch % int(settings.lr_step) == 0 and i == 1)
 
             metrics = distill_epoch(
                 model,
@@ -338,13 +338,13 @@ class GAL(Method):
                 _Both(opt, fista),
                 student_loss,
                 device=ctx.device,
-                desc=f"gal {epoch + 1}/{cfg.epochs}",
+                desc=f"gal {epoch + 1}/{settings.epochs}",
                 quiet=ctx.quiet,
                 after_step=mask_update,
             )
             values = masks.flat()
             metrics.update(mask_zero=(values <= 0).float().mean().item(), mask_l1=values.abs().sum().item(), lr=lr)
-            if cfg.select == "val":
+            if settings.select == "val":
                 metrics["val_acc"] = score = ctx.validate(model)
                 if score > best[0]:
                     best = (score, {**_snapshot(model, masks), "scores": fista.scores(masks.masks)})

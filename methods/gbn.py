@@ -153,22 +153,22 @@ class GateDecorator(Method):
     uses_allocation = True  # knapsack: each tick's cut allocated by the knapsack (harness.core.allocation)
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg, pruner = self.cfg, ctx.pruner
+        settings, pruner = self.settings, ctx.pruner
         groups = pruner.groups(model)
         cost_aware = pruner.normalize != "none" or pruner.allocation == "knapsack"
         costs = pruner.channel_costs(model, groups) if cost_aware else None
-        gates = Gates(model, groups, cfg.beta_clamp)
+        gates = Gates(model, groups, settings.beta_clamp)
         removable_floor = {k: g.min_keep for k, g in groups.items()}
         tick = 0
         if ctx.resume_state is not None:
             tick = self._restore(model, gates, ctx)
-        elif cfg.tock_first and cfg.tock_epochs and ctx.target > 0:
+        elif settings.tock_first and settings.tock_epochs and ctx.target > 0:
             self.tock(model, gates, ctx, 0)
         reduction = gates.reduction(pruner)
         while not gates.finished and reduction < ctx.target:
-            if tick >= cfg.max_ticks:
+            if tick >= settings.max_ticks:
                 raise RuntimeError(
-                    f"gbn: reached method.max_ticks={cfg.max_ticks} at {reduction:.3f} MACs "
+                    f"gbn: reached method.max_ticks={settings.max_ticks} at {reduction:.3f} MACs "
                     f"reduction, short of {ctx.target}; raise method.max_ticks or method.tick_p"
                 )
             scores = self.tick(model, gates, ctx)
@@ -178,7 +178,7 @@ class GateDecorator(Method):
             order = rank_channels(scores, {k: live[k] - removable_floor[k] for k in live}, gates.units)
             if not order:
                 break
-            n = min(len(order), max(1, int(cfg.tick_p * sum(live.values()))))
+            n = min(len(order), max(1, int(settings.tick_p * sum(live.values()))))
             if pruner.allocation == "knapsack":  # this tick's cut, allocated by HALP's knapsack instead
                 chosen = knapsack_step(scores, removable_floor, order[:n], costs, costs.kind, gates.units)
                 order, n = chosen + [c for c in order if c not in set(chosen)], len(chosen)
@@ -193,8 +193,8 @@ class GateDecorator(Method):
                     **{f"channels/{k}": v for k, v in widths.items()},
                 },
             )
-            if cfg.tock_every and tick % cfg.tock_every == 0 and not gates.finished:
-                self.tock(model, gates, ctx, tick // cfg.tock_every)
+            if settings.tock_every and tick % settings.tock_every == 0 and not gates.finished:
+                self.tock(model, gates, ctx, tick // settings.tock_every)
             self._save(model, gates, ctx, tick)
         gates.melt()
         pruner.remove(model, gates.masked_channels())
@@ -207,7 +207,7 @@ class GateDecorator(Method):
         its shard and the scores are summed; the gradients that train φ, β and the classifier are averaged."""
         trainable = gates.parameters() + gates.shifts()
         trainable += [p for m in _output_layers(model, ctx) for p in m.parameters()]
-        opt = torch.optim.SGD(trainable, lr=self.cfg.tick_lr, momentum=self.cfg.tick_momentum)
+        opt = torch.optim.SGD(trainable, lr=self.settings.tick_lr, momentum=self.settings.tick_momentum)
         taylor = {n: torch.zeros_like(p) for n, p in gates.phi.items()}
         model.train()
         with frozen(model.parameters(), except_for=trainable):
@@ -224,7 +224,7 @@ class GateDecorator(Method):
         scores = {}
         for key, norms in gates.groups.items():
             s = sum(taylor[n] for n in norms).double().cpu()
-            if self.cfg.get("group_score", "sum") == "mean":
+            if self.settings.group_score == "mean":
                 s = s / len(norms)
             scores[key] = torch.where(gates.masks[key].cpu() == 0, torch.full_like(s, float("inf")), s)
         return scores
@@ -235,30 +235,30 @@ class GateDecorator(Method):
         for batch in ctx.train_loader:
             yield batch
             seen += ctx.step.size(batch) * distributed.world_size()  # every rank reads its shard
-            if self.cfg.tick_samples and seen >= self.cfg.tick_samples:
+            if self.settings.tick_samples and seen >= self.settings.tick_samples:
                 return
 
     def tock(self, model: nn.Module, gates: Gates, ctx: PruneContext, index: int) -> None:
-        cfg = self.cfg
+        settings = self.settings
         recipe = OmegaConf.create(
             {
-                "epochs": cfg.tock_epochs,
-                "lr": cfg.tock_max_lr,
-                "min_lr": cfg.tock_min_lr,
+                "epochs": settings.tock_epochs,
+                "lr": settings.tock_max_lr,
+                "min_lr": settings.tock_min_lr,
                 "schedule": "triangular",
-                "momentum": cfg.tock_momentum,
-                "weight_decay": cfg.tock_weight_decay,
+                "momentum": settings.tock_momentum,
+                "weight_decay": settings.tock_weight_decay,
                 "nesterov": False,
                 "milestones": [],
                 "gamma": 0.1,
             }
         )
-        offset = index * cfg.tock_epochs
+        offset = index * settings.tock_epochs
         ctx.train(
             model,
             ctx.train_loader,
             recipe,
-            hooks=[GateSparsity(gates, cfg.sparsity)],
+            hooks=[GateSparsity(gates, settings.sparsity)],
             params=list(model.parameters()) + gates.parameters(),
             desc=f"tock {index}",
             on_epoch=lambda e, m: ctx.log_metrics({f"tock/{k}": v for k, v in m.items()}, offset + e),

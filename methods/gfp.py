@@ -139,18 +139,18 @@ class GroupFisher(Method):
     default_normalize = "memory"  # the paper's default; prune.normalize=macs|none override it
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg, pruner = self.cfg, ctx.pruner
+        settings, pruner = self.settings, ctx.pruner
         groups = pruner.groups(model)
         masks = InputMasks(model, groups)
         costs = pruner.channel_costs(model, groups)
         floor = {k: g.min_keep for k, g in groups.items()}
-        if not cfg.prune_linear_inputs:  # MMRazor: a channel a linear layer reads is never pruned
+        if not settings.prune_linear_inputs:  # MMRazor: a channel a linear layer reads is never pruned
             floor.update({k: groups[k].channels for k in masks.linear_fed})
         params = [p for p in model.parameters() if p.requires_grad]
         recipe = ctx.finetune_recipe
         opt = torch.optim.SGD(
             params,
-            lr=cfg.lr_ratio * recipe.lr,
+            lr=settings.lr_ratio * recipe.lr,
             momentum=recipe.momentum,
             weight_decay=recipe.weight_decay,
             nesterov=bool(recipe.nesterov),
@@ -160,9 +160,9 @@ class GroupFisher(Method):
             iteration, decision, epoch = self._restore(model, masks, opt, ctx)
         reduction = masks.reduction(pruner)
         while not masks.finished and reduction < ctx.target:
-            if epoch >= cfg.max_epochs:
+            if epoch >= settings.max_epochs:
                 raise RuntimeError(
-                    f"gfp: reached method.max_epochs={cfg.max_epochs} at {reduction:.3f} reduction, short of "
+                    f"gfp: reached method.max_epochs={settings.max_epochs} at {reduction:.3f} reduction, short of "
                     f"{ctx.target}; raise method.max_epochs or method.channels_per_step"
                 )
             model.train()
@@ -174,7 +174,7 @@ class GroupFisher(Method):
                 distributed.average_gradients(params)
                 opt.step()
                 iteration += 1
-                if iteration % cfg.interval:
+                if iteration % settings.interval:
                     continue
                 decision += 1
                 reduction = self.decide(model, masks, groups, floor, costs, ctx, decision, reduction)
@@ -211,7 +211,7 @@ class GroupFisher(Method):
                 "lower the target or prune.min_channels_ratio"
             )
         before = set(masks.masked_channels())
-        reduction = masks.step(pruner, order, min(len(order), self.cfg.channels_per_step), ctx.target)
+        reduction = masks.step(pruner, order, min(len(order), self.settings.channels_per_step), ctx.target)
         chosen = [c for c in masks.masked_channels() if c not in before]
         metrics = {**pruner.cost_metrics(reduction), "removed": float(len(masks.masked_channels()))}
         metrics[f"cost_{pruner.normalize}"] = sum(saved[k] for k, _ in chosen)

@@ -68,8 +68,8 @@ class L1LayerwiseMethod(L1Method):
     uses_normalize = False
 
     def prune(self, model, ctx):
-        rules = [(re.compile(r.pattern), float(r.ratio)) for r in self.cfg.layer_ratios]
-        skip = set(self.cfg.skip)
+        rules = [(re.compile(r["pattern"]), float(r["ratio"])) for r in self.settings.layer_ratios]
+        skip = set(self.settings.skip)
         importance = self.importance()
         plan = []
         for key, group in ctx.pruner.groups(model).items():

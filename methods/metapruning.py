@@ -230,40 +230,42 @@ class MetaPruning(Method):
                     f"metapruning keeps each group's first channels, which a grouped convolution ({name}) "
                     "cannot do; choose another method or model"
                 )
-        params = generator_params(model, int(self.cfg.generator_hidden))
-        if params > int(self.cfg.max_generator_params):
+        params = generator_params(model, int(self.settings.generator_hidden))
+        if params > int(self.settings.max_generator_params):
             raise ConfigError(
                 f"metapruning: the PruningNet's generators would hold {params / 1e6:.0f} M parameters "
-                f"(method.max_generator_params={self.cfg.max_generator_params}); lower method.generator_hidden "
+                f"(method.max_generator_params={self.settings.max_generator_params}); lower method.generator_hidden "
                 "or raise the limit"
             )
 
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
-        cfg = self.cfg
+        settings = self.settings
         groups = pruner.groups(model)
         self.refuse_tied_units(groups, "keeps each group's first channels")
-        grid = list(cfg.grid)
+        grid = list(settings.grid)
         if not grid or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in grid):
             raise ConfigError(f"method.grid must be a non-empty list of fractions in (0, 1], got {grid}")
-        if cfg.mutations + cfg.crossovers > cfg.population or cfg.parents > cfg.population:
+        if settings.mutations + settings.crossovers > settings.population or settings.parents > settings.population:
             raise ConfigError(
                 "metapruning: method.mutations + method.crossovers and method.parents must not exceed "
-                f"method.population={cfg.population}"
+                f"method.population={settings.population}"
             )
-        draws = _Candidates(WidthSpace(model, pruner, groups=groups), grid, target, float(cfg.window), random.Random(0))
-        why = draws.unreachable(int(cfg.max_draws))
+        draws = _Candidates(
+            WidthSpace(model, pruner, groups=groups), grid, target, float(settings.window), random.Random(0)
+        )
+        why = draws.unreachable(int(settings.max_draws))
         if why:
             raise ConfigError(f"metapruning: {why}")
 
     # --- the method ------------------------------------------------------------------------------
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         ctx.require_validation("method metapruning (it scores candidates on validation data)")
-        cfg, state = self.cfg, ctx.resume_state
+        settings, state = self.settings, ctx.resume_state
         space = WidthSpace(model, ctx.pruner)
         rng = random.Random(distributed.broadcast(int(torch.randint(0, 2**31 - 1, (1,)).item())))
-        draws = _Candidates(space, list(cfg.grid), ctx.target, float(cfg.window), rng)
+        draws = _Candidates(space, list(settings.grid), ctx.target, float(settings.window), rng)
         encoding = Encoding(space, len(draws.encoding.fractions))
-        net = build_pruningnet(model, ctx.pruner, encoding, int(cfg.generator_hidden)).to(ctx.device)
+        net = build_pruningnet(model, ctx.pruner, encoding, int(settings.generator_hidden)).to(ctx.device)
         if state is None:
             self.train_pruningnet(net, encoding, draws, ctx)
             search_rng = ctx.rng_state()
@@ -284,14 +286,14 @@ class MetaPruning(Method):
         return self.final_network(net, encoding, draws, best, recalibration, ctx)
 
     def train_pruningnet(self, net: nn.Module, encoding: Encoding, draws: _Candidates, ctx: PruneContext) -> None:
-        cfg = self.cfg
-        epochs = int(cfg.pruningnet_epochs)
+        settings = self.settings
+        epochs = int(settings.pruningnet_epochs)
         recipe = OmegaConf.create(
             {
                 "epochs": epochs,
-                "lr": float(cfg.pruningnet_lr),
+                "lr": float(settings.pruningnet_lr),
                 "momentum": 0.9,
-                "weight_decay": float(cfg.pruningnet_weight_decay),
+                "weight_decay": float(settings.pruningnet_weight_decay),
                 "nesterov": False,
                 "schedule": "step",
                 "milestones": sorted({max(1, epochs * q // 4) for q in (1, 2, 3)}),
@@ -303,7 +305,7 @@ class MetaPruning(Method):
         sched = make_scheduler(opt, recipe, len(ctx.train_loader))
         loss_fn = copy.copy(ctx.loss_fn)
         if isinstance(loss_fn, nn.CrossEntropyLoss):
-            loss_fn.label_smoothing = float(cfg.label_smoothing)
+            loss_fn.label_smoothing = float(settings.label_smoothing)
         for epoch in range(epochs):
             net.train()
             total, n = 0.0, 0
@@ -329,11 +331,11 @@ class MetaPruning(Method):
     def _recalibration_batches(self, ctx: PruneContext) -> list[torch.Tensor]:
         """The same training batches for every candidate (a fixed count, as the authors'; counted once)."""
         batches: list[torch.Tensor] = []
-        while len(batches) < int(self.cfg.recalibration_batches):
+        while len(batches) < int(self.settings.recalibration_batches):
             before = len(batches)
             for x, _ in ctx.train_loader:
                 batches.append(x)
-                if len(batches) == int(self.cfg.recalibration_batches):
+                if len(batches) == int(self.settings.recalibration_batches):
                     break
             if len(batches) == before:
                 break
@@ -357,19 +359,19 @@ class MetaPruning(Method):
         return float(distributed.broadcast(ctx.validate(net)))
 
     def search(self, net, encoding, draws, evaluated, start, batches, ctx: PruneContext, save) -> tuple[int, ...]:
-        cfg = self.cfg
+        settings = self.settings
         val_size = len(ctx.val_loader.dataset) if ctx.val_loader is not None else 0
-        for generation in range(start, int(cfg.generations)):
+        for generation in range(start, int(settings.generations)):
             ranked = sorted(evaluated, key=lambda g: -evaluated[g])
-            parents = ranked[: int(cfg.parents)]
+            parents = ranked[: int(settings.parents)]
             population = draws.population(
                 parents,
                 set(evaluated),
-                int(cfg.population),
-                int(cfg.mutations) if parents else 0,
-                int(cfg.crossovers) if len(parents) > 1 else 0,
-                float(cfg.mutation_prob),
-                int(cfg.max_draws),
+                int(settings.population),
+                int(settings.mutations) if parents else 0,
+                int(settings.crossovers) if len(parents) > 1 else 0,
+                float(settings.mutation_prob),
+                int(settings.max_draws),
             )
             bar = progress(population, desc=f"metapruning generation {generation + 1}", quiet=ctx.quiet)
             for genes in bar:
@@ -397,7 +399,7 @@ class MetaPruning(Method):
         if ctx.pruner.measured_cost:  # a latency target: the searched widths scaled until a measurement meets it
             widths = draws.encoding.space.finish(widths, ctx.target)
         final = draws.encoding.space.build(widths)  # the first channels of each group, as the PruningNet
-        mode = self.cfg.final if self.cfg.final != "auto" else ("inherit" if ctx.transfer else "scratch")
+        mode = self.settings.final if self.settings.final != "auto" else ("inherit" if ctx.transfer else "scratch")
         if mode == "inherit":
             self.recalibrate(net, encoding, genes, draws, batches, ctx)
             final.load_state_dict(_cropped(_dense_state(net), final.state_dict()))

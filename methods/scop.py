@@ -185,7 +185,7 @@ class SCOP(Method):
     uses_normalize = False
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg, pruner = self.cfg, ctx.pruner
+        settings, pruner = self.settings, ctx.pruner
         control = KnockoffControl(model, pruner)
         try:
             with frozen(model.parameters()):
@@ -195,7 +195,7 @@ class SCOP(Method):
         scores = control.scores()
         plan, rate = uniform_rate_plan(pruner, model, scores, ctx.target)
         pruner.remove(model, plan)
-        recalibrated = recalibrate_bn(model, ctx.train_loader, ctx.device, cfg.recalibrate_samples)
+        recalibrated = recalibrate_bn(model, ctx.train_loader, ctx.device, settings.recalibrate_samples)
         reduction = pruner.reduction(model)
         ctx.log_metrics(
             {
@@ -212,8 +212,8 @@ class SCOP(Method):
 
     def learn_controls(self, model: nn.Module, control: KnockoffControl, ctx: PruneContext) -> None:
         """Train β (everything else frozen, BN on its running statistics) on CE of the real half."""
-        cfg = self.cfg
-        opt = torch.optim.Adam(control.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        settings = self.settings
+        opt = torch.optim.Adam(control.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
         model.eval()
         start = 0
         if ctx.resume_state is not None:
@@ -224,11 +224,11 @@ class SCOP(Method):
             opt.load_state_dict(state["optimizer"])
             ctx.restore_rng(state)
             start = int(state["epoch"])
-        for epoch in range(start, int(cfg.epochs)):
+        for epoch in range(start, int(settings.epochs)):
             loss_sum = correct = n = 0
-            for x, y in progress(ctx.train_loader, desc=f"scop {epoch + 1}/{cfg.epochs}", quiet=ctx.quiet):
+            for x, y in progress(ctx.train_loader, desc=f"scop {epoch + 1}/{settings.epochs}", quiet=ctx.quiet):
                 x, y = x.to(ctx.device), y.to(ctx.device)
-                out = model(torch.cat([x, make_knockoff(cfg.knockoff, x)]))[: len(x)]
+                out = model(torch.cat([x, make_knockoff(settings.knockoff, x)]))[: len(x)]
                 loss = ctx.loss_fn(out, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

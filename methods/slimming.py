@@ -81,15 +81,15 @@ class NetworkSlimming(Method):
         return BNScaleImportance()
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg = self.cfg
-        if cfg.sparse_epochs:
+        settings = self.settings
+        if settings.sparse_epochs:
             # The fine-tuning recipe's schedule, fitted to the sparse epochs (no tail stage).
-            recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": cfg.sparse_epochs, "tail_epochs": 0})
+            recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": settings.sparse_epochs, "tail_epochs": 0})
             ctx.train(
                 model,
                 ctx.train_loader,
                 recipe,
-                hooks=[BNSparsity(cfg.sparsity)],
+                hooks=[BNSparsity(settings.sparsity)],
                 desc="sparse",
                 on_epoch=lambda e, m: ctx.log_metrics({f"sparse/{k}": v for k, v in m.items()}, e),
                 evaluate=lambda m: {"acc": ctx.quick_evaluate(m), "gamma_l1": _gamma_l1(m)},

@@ -156,14 +156,14 @@ class WGates(Method):
     uses_normalize = False
 
     def check_target(self, model: nn.Module, pruner: ChannelPruner, target: float) -> None:
-        if self.cfg.cost == "latency" and pruner.cost_name == "macs":
+        if self.settings.cost == "latency" and pruner.cost_name == "macs":
             raise ConfigError(
                 "method.cost=latency trains against latency measured at measure.target_batch: use it with "
                 "prune.target=latency prune.latency_reduction=<r>, or set method.cost=flops"
             )
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
-        cfg, pruner = self.cfg, ctx.pruner
+        settings, pruner = self.settings, ctx.pruner
         groups = pruner.groups(model)
         gates = WeightGates(model, groups)
         cost, metrics = self.cost_term(model, gates, groups, ctx)
@@ -173,9 +173,9 @@ class WGates(Method):
             [
                 {"params": model.parameters(), "weight_decay": 5e-4},
                 # no momentum: a shift pushed the same way for epochs would close a whole layer in one step
-                {"params": gates.parameters(), "weight_decay": 0.0, "lr": float(cfg.gate_lr), "momentum": 0.0},
+                {"params": gates.parameters(), "weight_decay": 0.0, "lr": float(settings.gate_lr), "momentum": 0.0},
             ],
-            lr=float(cfg.lr),
+            lr=float(settings.lr),
             momentum=0.9,
         )
         trained = [*model.parameters(), *gates.parameters()]
@@ -191,15 +191,15 @@ class WGates(Method):
         flipped = 0
         try:
             met = state is not None and bool(state["met"])
-            while epoch < int(cfg.epochs) and not met:
+            while epoch < int(settings.epochs) and not met:
                 before = {k: (s > 0) for k, s in _detached(gates.scores()).items()}
                 model.train()
                 sums, n = {"loss": 0.0, "cost": 0.0}, 0
-                for batch in progress(ctx.train_loader, desc=f"wgates {epoch + 1}/{cfg.epochs}", quiet=ctx.quiet):
+                for batch in progress(ctx.train_loader, desc=f"wgates {epoch + 1}/{settings.epochs}", quiet=ctx.quiet):
                     batch = ctx.step.to_device(batch, ctx.device)
                     task_loss = ctx.step.loss(model, batch)  # the forward pass sets this batch's gates
                     ratio = cost(gates.open_counts())
-                    lam = float(cfg.lam) * (step + 1) / steps_per_epoch
+                    lam = float(settings.lam) * (step + 1) / steps_per_epoch
                     loss = task_loss + lam * torch.relu(ratio / limit - 1.0)
                     value = distributed.mean_scalar(loss.item())
                     if not torch.isfinite(torch.tensor(value)):
@@ -229,7 +229,7 @@ class WGates(Method):
                     {
                         "wgates/loss": sums["loss"] / max(n, 1),
                         "wgates/cost": ratio,
-                        "wgates/lambda": float(cfg.lam) * step / steps_per_epoch,
+                        "wgates/lambda": float(settings.lam) * step / steps_per_epoch,
                         "wgates/flipped": flipped,
                         "wgates/open": sum(float(c) for c in gates.open_counts().values()),
                         **{f"wgates/open/{k}": float(c) for k, c in gates.open_counts().items()},
@@ -270,20 +270,20 @@ class WGates(Method):
 
     def cost_term(self, model: nn.Module, gates: WeightGates, groups: dict[str, ChannelGroup], ctx: PruneContext):
         """(open counts -> cost as a share of the dense network's, what was logged about it)."""
-        if self.cfg.cost == "flops":
+        if self.settings.cost == "flops":
             costs = ChannelCosts(model, ctx.pruner.example_inputs, groups)
             dense = costs.total_macs()
             return (lambda counts: costs.total_macs(counts) / dense), {}
         if ctx.latency_batch is None:
             raise ConfigError("method.cost=latency needs prune.target=latency (the batch it measures on)")
-        generator = torch.Generator().manual_seed(int(self.cfg.seed))
+        generator = torch.Generator().manual_seed(int(self.settings.seed))
         pruner = ctx.pruner
         if distributed.is_main():
             timings = time_random_widths(
-                model, pruner, ctx.latency_batch, int(self.cfg.latency_samples), generator, quiet=ctx.quiet
+                model, pruner, ctx.latency_batch, int(self.settings.latency_samples), generator, quiet=ctx.quiet
             )
             table_ms = lambda widths: pruner.cost(pruner.shrink_to(copy.deepcopy(model), widths))  # noqa: E731
-            predictor, report = fit_and_compare(timings, float(self.cfg.holdout), table_ms, generator)
+            predictor, report = fit_and_compare(timings, float(self.settings.holdout), table_ms, generator)
             shared = (timings.keys, predictor.state_dict(), float(timings.ms[0]), report)
         else:
             shared = None

@@ -201,3 +201,26 @@ def test_a_package_of_ones_own_adds_a_method_through_the_entry_point_group(run_c
     finally:
         METHODS.entries.pop("theirs_test", None)
         sys.modules.pop("their_pruning", None)
+
+
+def test_every_method_and_regulariser_gets_its_settings_as_a_typed_instance():
+    """A plug-in reads ``self.settings.<name>``: an instance of its settings dataclass, plain Python values of
+    the declared kinds, never the untyped config node."""
+    import dataclasses
+
+    from harness.config import compose, group_options
+    from harness.core.settings import describe
+    from methods import create_method, create_regularizer
+
+    kinds = {"int": int, "real": (int, float), "bool": bool, "str": str, "list": list, "choice": str}
+    built = [create_method(compose([f"method={name}"])) for name in group_options("method")]
+    built.append(create_regularizer(compose(["regularizer=anl"])))
+    for plugin in built:
+        declared = type(plugin).settings
+        if declared is None:
+            assert plugin.settings is None
+            continue
+        assert dataclasses.is_dataclass(plugin.settings) and isinstance(plugin.settings, declared)
+        for s in describe(declared):
+            value = getattr(plugin.settings, s.name)
+            assert (value is None and s.nullable) or isinstance(value, kinds[s.kind]), (type(plugin), s.name, value)

@@ -7,7 +7,7 @@ import torch.nn as nn
 from harness.config import compose
 from harness.core.surgery import ChannelPruner, channel_widths
 from methods import create_method
-from methods.anl import AdversarialNoise
+from methods.anl import AdversarialNoise, AnlSettings
 from methods.base import PruneContext
 from methods.slimming import BNSparsity
 from tasks.models import create_model
@@ -74,19 +74,19 @@ def test_anl_changes_training_activations_but_not_eval_outputs():
     model = create_model("digits_resnet", 10, width=8)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     model.train()
-    anl = AdversarialNoise(eps=0.5, prob=1.0, layers="BatchNorm2d").attach(model)
+    anl = AdversarialNoise(AnlSettings(eps=0.5, prob=1.0)).attach(model)
     assert len(anl.targets(model)) == 6
     nn.functional.cross_entropy(model(x), y).backward()  # records the feature-map gradients
     assert len(anl.grads) == 6
     noisy = model(x).detach()
-    anl_off = AdversarialNoise(eps=0.5, prob=0.0, layers="BatchNorm2d").attach(model)  # same net, noise never fires
+    anl_off = AdversarialNoise(AnlSettings(eps=0.5, prob=0.0)).attach(model)  # same net, noise never fires
     anl.detach()
     nn.functional.cross_entropy(model(x), y).backward()
     clean_train = model(x).detach()
     anl_off.detach()
     assert (noisy - clean_train).abs().max() > 1e-3  # training-time activations change
     model.eval()
-    anl = AdversarialNoise(eps=0.5, prob=1.0, layers="BatchNorm2d").attach(model)
+    anl = AdversarialNoise(AnlSettings(eps=0.5, prob=1.0)).attach(model)
     nn.functional.cross_entropy(model.train()(x), y).backward()  # gradients recorded, as mid-training
     model.eval()
     with_noise_layers = model(x).detach()

@@ -77,6 +77,21 @@ def describe(settings_cls: type | None) -> list[SettingInfo]:
     return out
 
 
+def instantiate(settings_cls: type | None, node: Any) -> Any:
+    """The settings dataclass filled from ``node`` (a checked config mapping; keys it lacks keep their
+    defaults, keys that are not settings, such as ``name``, are left out): plain Python values, lists and
+    mappings included, so that a plug-in reads ``self.settings.power`` typed. None for ``None``."""
+    if settings_cls is None:
+        return None
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+    names = {f.name for f in dataclasses.fields(settings_cls)}
+    return settings_cls(**{k: plain(node[k]) for k in node if k in names})
+
+
 def defaults(settings_cls: type | None) -> dict[str, Any]:
     """{name: default} of every declared setting: the plug-in's config node before presets and overrides."""
     return {s.name: s.default for s in describe(settings_cls)}

@@ -135,25 +135,28 @@ def interleaved_latency(
             if time.perf_counter() - started >= max_seconds:
                 break
     seconds = time.perf_counter() - started
-    out = {}
-    for n in names:
-        ci = median_interval(ratios[n]) if n != reference else None
-        quartiles = statistics.quantiles(ratios[n], n=4) if rounds > 1 else [ratios[n][0]] * 3
-        out[n] = {
-            "ms": statistics.median(ms[n]),
-            "speedup": statistics.median(ratios[n]),
-            "speedup_lo": ci[0] if ci else None,
-            "speedup_hi": ci[1] if ci else None,
-            "speedup_q1": quartiles[0],
-            "speedup_q3": quartiles[2],
-            "rounds": rounds,
-            "passes_per_timing": passes[n],
-            "converged": converged,
-            "seconds": seconds,
-            "others_paused": calm["others_paused"],  # the machine's other harness runs held (harness.core.gate)
-            "others_wait_s": calm["waited_s"],
-        }
-    return out
+    common = {"rounds": rounds, "converged": converged, "seconds": seconds}
+    # the machine's other harness runs held meanwhile (harness.core.gate)
+    common.update(others_paused=calm["others_paused"], others_wait_s=calm["waited_s"])
+    return {
+        n: {**_speedup_summary(ms[n], ratios[n], n != reference), "passes_per_timing": passes[n], **common}
+        for n in names
+    }
+
+
+def _speedup_summary(ms: list[float], ratios: list[float], with_interval: bool) -> dict:
+    """A model's median ms and its speed-up over the reference: median, 95% interval (not for the reference
+    itself) and quartiles over the rounds."""
+    ci = median_interval(ratios) if with_interval else None
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "ms": statistics.median(ms),
+        "speedup": statistics.median(ratios),
+        "speedup_lo": ci[0] if ci else None,
+        "speedup_hi": ci[1] if ci else None,
+        "speedup_q1": quartiles[0],
+        "speedup_q3": quartiles[2],
+    }
 
 
 def within(values: list[float], ci: tuple[float, float] | None, interval: float) -> bool:
