@@ -54,7 +54,7 @@ class CandidateFitness:
             return self.cache[widths]
         candidate = self.space.build(widths)
         if self.recipe.epochs:
-            self.ctx.train(candidate, self.ctx.train_loader, self.recipe, desc="acp fitness")
+            self.ctx.training.train(candidate, self.ctx.training.loader, self.recipe, desc="acp fitness")
         self.trained += 1
         score = self.cache[widths] = self.ctx.validate(candidate)
         if score > self.best["fitness"]:
@@ -118,7 +118,7 @@ class ACP(Method):
         if ctx.pruner.measured_cost:
             best_model = self.measured_finish(space, best_widths, best_model, ctx)
         reduction = ctx.pruner.reduction(best_model)
-        ctx.log_step(1, {**ctx.pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(best_model)})
+        ctx.report.step(1, ctx.pruner.cost_metrics(reduction), best_model)
         return best_model
 
     def measured_finish(self, space: WidthSpace, widths: tuple[int, ...], model: nn.Module, ctx: PruneContext):
@@ -127,14 +127,14 @@ class ACP(Method):
         candidate's trained weights (its smallest-L1 filters go); a wider one is rebuilt from the baseline,
         as every candidate is, and loses the candidate's fitness training (logged: acp/finish_rebuilt)."""
         chosen = space.finish(widths, ctx.target)
-        ctx.log_metrics({"acp/finish_scale": sum(chosen) / max(sum(widths), 1)}, 0)
+        ctx.report.metrics({"acp/finish_scale": sum(chosen) / max(sum(widths), 1)}, 0)
         if chosen == widths:
             return model
         if all(c <= w for c, w in zip(chosen, widths)):
             trained = WidthSpace(model, ctx.pruner, FilterL1Importance())
             by_key = dict(zip(space.keys, chosen))
             return trained.build(tuple(by_key[k] for k in trained.keys))
-        ctx.log_metrics({"acp/finish_rebuilt": 1.0}, 0)
+        ctx.report.metrics({"acp/finish_rebuilt": 1.0}, 0)
         return space.build(chosen)
 
     # --- 1. clustering -----------------------------------------------------------------------
@@ -142,7 +142,7 @@ class ACP(Method):
         settings = self.settings
         groups = ctx.pruner.groups(model)
         sites = {k: groups[k].members[0] for k in space.keys}
-        maps = site_outputs(model, sites, ctx.train_loader, int(settings.samples), ctx.device)
+        maps = site_outputs(model, sites, ctx.training.loader, int(settings.samples), ctx.device)
         widths_at = lambda eps: space.clip([dbscan_count(maps[k], eps, int(settings.min_samples)) for k in space.keys])  # noqa: E731
         if settings.eps is not None:
             eps = float(settings.eps)
@@ -153,14 +153,16 @@ class ACP(Method):
                 lo, hi = (lo, mid) if space.reduction(widths_at(mid)) >= ctx.target else (mid, hi)
             eps = hi
         widths = widths_at(eps)
-        ctx.log_metrics({"acp/eps": eps, "acp/clustered_reduction": space.reduction(widths)}, 0)
+        ctx.report.metrics({"acp/eps": eps, "acp/clustered_reduction": space.reduction(widths)}, 0)
         return space.repair(widths, ctx.target, self.settings.exact_target)
 
     # --- 2 and 3. particle swarm over widths, fitness on the validation split ------------------------
     def search(self, space: WidthSpace, prelim: tuple[int, ...], ctx: PruneContext):
         settings = self.settings
         rng = random.Random(torch.initial_seed())
-        recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": int(settings.fitness_epochs), "tail_epochs": 0})
+        recipe = OmegaConf.merge(
+            ctx.training.finetune_recipe, {"epochs": int(settings.fitness_epochs), "tail_epochs": 0}
+        )
         total = int(settings.particles) * (int(settings.cycles) + 1)
         bar = progress(range(total), desc="acp candidates", quiet=ctx.quiet)
         fitness = self.fitness = CandidateFitness(space, ctx, recipe, on_call=lambda: bar.update(1))
@@ -214,7 +216,7 @@ class ACP(Method):
             self._log_cycle(swarm, best, space, ctx)
             self._save(swarm, prelim, fitness, rng, ctx)
         bar.close()
-        ctx.log_metrics({"acp/candidates_trained": fitness.trained, "acp/cache_hits": total - fitness.trained}, 0)
+        ctx.report.metrics({"acp/candidates_trained": fitness.trained, "acp/cache_hits": total - fitness.trained}, 0)
         return best["widths"], best["model"]
 
     # --- checkpoints: after the first population and after every cycle -----------------------------
@@ -266,4 +268,4 @@ class ACP(Method):
                 for i, p in enumerate(swarm["position"])
             }
         )
-        ctx.log_metrics(metrics, swarm["cycle"])
+        ctx.report.metrics(metrics, swarm["cycle"])

@@ -80,8 +80,8 @@ class AIP(Method):
             model, num_outputs, settings.lr, settings.momentum, settings.weight_decay, attention_layers=layers
         )
         tap = FeatureTap(model, layers)
-        ctx.log_metrics({"aip/attention_layers": len(layers)}, 0)
-        loss_fn = ctx.loss_fn
+        ctx.report.metrics({"aip/attention_layers": len(layers)}, 0)
+        loss_fn = ctx.training.loss_fn
 
         def student_loss(labels, student, teacher):
             terms = {
@@ -107,7 +107,7 @@ class AIP(Method):
                 goal = ctx.target * step / int(settings.steps)
                 pruner.prune_to_target(model, self.importance(), goal)
                 reduction = pruner.reduction(model)
-                after_prune = ctx.quick_evaluate(model)
+                ctx.report.step(step, {}, model, name="acc_after_prune")
                 # A fresh optimiser each round: the pruned weights are new tensors.
                 opt = torch.optim.SGD(
                     model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
@@ -117,23 +117,19 @@ class AIP(Method):
                     metrics = distill_epoch(
                         model,
                         ts,
-                        ctx.train_loader,
+                        ctx.training.loader,
                         opt,
                         student_loss,
                         device=ctx.device,
                         desc=f"aip round {step}/{settings.steps} epoch {e + 1}/{settings.recover_epochs}",
                         quiet=ctx.quiet,
                     )
-                    ctx.log_metrics({f"aip/{k}": v for k, v in metrics.items()}, epoch)
+                    ctx.report.metrics({f"aip/{k}": v for k, v in metrics.items()}, epoch)
                     epoch += 1
-                ctx.log_step(
+                ctx.report.step(
                     step,
-                    {
-                        **pruner.cost_metrics(reduction),
-                        "acc_after_prune": after_prune,
-                        "acc": ctx.quick_evaluate(model),
-                        **({"d_acc": metrics["d_acc"]} if metrics else {}),
-                    },
+                    {**pruner.cost_metrics(reduction), **({"d_acc": metrics["d_acc"]} if metrics else {})},
+                    model,
                 )
                 ctx.save_state(
                     {

@@ -22,34 +22,39 @@ from harness.core.train import TrainingHook
 
 
 @dataclass
-class PruneContext:
-    """What the harness gives a method for its pruning phase."""
+class Reporting:
+    """Where a method's numbers go (MLflow). The test split is reachable only from here and only into the
+    logs: ``step(..., model)`` computes the test metric itself and logs it, never handing it to the method,
+    so no method can select on the test set."""
 
-    pruner: ChannelPruner
-    target: float  # the MACs reduction to reach
-    device: torch.device
-    train_loader: Any  # the task's training data
-    loss_fn: nn.Module  # what step.loss applies to model(x) and y, for a method that needs the outputs (step.scores)
-    evaluate: Callable[[nn.Module], float]  # the task metric on the test split: for reports only, never to choose
-    quick_evaluate: Callable[[nn.Module], float]  # the same on one fixed held-out batch, for per-step logs
     log_step: Callable[[int, dict], None]  # one pruning step's metrics, logged as prune/<name>
     log_metrics: Callable[[dict, int], None]  # any other metrics, by full name and step
-    train: Callable[..., dict]  # harness.core.train.train with device, loss and quiet bound
-    finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe (for methods that train)
+    quick_test_metric: Callable[[nn.Module], float]  # the task metric on one fixed batch of the test split
+
+    def step(self, step: int, metrics: dict, model: nn.Module | None = None, name: str = "acc") -> None:
+        """Log a pruning step's ``metrics`` (prune/<key>); with ``model``, also its test metric on the fixed
+        held-out batch, as ``name``."""
+        self.log_step(step, {**metrics, name: self.quick_test_metric(model)} if model is not None else metrics)
+
+    def metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.log_metrics(metrics, step)
+
+    def epoch_metrics(self, model: nn.Module) -> dict:
+        """For a training loop's ``evaluate=``: what each of a method's own epochs logs of the test split."""
+        return {"acc": self.quick_test_metric(model)}
+
+
+@dataclass
+class TrainingContext:
+    """The task's training data, step and recipes, for a method that trains (ticks, tocks, sparse epochs,
+    searches, distillation)."""
+
+    loader: Any  # the task's training data (counts the samples a method trains on)
+    loss_fn: nn.Module  # what step.loss applies to model(x) and y, for a method that needs the outputs (step.scores)
+    train: Callable[..., dict] | None = None  # harness.core.train.train with device, step and quiet bound
+    finetune_recipe: DictConfig | None = None  # the task's fine-tuning recipe
     train_recipe: DictConfig | None = None  # the task's baseline recipe (a method that trains from scratch)
     transfer: bool = False  # the task starts from pretrained weights (CUB): training from scratch makes no sense
-    # A split carved from the training data (data.val_fraction): what a method may select or search on.
-    # Both are None/raise when the run has no split; a method that needs one sets needs_validation: true.
-    val_loader: Any = None
-    validate: Callable[[nn.Module], float] | None = None
-    # Iterative methods checkpoint their schedule with save_state(dict of tensors/plain values) and,
-    # after a kill or a requeue, find it again in resume_state.
-    # With prune.target=latency: the batch the target is measured on (measure.target_batch inputs), for a
-    # method that times networks itself; None for a MACs target.
-    latency_batch: torch.Tensor | None = None
-    quiet: bool = False  # no progress bars
-    save_state: Callable[[dict], None] = lambda state: None
-    resume_state: dict | None = None
     # The task's training step (batch to the device, batch to a loss: harness.core.step); None: loss_fn's
     step: TrainStep | None = None
 
@@ -57,16 +62,40 @@ class PruneContext:
         if self.step is None:
             self.step = SupervisedStep(self.loss_fn)
 
+
+@dataclass
+class PruneContext:
+    """What the harness gives a method for its pruning phase: what every method needs here, what only
+    methods that train need in ``training``, and the logs (with the test split behind them) in ``report``."""
+
+    pruner: ChannelPruner
+    target: float  # the reduction to reach: of the MACs, or of the predicted latency with a latency target
+    device: torch.device
+    training: TrainingContext
+    report: Reporting
+    # A split carved from the training data (data.val_fraction): what a method may select or search on.
+    # Both are None/raise when the run has no split; a method that needs one sets needs_validation: true.
+    val_loader: Any = None
+    validate: Callable[[nn.Module], float] | None = None
+    # With prune.target=latency: the batch the target is measured on (measure.target_batch inputs), for a
+    # method that times networks itself; None for a MACs target.
+    latency_batch: torch.Tensor | None = None
+    quiet: bool = False  # no progress bars
+    # Iterative methods checkpoint their schedule with save_state(dict of tensors/plain values) and,
+    # after a kill or a requeue, find it again in resume_state.
+    save_state: Callable[[dict], None] = lambda state: None
+    resume_state: dict | None = None
+
     def rng_state(self) -> dict:
         """torch's RNG and the training loader's shuffling generator, for a method's checkpoint, so that a
         resumed schedule draws what an uninterrupted one would have drawn."""
-        generator = getattr(self.train_loader, "generator", None)
+        generator = getattr(self.training.loader, "generator", None)
         return {"rng": torch.get_rng_state(), "loader_rng": generator.get_state() if generator is not None else None}
 
     def restore_rng(self, state: dict) -> None:
         """Undo ``rng_state``: set torch's RNG and the loader's generator back to what ``state`` saved."""
         torch.set_rng_state(state["rng"])
-        generator = getattr(self.train_loader, "generator", None)
+        generator = getattr(self.training.loader, "generator", None)
         if generator is not None and state.get("loader_rng") is not None:
             generator.set_state(state["loader_rng"])
 
@@ -150,7 +179,7 @@ class Method:
     def prune(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         """Default schedule: one shot, global ranking, straight to the target."""
         model = ctx.pruner.prune_to_target(model, self.importance(), ctx.target)
-        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(model)), "acc": ctx.quick_evaluate(model)})
+        ctx.report.step(1, ctx.pruner.cost_metrics(ctx.pruner.reduction(model)), model)
         return model
 
     def finetune_hooks(self) -> list[TrainingHook]:

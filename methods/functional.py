@@ -80,7 +80,9 @@ class FunctionalPruning(Method):
         pruner = ctx.pruner
         groups = pruner.groups(model)
         sites = {k: g.members[0] for k, g in groups.items()}
-        responses = site_outputs(model, sites, ctx.train_loader, int(self.settings.probe), ctx.device, per_image=True)
+        responses = site_outputs(
+            model, sites, ctx.training.loader, int(self.settings.probe), ctx.device, per_image=True
+        )
         activity = {k: rows.mean(1) for k, rows in responses.items()}  # how strongly each channel responds
         if self.settings.signature == "actmax":
             signatures = {
@@ -104,14 +106,14 @@ class FunctionalPruning(Method):
         k = pruner.finish(build, ctx.target, len(thresholds) - 1)
         pruner.remove(model, plan(thresholds[k]))
         metrics = {f"functional/clusters/{key}": len(set(tree.labels(thresholds[k]))) for key, tree in trees.items()}
-        ctx.log_metrics({"functional/threshold": thresholds[k], **metrics}, 0)
-        ctx.log_step(1, {**pruner.cost_metrics(pruner.reduction(model)), "acc": ctx.quick_evaluate(model)})
+        ctx.report.metrics({"functional/threshold": thresholds[k], **metrics}, 0)
+        ctx.report.step(1, pruner.cost_metrics(pruner.reduction(model)), model)
         return model
 
     def actmax(self, model: nn.Module, site: str, ctx: PruneContext) -> torch.Tensor:
         """(channels, pixels): per channel of ``site``, an input optimised to maximise its mean response."""
         settings = self.settings
-        shape = next(iter(ctx.train_loader))[0].shape[1:]
+        shape = next(iter(ctx.training.loader))[0].shape[1:]
         channels = _out_channels(model.get_submodule(site))
         generator = torch.Generator().manual_seed(0)
         x = (0.1 * torch.randn(channels, *shape, generator=generator)).to(ctx.device).requires_grad_(True)

@@ -105,8 +105,8 @@ class GAChannelPruning(Method):
             ctx.restore_rng(state)
         else:
             counts, done = self.allocate(model, ctx, groups, lowest_l1), []
-            ctx.log_metrics({f"ga/removed/{k}": n for k, n in counts.items()}, 0)
-        kd_steps = round(float(settings.kd_epochs) * len(ctx.train_loader))
+            ctx.report.metrics({f"ga/removed/{k}": n for k, n in counts.items()}, 0)
+        kd_steps = round(float(settings.kd_epochs) * len(ctx.training.loader))
         per_group = -(-kd_steps // max(1, len(counts)))
         todo = [k for k in groups if k in counts]
         for step, key in enumerate(progress(todo, desc="ga", quiet=ctx.quiet), 1):
@@ -116,15 +116,15 @@ class GAChannelPruning(Method):
             removed, metrics, history = self.select(model, group, counts[key], lowest_l1[key], ctx, generator)
             pruner.remove(model, [(key, i) for i in distributed.broadcast(removed)])
             for generation, error in enumerate(history):
-                ctx.log_metrics({f"ga/{key}/fitness": error}, generation)
+                ctx.report.metrics({f"ga/{key}/fitness": error}, generation)
             kd = distill(
-                model, teacher, ctx.train_loader, min(per_group, kd_steps - per_group * (step - 1)),
-                loss_fn=ctx.loss_fn, lr=float(settings.kd_lr), temperature=float(settings.temperature),
+                model, teacher, ctx.training.loader, min(per_group, kd_steps - per_group * (step - 1)),
+                loss_fn=ctx.training.loss_fn, lr=float(settings.kd_lr), temperature=float(settings.temperature),
                 alpha=float(settings.alpha), device=ctx.device, desc=f"ga kd {key}", quiet=ctx.quiet,
             )  # fmt: skip
-            ctx.log_metrics({f"ga/{key}/{k}": v for k, v in {**metrics, **kd}.items()}, step)
+            ctx.report.metrics({f"ga/{key}/{k}": v for k, v in {**metrics, **kd}.items()}, step)
             reduction = pruner.reduction(model)
-            ctx.log_step(step, {**pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(model)})
+            ctx.report.step(step, pruner.cost_metrics(reduction), model)
             done.append(key)
             ctx.save_state(
                 {
@@ -173,7 +173,7 @@ class GAChannelPruning(Method):
             seen += len(x)
             if seen >= settings.sensitivity_samples:
                 break
-        base_loss = held_out_loss(model, batches, ctx.loss_fn)
+        base_loss = held_out_loss(model, batches, ctx.training.loss_fn)
         options: dict[str, list[tuple[int, float, float]]] = {}  # per group: (removed, loss rise, cost saved)
         scan = [(k, r) for k in groups for r in sorted(float(r) for r in settings.ratios)]
         for key, ratio in progress(scan, desc="ga sensitivity", quiet=ctx.quiet):
@@ -182,9 +182,9 @@ class GAChannelPruning(Method):
             if n <= 0 or any(n == m for m, _, _ in options.get(key, [])):
                 continue
             pruned = pruner.remove(copy.deepcopy(model), [(key, i) for i in lowest_l1[key][:n]])
-            rise = held_out_loss(pruned, batches, ctx.loss_fn) - base_loss
+            rise = held_out_loss(pruned, batches, ctx.training.loss_fn) - base_loss
             options.setdefault(key, []).append((n, rise, pruner.reduction(pruned)))
-        ctx.log_metrics({f"ga/sensitivity/{k}/{n}": rise for k, opts in options.items() for n, rise, _ in opts}, 0)
+        ctx.report.metrics({f"ga/sensitivity/{k}/{n}": rise for k, opts in options.items() for n, rise, _ in opts}, 0)
         return greedy_sequence(options)
 
     # --- 3: the GA on one group --------------------------------------------------------------
@@ -307,7 +307,7 @@ def contribution_gram(
     seen = 0
     try:
         with eval_mode(model):
-            for x, _ in ctx.train_loader:
+            for x, _ in ctx.training.loader:
                 model(x[: samples - seen].to(ctx.device))
                 seen += min(len(x), samples - seen)
                 if seen >= samples:

@@ -276,7 +276,7 @@ class GAL(Method):
                     f"GAL with method.structure=block removes at most {reachable:.3f} of the "
                     f"{pruner.cost_name} (every residual block); lower {pruner.target_key} or use method.structure=channel"
                 )
-        ctx.log_metrics(
+        ctx.report.metrics(
             {
                 "gal/structures": len(blocks)
                 if structure == "block"
@@ -305,8 +305,8 @@ class GAL(Method):
         opt = torch.optim.SGD(weights, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
         fista = Fista(masks.parameters(), lr=settings.lr, weight=settings.sparsity)
         optimizers = (opt, ts.optimizer, fista)
-        step = scaled_mask_step(int(settings.mask_step), len(ctx.train_loader))
-        ctx.log_metrics({"gal/mask_step": step}, 0)
+        step = scaled_mask_step(int(settings.mask_step), len(ctx.training.loader))
+        ctx.report.metrics({"gal/mask_step": step}, 0)
         if settings.select == "val":
             ctx.require_validation("method.select=val (or use method.select=last)")
         best = (-math.inf, None)
@@ -334,7 +334,7 @@ class GAL(Method):
             metrics = distill_epoch(
                 model,
                 ts,
-                ctx.train_loader,
+                ctx.training.loader,
                 _Both(opt, fista),
                 student_loss,
                 device=ctx.device,
@@ -348,12 +348,12 @@ class GAL(Method):
                 metrics["val_acc"] = score = ctx.validate(model)
                 if score > best[0]:
                     best = (score, {**_snapshot(model, masks), "scores": fista.scores(masks.masks)})
-            ctx.log_metrics({f"gal/{k}": v for k, v in metrics.items()}, epoch)
+            ctx.report.metrics({f"gal/{k}": v for k, v in metrics.items()}, epoch)
             ctx.save_state(_state(epoch + 1, model, masks, ts, opt, fista, best, ctx))
         ts.close()
         if best[1] is not None:
             _restore(model, masks, best[1])
-            ctx.log_metrics({"gal/selected_val_acc": best[0]}, 0)
+            ctx.report.metrics({"gal/selected_val_acc": best[0]}, 0)
             return best[1]["scores"]
         return fista.scores(masks.masks)
 
@@ -383,11 +383,11 @@ class GAL(Method):
             natural_reduction = pruner.reduction(pruner.remove(copy.deepcopy(model), natural))
             pruner.prune_to_target(model, importance, ctx.target)
         final = pruner.reduction(model)
-        ctx.log_metrics(
+        ctx.report.metrics(
             {"gal/natural_reduction": natural_reduction, "gal/final_reduction": final, "gal/zero_masks": len(natural)},
             0,
         )
-        ctx.log_step(1, {**pruner.cost_metrics(final), "acc": ctx.quick_evaluate(model)})
+        ctx.report.step(1, pruner.cost_metrics(final), model)
         return model
 
     @staticmethod

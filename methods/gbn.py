@@ -185,13 +185,8 @@ class GateDecorator(Method):
             reduction = gates.step(pruner, order, n, ctx.target)
             tick += 1
             widths = channel_widths(gates.vanilla(pruner))
-            ctx.log_step(
-                tick,
-                {
-                    **pruner.cost_metrics(reduction),
-                    "acc": ctx.quick_evaluate(model),
-                    **{f"channels/{k}": v for k, v in widths.items()},
-                },
+            ctx.report.step(
+                tick, {**pruner.cost_metrics(reduction), **{f"channels/{k}": v for k, v in widths.items()}}, model
             )
             if settings.tock_every and tick % settings.tock_every == 0 and not gates.finished:
                 self.tock(model, gates, ctx, tick // settings.tock_every)
@@ -212,7 +207,7 @@ class GateDecorator(Method):
         model.train()
         with frozen(model.parameters(), except_for=trainable):
             for batch in self._tick_batches(ctx):
-                loss = ctx.step.loss(model, ctx.step.to_device(batch, ctx.device))
+                loss = ctx.training.step.loss(model, ctx.training.step.to_device(batch, ctx.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for n, phi in gates.phi.items():
@@ -232,9 +227,9 @@ class GateDecorator(Method):
     def _tick_batches(self, ctx: PruneContext):
         """Batches of the training data until ``method.tick_samples`` samples (all of it when null)."""
         seen = 0
-        for batch in ctx.train_loader:
+        for batch in ctx.training.loader:
             yield batch
-            seen += ctx.step.size(batch) * distributed.world_size()  # every rank reads its shard
+            seen += ctx.training.step.size(batch) * distributed.world_size()  # every rank reads its shard
             if self.settings.tick_samples and seen >= self.settings.tick_samples:
                 return
 
@@ -254,15 +249,15 @@ class GateDecorator(Method):
             }
         )
         offset = index * settings.tock_epochs
-        ctx.train(
+        ctx.training.train(
             model,
-            ctx.train_loader,
+            ctx.training.loader,
             recipe,
             hooks=[GateSparsity(gates, settings.sparsity)],
             params=list(model.parameters()) + gates.parameters(),
             desc=f"tock {index}",
-            on_epoch=lambda e, m: ctx.log_metrics({f"tock/{k}": v for k, v in m.items()}, offset + e),
-            evaluate=lambda m: {"acc": ctx.quick_evaluate(m)},
+            on_epoch=lambda e, m: ctx.report.metrics({f"tock/{k}": v for k, v in m.items()}, offset + e),
+            evaluate=ctx.report.epoch_metrics,
         )
 
     # --- checkpoints: after every tick (and its tock) --------------------------------------

@@ -147,7 +147,7 @@ class GroupFisher(Method):
         if not settings.prune_linear_inputs:  # MMRazor: a channel a linear layer reads is never pruned
             floor.update({k: groups[k].channels for k in masks.linear_fed})
         params = [p for p in model.parameters() if p.requires_grad]
-        recipe = ctx.finetune_recipe
+        recipe = ctx.training.finetune_recipe
         opt = torch.optim.SGD(
             params,
             lr=settings.lr_ratio * recipe.lr,
@@ -166,8 +166,8 @@ class GroupFisher(Method):
                     f"{ctx.target}; raise method.max_epochs or method.channels_per_step"
                 )
             model.train()
-            for batch in progress(ctx.train_loader, desc=f"gfp epoch {epoch + 1}", quiet=ctx.quiet):
-                loss = ctx.step.loss(model, ctx.step.to_device(batch, ctx.device))
+            for batch in progress(ctx.training.loader, desc=f"gfp epoch {epoch + 1}", quiet=ctx.quiet):
+                loss = ctx.training.step.loss(model, ctx.training.step.to_device(batch, ctx.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 masks.accumulate()
@@ -198,7 +198,7 @@ class GroupFisher(Method):
         }
         if any(torch.isnan(s).any() for s in scores.values()):
             print(f"warning: gfp: NaN importance at decision {decision}, step skipped", file=sys.stderr, flush=True)
-            ctx.log_metrics({"prune/nan_skipped": 1.0}, decision)
+            ctx.report.metrics({"prune/nan_skipped": 1.0}, decision)
             masks.reset()
             return reduction
         saved = costs.per_channel(pruner.normalize, live)
@@ -215,9 +215,7 @@ class GroupFisher(Method):
         chosen = [c for c in masks.masked_channels() if c not in before]
         metrics = {**pruner.cost_metrics(reduction), "removed": float(len(masks.masked_channels()))}
         metrics[f"cost_{pruner.normalize}"] = sum(saved[k] for k, _ in chosen)
-        if decision % 10 == 0 or masks.finished:
-            metrics["acc"] = ctx.quick_evaluate(model)
-        ctx.log_step(decision, metrics)
+        ctx.report.step(decision, metrics, model if decision % 10 == 0 or masks.finished else None)
         return reduction
 
     # --- checkpoints: after every pass over the data ---------------------------------------

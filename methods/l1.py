@@ -80,5 +80,5 @@ class L1LayerwiseMethod(L1Method):
             order = torch.argsort(importance(group.group), stable=True)[:n]
             plan += [(key, int(i)) for i in order]
         ctx.pruner.remove(model, plan)
-        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(model)), "acc": ctx.quick_evaluate(model)})
+        ctx.report.step(1, ctx.pruner.cost_metrics(ctx.pruner.reduction(model)), model)
         return model

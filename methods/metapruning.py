@@ -302,14 +302,14 @@ class MetaPruning(Method):
         )
         params = [p for p in net.parameters() if p.requires_grad]
         opt = make_optimizer(params, recipe)
-        sched = make_scheduler(opt, recipe, len(ctx.train_loader))
-        loss_fn = copy.copy(ctx.loss_fn)
+        sched = make_scheduler(opt, recipe, len(ctx.training.loader))
+        loss_fn = copy.copy(ctx.training.loss_fn)
         if isinstance(loss_fn, nn.CrossEntropyLoss):
             loss_fn.label_smoothing = float(settings.label_smoothing)
         for epoch in range(epochs):
             net.train()
             total, n = 0.0, 0
-            for x, y in progress(ctx.train_loader, desc=f"pruningnet {epoch + 1}/{epochs}", quiet=ctx.quiet):
+            for x, y in progress(ctx.training.loader, desc=f"pruningnet {epoch + 1}/{epochs}", quiet=ctx.quiet):
                 genes = draws.random()
                 encoding.set(genes, draws.encoding.widths(genes))
                 x, y = x.to(ctx.device), y.to(ctx.device)
@@ -326,14 +326,14 @@ class MetaPruning(Method):
                 opt.step()
                 sched.step()
                 total, n = total + value * len(y), n + len(y)
-            ctx.log_metrics({"metapruning/pruningnet_loss": total / max(n, 1)}, epoch)
+            ctx.report.metrics({"metapruning/pruningnet_loss": total / max(n, 1)}, epoch)
 
     def _recalibration_batches(self, ctx: PruneContext) -> list[torch.Tensor]:
         """The same training batches for every candidate (a fixed count, as the authors'; counted once)."""
         batches: list[torch.Tensor] = []
         while len(batches) < int(self.settings.recalibration_batches):
             before = len(batches)
-            for x, _ in ctx.train_loader:
+            for x, _ in ctx.training.loader:
                 batches.append(x)
                 if len(batches) == int(self.settings.recalibration_batches):
                     break
@@ -378,7 +378,7 @@ class MetaPruning(Method):
                 evaluated[genes] = self.fitness(net, encoding, genes, draws, batches, ctx)
             best = max(evaluated, key=lambda g: evaluated[g])
             p = evaluated[best]
-            ctx.log_metrics(
+            ctx.report.metrics(
                 {
                     "metapruning/best_fitness": p,
                     "metapruning/best_fitness_se": math.sqrt(p * (1 - p) / val_size) if val_size else float("nan"),
@@ -399,7 +399,11 @@ class MetaPruning(Method):
         if ctx.pruner.measured_cost:  # a latency target: the searched widths scaled until a measurement meets it
             widths = draws.encoding.space.finish(widths, ctx.target)
         final = draws.encoding.space.build(widths)  # the first channels of each group, as the PruningNet
-        mode = self.settings.final if self.settings.final != "auto" else ("inherit" if ctx.transfer else "scratch")
+        mode = (
+            self.settings.final
+            if self.settings.final != "auto"
+            else ("inherit" if ctx.training.transfer else "scratch")
+        )
         if mode == "inherit":
             self.recalibrate(net, encoding, genes, draws, batches, ctx)
             final.load_state_dict(_cropped(_dense_state(net), final.state_dict()))
@@ -407,10 +411,12 @@ class MetaPruning(Method):
             for m in final.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-            recipe = ctx.train_recipe if ctx.train_recipe is not None else ctx.finetune_recipe
-            ctx.train(final, ctx.train_loader, recipe, desc="metapruning from scratch")
-        ctx.log_metrics({"metapruning/from_scratch": float(mode == "scratch")}, 0)
-        ctx.log_step(1, {**ctx.pruner.cost_metrics(ctx.pruner.reduction(final)), "acc": ctx.quick_evaluate(final)})
+            recipe = (
+                ctx.training.train_recipe if ctx.training.train_recipe is not None else ctx.training.finetune_recipe
+            )
+            ctx.training.train(final, ctx.training.loader, recipe, desc="metapruning from scratch")
+        ctx.report.metrics({"metapruning/from_scratch": float(mode == "scratch")}, 0)
+        ctx.report.step(1, ctx.pruner.cost_metrics(ctx.pruner.reduction(final)), final)
         return final
 
     def _save(self, net, evaluated, generation, rng, search_rng, ctx: PruneContext) -> None:

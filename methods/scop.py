@@ -195,9 +195,9 @@ class SCOP(Method):
         scores = control.scores()
         plan, rate = uniform_rate_plan(pruner, model, scores, ctx.target)
         pruner.remove(model, plan)
-        recalibrated = recalibrate_bn(model, ctx.train_loader, ctx.device, settings.recalibrate_samples)
+        recalibrated = recalibrate_bn(model, ctx.training.loader, ctx.device, settings.recalibrate_samples)
         reduction = pruner.reduction(model)
-        ctx.log_metrics(
+        ctx.report.metrics(
             {
                 "scop/rate": rate,
                 "scop/recalibration_samples": recalibrated,
@@ -207,7 +207,7 @@ class SCOP(Method):
             },
             0,
         )
-        ctx.log_step(1, {**pruner.cost_metrics(reduction), "acc": ctx.quick_evaluate(model)})
+        ctx.report.step(1, pruner.cost_metrics(reduction), model)
         return model
 
     def learn_controls(self, model: nn.Module, control: KnockoffControl, ctx: PruneContext) -> None:
@@ -226,10 +226,10 @@ class SCOP(Method):
             start = int(state["epoch"])
         for epoch in range(start, int(settings.epochs)):
             loss_sum = correct = n = 0
-            for x, y in progress(ctx.train_loader, desc=f"scop {epoch + 1}/{settings.epochs}", quiet=ctx.quiet):
+            for x, y in progress(ctx.training.loader, desc=f"scop {epoch + 1}/{settings.epochs}", quiet=ctx.quiet):
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 out = model(torch.cat([x, make_knockoff(settings.knockoff, x)]))[: len(x)]
-                loss = ctx.loss_fn(out, y)
+                loss = ctx.training.loss_fn(out, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 distributed.average_gradients(control.parameters())
@@ -241,7 +241,7 @@ class SCOP(Method):
                 correct += (out.argmax(1) == y).sum().item() if out.dim() == 2 else 0
                 n += len(x)
             betas = torch.cat([b.detach().flatten() for b in control.parameters()])
-            ctx.log_metrics(
+            ctx.report.metrics(
                 {
                     "scop/loss": loss_sum / max(n, 1),
                     "scop/train_acc": correct / max(n, 1),

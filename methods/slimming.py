@@ -84,15 +84,15 @@ class NetworkSlimming(Method):
         settings = self.settings
         if settings.sparse_epochs:
             # The fine-tuning recipe's schedule, fitted to the sparse epochs (no tail stage).
-            recipe = OmegaConf.merge(ctx.finetune_recipe, {"epochs": settings.sparse_epochs, "tail_epochs": 0})
-            ctx.train(
+            recipe = OmegaConf.merge(ctx.training.finetune_recipe, {"epochs": settings.sparse_epochs, "tail_epochs": 0})
+            ctx.training.train(
                 model,
-                ctx.train_loader,
+                ctx.training.loader,
                 recipe,
                 hooks=[BNSparsity(settings.sparsity)],
                 desc="sparse",
-                on_epoch=lambda e, m: ctx.log_metrics({f"sparse/{k}": v for k, v in m.items()}, e),
-                evaluate=lambda m: {"acc": ctx.quick_evaluate(m), "gamma_l1": _gamma_l1(m)},
+                on_epoch=lambda e, m: ctx.report.metrics({f"sparse/{k}": v for k, v in m.items()}, e),
+                evaluate=lambda m: {**ctx.report.epoch_metrics(m), "gamma_l1": _gamma_l1(m)},
             )
         return super().prune(model, ctx)
 

@@ -167,7 +167,7 @@ class WGates(Method):
         groups = pruner.groups(model)
         gates = WeightGates(model, groups)
         cost, metrics = self.cost_term(model, gates, groups, ctx)
-        ctx.log_metrics({f"wgates/{k}": v for k, v in metrics.items()}, 0)
+        ctx.report.metrics({f"wgates/{k}": v for k, v in metrics.items()}, 0)
         limit = 1.0 - ctx.target  # the target's share of the dense cost
         opt = torch.optim.SGD(
             [
@@ -179,7 +179,7 @@ class WGates(Method):
             momentum=0.9,
         )
         trained = [*model.parameters(), *gates.parameters()]
-        steps_per_epoch, epoch, step = len(ctx.train_loader), 0, 0
+        steps_per_epoch, epoch, step = len(ctx.training.loader), 0, 0
         state = ctx.resume_state
         if state is not None:
             model.load_state_dict(state["model"])
@@ -195,9 +195,11 @@ class WGates(Method):
                 before = {k: (s > 0) for k, s in _detached(gates.scores()).items()}
                 model.train()
                 sums, n = {"loss": 0.0, "cost": 0.0}, 0
-                for batch in progress(ctx.train_loader, desc=f"wgates {epoch + 1}/{settings.epochs}", quiet=ctx.quiet):
-                    batch = ctx.step.to_device(batch, ctx.device)
-                    task_loss = ctx.step.loss(model, batch)  # the forward pass sets this batch's gates
+                for batch in progress(
+                    ctx.training.loader, desc=f"wgates {epoch + 1}/{settings.epochs}", quiet=ctx.quiet
+                ):
+                    batch = ctx.training.step.to_device(batch, ctx.device)
+                    task_loss = ctx.training.step.loss(model, batch)  # the forward pass sets this batch's gates
                     ratio = cost(gates.open_counts())
                     lam = float(settings.lam) * (step + 1) / steps_per_epoch
                     loss = task_loss + lam * torch.relu(ratio / limit - 1.0)
@@ -209,7 +211,7 @@ class WGates(Method):
                     distributed.average_gradients(trained)
                     opt.step()
                     step += 1
-                    size = ctx.step.size(batch)
+                    size = ctx.training.step.size(batch)
                     sums["loss"] += value * size
                     sums["cost"] += float(ratio.detach()) * size
                     n += size
@@ -225,7 +227,7 @@ class WGates(Method):
                     ratio = float(cost(gates.open_counts()))
                 after = {k: (s > 0) for k, s in _detached(gates.scores()).items()}
                 flipped = sum(int((before[k] != after[k]).sum()) for k in after)
-                ctx.log_metrics(
+                ctx.report.metrics(
                     {
                         "wgates/loss": sums["loss"] / max(n, 1),
                         "wgates/cost": ratio,
@@ -236,7 +238,7 @@ class WGates(Method):
                     },
                     epoch,
                 )
-                ctx.log_step(epoch, {"cost_ratio": ratio, "acc": ctx.quick_evaluate(model)})
+                ctx.report.step(epoch, {"cost_ratio": ratio}, model)
                 ctx.save_state(
                     {
                         "epoch": epoch,
@@ -248,7 +250,7 @@ class WGates(Method):
                         **ctx.rng_state(),
                     }
                 )
-            ctx.log_metrics({"wgates/flipped_last_epoch": flipped, "wgates/met_by_gates": float(met)}, epoch)
+            ctx.report.metrics({"wgates/flipped_last_epoch": flipped, "wgates/met_by_gates": float(met)}, epoch)
         finally:
             gates.detach()
         return self.freeze(model, gates, ctx)
@@ -265,7 +267,7 @@ class WGates(Method):
         if pruner.reduction(build(len(order))) < ctx.target:
             raise ConfigError(pruner.unreachable_message(model, ctx.target))
         k = pruner.finish(build, ctx.target, len(order))
-        ctx.log_metrics({"wgates/closed_by_gates": closed, "wgates/removed": k}, 0)
+        ctx.report.metrics({"wgates/closed_by_gates": closed, "wgates/removed": k}, 0)
         return pruner.remove(model, order[:k])
 
     def cost_term(self, model: nn.Module, gates: WeightGates, groups: dict[str, ChannelGroup], ctx: PruneContext):

@@ -168,21 +168,21 @@ def prune_context(model, target: float, loader, example, **overrides):
 
     from harness.config import compose
     from harness.core.surgery import ChannelPruner
-    from methods.base import PruneContext
+    from methods.base import PruneContext, Reporting, TrainingContext
 
     fields = dict(
         pruner=ChannelPruner(model, example, [model.fc], 0.1),
         target=target,
         device=torch.device("cpu"),
-        train_loader=loader,
-        loss_fn=nn.CrossEntropyLoss(),
-        evaluate=lambda m: 0.0,
-        quick_evaluate=lambda m: 0.0,
-        log_step=lambda step, metrics: None,
-        log_metrics=lambda metrics, step=None: None,
-        train=None,
+        training=TrainingContext(
+            loader=loader, loss_fn=nn.CrossEntropyLoss(), finetune_recipe=compose(["task=digits"]).finetune
+        ),
+        report=Reporting(
+            log_step=lambda step, metrics: None,
+            log_metrics=lambda metrics, step=None: None,
+            quick_test_metric=lambda m: 0.0,
+        ),
         quiet=True,
-        finetune_recipe=compose(["task=digits"]).finetune,
     )
     return PruneContext(**{**fields, **overrides})
 

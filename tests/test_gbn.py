@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from harness.core.surgery import ChannelPruner
-from methods.base import PruneContext
+from methods.base import PruneContext, Reporting, TrainingContext
 from methods.gbn import GateDecorator, Gates
 from tests.conftest import last_json
 from tests.fixtures import make_cifar10, train_digits_net
@@ -69,13 +69,8 @@ def test_taylor_score_ranks_channels_like_the_true_loss_increase():
         pruner=type("P", (), {"ignored_names": ["fc"]})(),
         target=0.0,
         device=torch.device("cpu"),
-        train_loader=batches,
-        loss_fn=loss_fn,
-        evaluate=None,
-        quick_evaluate=None,
-        log_step=None,
-        log_metrics=None,
-        train=None,
+        training=TrainingContext(loader=batches, loss_fn=loss_fn, train=None),
+        report=Reporting(quick_test_metric=None, log_step=None, log_metrics=None),
     )
     method = GateDecorator(OmegaConf.create({"tick_lr": 0.0, "tick_momentum": 0.0, "tick_samples": None}))
     model.train = lambda mode=True: model  # keep eval-mode BN during the tick pass

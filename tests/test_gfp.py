@@ -14,7 +14,7 @@ from harness.config import compose
 from harness.core.costs import ChannelCosts
 from harness.core.surgery import ChannelPruner, channel_widths
 from methods import create_method
-from methods.base import PruneContext
+from methods.base import PruneContext, Reporting, TrainingContext
 from methods.gfp import InputMasks
 from tasks.digits import DigitsTask
 from tasks.models import create_model
@@ -146,16 +146,15 @@ def _digits_ctx(model, target, saved, resume=None):
         pruner=ChannelPruner(model, x[:1], [model.fc], 0.1, normalize="memory"),
         target=target,
         device=torch.device("cpu"),
-        train_loader=loader,
-        loss_fn=nn.CrossEntropyLoss(),
-        evaluate=lambda m: 0.0,
-        quick_evaluate=lambda m: 0.0,
-        log_step=lambda *a: None,
-        log_metrics=lambda *a: None,
-        train=None,
-        finetune_recipe=OmegaConf.create({"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}),
+        training=TrainingContext(
+            loader=loader,
+            loss_fn=nn.CrossEntropyLoss(),
+            train=None,
+            finetune_recipe=OmegaConf.create({"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}),
+        ),
+        report=Reporting(quick_test_metric=lambda m: 0.0, log_step=lambda *a: None, log_metrics=lambda *a: None),
         quiet=True,
-        save_state=lambda state: saved.append(copy.deepcopy(state)),  # the harness writes it to disk at once
+        save_state=lambda state: saved.append(copy.deepcopy(state)),
         resume_state=resume,
     )
 
@@ -198,7 +197,7 @@ def test_a_nan_importance_skips_the_decision_with_a_warning(capsys):
     model = create_model("digits_resnet", 10, width=8)
     ctx = _digits_ctx(model, 0.5, [])
     logged = []
-    ctx.log_metrics = lambda m, step: logged.append((step, m))
+    ctx.report.log_metrics = lambda m, step: logged.append((step, m))
     groups = ctx.pruner.groups(model)
     masks = InputMasks(model, groups)
     key = next(iter(groups))

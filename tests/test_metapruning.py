@@ -16,7 +16,7 @@ from harness.core.surgery import ChannelPruner
 from harness.core.widths import WidthSpace
 from harness.latency.table import named_layers_of
 from methods import create_method
-from methods.base import PruneContext
+from methods.base import PruneContext, Reporting, TrainingContext
 from methods.metapruning import Encoding, _Candidates, _cropped, _dense_state, build_pruningnet
 from tasks.digits import DigitsTask
 from tasks.models import create_model
@@ -79,10 +79,7 @@ def _ctx(model, saved, resume=None, target=0.5):
         with torch.no_grad():
             return sum((m(a).argmax(1) == b).sum().item() for a, b in val_loader) / len(val)
 
-    def poisoned(m):
-        raise AssertionError("the search read the test split")
-
-    metrics = []
+    metrics, test_reads, logged_steps = [], [], []
     recipe = OmegaConf.create(
         {"epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "cosine"}
     )
@@ -90,21 +87,25 @@ def _ctx(model, saved, resume=None, target=0.5):
         pruner=ChannelPruner(model, x[:1], [model.fc], 0.1),
         target=target,
         device=torch.device("cpu"),
-        train_loader=loader,
-        loss_fn=nn.CrossEntropyLoss(),
-        evaluate=poisoned,
-        quick_evaluate=lambda m: 0.0,
-        log_step=lambda *a: None,
-        log_metrics=lambda m, step: metrics.append((step, m)),
-        train=lambda m, loader, recipe, desc="": {},
-        finetune_recipe=recipe,
-        train_recipe=recipe,
+        training=TrainingContext(
+            loader=loader,
+            loss_fn=nn.CrossEntropyLoss(),
+            train=lambda m, loader, recipe, desc="": {},
+            finetune_recipe=recipe,
+            train_recipe=recipe,
+        ),
+        report=Reporting(
+            quick_test_metric=lambda m: test_reads.append(m) or 0.0,
+            log_step=lambda step, m: logged_steps.append(m),
+            log_metrics=lambda m, step: metrics.append((step, m)),
+        ),
         val_loader=val_loader,
         validate=validate,
         quiet=True,
         save_state=lambda state: saved.append(copy.deepcopy(state)),
         resume_state=resume,
     )
+    ctx.test_reads, ctx.logged_steps = test_reads, logged_steps  # what the test split was read for
     return ctx, metrics
 
 
@@ -112,12 +113,14 @@ def test_search_stays_in_the_window_keeps_its_best_and_never_reads_the_test_spli
     method = create_method(compose([*SMALL, "method.final=inherit"]))
     model, saved = _model(), []
     ctx, metrics = _ctx(copy.deepcopy(model), saved)
-    pruned = method.prune(copy.deepcopy(model), ctx)  # ctx.evaluate (the test split) raises if called
+    pruned = method.prune(copy.deepcopy(model), ctx)
+    # the method holds no evaluator of the test split: each read of it went straight into a logged step
+    assert len(ctx.test_reads) == sum("acc" in m for m in ctx.logged_steps) <= 1
     assert 0.5 <= ctx.pruner.reduction(pruned) <= 0.55
     evaluated = saved[-1]["evaluated"]
     assert len(evaluated) >= 8 and len({tuple(g) for g, _ in evaluated}) == len(evaluated)  # no duplicate
     space = WidthSpace(model, ctx.pruner)
-    grid = sorted(method.cfg.grid)
+    grid = sorted(method.settings.grid)
     for genes, _ in evaluated:  # every candidate lies in [target, target + window]
         widths = space.clip([grid[g] * hi for g, hi in zip(genes, space.high)])
         assert 0.5 <= space.reduction(widths) <= 0.55

@@ -8,7 +8,7 @@ from harness.config import compose
 from harness.core.surgery import ChannelPruner, channel_widths
 from methods import create_method
 from methods.anl import AdversarialNoise, AnlSettings
-from methods.base import PruneContext
+from methods.base import PruneContext, Reporting, TrainingContext
 from methods.slimming import BNSparsity
 from tasks.models import create_model
 from tests.conftest import last_json
@@ -37,13 +37,8 @@ def _ctx(model, shape):
         pruner=pruner,
         target=0.0,
         device=torch.device("cpu"),
-        train_loader=None,
-        loss_fn=None,
-        evaluate=lambda m: 0.0,
-        quick_evaluate=lambda m: 0.0,
-        log_step=lambda *a: None,
-        log_metrics=None,
-        train=None,
+        training=TrainingContext(loader=None, loss_fn=None, train=None),
+        report=Reporting(quick_test_metric=lambda m: 0.0, log_step=lambda *a: None, log_metrics=None),
     )
 
 

@@ -13,7 +13,7 @@ from harness.core.clusters import dbscan_count
 from harness.core.surgery import ChannelPruner
 from harness.core.widths import WidthSpace
 from methods.acp import ACP, CandidateFitness
-from methods.base import PruneContext
+from methods.base import PruneContext, Reporting, TrainingContext
 from methods.l1 import FilterL1Importance
 from methods.scop import SCOP, KnockoffControl, uniform_rate_plan
 from tests.conftest import last_json
@@ -30,17 +30,17 @@ def _ctx(model, target, loader, metrics=None, validate=None, train=None):
         pruner=ChannelPruner(model, torch.randn(1, 1, 8, 8), [model.fc], 0.1),
         target=target,
         device=torch.device("cpu"),
-        train_loader=loader,
-        loss_fn=nn.CrossEntropyLoss(),
-        evaluate=lambda m: 0.0,
-        quick_evaluate=lambda m: 0.0,
-        log_step=lambda s, m: None,
-        log_metrics=lambda m, step=None: log.setdefault("history", []).append((step, dict(m))),
-        train=train,
+        training=TrainingContext(
+            loader=loader, loss_fn=nn.CrossEntropyLoss(), train=train, finetune_recipe=compose(["task=digits"]).finetune
+        ),
+        report=Reporting(
+            quick_test_metric=lambda m: 0.0,
+            log_step=lambda s, m: None,
+            log_metrics=lambda m, step=None: log.setdefault("history", []).append((step, dict(m))),
+        ),
         validate=validate,
         val_loader=[] if validate else None,
         quiet=True,
-        finetune_recipe=compose(["task=digits"]).finetune,
     )
 
 

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from harness.config import compose
 from harness.core.surgery import ChannelPruner, ShortcutOnly
-from methods.base import PruneContext
+from methods.base import PruneContext, Reporting, TrainingContext
 from methods.gal import GAL, Fista, SoftMasks, residual_blocks
 from methods.teacher import TeacherStudent, attention_map, distill_epoch, stage_outputs
 from tasks import create_task
@@ -26,13 +26,12 @@ def _ctx(model, example, target=0.0, loader=None, validate=None, metrics=None):
         pruner=pruner,
         target=target,
         device=torch.device("cpu"),
-        train_loader=loader,
-        loss_fn=nn.CrossEntropyLoss(),
-        evaluate=lambda m: 0.0,
-        quick_evaluate=lambda m: 0.0,
-        log_step=lambda step, m: log.update(m),
-        log_metrics=lambda m, step=None: log.update(m),
-        train=None,
+        training=TrainingContext(loader=loader, loss_fn=nn.CrossEntropyLoss(), train=None),
+        report=Reporting(
+            quick_test_metric=lambda m: 0.0,
+            log_step=lambda step, m: log.update(m),
+            log_metrics=lambda m, step=None: log.update(m),
+        ),
         validate=validate,
         quiet=True,
     )

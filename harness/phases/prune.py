@@ -11,7 +11,7 @@ from harness.core.errors import ConfigError
 from harness.core.train import CountingLoader, seed_everything
 from harness.latency import target as latency_target
 from harness.phases.state import RunState
-from methods import PruneContext
+from methods.base import PruneContext, Reporting, TrainingContext
 
 
 def prepare_latency_target(run: RunState) -> None:
@@ -94,23 +94,27 @@ def prune(run: RunState) -> None:
 
 
 def _context(run: RunState, train_loader: CountingLoader) -> PruneContext:
-    """What the method may use: the pruner, the training data, the validation split, the recipes."""
+    """What the method may use: the pruner, the training data and recipes, the validation split, and the logs
+    (the test split only behind them)."""
     cfg, tracker = run.cfg, run.tracker
     return PruneContext(
         pruner=run.pruner,
         target=run.target,
         device=run.device,
-        train_loader=train_loader,
-        loss_fn=run.task.loss_fn(),
-        step=run.task.train_step(),
-        evaluate=run.score,
-        quick_evaluate=run.quick_score,
-        log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
-        log_metrics=tracker.log_metrics,
-        train=run.fit,
-        finetune_recipe=cfg.finetune,
-        train_recipe=cfg.train,
-        transfer=bool(getattr(run.task, "transfer", False)),
+        training=TrainingContext(
+            loader=train_loader,
+            loss_fn=run.task.loss_fn(),
+            step=run.task.train_step(),
+            train=run.fit,
+            finetune_recipe=cfg.finetune,
+            train_recipe=cfg.train,
+            transfer=bool(getattr(run.task, "transfer", False)),
+        ),
+        report=Reporting(
+            log_step=lambda step, m: tracker.log_metrics({f"prune/{k}": v for k, v in m.items()}, step),
+            log_metrics=tracker.log_metrics,
+            quick_test_metric=run.quick_score,
+        ),
         val_loader=run.val_loader,
         validate=run.validate,
         latency_batch=(
