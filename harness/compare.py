@@ -105,33 +105,14 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
         n_setups = t_runs.groupby(keys[:3])["setup"].nunique()
         for (variant, goal, target, setup), g in t_runs.groupby(keys):
             method = g["tags.method"].iloc[0]
-            acc = g["metrics.final_acc"] * 100
             rebuilt = "tags.reconstruction" in g and (g["tags.reconstruction"] == "true").any()
             row = {
                 "method": f"{variant} (reconstruction)" if rebuilt else variant,
                 "target": float(target),
                 "target of": goal,
                 "setup": setup,
-                "n": len(g),
-                "seeds": ",".join(sorted(g["tags.seed"].astype(str))),
-                "base acc %": (g["metrics.base_acc"] * 100).mean(),
-                # A spread over one seed is undefined: NaN, rendered as '–'.
-                "final acc %": acc.mean(),
-                "± std": acc.std(ddof=1) if len(g) > 1 else float("nan"),
-                "Δ acc": ((g["metrics.final_acc"] - g["metrics.base_acc"]) * 100).mean(),
-                "MACs ↓ %": g["metrics.flops_reduction"].mean() * 100,
-                "params ↓ %": g["metrics.params_reduction"].mean() * 100,
+                **_measures(g, goal, lat_cols, retimed_cols),
             }
-            if goal != "MACs":  # a latency target: what was measured at its batch size
-                row["latency ↓ % measured"] = g["metrics.latency_reduction_measured"].mean() * 100
-            if "metrics.epochs_after_baseline" in g:
-                row["epochs after baseline"] = g["metrics.epochs_after_baseline"].mean()
-            for col in lat_cols:
-                batch = col.split("/")[1]
-                row[f"speed-up {batch}"] = g[col].mean()
-                row[f"speed-up {batch} 95%"] = _speedup_interval(g, batch)
-            for col in retimed_cols:  # `harness retime`: timed together with other runs, comparable with them
-                row[f"speed-up {col.split('/')[1]} retimed"] = g[col].mean()
             row["latency device"] = ", ".join(sorted(set(g.get("tags.latency_device", pd.Series(["?"])).dropna())))
             model = g["params.model.name"].iloc[0] if "params.model.name" in g else None
             plain = variant == method  # the paper's numbers are for the method as published
@@ -155,6 +136,34 @@ def aggregate(runs: pd.DataFrame, tolerance: float = 0.5) -> tuple[dict[str, pd.
             table = table.drop(columns="target of")
         tables[study] = table
     return tables, failed, sorted(set(notes))
+
+
+def _measures(g: pd.DataFrame, goal: str, lat_cols: list[str], retimed_cols: list[str]) -> dict:
+    """One table row's numbers from the runs ``g`` of one setup: seeds, accuracy (%), reductions (%), the
+    epochs trained after the baseline, and the speed-ups (measured in each run, and retimed together)."""
+    acc = g["metrics.final_acc"] * 100
+    row = {
+        "n": len(g),
+        "seeds": ",".join(sorted(g["tags.seed"].astype(str))),
+        "base acc %": (g["metrics.base_acc"] * 100).mean(),
+        # A spread over one seed is undefined: NaN, rendered as '–'.
+        "final acc %": acc.mean(),
+        "± std": acc.std(ddof=1) if len(g) > 1 else float("nan"),
+        "Δ acc": ((g["metrics.final_acc"] - g["metrics.base_acc"]) * 100).mean(),
+        "MACs ↓ %": g["metrics.flops_reduction"].mean() * 100,
+        "params ↓ %": g["metrics.params_reduction"].mean() * 100,
+    }
+    if goal != "MACs":  # a latency target: what was measured at its batch size
+        row["latency ↓ % measured"] = g["metrics.latency_reduction_measured"].mean() * 100
+    if "metrics.epochs_after_baseline" in g:
+        row["epochs after baseline"] = g["metrics.epochs_after_baseline"].mean()
+    for col in lat_cols:
+        batch = col.split("/")[1]
+        row[f"speed-up {batch}"] = g[col].mean()
+        row[f"speed-up {batch} 95%"] = _speedup_interval(g, batch)
+    for col in retimed_cols:  # `harness retime`: timed together with other runs, comparable with them
+        row[f"speed-up {col.split('/')[1]} retimed"] = g[col].mean()
+    return row
 
 
 def _with_variant(runs: pd.DataFrame) -> pd.DataFrame:
@@ -193,11 +202,12 @@ def with_study(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _default_model(task: str) -> str | None:
-    """The model a task's config file builds unless model= says otherwise (None for an unknown task)."""
-    path = CONF_DIR / "task" / f"{task}.yaml"
-    if not path.is_file():
-        return None
-    return OmegaConf.load(path).get("model", {}).get("name")
+    """The model a task builds unless model= says otherwise (None for an unknown task)."""
+    from tasks.base import TASKS
+
+    TASKS.discover()
+    cls = TASKS.entries.get(task)
+    return cls.model_config["name"] if cls is not None else None
 
 
 def _with_goal(runs: pd.DataFrame) -> pd.DataFrame:

@@ -35,18 +35,21 @@ SECTIONS = (
 
 
 def _registry(group: str):
-    """The registry of a plug-in group (method, regularizer), its plug-ins discovered; None for other groups."""
-    if group not in ("method", "regularizer"):
+    """The registry of a plug-in group (task, method, regularizer), its plug-ins discovered; None for others."""
+    if group not in ("task", "method", "regularizer"):
         return None
-    from methods.base import METHODS, REGULARIZERS
+    if group == "task":
+        from tasks.base import TASKS as registry
+    else:
+        from methods.base import METHODS, REGULARIZERS
 
-    registry = METHODS if group == "method" else REGULARIZERS
+        registry = METHODS if group == "method" else REGULARIZERS
     registry.discover()
     return registry
 
 
 def _plugins(group: str) -> dict[str, type]:
-    """The plug-in classes that give ``group`` options of their own (method, regularizer): {name: class}."""
+    """The plug-in classes that give ``group`` options of their own (task, method, regularizer): {name: class}."""
     registry = _registry(group)
     if registry is None:
         return {}
@@ -54,12 +57,16 @@ def _plugins(group: str) -> dict[str, type]:
 
 
 def register_plugin_configs() -> None:
-    """Each plug-in's settings with their defaults become its config node (``method=gbn``), stored in
-    Hydra's ConfigStore; a YAML file of the same name under conf/<group>/ takes precedence (method=anl
+    """Each plug-in's settings with their defaults become its config node (``method=gbn``), and each task's
+    declared config its ``task=<name>`` node (package _global_: model, data, train, finetune, measure), stored
+    in Hydra's ConfigStore; a YAML file of the same name under conf/<group>/ takes precedence (method=anl
     switches a regulariser on), and presets there build on these nodes (``defaults: [gbn, _self_]``)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
+    for name, cls in _plugins("task").items():
+        if not (CONF_DIR / "task" / f"{name}.yaml").exists():
+            store.store(group="task", name=name, node=cls.config(), package="_global_")
     for group in ("method", "regularizer"):
         for name, cls in _plugins(group).items():
             if not (CONF_DIR / group / f"{name}.yaml").exists():
@@ -76,12 +83,12 @@ def describe_group(group: str) -> dict[str, str]:
     out, plugins = {}, _plugins(group)
     for name in group_options(group):
         path = CONF_DIR / group / f"{name}.yaml"
-        if path.exists():
-            node = OmegaConf.load(path)
-            out[name] = str(node.get(group, node).get("description", ""))
+        node = OmegaConf.load(path) if path.exists() else None
+        if node is not None and (description := node.get(group, node).get("description")) is not None:
+            out[name] = str(description)
         else:
             out[name] = plugins[name].description
-        cls = plugins.get(str(node.get(group, node).get("impl", name))) if path.exists() else plugins.get(name)
+        cls = plugins.get(str(node.get(group, node).get("impl", name))) if node is not None else plugins.get(name)
         if getattr(cls, "reconstruction", False):
             out[name] = f"[reconstruction] {out[name]}"
     return out
@@ -104,6 +111,10 @@ def all_ranges() -> dict[str, tuple]:
             for s in plugin_settings.describe(cls.settings):
                 if s.kind in ("int", "real"):
                     out[f"{group}.{s.name}"] = (s.kind, s.interval, s.nullable)
+    for cls in _registry("task").entries.values():
+        for s in plugin_settings.describe(cls.data_settings):
+            if s.kind in ("int", "real"):
+                out[f"data.{s.name}"] = (s.kind, s.interval, s.nullable)
     return out
 
 
@@ -280,19 +291,10 @@ RANGES: dict[str, tuple] = {
     "measure.repeats": ("int", "[1, 100000]"),
     "measure.max_seconds": ("real", "[0, 100000]"),
     "measure.interval": ("real", "(0, 1]"),
-    "data.limit_train": ("int", "[1, inf)", True),
-    "data.limit_val": ("int", "[1, inf)", True),
-    "data.num_workers": ("int", "[0, 1024]"),
-    "data.size": ("int", "[8, 8192]"),
-    "data.test_fraction": ("real", "(0, 1)"),
     "data.val_fraction": ("real", "[0, 1)", True),
     "data.val_seed": ("int", "[0, 4294967295]"),
     "model.kwargs.width": ("int", "[1, 4096]"),
     "model.kwargs.depth": ("int", "[18, 152]"),
-    "data.canvases_train": ("int", "[1, 10000000]"),
-    "data.canvases_test": ("int", "[1, 10000000]"),
-    "data.blur": ("real", "[0, 1000]"),
-    "data.mosaic_seed": ("int", "[0, 4294967295]"),
     "launcher.timeout_min": ("int", "[1, 10000000]"),
     "launcher.max_parallel": ("int", "[1, 4096]", True),
     "launcher.threads_per_job": ("int", "[1, 4096]", True),
@@ -312,19 +314,26 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.target": ("macs", "latency"),
     "prune.normalize": ("none", "macs", "memory", "latency"),
     "prune.allocation": ("global", "knapsack"),
-    "data.box_augment": ("ssd", "flip", "none"),
 }
 
 
 def validate(cfg: DictConfig) -> None:
     """Range checks that Hydra's typing cannot express. Runs before any data is touched."""
+    _check_sections_and_ranges(cfg)
+    _check_recipes(cfg)
+    _check_measure_and_device(cfg)
+    _check_plugins(cfg)
+    _check_choices(cfg)
 
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
 
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _check_sections_and_ranges(cfg: DictConfig) -> None:
     for section in SECTIONS:  # ``train=0`` would replace a whole section by a value
-        need(
+        _need(
             section not in cfg or isinstance(cfg[section], DictConfig),
             f"{section} is a section of settings, not a value: set its keys instead ({section}.<key>=<value>)",
         )
@@ -335,60 +344,76 @@ def validate(cfg: DictConfig) -> None:
             check_range(key, node[leaf], *spec)
             if spec[0] == "int" and isinstance(node[leaf], float):  # seed=0.0 is seed 0, an int everywhere after
                 node[leaf] = int(node[leaf])
+
+
+def _check_recipes(cfg: DictConfig) -> None:
     for phase in ("train", "finetune"):
-        need(
+        _need(
             cfg[phase].schedule in SCHEDULES,
             f"{phase}.schedule must be one of {', '.join(SCHEDULES)}, got {cfg[phase].schedule!r}",
         )
-        need(
+        _need(
             cfg[phase].warmup_epochs <= cfg[phase].epochs,
             f"{phase}.warmup_epochs must be at most {phase}.epochs ({cfg[phase].epochs}), got {cfg[phase].warmup_epochs}",
         )
-        need(
+        _need(
             not cfg[phase].tail_epochs or cfg[phase].tail_lr is not None,
             f"{phase}.tail_lr must be set (e.g. 0.001) when {phase}.tail_epochs > 0",
         )
-    need(
+
+
+def _check_measure_and_device(cfg: DictConfig) -> None:
+    _need(
         str(cfg.device) in ("auto", "cpu", "cuda")
         or (str(cfg.device).startswith("cuda:") and str(cfg.device)[5:].isdigit()),
         f"device must be auto, cpu or cuda[:N], got {cfg.device!r}",
     )
     for flag in ("pause_others", "steady_allocator"):
-        need(
+        _need(
             isinstance(cfg.measure.get(flag, True), bool),
             f"measure.{flag} must be true or false, got {cfg.measure.get(flag)!r}",
         )
     sizes = cfg.measure.batch_sizes
-    need(
+    _need(
         isinstance(sizes, ListConfig)
         and len(sizes) >= 1
         and all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1048576 for b in sizes),
         f"measure.batch_sizes must be a non-empty list of integers in [1, 1048576], e.g. [1,64]; got {sizes!r}",
     )
-    need(
+    _need(
         re.fullmatch(PLAIN_NAME, str(cfg.tracking.experiment)) is not None,
         f"tracking.experiment must be a plain name (letters, digits, _ . -; 1-100 characters), "
         f"got {cfg.tracking.experiment!r}",
     )
+
+
+def _check_plugins(cfg: DictConfig) -> None:
+    """The method's, the regulariser's and the task's declared settings (method.*, regularizer.*, data.*)."""
     for group in ("method", "regularizer"):
         cls = plugin_class(cfg, group)
         if cls is not None:
             plugin_settings.check(group, cls.settings, cfg[group])
+    task = _registry("task").entries.get(str(cfg.task.name))
+    if task is not None:
+        plugin_settings.check("data", task.data_settings, cfg.data)
+
+
+def _check_choices(cfg: DictConfig) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
-        need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
-    need(
+        _need(value is None or value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    _need(
         cfg.prune.get("normalize") != "latency" or cfg.prune.get("target") == "latency",
         "prune.normalize=latency divides by the latency table's per-layer times, which a latency target builds: "
         "add prune.target=latency prune.latency_reduction=<cut>, or use prune.normalize=macs",
     )
-    need(
+    _need(
         cfg.prune.get("target") != "latency" or cfg.prune.get("latency_reduction") is not None,
         "prune.target=latency needs prune.latency_reduction (e.g. 0.4: cut the measured latency by 40%)",
     )
     lists = [cfg[phase].get("milestones") or [] for phase in ("train", "finetune")]
     milestones = [m for ms in lists if isinstance(ms, (list, ListConfig)) for m in ms]
-    need(
+    _need(
         all(isinstance(ms, (list, ListConfig)) for ms in lists)
         and all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones),
         "train.milestones and finetune.milestones must be lists of epochs (integers >= 0), e.g. [80,120]",

@@ -81,27 +81,8 @@ class AIP(Method):
         )
         tap = FeatureTap(model, layers)
         ctx.report.metrics({"aip/attention_layers": len(layers)}, 0)
-        loss_fn = ctx.training.loss_fn
-
-        def student_loss(labels, student, teacher):
-            terms = {
-                "at": settings.at_weight * attention_loss(tap.features(), ts.teacher_tap.features()),
-                "kd": settings.kd_weight * kd_loss(student, teacher, settings.temperature),
-                "adv": settings.adv_weight * ts.adversarial_loss(student),
-            }
-            if settings.ce_weight:
-                terms["ce"] = settings.ce_weight * loss_fn(student, labels)
-            return terms
-
-        epoch, first = 0, 1
-        if ctx.resume_state is not None:  # rebuild the pruned shapes, then load what the last round left
-            state = ctx.resume_state
-            pruner.shrink_to(model, state["widths"])
-            model.load_state_dict(state["model"])
-            ts.discriminator.load_state_dict(state["discriminator"])
-            ts.optimizer.load_state_dict(state["d_optimizer"])
-            ctx.restore_rng(state)
-            epoch, first = int(state["epoch"]), int(state["round"]) + 1
+        student_loss = self._student_loss(tap, ts, ctx.training.loss_fn)
+        epoch, first = self._resume(model, ts, ctx) if ctx.resume_state is not None else (0, 1)
         try:
             for step in range(first, int(settings.steps) + 1):
                 goal = ctx.target * step / int(settings.steps)
@@ -146,3 +127,30 @@ class AIP(Method):
             tap.remove()
             ts.close()
         return model
+
+    def _student_loss(self, tap: FeatureTap, ts: TeacherStudent, loss_fn: nn.Module):
+        """The student's loss terms in a recovery round: attention transfer, KD, the adversarial term (and
+        cross-entropy on the labels when ``ce_weight`` is set), each weighted by its setting."""
+        settings = self.settings
+
+        def student_loss(labels, student, teacher):
+            terms = {
+                "at": settings.at_weight * attention_loss(tap.features(), ts.teacher_tap.features()),
+                "kd": settings.kd_weight * kd_loss(student, teacher, settings.temperature),
+                "adv": settings.adv_weight * ts.adversarial_loss(student),
+            }
+            if settings.ce_weight:
+                terms["ce"] = settings.ce_weight * loss_fn(student, labels)
+            return terms
+
+        return student_loss
+
+    def _resume(self, model: nn.Module, ts: TeacherStudent, ctx: PruneContext) -> tuple[int, int]:
+        """Rebuild the pruned shapes, then load what the last round left; returns (epoch, first round)."""
+        state = ctx.resume_state
+        ctx.pruner.shrink_to(model, state["widths"])
+        model.load_state_dict(state["model"])
+        ts.discriminator.load_state_dict(state["discriminator"])
+        ts.optimizer.load_state_dict(state["d_optimizer"])
+        ctx.restore_rng(state)
+        return int(state["epoch"]), int(state["round"]) + 1

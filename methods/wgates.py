@@ -168,7 +168,6 @@ class WGates(Method):
         gates = WeightGates(model, groups)
         cost, metrics = self.cost_term(model, gates, groups, ctx)
         ctx.report.metrics({f"wgates/{k}": v for k, v in metrics.items()}, 0)
-        limit = 1.0 - ctx.target  # the target's share of the dense cost
         opt = torch.optim.SGD(
             [
                 {"params": model.parameters(), "weight_decay": 5e-4},
@@ -178,8 +177,7 @@ class WGates(Method):
             lr=float(settings.lr),
             momentum=0.9,
         )
-        trained = [*model.parameters(), *gates.parameters()]
-        steps_per_epoch, epoch, step = len(ctx.training.loader), 0, 0
+        epoch, step = 0, 0
         state = ctx.resume_state
         if state is not None:
             model.load_state_dict(state["model"])
@@ -193,33 +191,7 @@ class WGates(Method):
             met = state is not None and bool(state["met"])
             while epoch < int(settings.epochs) and not met:
                 before = {k: (s > 0) for k, s in _detached(gates.scores()).items()}
-                model.train()
-                sums, n = {"loss": 0.0, "cost": 0.0}, 0
-                for batch in progress(
-                    ctx.training.loader, desc=f"wgates {epoch + 1}/{settings.epochs}", quiet=ctx.quiet
-                ):
-                    batch = ctx.training.step.to_device(batch, ctx.device)
-                    task_loss = ctx.training.step.loss(model, batch)  # the forward pass sets this batch's gates
-                    ratio = cost(gates.open_counts())
-                    lam = float(settings.lam) * (step + 1) / steps_per_epoch
-                    loss = task_loss + lam * torch.relu(ratio / limit - 1.0)
-                    value = distributed.mean_scalar(loss.item())
-                    if not torch.isfinite(torch.tensor(value)):
-                        raise NumericalError(f"wgates: the loss became {value} at step {step + 1}; lower method.lr")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    distributed.average_gradients(trained)
-                    opt.step()
-                    step += 1
-                    size = ctx.training.step.size(batch)
-                    sums["loss"] += value * size
-                    sums["cost"] += float(ratio.detach()) * size
-                    n += size
-                    with torch.no_grad():
-                        gates._refresh()
-                        met = float(cost(gates.open_counts())) <= limit
-                    if met:  # the first step whose gates meet the target ends the training
-                        break
+                step, met, sums = self._epoch(model, gates, cost, opt, ctx, epoch, step)
                 distributed.sync_buffers(model)
                 epoch += 1
                 with torch.no_grad():
@@ -229,9 +201,9 @@ class WGates(Method):
                 flipped = sum(int((before[k] != after[k]).sum()) for k in after)
                 ctx.report.metrics(
                     {
-                        "wgates/loss": sums["loss"] / max(n, 1),
+                        "wgates/loss": sums["loss"] / max(sums["n"], 1),
                         "wgates/cost": ratio,
-                        "wgates/lambda": float(settings.lam) * step / steps_per_epoch,
+                        "wgates/lambda": float(settings.lam) * step / len(ctx.training.loader),
                         "wgates/flipped": flipped,
                         "wgates/open": sum(float(c) for c in gates.open_counts().values()),
                         **{f"wgates/open/{k}": float(c) for k, c in gates.open_counts().items()},
@@ -254,6 +226,41 @@ class WGates(Method):
         finally:
             gates.detach()
         return self.freeze(model, gates, ctx)
+
+    def _epoch(self, model, gates: WeightGates, cost, opt, ctx: PruneContext, epoch: int, step: int):
+        """One pass over the training data (or until the gates meet the target): the task's loss plus the
+        cost term, its weight ramped up with the steps. Returns the step count, whether the gates met the
+        target, and the pass's loss and cost sums."""
+        settings = self.settings
+        limit = 1.0 - ctx.target  # the target's share of the dense cost
+        trained = [*model.parameters(), *gates.parameters()]
+        steps_per_epoch = len(ctx.training.loader)
+        model.train()
+        sums, met = {"loss": 0.0, "cost": 0.0, "n": 0}, False
+        for batch in progress(ctx.training.loader, desc=f"wgates {epoch + 1}/{settings.epochs}", quiet=ctx.quiet):
+            batch = ctx.training.step.to_device(batch, ctx.device)
+            task_loss = ctx.training.step.loss(model, batch)  # the forward pass sets this batch's gates
+            ratio = cost(gates.open_counts())
+            lam = float(settings.lam) * (step + 1) / steps_per_epoch
+            loss = task_loss + lam * torch.relu(ratio / limit - 1.0)
+            value = distributed.mean_scalar(loss.item())
+            if not torch.isfinite(torch.tensor(value)):
+                raise NumericalError(f"wgates: the loss became {value} at step {step + 1}; lower method.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.average_gradients(trained)
+            opt.step()
+            step += 1
+            size = ctx.training.step.size(batch)
+            sums["loss"] += value * size
+            sums["cost"] += float(ratio.detach()) * size
+            sums["n"] += size
+            with torch.no_grad():
+                gates._refresh()
+                met = float(cost(gates.open_counts())) <= limit
+            if met:  # the first step whose gates meet the target ends the training
+                break
+        return step, met, sums
 
     def freeze(self, model: nn.Module, gates: WeightGates, ctx: PruneContext) -> nn.Module:
         """Remove the closed channels, the cut finished on the pruner's cost along the channels by score."""

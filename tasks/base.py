@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -13,6 +14,7 @@ from torch.utils.data import Dataset, Subset
 
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
+from harness.core.settings import instantiate, setting
 from harness.core.step import SupervisedStep, TrainStep
 from tasks.models import create_model
 
@@ -20,9 +22,50 @@ TASKS: Registry[type[Task]] = Registry("task", "tasks")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    """The one decorator a new task needs (its ``name`` is what ``task=`` selects; its config is
-    harness/conf/task/<name>.yaml)."""
+    """The one decorator a new task needs: ``name`` is what ``task=`` selects, and the class declares its
+    whole config (``config()``: model, data settings, recipes, batch sizes); a YAML file under
+    harness/conf/task/ is a named preset only."""
     return TASKS.register(cls)
+
+
+@dataclass
+class DataSettings:
+    """The ``data.*`` keys every task has; a task's own settings extend these (and may change a default)."""
+
+    limit_train: int | None = setting(
+        None, "int", "[1, inf)", help="train on the first N training samples only (a fixed subset, for quick checks)"
+    )
+    limit_val: int | None = setting(None, "int", "[1, inf)", help="evaluate on the first N test samples only")
+    num_workers: int = setting(0, "int", "[0, 1024]", help="DataLoader worker processes")
+
+
+def recipe(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 5.0e-4,
+    schedule: str = "cosine",
+    milestones: tuple[int, ...] = (),
+    min_lr: float = 0.0,
+    **extra,
+) -> dict:
+    """A recipe node (``train.*``, the baseline's, or ``finetune.*``): the keys every task's recipe sets;
+    ``extra`` adds others (warmup_epochs, tail_epochs, tail_lr)."""
+    return {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "nesterov": False,
+        "schedule": schedule,
+        "milestones": list(milestones),
+        "gamma": 0.1,
+        "min_lr": min_lr,
+        **extra,
+    }
 
 
 class Task:
@@ -35,9 +78,30 @@ class Task:
     # With model.weights given: True means those weights are the trained baseline (ImageNet), so the
     # baseline is not trained; False means they only initialise it (transfer learning).
     weights_are_baseline: ClassVar[bool] = False
+    # The task's config, declared here and nowhere else (harness.config stores it as the ``task=<name>`` node):
+    data_settings: ClassVar[type] = DataSettings  # the data.* keys: defaults, ranges, help
+    model_config: ClassVar[dict]  # the model it builds unless model= says otherwise: name, kwargs (, weights)
+    train_recipe: ClassVar[dict]  # the shared baseline's recipe (train.*)
+    finetune_recipe: ClassVar[dict]  # the fine-tune every method gets (finetune.*)
+    batch_sizes: ClassVar[tuple[int, ...]] = (1, 64)  # measure.batch_sizes: where latency is measured
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self.data = instantiate(type(self).data_settings, cfg.data)  # typed: self.data.root, self.data.size
+
+    @classmethod
+    def config(cls) -> dict:
+        """The task's config node (Hydra package _global_): what ``task=<name>`` composes."""
+        from harness.core.settings import defaults
+
+        return {
+            "task": {"name": cls.name, "description": cls.description},
+            "model": copy.deepcopy(cls.model_config),
+            "data": defaults(cls.data_settings),
+            "train": copy.deepcopy(cls.train_recipe),
+            "finetune": copy.deepcopy(cls.finetune_recipe),
+            "measure": {"batch_sizes": list(cls.batch_sizes)},
+        }
 
     # --- model -----------------------------------------------------------------------------
     def model_spec(self) -> dict:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import DataError
-from tasks.base import Task, register_task
+from harness.core.settings import setting
+from tasks.base import DataSettings, Task, recipe, register_task
 
 _MEAN_STD = {
     10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -59,19 +61,35 @@ def _dataset_class(num_classes: int):
     return Cifar
 
 
+@dataclass
+class CifarData(DataSettings):
+    root: str = setting("data", "str", help="the folder that holds cifar-10-batches-py/ (cifar-100-python/)")
+    download: bool = setting(False, "bool", help="true: torchvision downloads it (needs internet)")
+    check_integrity: bool = setting(
+        True, "bool", help="md5 against the official archive; false for a subset or re-encoded copy (cifar10-dev)"
+    )
+    augment: bool = setting(True, "bool", help="random crop (pad 4) + horizontal flip on the training set")
+    num_workers: int = setting(2, "int", "[0, 1024]", help="DataLoader worker processes")
+
+
 class _CifarTask(Task):
     input_shape = (3, 32, 32)
     folder: str
+    data_settings = CifarData
+    batch_sizes = (1, 128)
+    # The Gate Decorator paper's baseline (shared/reference/papers.md): 160 epochs, SGD 0.9, wd 5e-4, batch
+    # 128, lr 0.1 -> 0.01 at 80 -> 0.001 at 120.
+    train_recipe = recipe(160, 128, 0.1, schedule="step", milestones=(80, 120))
 
     def _load_datasets(self):
         import torchvision.transforms as T
 
-        root = Path(self.cfg.data.root).expanduser()
+        root = Path(self.data.root).expanduser()
         mean, std = _MEAN_STD[self.num_classes]
         norm = [T.ToTensor(), T.Normalize(mean, std)]
-        augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if self.cfg.data.augment else []
+        augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if self.data.augment else []
         cls = _dataset_class(self.num_classes)
-        download = bool(self.cfg.data.download)
+        download = self.data.download
         try:
             train = cls(str(root), train=True, download=download, transform=T.Compose(augment + norm))
             test = cls(str(root), train=False, download=download, transform=T.Compose(norm))
@@ -89,7 +107,7 @@ class _CifarTask(Task):
                 f"{self.name}: cannot read {bad or root / self.folder} ({type(e).__name__}: {e}). "
                 "Fix: re-extract the archive, or data.download=true"
             ) from None
-        if self.cfg.data.get("check_integrity", True):
+        if self.data.check_integrity:
             bad = cls.md5_mismatch(root)
             if bad is not None:
                 raise DataError(
@@ -112,6 +130,11 @@ class Cifar10ResNet56Task(_CifarTask):
     description = "ResNet-56 (option-B shortcuts) on CIFAR-10 from data.root (cifar-10-batches-py)"
     num_classes = 10
     folder = "cifar-10-batches-py"
+    model_config = {"name": "resnet56", "kwargs": {}}
+    # GBN's fine-tune: 40 epochs, triangular 1e-3 -> 1e-2 -> 1e-3, batch 64, then 10 at 1e-3
+    finetune_recipe = recipe(
+        40, 64, 0.01, momentum=0.0, schedule="triangular", min_lr=0.001, tail_epochs=10, tail_lr=1.0e-3
+    )
 
 
 @register_task
@@ -120,3 +143,6 @@ class Cifar100VGG16Task(_CifarTask):
     description = "VGG-16 with BN (the pruning papers' CIFAR variant) on CIFAR-100 from data.root (cifar-100-python)"
     num_classes = 100
     folder = "cifar-100-python"
+    model_config = {"name": "vgg16_cifar", "kwargs": {}}  # 314.2 M MACs, 14.77 M params at 32x32, 100-way head
+    # The baseline of Gate Decorator / Network Slimming (as CIFAR-10's), GBN's 40-epoch triangular fine-tune.
+    finetune_recipe = recipe(40, 64, 0.01, momentum=0.0, schedule="triangular", min_lr=0.001)

@@ -14,6 +14,7 @@ in, the sum of the detector's loss dict out), not ``loss(model(x), y)``.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import torch.nn as nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from harness.core.errors import DataError
+from harness.core.settings import setting
 from harness.core.step import TrainStep
-from tasks.base import Task, register_task
+from tasks.base import DataSettings, Task, recipe, register_task
 from tasks.images import open_rgb
 
 VOC_CLASSES = (
@@ -131,6 +133,24 @@ class DetectionStep(TrainStep):
         return sum(losses.values())
 
 
+@dataclass
+class VocDetectionData(DataSettings):
+    root: str = setting("data", "str", help="holds VOCdevkit/VOC2007/ (and VOC2012/)")
+    train_sets: list = setting(
+        [[2007, "trainval"], [2012, "trainval"]], "list", help="[year, image set] pairs the detector trains on"
+    )
+    test_sets: list = setting([[2007, "test"]], "list", help="[year, image set] pairs it is evaluated on")
+    box_augment: str = setting("ssd", choices=("ssd", "flip", "none"), help="training augmentation; boxes follow")
+    size: int = setting(300, "int", "[8, 8192]", help="images are resized to size x size (MACs too)")
+    num_workers: int = setting(4, "int", "[0, 1024]", help="DataLoader worker processes")
+
+
+@dataclass
+class RetinaNetVocData(VocDetectionData):
+    box_augment: str = setting("flip", choices=("ssd", "flip", "none"), help="training augmentation; boxes follow")
+    size: int = setting(512, "int", "[8, 8192]", help="images are resized to size x size (MACs too)")
+
+
 class _VocDetectionTask(Task):
     classes: tuple[str, ...] = VOC_CLASSES
     num_classes = 21  # 20 classes and the background
@@ -139,11 +159,11 @@ class _VocDetectionTask(Task):
 
     @property
     def input_shape(self):
-        return (3, int(self.cfg.data.size), int(self.cfg.data.size))
+        return (3, self.data.size, self.data.size)
 
     def model_spec(self) -> dict:
         spec = super().model_spec()
-        spec["kwargs"] = {"size": int(self.cfg.data.size), **spec["kwargs"]}
+        spec["kwargs"] = {"size": self.data.size, **spec["kwargs"]}
         return spec
 
     def output_layers(self, model: nn.Module) -> list[nn.Module]:
@@ -162,12 +182,11 @@ class _VocDetectionTask(Task):
         return [test[i % len(test)][0] for i in range(batch_size)]
 
     def _load_datasets(self):
-        root = Path(self.cfg.data.root).expanduser() / "VOCdevkit"
+        root = Path(self.data.root).expanduser() / "VOCdevkit"
         sets = []
-        for key, augment in (("train_sets", str(self.cfg.data.box_augment)), ("test_sets", "none")):
+        for pairs, augment in ((self.data.train_sets, self.data.box_augment), (self.data.test_sets, "none")):
             parts = [
-                VocDetection(root / f"VOC{year}", str(image_set), augment, self.classes)
-                for year, image_set in self.cfg.data[key]
+                VocDetection(root / f"VOC{year}", str(image_set), augment, self.classes) for year, image_set in pairs
             ]
             sets.append(parts[0] if len(parts) == 1 else ConcatDataset(parts))
         return tuple(sets)
@@ -209,11 +228,34 @@ def _plain(dataset: VocDetection) -> VocDetection:
 
 @register_task
 class SsdVocTask(_VocDetectionTask):
+    """SSD300-VGG16 on PASCAL VOC (VOCdevkit layout: VOC2007 + VOC2012 trainval train, VOC2007 test
+    evaluates), mAP@0.5 (COCO-style interpolation, torchmetrics + pycocotools; difficult boxes as crowd
+    regions). model.name=ssdlite320_mobilenet_v3_large for SSDlite (data.size=320). Nothing is downloaded:
+    the baseline trains from scratch, or starts from a local file (model.weights=). The recipe is
+    torchvision's detection reference for SSD300 (references/detection/README.md: lr 0.002 at batch 32,
+    wd 5e-4, 120 epochs, steps at 80 and 110, SSD augmentation), written for COCO; see docs/tasks.md."""
+
     name = "ssd_voc"
     description = "SSD300-VGG16 (or SSDlite-MobileNetV3) on PASCAL VOC 2007+2012, mAP@0.5 on VOC2007 test"
+    data_settings = VocDetectionData
+    model_config = {"name": "ssd300_vgg16", "kwargs": {}, "weights": None}
+    train_recipe = recipe(120, 32, 0.002, schedule="step", milestones=(80, 110))
+    finetune_recipe = recipe(30, 32, 0.001)
+    batch_sizes = (1, 32)
 
 
 @register_task
 class RetinaNetVocTask(_VocDetectionTask):
+    """RetinaNet with a ResNet-FPN backbone (P3-P7, torchvision's retinanet_resnet50_fpn layout) on PASCAL VOC
+    (VOC2007 + VOC2012 trainval train, VOC2007 test evaluates), mAP@0.5 (COCO-style interpolation). Images
+    are resized to data.size x data.size; model.kwargs.depth=18 makes a CPU run feasible. Nothing is
+    downloaded. Recipe: torchvision's detection reference for RetinaNet (lr 0.01 at batch 16, 26 epochs,
+    steps at 16 and 22), written for COCO with an ImageNet backbone; from scratch it needs longer."""
+
     name = "retinanet_voc"
     description = "RetinaNet (ResNet-FPN, depth configurable) on PASCAL VOC 2007+2012, mAP@0.5 on VOC2007 test"
+    data_settings = RetinaNetVocData
+    model_config = {"name": "retinanet_resnet_fpn", "kwargs": {"depth": 50}, "weights": None}
+    train_recipe = recipe(26, 16, 0.01, weight_decay=1.0e-4, schedule="step", milestones=(16, 22))
+    finetune_recipe = recipe(12, 16, 0.005, weight_decay=1.0e-4)
+    batch_sizes = (1, 16)

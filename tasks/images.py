@@ -5,13 +5,15 @@ loading pretrained weights from ``model.weights``."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from harness.core.errors import DataError
-from tasks.base import Task, register_task
+from harness.core.settings import setting
+from tasks.base import DataSettings, Task, recipe, register_task
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -71,6 +73,29 @@ class ImageList(Dataset):
         return self.transform(open_rgb(path)), label
 
 
+@dataclass
+class ImageNetData(DataSettings):
+    root: str = setting("data/imagenet", "str", help="holds train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    size: int = setting(
+        224, "int", "[8, 8192]", help="training crop and evaluation centre crop (resized to size*256/224 first)"
+    )
+    skip_bad: bool = setting(
+        False, "bool", help="true: check every image first and skip unreadable ones (counted, logged)"
+    )
+    num_workers: int = setting(8, "int", "[0, 1024]", help="DataLoader worker processes")
+
+
+@dataclass
+class Cub200Data(ImageNetData):
+    root: str = setting(
+        "data/CUB_200_2011",
+        "str",
+        help="CUB_200_2011/ or its parent: images/, images.txt, image_class_labels.txt, train_test_split.txt, "
+        "classes.txt (bounding_boxes.txt is not needed)",
+    )
+    size: int = setting(448, "int", "[8, 8192]", help="training crop and evaluation centre crop")
+
+
 class ImageClassificationTask(Task):
     """Shared by ImageNet and CUB: top-1 (``acc``) and top-5 (``acc5``), weights from ``model.weights``."""
 
@@ -78,7 +103,7 @@ class ImageClassificationTask(Task):
 
     @property
     def input_shape(self):
-        return (3, int(self.cfg.data.size), int(self.cfg.data.size))
+        return (3, self.data.size, self.data.size)
 
     def check_labels(self, samples, where: Path) -> None:
         labels = [label for _, label in samples]
@@ -110,11 +135,19 @@ class ImageNetTask(ImageClassificationTask):
     description = "ResNet-50 on ImageNet (ImageFolder train/ and val/ under data.root); start from model.weights"
     num_classes = 1000
     weights_are_baseline = True
+    # Pruning papers start from a pretrained model: model.weights=<torchvision or timm resnet50 checkpoint>
+    # (a state_dict, loaded with weights_only=True) and the baseline step is skipped.
+    data_settings = ImageNetData
+    model_config = {"name": "tv:resnet50", "kwargs": {}, "weights": None}
+    # used only without model.weights: torchvision's 90-epoch recipe
+    train_recipe = recipe(90, 256, 0.1, weight_decay=1.0e-4, schedule="step", milestones=(30, 60))
+    finetune_recipe = recipe(60, 256, 0.01, weight_decay=1.0e-4)
+    batch_sizes = (1, 64)
 
     def _load_datasets(self):
         from torchvision.datasets import ImageFolder
 
-        root = Path(self.cfg.data.root).expanduser()
+        root = Path(self.data.root).expanduser()
         splits = []
         for split, train in (("train", True), ("val", False)):
             folder = root / split
@@ -128,9 +161,9 @@ class ImageNetTask(ImageClassificationTask):
             except (FileNotFoundError, RuntimeError) as e:
                 raise DataError(f"{self.name}: {folder}: {e}") from None
             self.check_labels(samples, folder)
-            samples, skipped = drop_unreadable(samples, bool(self.cfg.data.skip_bad))
+            samples, skipped = drop_unreadable(samples, self.data.skip_bad)
             self.skipped_images += skipped
-            splits.append(ImageList(samples, classification_transforms(int(self.cfg.data.size), train)))
+            splits.append(ImageList(samples, classification_transforms(self.data.size, train)))
         return tuple(splits)
 
 
@@ -140,9 +173,16 @@ class Cub200Task(ImageClassificationTask):
     transfer = True  # starts from pretrained weights (model.weights): methods do not train it from scratch
     description = "ResNet-50 transfer to CUB-200-2011 (official layout under data.root); init from model.weights"
     num_classes = 200
+    # An ImageNet-pretrained ResNet-50 (model.weights=, its head left fresh: the shape differs) with a new
+    # 200-way head: the usual fine-grained recipe (448 px crops, SGD 0.9, lr 0.01, wd 1e-4, cosine).
+    data_settings = Cub200Data
+    model_config = {"name": "tv:resnet50", "kwargs": {}, "weights": None}
+    train_recipe = recipe(60, 32, 0.01, weight_decay=1.0e-4)
+    finetune_recipe = recipe(30, 32, 0.01, weight_decay=1.0e-4)
+    batch_sizes = (1, 32)
 
     def _load_datasets(self):
-        root = Path(self.cfg.data.root).expanduser()
+        root = Path(self.data.root).expanduser()
         if (root / "CUB_200_2011").is_dir():
             root = root / "CUB_200_2011"
         files = {name: root / f"{name}.txt" for name in ("images", "image_class_labels", "train_test_split", "classes")}
@@ -177,9 +217,9 @@ class Cub200Task(ImageClassificationTask):
             splits[is_train[image_id] == "1"].append((str(root / "images" / rel), label))
         out = []
         for train in (True, False):
-            samples, skipped = drop_unreadable(splits[train], bool(self.cfg.data.skip_bad))
+            samples, skipped = drop_unreadable(splits[train], self.data.skip_bad)
             self.skipped_images += skipped
-            out.append(ImageList(samples, classification_transforms(int(self.cfg.data.size), train)))
+            out.append(ImageList(samples, classification_transforms(self.data.size, train)))
         return tuple(out)
 
 

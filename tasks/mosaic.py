@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from harness.core.errors import ConfigError, DataError
 from harness.core.locks import file_lock
-from tasks.base import register_task
+from harness.core.settings import setting
+from tasks.base import DataSettings, recipe, register_task
 from tasks.detection import VocDetection, _VocDetectionTask
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -72,19 +74,47 @@ def write_mosaic(images: np.ndarray, labels: np.ndarray, out: Path, image_set: s
     (out / "ImageSets" / "Main" / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
 
 
+@dataclass
+class MosaicData(DataSettings):
+    root: str = setting(
+        "../shared/data/cifar10-dev", "str", help="holds cifar-10-batches-py/ (train pickles -> training canvases)"
+    )
+    size: int = setting(128, "int", "[8, 8192]", help="canvas side, pixels; the detector resizes to it too")
+    canvases_train: int = setting(
+        12000, "int", "[1, 10000000]", help="training canvases (2,000 x 60 epochs overfits: results/cifar_mosaic)"
+    )
+    canvases_test: int = setting(500, "int", "[1, 10000000]", help="test canvases")
+    objects: list = setting([1, 4], "list", help="[min, max] objects per canvas")
+    scale: list = setting([0.2, 0.5], "list", help="[min, max] side of an object as a share of the canvas side")
+    blur: float = setting(
+        2.0, "real", "[0, 1000]", help="Gaussian blur radius of the upscaled background image, pixels"
+    )
+    mosaic_seed: int = setting(0, "int", "[0, 4294967295]", help="the canvases' seed")
+    box_augment: str = setting("flip", choices=("ssd", "flip", "none"), help="training augmentation; boxes follow")
+
+
 @register_task
 class CifarMosaicTask(_VocDetectionTask):
+    """A detection benchmark a CPU can run: canvases of real CIFAR-10 images, written once in the VOCdevkit
+    layout under <results_dir>/data/ and read by the VOC loader; mAP@0.5 on canvases built from the dev set's
+    validation images. A synthetic layout of real images, not a substitute for VOC."""
+
     name = "cifar_mosaic"
     description = "SSDlite on canvases of real CIFAR-10 images (1-4 objects over a real background), mAP@0.5"
     classes = CIFAR10_CLASSES
     num_classes = 11  # 10 classes and the background
+    data_settings = MosaicData
+    model_config = {"name": "ssdlite320_mobilenet_v3_large", "kwargs": {}, "weights": None}
+    train_recipe = recipe(12, 32, 0.05, weight_decay=4.0e-5, warmup_epochs=2)
+    finetune_recipe = recipe(2, 32, 0.01, weight_decay=4.0e-5)  # 24,000 canvases seen
+    batch_sizes = (1, 32)
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.spec()  # bad canvas settings stop the run before anything is read or written
 
     def spec(self) -> dict:
-        d = self.cfg.data
+        d = self.data
         try:
             lo, hi = (int(v) for v in d.objects)
             small, large = (float(v) for v in d.scale)
@@ -108,7 +138,7 @@ class CifarMosaicTask(_VocDetectionTask):
     def devkit(self) -> Path:
         """The VOC year folder of this spec's canvases, written on first use (once, under a lock)."""
         spec = self.spec()
-        source = Path(self.cfg.data.root).expanduser().resolve()
+        source = Path(self.data.root).expanduser().resolve()
         digest = hashlib.sha256(json.dumps([spec, str(source)], sort_keys=True).encode()).hexdigest()[:12]
         base = Path(self.cfg.results_dir).expanduser() / "data" / f"cifar_mosaic-{digest}"
         voc = base / "VOCdevkit" / "VOC2007"
@@ -129,5 +159,5 @@ class CifarMosaicTask(_VocDetectionTask):
 
     def _load_datasets(self):
         voc = self.devkit()
-        augment = str(self.cfg.data.box_augment)
+        augment = self.data.box_augment
         return VocDetection(voc, "trainval", augment, self.classes), VocDetection(voc, "test", "none", self.classes)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from harness.core.errors import DataError
-from tasks.base import Task, register_task
+from harness.core.settings import setting
+from tasks.base import DataSettings, Task, recipe, register_task
 from tasks.images import IMAGENET_MEAN, IMAGENET_STD, open_rgb
 
 IGNORE = 255
@@ -50,16 +52,33 @@ class SegmentationPairs(Dataset):
         return x, mask
 
 
+@dataclass
+class VocSegmentationData(DataSettings):
+    root: str = setting("data", "str", help="holds VOCdevkit/VOC2011/ (or TrainVal/VOCdevkit/VOC2011/)")
+    size: int = setting(320, "int", "[8, 8192]", help="images and masks are resized to size x size (MACs too)")
+    num_workers: int = setting(4, "int", "[0, 1024]", help="DataLoader worker processes")
+
+
 @register_task
 class VocSegmentationTask(Task):
+    """FCN on PASCAL VOC 2011 segmentation (train/val of ImageSets/Segmentation). The default model is
+    torchvision's fcn_resnet50 (the library option; it has BN, so every method prunes it as is);
+    model.name=fcn32s_vgg16 is the Gate Decorator paper's FCN-32s (no BN: gbn gates the convs)."""
+
     name = "fcn_voc2011"
     description = "FCN (ResNet-50 backbone by default) on PASCAL VOC 2011 segmentation, mIoU over 21 classes"
     num_classes = 21
     metric = "miou"
+    data_settings = VocSegmentationData
+    model_config = {"name": "fcn_resnet50", "kwargs": {}, "weights": None}
+    # close to torchvision's segmentation reference (lr 0.02, wd 1e-4, 30 epochs)
+    train_recipe = recipe(30, 8, 0.02, weight_decay=1.0e-4)
+    finetune_recipe = recipe(15, 8, 0.01, weight_decay=1.0e-4)
+    batch_sizes = (1, 8)
 
     @property
     def input_shape(self):
-        return (3, int(self.cfg.data.size), int(self.cfg.data.size))
+        return (3, self.data.size, self.data.size)
 
     def loss_fn(self) -> nn.Module:
         return nn.CrossEntropyLoss(ignore_index=IGNORE)
@@ -67,7 +86,7 @@ class VocSegmentationTask(Task):
     def _load_datasets(self):
         # torchvision's VOCSegmentation expects the 2011 archive's TrainVal/VOCdevkit/VOC2011 prefix;
         # the layout itself is simple, so both roots are read here directly.
-        root = Path(self.cfg.data.root).expanduser()
+        root = Path(self.data.root).expanduser()
         voc = next(
             (c for c in (root / "VOCdevkit" / "VOC2011", root / "TrainVal" / "VOCdevkit" / "VOC2011") if c.is_dir()),
             root / "VOCdevkit" / "VOC2011",
@@ -87,7 +106,7 @@ class VocSegmentationTask(Task):
                 for path in (image, mask):
                     if not Path(path).is_file():
                         raise DataError(f"{self.name}: {split_file} lists {Path(path).stem}, but {path} is missing")
-            splits.append(SegmentationPairs(pairs, int(self.cfg.data.size), train, self.num_classes))
+            splits.append(SegmentationPairs(pairs, self.data.size, train, self.num_classes))
         return tuple(splits)
 
     @torch.no_grad()

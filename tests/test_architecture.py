@@ -208,19 +208,57 @@ def test_every_method_and_regulariser_gets_its_settings_as_a_typed_instance():
     the declared kinds, never the untyped config node."""
     import dataclasses
 
-    from harness.config import compose, group_options
+    from harness.config import compose
     from harness.core.settings import describe
     from methods import create_method, create_regularizer
+    from tasks import create_task
 
     kinds = {"int": int, "real": (int, float), "bool": bool, "str": str, "list": list, "choice": str}
-    built = [create_method(compose([f"method={name}"])) for name in group_options("method")]
-    built.append(create_regularizer(compose(["regularizer=anl"])))
-    for plugin in built:
-        declared = type(plugin).settings
+    built = [(m, type(m).settings, m.settings) for m in map(create_method, map(compose, _each("method")))]
+    regularizer = create_regularizer(compose(["regularizer=anl"]))
+    built.append((regularizer, type(regularizer).settings, regularizer.settings))
+    built += [(t, type(t).data_settings, t.data) for t in map(create_task, map(compose, _each("task")))]
+    for plugin, declared, instance in built:
         if declared is None:
-            assert plugin.settings is None
+            assert instance is None
             continue
-        assert dataclasses.is_dataclass(plugin.settings) and isinstance(plugin.settings, declared)
+        assert dataclasses.is_dataclass(instance) and isinstance(instance, declared)
         for s in describe(declared):
-            value = getattr(plugin.settings, s.name)
+            value = getattr(instance, s.name)
             assert (value is None and s.nullable) or isinstance(value, kinds[s.kind]), (type(plugin), s.name, value)
+
+
+def _each(group: str) -> list[list[str]]:
+    from harness.config import group_options
+
+    return [[f"{group}={name}"] for name in group_options(group)]
+
+
+def test_a_task_is_one_file():
+    """A task's whole config (description, model, data settings, recipes, batch sizes) is declared by its class,
+    in the one module that defines it; harness/conf/task/ holds presets only (none need exist)."""
+    from harness.config import CONF_DIR, compose, group_options
+    from tasks.base import TASKS
+
+    TASKS.discover()
+    assert set(TASKS.entries) <= set(group_options("task"))
+    for name, cls in TASKS.entries.items():
+        assert not (CONF_DIR / "task" / f"{name}.yaml").exists()
+        cfg = compose([f"task={name}"])
+        assert cfg.task.description == cls.description and cfg.model.name == cls.model_config["name"]
+        assert list(cfg.measure.batch_sizes) == list(cls.batch_sizes)
+        # its data settings are declared in its own module or in a base class's (tasks.base: DataSettings)
+        assert cls.data_settings.__module__ in {c.__module__ for c in cls.__mro__}
+
+
+def test_no_library_function_is_longer_than_about_sixty_lines():
+    """harness/, methods/ and tasks/: a function's body (its docstring left out) stays within 65 lines, so
+    that it reads on one screen; ruff's C901 and PLR0913 (pyproject.toml) bound its branches and arguments."""
+    long = []
+    for path in files("harness", "methods", "tasks"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = fn.body[1:] if ast.get_docstring(fn) is not None else fn.body
+                if body and fn.end_lineno - body[0].lineno + 1 > 65:
+                    long.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}")
+    assert long == []

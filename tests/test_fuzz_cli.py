@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
@@ -155,6 +155,7 @@ def _check(code: int, err: str) -> None:
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(command=st.sampled_from(SUBCOMMANDS), items=overrides)
+@example(command="run --cfg", items=["method.name=0"])  # a number as a plug-in's name: was an internal error
 def test_any_overrides_end_cleanly(stubbed_run, capsys, command, items):
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))
     args = command.split()

@@ -52,7 +52,7 @@ class Registry(Generic[T]):
         """The entry named ``name``; an unknown name is one line with the closest names."""
         self.discover()
         if name not in self.entries:
-            close = difflib.get_close_matches(name, self.entries, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(str(name), self.entries, n=3, cutoff=0.6)  # method.name=0 is an int
             hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
             raise ConfigError(f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self.entries))}")
         return self.entries[name]
