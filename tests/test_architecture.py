@@ -262,3 +262,22 @@ def test_no_library_function_is_longer_than_about_sixty_lines():
                 if body and fn.end_lineno - body[0].lineno + 1 > 65:
                     long.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}")
     assert long == []
+
+
+def test_a_task_preset_is_a_yaml_file_that_builds_on_the_task(tmp_path, monkeypatch):
+    """harness/conf/task/<preset>.yaml with ``defaults: [<task>, _self_]`` changes some of a task's values."""
+    import shutil
+
+    import harness.config
+    from harness.config import CONF_DIR, compose, group_options
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "task").mkdir(exist_ok=True)
+    (conf / "task" / "digits_short.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - digits\n  - _self_\ntrain:\n  epochs: 3\n"
+    )
+    monkeypatch.setattr(harness.config, "CONF_DIR", conf)
+    assert "digits_short" in group_options("task")
+    cfg = compose(["task=digits_short"])
+    assert (cfg.task.name, cfg.train.epochs, cfg.finetune.epochs, cfg.model.name) == ("digits", 3, 15, "digits_resnet")
