@@ -204,6 +204,7 @@ class MlflowTracker(NullTracker):
             fh.write(json.dumps({"call": name, "args": [_jsonable(a) for a in args]}) + "\n")
 
     def _drain(self) -> None:
+        had = bool(self.pending)
         while self.pending:
             name, args = self.pending[0]
             try:
@@ -212,6 +213,10 @@ class MlflowTracker(NullTracker):
                 self._last_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" if str(e) else repr(e)
                 return
             self.pending.pop(0)
+        if had and self.run_id:  # all taken: the run's buffer file and its artifact copies are no longer needed
+            self._buffer_file().unlink(missing_ok=True)
+            for copy in (self.buffer_dir / "artifacts").glob(f"{self.run_id}-*"):
+                copy.unlink(missing_ok=True)
 
     def _buffer_file(self) -> Path:
         return self.buffer_dir / f"{self.run_id or 'no-run'}.jsonl"
@@ -337,6 +342,7 @@ def take_credentials(uri: str | None) -> str | None:
     jobs inherit), so that configs, params, warnings and job files never hold them."""
     if not uri:
         return uri
+    _refuse_raw_separators(str(uri))
     match = _CREDENTIALS.match(str(uri))
     if match is None or (match["password"] is None and not match["scheme"].startswith("http")):
         return uri
@@ -349,6 +355,26 @@ def take_credentials(uri: str | None) -> str | None:
         f"tracking.uri {redact(uri)} carries a password: drop it from the URI and give it to the database "
         "driver another way (PGPASSWORD or ~/.pgpass for PostgreSQL)"
     )
+
+
+def _refuse_raw_separators(uri: str) -> None:
+    """A ``user:password@`` whose password holds a raw ``/`` or ``@`` cannot be parsed as a URL (the host would
+    be read from inside the password): refused, showing no part of it, with the encoding that fixes it."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or "@" not in rest:
+        return
+    authority, _, path = rest.partition("/")
+    raw_at = authority.count("@") > 1
+    # user:pass/word@host: the '/' ended the authority early, leaving "user:pass" (a port that is no number)
+    # and an '@' in what follows; host:5000/a@b is a path with an '@' in it
+    raw_slash = "@" not in authority and "@" in path.split("/")[0] and not authority.rpartition(":")[2].isdigit()
+    raw_slash = raw_slash and ":" in authority
+    if raw_at or raw_slash:
+        host = rest.rsplit("@", 1)[1]
+        raise ConfigError(
+            f"tracking.uri {scheme}://***@{host} has a password with a raw '/' or '@': percent-encode them "
+            "(%2F, %40) or export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+        )
 
 
 def redact(text: str) -> str:

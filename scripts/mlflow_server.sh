@@ -17,7 +17,8 @@
 #   BACKEND_URI=...         an existing database instead (postgresql://user@host:port/db; its password
 #                           from PGPASSWORD or ~/.pgpass, never on the command line)
 #   ARTIFACTS=<dir|URI>     where artifacts go (default <results_dir>/mlruns); on a cluster, a shared directory
-#   AUTH=1                  MLflow's basic-auth on loopback too; it is always on for any other HOST
+#   AUTH=1                  MLflow's basic-auth on loopback too; it is always on for any other HOST (1|true
+#                           or 0|false; anything else is refused)
 #   MLFLOW_ADMIN_PASSWORD   the admin's password (required with auth; MLFLOW_ADMIN_USER, default admin)
 #   AUTH_CACHE_TTL=60       seconds a worker trusts a checked password (0: hash every request, ~3x slower;
 #                           a changed or deleted password still works for up to this long on other workers)
@@ -110,6 +111,12 @@ mkdir -p "$RESULTS"
 RESULTS="$(cd "$RESULTS" && pwd)"
 ARTIFACTS="${ARTIFACTS:-$RESULTS/mlruns}"
 
+case "${AUTH-}" in  # only the documented words: AUTH=true used to switch auth OFF on loopback, silently
+    "" | 0 | 1) ;;
+    true) AUTH=1 ;;
+    false) AUTH=0 ;;
+    *) die "AUTH must be 1 (or true) for basic-auth, or 0 (or false) without it; got AUTH=$AUTH" ;;
+esac
 case "$HOST" in
     127.0.0.1 | localhost | ::1) LOOPBACK=1 ;;
     *) LOOPBACK=0 ;;
@@ -126,7 +133,9 @@ fi
 AUTH="${AUTH:-0}"
 
 if [ -n "${BACKEND_URI:-}" ]; then
-    case "$BACKEND_URI" in *://*:*@*) die "BACKEND_URI carries a password; drop it from the URI and export PGPASSWORD (or use ~/.pgpass)" ;; esac
+    case "$BACKEND_URI" in  # in the user part or the query (?password=): it would show in the banner and in ps
+        *://*:*@* | *[?\&]password=*) die "BACKEND_URI carries a password; drop it from the URI and export PGPASSWORD (or use ~/.pgpass)" ;;
+    esac
     STORE_URI="$BACKEND_URI"
     AUTH_DB="${AUTH_DB_URI:-$BACKEND_URI}"
 elif [ "$STORE" = postgres ]; then

@@ -49,6 +49,20 @@ def test_credentials_in_the_uri_move_to_the_environment():
     )
 
 
+@pytest.mark.quick
+@pytest.mark.parametrize("password", ["Secr/tPw", "Se@cret", "a/b@c"])
+def test_a_password_with_a_raw_slash_or_at_is_refused_showing_none_of_it(run_cli, password):
+    """Unencoded, '/' ends the URL's authority early and '@' splits it: the host would be read from inside
+    the password (and a piece of it shown as the user name). Refused in one line; encoded, it works."""
+    code, out, err = run_cli("run", "task=digits", f"tracking.uri=http://alice:{password}@127.0.0.1:5999", "--cfg")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "%2F, %40" in err, err
+    assert not any(piece in out + err for piece in password.replace("@", "/").split("/") if len(piece) > 1)
+    encoded = password.replace("/", "%2F").replace("@", "%40")
+    code, out, err = run_cli("run", "task=digits", f"tracking.uri=http://alice:{encoded}@127.0.0.1:5999", "--cfg")
+    assert code == 0 and os.environ["MLFLOW_TRACKING_PASSWORD"] == password and encoded not in out + err
+    assert take_credentials("http://127.0.0.1:5000/a@b") == "http://127.0.0.1:5000/a@b"  # an '@' in a path
+
+
 def test_no_config_param_or_job_file_holds_the_password(run_cli):
     from harness.config import compose
     from harness.launch import _without_credentials
@@ -103,6 +117,14 @@ def test_the_server_refuses_the_network_without_auth(tmp_path):
     assert proc.returncode == 2 and "set MLFLOW_ADMIN_PASSWORD" in proc.stderr
     proc = _script(tmp_path, BACKEND_URI="postgresql://u:inline@h/db")
     assert proc.returncode == 2 and "PGPASSWORD" in proc.stderr and "inline" not in proc.stderr
+    for uri in ("postgresql://u@h/db?password=inline", "postgresql://u@h/db?sslmode=require&password=inline"):
+        proc = _script(tmp_path, BACKEND_URI=uri)
+        assert proc.returncode == 2 and "PGPASSWORD" in proc.stderr and "inline" not in proc.stderr
+    proc = _script(tmp_path, AUTH="true")  # a documented synonym of 1: auth on, so it needs the password
+    assert proc.returncode == 2 and "set MLFLOW_ADMIN_PASSWORD" in proc.stderr
+    for word in ("yes", "2", "ture", "on"):  # anything else is refused, never read as "off"
+        proc = _script(tmp_path, AUTH=word, MLFLOW_ADMIN_PASSWORD="pw")
+        assert proc.returncode == 2 and "AUTH must be 1" in proc.stderr and not proc.stdout, word
     proc = _script(tmp_path, STORE="mysql")
     assert proc.returncode == 2 and "STORE=postgres" in proc.stderr
 

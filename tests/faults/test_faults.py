@@ -304,6 +304,7 @@ def test_store_outage_mid_run_is_buffered_and_nothing_is_lost(run_cli, tiny_digi
     run = client.get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.metrics["final_acc"] == s["final_acc"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "baseline/acc")] == [0, 1, 2]
+    assert not list((tmp_path / "results" / "tracking_buffer").glob("*.jsonl"))  # drained: removed
 
 
 def test_store_down_at_the_end_never_reports_success(run_cli, tiny_digits, tmp_path, monkeypatch):
