@@ -2,6 +2,7 @@
 # An MLflow tracking server for many concurrent jobs (instead of each job opening the sqlite file).
 #
 #   scripts/mlflow_server.sh [results_dir]                serve in the foreground (Ctrl-C or SIGTERM stops it)
+#   scripts/mlflow_server.sh stop|status                  the server of PORT, from its pid file in STATE_DIR
 #   scripts/mlflow_server.sh postgres start|stop|status   the local PostgreSQL that STORE=postgres uses
 #
 # then: python -m harness sweep ... tracking.uri=http://<host>:5000
@@ -93,6 +94,25 @@ postgres_stop() {
     as_postgres "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+PID_FILE="$STATE_DIR/mlflow_server-${PORT:-5000}.pid"  # the supervisor's (scripts/supervise.py), per port
+alive() {  # a process that exists and has not ended (a zombie waiting for its parent has)
+    kill -0 "$1" 2>/dev/null && ! ps -o stat= -p "$1" 2>/dev/null | grep -q '^Z'
+}
+if [ "${1:-}" = stop ] || [ "${1:-}" = status ]; then
+    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+    if [ -z "$pid" ] || ! alive "$pid"; then
+        echo "mlflow server on port ${PORT:-5000}: not running" >&2
+        [ "$1" = stop ] && exit 0 || exit 3
+    fi
+    if [ "$1" = status ]; then
+        echo "mlflow server on port ${PORT:-5000}: running (supervisor pid $pid)" >&2
+        exit 0
+    fi
+    kill -TERM "$pid"  # the supervisor stops the server's whole process group, then exits
+    for _ in $(seq 150); do alive "$pid" || exit 0; sleep 0.1; done
+    die "the supervisor (pid $pid) did not stop within 15 s"
+fi
+
 if [ "${1:-}" = postgres ]; then
     case "${2:-}" in
         start) postgres_start ;;
@@ -183,4 +203,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
     echo "$PYTHON -m mlflow server ${ARGS[*]}"
     exit 0
 fi
-exec "$PYTHON" -m mlflow server "${ARGS[@]}"
+# Supervised: the server's uvicorn workers and job runner are stopped with it, whichever way it is stopped
+# (SIGTERM, SIGINT, even SIGKILL of this pid), and a taken port is refused at once (scripts/supervise.py).
+(umask 077 && mkdir -p "$STATE_DIR")
+exec "$PYTHON" "$(dirname "$0")/supervise.py" --pid-file "$PID_FILE" -- "$PYTHON" -m mlflow server "${ARGS[@]}"

@@ -3,12 +3,15 @@ credentials that never land in a config, a param, a job file or a log. Loopback 
 skip, saying why, where PostgreSQL or mlflow[auth] is missing."""
 
 import base64
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -257,3 +260,104 @@ def test_a_slurm_job_gets_the_credentials_from_the_environment_only(postgres_ser
     files = [p for p in results.rglob("*") if p.is_file()]
     assert any(p.suffix == ".sh" for p in files)  # the sbatch script is there, and clean
     assert not [p for p in files if password.encode() in p.read_bytes()] and password not in out + err
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.1)
+    return not _group_alive(pgid)
+
+
+@pytest.mark.quick
+def test_stop_ends_the_whole_process_group_of_a_supervised_server(tmp_path):
+    """scripts/supervise.py with a stand-in server that leaves children of its own (as mlflow server's
+    uvicorn workers are): `mlflow_server.sh stop` (SIGTERM to the supervisor) leaves none of them."""
+    server = "import subprocess, sys, time; [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']) for _ in range(2)]; time.sleep(300)"
+    env = {**os.environ, "STATE_DIR": str(tmp_path), "PORT": "5099"}
+    pid_file = tmp_path / "mlflow_server-5099.pid"
+    sup = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "supervise.py"),
+            "--pid-file",
+            str(pid_file),
+            "--",
+            sys.executable,
+            "-c",
+            server,
+        ]
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (pid_file.exists() and len(_children(sup.pid)) >= 2):
+        time.sleep(0.1)
+    (leader,) = _server_children(sup.pid)
+    status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=10)
+    assert status.returncode == 0 and f"pid {sup.pid}" in status.stderr
+    stop = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=30)
+    assert stop.returncode == 0, stop.stderr
+    assert sup.wait(10) == 0 and _wait_gone(leader, 10) and not pid_file.exists()
+    status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=10)
+    assert status.returncode == 3 and "not running" in status.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _server_children(supervisor: int) -> list[int]:
+    """The supervisor's children but its watchdog (a fork of the supervisor: the same command line)."""
+    own = Path(f"/proc/{supervisor}/cmdline").read_bytes()
+    return [p for p in _children(supervisor) if Path(f"/proc/{p}/cmdline").read_bytes() != own]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_a_killed_server_leaves_nothing_behind_and_a_taken_port_is_refused(tmp_path):
+    """The real server: SIGKILL of the pid a supervisor holds (the script's) stops every process of the
+    server's group and frees the port; a second start on the taken port is refused at once in one line."""
+    port = _free_port()
+    env = {**os.environ, "PYTHON": sys.executable, "STATE_DIR": str(tmp_path / "state"), "PORT": str(port)}
+    env = {k: v for k, v in env.items() if k not in ("MLFLOW_ADMIN_PASSWORD", "AUTH", "HOST")}
+    script = subprocess.Popen(
+        ["bash", str(SCRIPT), str(tmp_path / "results")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not _healthy(port):
+            assert script.poll() is None, script.stderr.read().decode()
+            time.sleep(0.5)
+        (leader,) = _server_children(script.pid)  # the script exec'd into the supervisor; the server leads a group
+        assert (
+            os.getpgid(leader) == leader
+            and len(subprocess.run(["pgrep", "-g", str(leader)], capture_output=True, text=True).stdout.split()) > 1
+        )
+        started = time.monotonic()
+        second = subprocess.run(
+            ["bash", str(SCRIPT), str(tmp_path / "r2")], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert second.returncode != 0 and time.monotonic() - started < 10
+        assert f"127.0.0.1:{port} is taken" in second.stderr and second.stderr.strip().count("\n") <= 1, second.stderr
+        script.kill()  # SIGKILL: nothing of ours runs in that process any more
+        assert _wait_gone(leader, 15)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free again
+    finally:
+        script.kill()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.killpg(leader, signal.SIGKILL)
