@@ -194,6 +194,9 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 auth_cache_ttl_seconds = ${AUTH_CACHE_TTL:-60}
 INI
         chmod 600 "$MLFLOW_AUTH_CONFIG_PATH"
+        # MLflow creates the admin only once: a changed MLFLOW_ADMIN_PASSWORD is written to the auth database
+        "$PYTHON" "$(dirname "$0")/rotate_admin.py" "$AUTH_DB" "${MLFLOW_ADMIN_USER:-admin}" ||
+            die "could not set the admin's password in the auth database $AUTH_DB"
     fi
 fi
 unset MLFLOW_ADMIN_PASSWORD

@@ -361,3 +361,27 @@ def test_a_killed_server_leaves_nothing_behind_and_a_taken_port_is_refused(tmp_p
         script.kill()
         with contextlib.suppress(NameError, ProcessLookupError):
             os.killpg(leader, signal.SIGKILL)
+
+
+def test_a_new_admin_password_replaces_the_old_one_at_start(tmp_path, monkeypatch):
+    """MLflow creates the admin once; the server script writes a changed MLFLOW_ADMIN_PASSWORD to the auth
+    database before each start (scripts/rotate_admin.py): then the new password works and the old one not."""
+    import runpy
+
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    db = f"sqlite:///{tmp_path / 'auth.db'}"
+    store = SqlAlchemyStore()
+    store.init_db(db)
+    store.create_user("admin", "old-password-12", is_admin=True)
+    rotate = runpy.run_path(str(ROOT / "scripts" / "rotate_admin.py"))["rotate"]
+    assert rotate(db, "admin", "new-password-34") and not rotate(db, "admin", "new-password-34")  # once
+    assert store.authenticate_user("admin", "new-password-34", use_primary=True)
+    assert not store.authenticate_user("admin", "old-password-12", use_primary=True)
+    assert not rotate(db, "nobody", "new-password-34")  # no such admin yet: the server creates it
+    monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", "third-password-56")  # the script's way: from the environment
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "rotate_admin.py"), db], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "is now MLFLOW_ADMIN_PASSWORD" in proc.stderr and "third" not in proc.stderr
+    assert store.authenticate_user("admin", "third-password-56", use_primary=True)
