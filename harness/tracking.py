@@ -63,10 +63,12 @@ class MlflowTracker(NullTracker):
     store still cannot take it, so a run never reports a success the store does not hold."""
 
     RETRIES = (0.2, 0.5, 1.0, 2.0)
-    # How long a run waits for a tracking server that does not answer (one restarting under an array of
-    # jobs: 4 minutes under 64 jobs on 2 cores, docs/sweeps.md): at its start, and at its end for what it
-    # buffered before it reports failure. A file store waits only RETRIES; calls in between never wait.
-    SERVER_START_WAIT_S = float(os.environ.get("HARNESS_TRACKING_START_WAIT_S", 180))
+    # How long a run waits for a tracking server that does not answer: at its start, where nothing has
+    # answered yet (a typo in the port looks the same as a server restarting: 20 s, then one line and exit 5;
+    # an array started while the server restarts under load wants more, e.g. 300), and at its end for what it
+    # buffered after the store had answered (patient). A file store waits only RETRIES; calls in between never
+    # wait.
+    SERVER_START_WAIT_S = float(os.environ.get("HARNESS_TRACKING_START_WAIT_S", 20))
     SERVER_END_WAIT_S = float(os.environ.get("HARNESS_TRACKING_END_WAIT_S", 600))
     _FINAL = ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED")
 
@@ -160,8 +162,21 @@ class MlflowTracker(NullTracker):
                 f"the tracking server {self.uri} refused the credentials (401): export MLFLOW_TRACKING_USERNAME "
                 "and MLFLOW_TRACKING_PASSWORD (or write tracking.uri=http://user:password@host:port)"
             ) from None
-        if code in self._FINAL or time.monotonic() >= deadline:
+        if code == "PERMISSION_DENIED":
+            raise TrackingError(_permission_message(self.uri, error)) from None
+        if code in self._FINAL:
             raise error
+        if time.monotonic() >= deadline:
+            if not _no_answer(error) or self.run_id is not None:  # the store answered, with an error of its own
+                raise error
+            reason = (
+                f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160]}" if str(error) else repr(error)
+            )
+            raise TrackingError(
+                f"nothing answered at tracking store {self.uri} for {self.start_wait_s:.0f} s (last: {reason}); "
+                "check tracking.uri (host and port), or, for a server that is restarting, raise "
+                "HARNESS_TRACKING_START_WAIT_S"
+            ) from None
         if not self._said_waiting:
             print(
                 f"warning: tracking store {self.uri} does not answer ({type(error).__name__}); "
@@ -176,7 +191,9 @@ class MlflowTracker(NullTracker):
         for delay in self.RETRIES:
             try:
                 return fn(*args)
-            except Exception:
+            except Exception as e:
+                if getattr(e, "error_code", None) in self._FINAL:  # the store answered: asking again changes nothing
+                    raise
                 time.sleep(delay)
         return fn(*args)
 
@@ -189,6 +206,8 @@ class MlflowTracker(NullTracker):
         try:
             self._retry(getattr(self.client, name), *args)
         except Exception as e:
+            if getattr(e, "error_code", None) == "PERMISSION_DENIED":  # final: waiting would not change it
+                raise TrackingError(_permission_message(self.uri, e)) from None
             if not self.pending:
                 print(
                     f"warning: tracking store {self.uri} failed ({type(e).__name__}: {e}); training goes on, "
@@ -310,6 +329,29 @@ class MlflowTracker(NullTracker):
             self._call("set_terminated", self.run_id, status)
         except Exception:  # ending is best effort when the store is down; the buffer file has it
             pass
+
+
+def _no_answer(error: BaseException) -> bool:
+    """Whether ``error`` says that nothing answered (refused, unreachable, timed out): MLflow's REST client
+    wraps requests' ConnectionError and Timeout in an MlflowException with the generic INTERNAL_ERROR code."""
+    import requests
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _permission_message(uri: str, error: Exception) -> str:
+    """One line for a 403 from an authenticating server: which user lacked which permission, and the fix."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no user set)")
+    detail = str(getattr(error, "message", "") or error).strip().splitlines()[0][:200]
+    return (
+        f"the tracking server {uri} refused user {user!r} (403 PERMISSION_DENIED: {detail}); an admin must grant "
+        "that user EDIT on the experiment (or let it create experiments): docs/sweeps.md, 'Users and permissions'"
+    )
 
 
 def _store_creation_lock(uri: str):

@@ -314,3 +314,47 @@ def test_store_down_at_the_end_never_reports_success(run_cli, tiny_digits, tmp_p
     assert "did not take" in err and "tracking_buffer" in err
     assert list((tmp_path / "results" / "tracking_buffer").glob("*.jsonl"))
     assert list((tmp_path / "results" / "checkpoints").glob("*.pt"))  # kept for the retry
+
+
+def test_a_store_that_never_answered_fails_fast_before_any_training(tmp_path):
+    """A typo in the port (nothing listens there): one line naming the URI and the fix, exit 5, within the
+    start wait (20 s by default), nothing trained. A store that answered earlier stays waited for."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "task=digits", f"tracking.uri=http://127.0.0.1:{port}/",
+         f"results_dir={tmp_path / 'results'}", "quiet=true"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "HARNESS_TRACKING_START_WAIT_S": "5"},
+    )  # fmt: skip
+    assert proc.returncode == 5, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"nothing answered at tracking store http://127.0.0.1:{port}/" in errors[0]
+    assert "HARNESS_TRACKING_START_WAIT_S" in errors[0] and "(a bug" not in proc.stderr
+    assert time.monotonic() - started < 90  # 5 s of waiting + start-up, even on a loaded machine
+    assert not (tmp_path / "results" / "baselines").exists()  # nothing trained
+
+
+def test_a_403_from_the_store_is_one_line_naming_the_user_and_the_permission(run_cli, tiny_digits, monkeypatch):
+    """A user without the right to create runs (or experiments): exit 5, one line, before any training."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+    from mlflow.tracking import MlflowClient
+
+    def refuse(self, *args, **kwargs):  # what MLflow's REST client raises for the server's 403
+        raise MlflowException("Permission denied for this resource.", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(MlflowClient, "create_run", refuse)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    code, out, err = run_cli("run", *tiny_digits, "--json")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 5 and out == "" and len(errors) == 1, err
+    assert "refused user 'reader'" in errors[0] and "403 PERMISSION_DENIED" in errors[0] and "EDIT" in errors[0]
+    assert "(a bug" not in err
