@@ -178,11 +178,12 @@ if [ "$AUTH" = 1 ]; then
     [ -n "${MLFLOW_ADMIN_PASSWORD:-}" ] || die "auth is on (HOST=$HOST${AUTH:+, AUTH=$AUTH}): set MLFLOW_ADMIN_PASSWORD (the admin's password), e.g. read -rs MLFLOW_ADMIN_PASSWORD; export MLFLOW_ADMIN_PASSWORD"
     [ "${#MLFLOW_ADMIN_PASSWORD}" -ge 12 ] || die "MLFLOW_ADMIN_PASSWORD must have at least 12 characters (MLflow's rule for every user)"
     "$PYTHON" -c "import flask_wtf" 2>/dev/null || die "auth needs mlflow[auth]: pip install -e '.[server]'"
-    ARGS+=(--app-name basic-auth)
+    ARGS+=(--app-name harness-auth)  # MLflow's basic-auth behind harness/server_auth.py
     if [ "${DRY_RUN:-0}" != 1 ]; then
         secret_file "$STATE_DIR/flask_secret"
         export MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$STATE_DIR/flask_secret")"
         export MLFLOW_AUTH_CONFIG_PATH="$STATE_DIR/basic_auth.ini"
+        export HARNESS_LOGIN_FAILURES="$STATE_DIR/login_failures.db"  # refused logins, shared by the workers
         umask 077
         cat >"$MLFLOW_AUTH_CONFIG_PATH" <<INI
 [mlflow]

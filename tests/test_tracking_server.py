@@ -109,7 +109,7 @@ def test_the_server_refuses_the_network_without_auth(tmp_path):
     proc = _script(tmp_path, HOST="0.0.0.0", MLFLOW_ADMIN_PASSWORD="pw-in-env-only")
     assert proc.returncode == 0, proc.stderr
     args = proc.stdout.split()
-    assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--app-name") + 1] == "basic-auth"
+    assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--app-name") + 1] == "harness-auth"
     ini = tmp_path / "state" / "basic_auth.ini"
     assert (ini.stat().st_mode & 0o777) == 0o600 and (ini.parent.stat().st_mode & 0o777) == 0o700
     assert "admin_password = pw-in-env-only" in ini.read_text()
@@ -165,6 +165,7 @@ def postgres_server(tmp_path_factory):
     pgdata = f"/var/lib/postgresql/harness-test-{os.getpid()}" if os.getuid() == 0 else str(tmp / "pgdata")
     env = {**os.environ, "STATE_DIR": str(tmp / "state"), "PGDATA": pgdata, "PGPORT": str(_free_port())}
     env.update(PYTHON=str(Path(os.sys.executable)), PORT=str(port), STORE="postgres", AUTH="1", WORKERS="2")
+    env["MLFLOW_CREATORS"] = "maker"  # besides the admin, the one user who may create experiments
     log = open(tmp / "server.log", "w")
     server = subprocess.Popen(
         ["bash", str(SCRIPT), str(tmp / "results")],
@@ -207,6 +208,68 @@ def test_postgres_server_refuses_strangers_and_read_only_users(postgres_server):
     assert _request(search, {"max_results": 5}, auth=reader)[0] == 200  # default_permission = READ
     status, _ = _request(url + "/api/2.0/mlflow/runs/create", {"experiment_id": experiment}, auth=reader)
     assert status == 403
+
+
+def _clear_login_failures(postgres_server) -> None:
+    import sqlite3
+
+    db = postgres_server["tmp"] / "state" / "login_failures.db"
+    if db.exists():
+        with sqlite3.connect(db) as con:
+            con.execute("delete from failures")
+
+
+def test_read_only_users_cannot_create_experiments_and_bearer_gets_401(postgres_server):
+    url, admin = postgres_server["url"], ("admin", postgres_server["password"])
+    for name in ("reader2", "maker"):
+        status, _ = _request(
+            url + "/api/2.0/mlflow/users/create", {"username": name, "password": f"{name}-pw-12345"}, auth=admin
+        )
+        assert status == 200
+    create = url + "/api/2.0/mlflow/experiments/create"
+    assert _request(create, {"name": "claimed-by-reader"}, auth=("reader2", "reader2-pw-12345"))[0] == 403
+    status, _ = _request(
+        url + "/api/2.0/mlflow/registered-models/create", {"name": "m1"}, auth=("reader2", "reader2-pw-12345")
+    )
+    assert status == 403
+    assert _request(create, {"name": "made-by-maker"}, auth=("maker", "maker-pw-12345"))[0] == 200  # MLFLOW_CREATORS
+    status, body = _request(create, {"name": "made-by-admin"}, auth=admin)
+    assert status == 200
+    runs = url + "/api/2.0/mlflow/runs/create"
+    reader = ("reader2", "reader2-pw-12345")
+    assert _request(runs, {"experiment_id": body["experiment_id"]}, auth=reader)[0] == 403  # read-only
+    grant = {"username": "reader2", "resource_type": "experiment", "resource_id": body["experiment_id"]}
+    status, _ = _request(url + "/api/3.0/mlflow/users/permissions/grant", {**grant, "permission": "EDIT"}, auth=admin)
+    assert status == 200  # docs/sweeps.md's recipe: EDIT on one experiment
+    assert _request(runs, {"experiment_id": body["experiment_id"]}, auth=reader)[0] == 200
+    assert _request(create, {"name": "x"}, auth=("reader2", "wrong-password"))[0] == 401  # not 403: no user oracle
+    req = urllib.request.Request(url + "/api/2.0/mlflow/experiments/search?max_results=1")
+    req.add_header("Authorization", "Bearer abc.def.ghi")
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(req, timeout=30)
+    assert answer.value.code == 401  # was a 500 from MLflow's auth cache
+    _clear_login_failures(postgres_server)
+
+
+def test_unknown_users_take_as_long_as_wrong_passwords_and_guessing_is_throttled(postgres_server):
+    url = postgres_server["url"] + "/api/2.0/mlflow/experiments/search"
+    _clear_login_failures(postgres_server)
+    try:
+        timings = {"admin": [], "no-such-user": []}
+        for _ in range(9):  # 18 refused logins: under the 20 a minute that are let through
+            for user in timings:
+                started = time.perf_counter()
+                assert _request(url, {"max_results": 1}, auth=(user, "wrong-password"))[0] == 401
+                timings[user].append(time.perf_counter() - started)
+        wrong, unknown = (sorted(t)[len(t) // 2] for t in timings.values())
+        assert abs(unknown - wrong) <= 0.2 * wrong, (unknown, wrong)  # medians within 20% (were 6-9 vs 112-177 ms)
+        for _ in range(2):
+            assert _request(url, {"max_results": 1}, auth=("admin", "wrong-password"))[0] == 401  # 19th, 20th
+        assert _request(url, {"max_results": 1}, auth=("admin", "wrong-password"))[0] == 429  # the 21st
+        admin = ("admin", postgres_server["password"])
+        assert _request(url, {"max_results": 1}, auth=admin)[0] == 429  # the address waits out the minute
+    finally:
+        _clear_login_failures(postgres_server)
 
 
 def test_a_run_logs_through_auth_and_leaves_no_password_behind(postgres_server, run_cli, tiny_digits):
