@@ -30,7 +30,8 @@ from harness.config import compose  # noqa: E402
 from harness.core.errors import ConfigError  # noqa: E402
 from harness.core.surgery import ChannelPruner  # noqa: E402
 from harness.core.train import train  # noqa: E402
-from methods import PruneContext, create_method  # noqa: E402
+from methods import create_method  # noqa: E402
+from methods.base import PruneContext, Reporting, TrainingContext  # noqa: E402
 from tasks.models import create_model  # noqa: E402
 
 FAMILIES = [
@@ -92,14 +93,15 @@ def context(pruner: ChannelPruner, method_cfg, target: float) -> PruneContext:
         pruner=pruner,
         target=target,
         device=torch.device("cpu"),
-        train_loader=loader,
-        loss_fn=nn.CrossEntropyLoss(),
-        evaluate=accuracy,
-        quick_evaluate=accuracy,
-        log_step=lambda step, m: None,
-        log_metrics=lambda m, step=None: None,
-        train=partial(train, loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), quiet=True),
-        finetune_recipe=cfg.finetune,
+        training=TrainingContext(
+            loader=loader,
+            loss_fn=nn.CrossEntropyLoss(),
+            train=partial(train, loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), quiet=True),
+            finetune_recipe=cfg.finetune,
+        ),
+        report=Reporting(
+            log_step=lambda step, m: None, log_metrics=lambda m, step=None: None, quick_test_metric=accuracy
+        ),
         val_loader=held_out,
         validate=accuracy,
         quiet=True,
