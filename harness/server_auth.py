@@ -141,6 +141,20 @@ async def _reply(send, status: int, message: str, headers=(), code: str | None =
     await send({"type": "http.response.body", "body": body})
 
 
+def rotate_admin(db_uri: str, user: str, password: str) -> bool:
+    """Set ``user``'s password in the auth database to ``password`` if the user exists with another one;
+    True if it changed. MLflow creates the admin from its config only once: restarted with a new
+    MLFLOW_ADMIN_PASSWORD, the server kept the old password (scripts/rotate_admin.py runs this at each start)."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(db_uri)
+    if not store.has_user(user, use_primary=True) or store.authenticate_user(user, password, use_primary=True):
+        return False
+    store.update_user(user, password=password)
+    return True
+
+
 def create_app():
     """The ``harness-auth`` app (a factory: uvicorn --factory): MLflow's basic-auth app behind ``Guard``."""
     from mlflow.server import app as flask_app

@@ -17,15 +17,9 @@ import sys
 
 
 def rotate(db_uri: str, user: str, password: str) -> bool:
-    """Set ``user``'s password to ``password`` if the user exists and has another one; True if it changed."""
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    from harness.server_auth import rotate_admin
 
-    store = SqlAlchemyStore()
-    store.init_db(db_uri)
-    if not store.has_user(user, use_primary=True) or store.authenticate_user(user, password, use_primary=True):
-        return False
-    store.update_user(user, password=password)
-    return True
+    return rotate_admin(db_uri, user, password)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ from pathlib import Path
 def port_taken(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as the server binds (SO_REUSEADDR): a port held only by closed connections in TIME_WAIT is free, one
+        # that something listens on is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:

@@ -419,7 +419,9 @@ def test_a_killed_server_leaves_nothing_behind_and_a_taken_port_is_refused(tmp_p
         script.kill()  # SIGKILL: nothing of ours runs in that process any more
         assert _wait_gone(leader, 15)
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no owner
             s.bind(("127.0.0.1", port))  # free again
+            s.listen()
     finally:
         script.kill()
         with contextlib.suppress(NameError, ProcessLookupError):

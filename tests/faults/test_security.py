@@ -30,7 +30,7 @@ def test_the_mlflow_server_binds_to_loopback_by_default(tmp_path):
     assert args[args.index("--host") + 1] == "127.0.0.1"
     # only when told, and then with authentication (tests/test_tracking_server.py has the refusals)
     args = _server_args(tmp_path, HOST="0.0.0.0", MLFLOW_ADMIN_PASSWORD="x" * 12, STATE_DIR=str(tmp_path / "state"))
-    assert args[args.index("--host") + 1] == "0.0.0.0" and "basic-auth" in args
+    assert args[args.index("--host") + 1] == "0.0.0.0" and "harness-auth" in args
 
 
 def test_the_readme_only_shows_loopback_or_authenticated_servers():
