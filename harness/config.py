@@ -84,8 +84,8 @@ def describe_group(group: str) -> dict[str, str]:
     for name in group_options(group):
         path = CONF_DIR / group / f"{name}.yaml"
         node = OmegaConf.load(path) if path.exists() else None
-        if node is not None and (description := node.get(group, node).get("description")) is not None:
-            out[name] = str(description)
+        if node is not None:  # a preset (a task's may name no description of its own)
+            out[name] = str(node.get(group, node).get("description", ""))
         else:
             out[name] = plugins[name].description
         cls = plugins.get(str(node.get(group, node).get("impl", name))) if node is not None else plugins.get(name)
@@ -95,7 +95,7 @@ def describe_group(group: str) -> dict[str, str]:
 
 
 def plugin_class(cfg: DictConfig, group: str) -> type | None:
-    """The class of the method or regulariser a composed config selects (None for regularizer=none)."""
+    """The class of the task, method or regulariser a composed config selects (None for regularizer=none)."""
     node = cfg.get(group)
     name = node.get("impl") or node.get("name") if node is not None else None
     registry = _registry(group)
@@ -393,7 +393,7 @@ def _check_plugins(cfg: DictConfig) -> None:
         cls = plugin_class(cfg, group)
         if cls is not None:
             plugin_settings.check(group, cls.settings, cfg[group])
-    task = _registry("task").entries.get(str(cfg.task.name))
+    task = plugin_class(cfg, "task")
     if task is not None:
         plugin_settings.check("data", task.data_settings, cfg.data)
 

@@ -271,7 +271,7 @@ def test_a_task_preset_is_a_yaml_file_that_builds_on_the_task(tmp_path, monkeypa
     import shutil
 
     import harness.config
-    from harness.config import CONF_DIR, compose, group_options
+    from harness.config import CONF_DIR, compose, describe_group, group_options
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)
@@ -281,5 +281,6 @@ def test_a_task_preset_is_a_yaml_file_that_builds_on_the_task(tmp_path, monkeypa
     )
     monkeypatch.setattr(harness.config, "CONF_DIR", conf)
     assert "digits_short" in group_options("task")
+    assert "digits_short" in describe_group("task")  # listed (`harness list`) though it names no description
     cfg = compose(["task=digits_short"])
     assert (cfg.task.name, cfg.train.epochs, cfg.finetune.epochs, cfg.model.name) == ("digits", 3, 15, "digits_resnet")
