@@ -134,7 +134,7 @@ def _build_and_check(cfg: DictConfig, task, method, target: float, latency_targe
             f"or a width search), so prune.normalize={cfg.prune.normalize} would be ignored; drop it"
         )
     # max_reduction also refuses, by name, a structure the surgery cannot prune; a latency target's
-    # reachability and the method's own checks run on its latency table (latency.target.prepare_run).
+    # reachability and the method's own checks run on its latency table (phases.prune.prepare_latency_target).
     method.check_model(model)
     if target > 0 and not latency_target:
         method.check_target(model, pruner, target)

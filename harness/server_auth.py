@@ -30,7 +30,6 @@ import time
 MAX_FAILURES = 20
 WINDOW_S = 60.0
 _CREATE_PATHS = ("/mlflow/experiments/create", "/mlflow/registered-models/create")
-_UNPROTECTED = ("/health", "/static", "/favicon.ico", "/version")
 
 
 def _basic_credentials(header: str) -> tuple[str | None, str | None]:
@@ -66,17 +65,21 @@ class FailureLog:
 
 class Guard:
     """ASGI middleware: non-Basic credentials, repeated failures, user enumeration by timing, and who may
-    create experiments (see the module's docstring). ``store`` is MLflow's auth store."""
+    create experiments (see the module's docstring). ``store`` is MLflow's auth store, ``unprotected`` its
+    ``is_unprotected_route``."""
 
-    def __init__(self, app, store, creators: set[str], failures: FailureLog, max_failures: int = MAX_FAILURES):
+    def __init__(
+        self, app, store, creators: set[str], failures: FailureLog, unprotected, max_failures: int = MAX_FAILURES
+    ):
         from werkzeug.security import generate_password_hash
 
         self.app, self.store, self.creators = app, store, creators
         self.failures, self.max_failures = failures, max_failures
+        self.unprotected = unprotected  # MLflow's own test of the routes it serves without auth (health, static)
         self.dummy_hash = generate_password_hash(os.urandom(16).hex())  # what an unknown user's password meets
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].startswith(_UNPROTECTED):
+        if scope["type"] != "http" or self.unprotected(scope["path"]):
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("?", 0))[0]
         count, left = await self._run(self.failures.recent, client)
@@ -159,8 +162,8 @@ def create_app():
     """The ``harness-auth`` app (a factory: uvicorn --factory): MLflow's basic-auth app behind ``Guard``."""
     from mlflow.server import app as flask_app
     from mlflow.server.auth import create_app as basic_auth
-    from mlflow.server.auth import store
+    from mlflow.server.auth import is_unprotected_route, store
 
     creators = {u.strip() for u in os.environ.get("MLFLOW_CREATORS", "").split(",") if u.strip()}
     failures = FailureLog(os.environ.get("HARNESS_LOGIN_FAILURES"), WINDOW_S)
-    return Guard(basic_auth(flask_app), store, creators, failures)
+    return Guard(basic_auth(flask_app), store, creators, failures, is_unprotected_route)

@@ -169,9 +169,7 @@ class MlflowTracker(NullTracker):
         if time.monotonic() >= deadline:
             if not _no_answer(error) or self.run_id is not None:  # the store answered, with an error of its own
                 raise error
-            reason = (
-                f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160]}" if str(error) else repr(error)
-            )
+            reason = _first_line(error, 160)
             raise TrackingError(
                 f"nothing answered at tracking store {self.uri} for {self.start_wait_s:.0f} s (last: {reason}); "
                 "check tracking.uri (host and port), or, for a server that is restarting, raise "
@@ -229,7 +227,7 @@ class MlflowTracker(NullTracker):
             try:
                 getattr(self.client, name)(*args)
             except Exception as e:
-                self._last_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" if str(e) else repr(e)
+                self._last_error = _first_line(e, 200)
                 return
             self.pending.pop(0)
         if had and self.run_id:  # all taken: the run's buffer file and its artifact copies are no longer needed
@@ -329,6 +327,13 @@ class MlflowTracker(NullTracker):
             self._call("set_terminated", self.run_id, status)
         except Exception:  # ending is best effort when the store is down; the buffer file has it
             pass
+
+
+def _first_line(error: BaseException, limit: int) -> str:
+    """``Type: the first line of the message`` (cut at ``limit`` characters), for a one-line report."""
+    return (
+        f"{type(error).__name__}: {str(error).strip().splitlines()[0][:limit]}" if str(error).strip() else repr(error)
+    )
 
 
 def _no_answer(error: BaseException) -> bool:

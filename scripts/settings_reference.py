@@ -56,8 +56,12 @@ def render() -> str:
                 lines += ["No settings of its own.", ""]
                 continue
             lines += _table(group, settings)
+    from tasks.base import TASKS  # describe_group has discovered them
+
     for name, description in describe_group("task").items():
-        cls = plugin_class(compose([f"task={name}"]), "task")
+        cls = TASKS.entries.get(name)
+        if cls is None:  # a task preset: its data settings are its task's
+            continue
         lines += [f"## `task={name}`: data settings", "", description, ""]
         lines += _table("data", describe(cls.data_settings))
     return "\n".join(lines).rstrip() + "\n"

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Subset
 
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
-from harness.core.settings import instantiate, setting
+from harness.core.settings import defaults, instantiate, setting
 from harness.core.step import SupervisedStep, TrainStep
 from tasks.models import create_model
 
@@ -92,8 +92,6 @@ class Task:
     @classmethod
     def config(cls) -> dict:
         """The task's config node (Hydra package _global_): what ``task=<name>`` composes."""
-        from harness.core.settings import defaults
-
         return {
             "task": {"name": cls.name, "description": cls.description},
             "model": copy.deepcopy(cls.model_config),

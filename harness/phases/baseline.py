@@ -12,12 +12,13 @@ from harness.phases.state import RunState
 
 def baseline(run: RunState) -> None:
     cfg, task, say = run.cfg, run.task, run.say
+    run.model = run.model.to(run.device)
     if task.weights_are_baseline and cfg.model.get("weights"):
         say(f"[baseline] model.weights={cfg.model.weights} is the baseline; not training one")
         run.baseline_reused, run.baseline_key = True, f"weights:{Path(cfg.model.weights).expanduser().resolve()}"
     else:
         model, meta, run.baseline_reused = baseline_cache.get_or_train(
-            cfg, run.model.to(run.device), lambda m, **kw: _train(run, m, **kw), log=say
+            cfg, run.model, lambda m, **kw: _train(run, m, **kw), log=say
         )
         run.model, run.baseline_key = model.to(run.device), meta["key"]
         if getattr(task, "skipped_images", 0):
@@ -27,7 +28,6 @@ def baseline(run: RunState) -> None:
             say(f"[baseline] reusing {baseline_cache.baseline_dir(cfg)}")
             for epoch, metrics in enumerate(meta.get("history", [])):
                 run.log_epochs("baseline")(epoch, metrics)
-    run.model = run.model.to(run.device)
     run.dense = copy.deepcopy(run.model).eval()
     if run.latency_cost is not None:  # its corrections compare with the dense model the end compares with
         run.latency_cost.compare_with(run.dense)
